@@ -1,0 +1,1 @@
+"""Airflow glue: hooks that turn Airflow Connections into the library's settings objects."""
