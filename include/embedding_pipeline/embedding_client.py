@@ -125,13 +125,24 @@ class EmbeddingClient:
             raise ServerUnavailableError(f"inference server at {s.protocol}://{s.url} is not reachable: {exc}") from exc
         if not live:
             raise ServerUnavailableError(f"inference server at {s.protocol}://{s.url} is not live")
-        if not self._retrying("model readiness check", lambda: client.is_model_ready(s.model_name)):
+        if not self._model_ready(s.model_name):
             raise ModelNotReadyError(
                 f"model {s.model_name!r} is not ready on {s.protocol}://{s.url}; served models: "
                 f"{self.served_models() or 'none'} (publish it and load it: `embedding-pipeline publish`)"
             )
         self._check_metadata(self._metadata())
         self._checked = True
+
+    def _model_ready(self, name: str) -> bool:
+        """Readiness as a bool: Triton answers False for unknown models, KServe gRPC NOT_FOUND."""
+        try:
+            return bool(self._retrying("model readiness check", lambda: self._client().is_model_ready(name)))
+        except InferenceServerError:
+            raise
+        except Exception as exc:
+            if isinstance(self._classify(exc), ModelNotReadyError):
+                return False
+            raise self._classify(exc) from exc
 
     def served_models(self) -> list[str]:
         try:
@@ -236,7 +247,7 @@ class EmbeddingClient:
     def _classify(self, exc: Exception) -> InferenceServerError:
         message = str(exc)
         lowered = message.lower()
-        if "not found" in lowered or "not ready" in lowered or "unknown model" in lowered:
+        if any(s in lowered for s in ("not found", "not ready", "unknown model", "does not exist")):
             return ModelNotReadyError(f"model {self.settings.model_name!r}: {message}")
         if "max_batch_size" in lowered or "expects inputs" in lowered or "must be int64" in lowered:
             return ContractMismatchError(f"request refused by the server: {message}")
@@ -269,11 +280,10 @@ class EmbeddingClient:
         deadline = time.monotonic() + self.settings.ready_timeout_s
         while time.monotonic() < deadline:
             try:
-                if self._client().is_model_ready(name):
+                if self._model_ready(name):
                     return
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise self._classify(exc) from exc
+            except ServerUnavailableError:
+                pass
             time.sleep(0.5)
         raise ModelNotReadyError(f"model {name!r} not ready on {self.settings.url} after {self.settings.ready_timeout_s}s")
 
