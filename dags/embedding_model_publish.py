@@ -94,7 +94,7 @@ def embedding_model_publish():
 
     @task(retries=3, retry_delay=timedelta(seconds=15), outlets=[EMBEDDING_MODEL])
     def load_on_server(published: dict) -> dict:
-        from pipeline_hooks.triton import TritonEmbeddingHook
+        from pipeline_hooks.triton_embedding_hook import TritonEmbeddingHook
 
         context = get_current_context()
         if context["params"]["load_on_server"]:

@@ -1,5 +1,8 @@
 """Hook for the inference server (Triton in production, the local KServe server by default).
 
+Not named ``triton.py``: Airflow imports every plugins-folder module under its file name, and a
+top-level ``triton`` module shadows OpenAI Triton, which torch probes for (``triton.language``).
+
 Connection ``triton_default`` (type ``triton``, or any generic type)::
 
     host      triton                    (default 127.0.0.1)
