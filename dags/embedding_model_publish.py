@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
-
 from embedding_pipeline.model_registry import FAMILIES
 from embedding_pipeline.model_repository import validate_model_name
 from embedding_pipeline.model_source import DEFAULT_MODEL_SOURCE
@@ -44,8 +43,13 @@ EMBEDDING_MODEL = Asset("embedding_model")
         ),
         "family": Param("auto", enum=["auto", *sorted(FAMILIES)], description="Pooling/prefix family."),
         "precision": Param("fp32", enum=list(PRECISIONS), description="fp32; int8 for CPU; fp16 for GPU."),
-        "max_length": Param(None, type=["null", "integer"], minimum=8, maximum=8192,
-                            description="Token limit (default: the family's)."),
+        "max_length": Param(
+            None,
+            type=["null", "integer"],
+            minimum=8,
+            maximum=8192,
+            description="Token limit (default: the family's).",
+        ),
         "max_batch_size": Param(128, type="integer", minimum=1, maximum=1024),
         "keep_versions": Param(3, type="integer", minimum=1, maximum=50),
         "load_on_server": Param(True, type="boolean", description="Ask the server to load the new version."),
@@ -89,8 +93,13 @@ def embedding_model_publish():
             max_batch_size=params["max_batch_size"],
             keep_versions=params["keep_versions"],
         )
-        return {"name": published.name, "version": published.version, "path": str(published.path),
-                "dim": published.metadata["dim"], "precision": published.metadata["precision"]}
+        return {
+            "name": published.name,
+            "version": published.version,
+            "path": str(published.path),
+            "dim": published.metadata["dim"],
+            "precision": published.metadata["precision"],
+        }
 
     @task(retries=3, retry_delay=timedelta(seconds=15), outlets=[EMBEDDING_MODEL])
     def load_on_server(published: dict) -> dict:
@@ -104,7 +113,9 @@ def embedding_model_publish():
                 probe = client.embed(["model publish smoke test"], role="query")
             published = {**published, "probe_dim": int(probe.vectors.shape[1])}
         context["outlet_events"][EMBEDDING_MODEL].extra = {
-            "name": published["name"], "version": published["version"], "dim": published["dim"],
+            "name": published["name"],
+            "version": published["version"],
+            "dim": published["dim"],
         }
         return published
 

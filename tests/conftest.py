@@ -47,8 +47,10 @@ def repository(session_dir: Path, tiny_models: dict[str, Path]) -> Path:
     from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model, publish_model
 
     root = session_dir / "model_repository"
-    sources = {f"tiny_{arch.replace('-', '_')}": (str(path), family) for arch, (path, family) in
-               ((a, (tiny_models[a], f)) for a, f in TINY.items())}
+    sources = {
+        f"tiny_{arch.replace('-', '_')}": (str(path), family)
+        for arch, (path, family) in ((a, (tiny_models[a], f)) for a, f in TINY.items())
+    }
     sources["minilm"] = ("minilm", None)
     for name, (source, family) in sources.items():
         staging = export_model(ExportRequest(source, "fp32", family), session_dir / "staging" / name)
@@ -69,9 +71,15 @@ def server(repository: Path):
 def settings_for(server, repository: Path, **overrides):
     from embedding_pipeline.settings import ServerSettings
 
-    return ServerSettings(host="127.0.0.1", grpc_port=server.grpc_port, http_port=server.http_port,
-                          model_repository=repository, max_retries=2, backoff_initial_s=0.05,
-                          timeout_s=30).with_overrides(**overrides)
+    return ServerSettings(
+        host="127.0.0.1",
+        grpc_port=server.grpc_port,
+        http_port=server.http_port,
+        model_repository=repository,
+        max_retries=2,
+        backoff_initial_s=0.05,
+        timeout_s=30,
+    ).with_overrides(**overrides)
 
 
 @pytest.fixture(scope="session")

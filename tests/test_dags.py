@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from embedding_pipeline.airflow_runner import run_dag
 
 DAG_ID = "embedding_model_publish"
@@ -25,8 +24,12 @@ def test_dags_import_without_errors_and_wire_the_model_path(dagbag):
     dag = dagbag.get_dag(DAG_ID)
     assert dag is not None and dag.schedule is None and dag.max_active_runs == 1
     order = {task.task_id: sorted(task.downstream_task_ids) for task in dag.tasks}
-    assert order == {"export": ["parity_gate", "publish"], "parity_gate": ["publish"],
-                     "publish": ["load_on_server"], "load_on_server": []}
+    assert order == {
+        "export": ["parity_gate", "publish"],
+        "parity_gate": ["publish"],
+        "publish": ["load_on_server"],
+        "load_on_server": [],
+    }
     load = dag.get_task("load_on_server")
     assert [outlet.name for outlet in load.outlets] == ["embedding_model"]
     assert load.retries == 3 and dag.get_task("parity_gate").retries == 0  # a failed gate is not retried
@@ -71,13 +74,20 @@ def server_env(server, repository, monkeypatch):
 def test_dag_publishes_loads_and_emits_the_asset(airflow_db, server_env, repository, tiny_models):
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
-
     from embedding_pipeline.embedding_client import EmbeddingClient
     from embedding_pipeline.model_repository import list_versions
     from embedding_pipeline.settings import ServerSettings
 
-    run = run_dag(DAG_ID, {"model_source": str(tiny_models["xlm-roberta"]), "model_name": "dag_e5",
-                           "family": "multilingual-e5", "precision": "int8", "max_batch_size": 16})
+    run = run_dag(
+        DAG_ID,
+        {
+            "model_source": str(tiny_models["xlm-roberta"]),
+            "model_name": "dag_e5",
+            "family": "multilingual-e5",
+            "precision": "int8",
+            "max_batch_size": 16,
+        },
+    )
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert str(run.state) == "success", states
     assert list_versions(repository / "dag_e5") == [1]
@@ -91,10 +101,16 @@ def test_dag_publishes_loads_and_emits_the_asset(airflow_db, server_env, reposit
         assert client.embed(["query text"], role="query").vectors.shape == (1, 32)
 
 
-def test_dag_with_an_unloadable_source_fails_at_export_and_publishes_nothing(airflow_db, server_env, repository):
+def test_dag_with_an_unloadable_source_fails_at_export_and_publishes_nothing(
+    airflow_db, server_env, repository
+):
     run = run_dag(DAG_ID, {"model_source": "/no/such/model", "model_name": "never_published"})
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert str(run.state) == "failed"
-    assert states == {"export": "failed", "parity_gate": "upstream_failed", "publish": "upstream_failed",
-                      "load_on_server": "upstream_failed"}
+    assert states == {
+        "export": "failed",
+        "parity_gate": "upstream_failed",
+        "publish": "upstream_failed",
+        "load_on_server": "upstream_failed",
+    }
     assert not (repository / "never_published").exists()

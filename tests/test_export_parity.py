@@ -8,16 +8,23 @@ import numpy as np
 import onnx
 import pytest
 from conftest import TINY
-
 from embedding_pipeline.errors import ParityGateError
-from embedding_pipeline.model_publish import ExportRequest, encoder_for, export_model, gate_model, read_metadata
+from embedding_pipeline.model_publish import (
+    ExportRequest,
+    encoder_for,
+    export_model,
+    gate_model,
+    read_metadata,
+)
 from embedding_pipeline.onnx_export import OUTPUT_NAME, ort_session, post_activation_matmuls
 
 
 @pytest.mark.parametrize("architecture", sorted(TINY))
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_every_architecture_exports_and_passes_its_gate(tiny_models, tmp_path, architecture, precision):
-    staging = export_model(ExportRequest(str(tiny_models[architecture]), precision, TINY[architecture]), tmp_path)
+    staging = export_model(
+        ExportRequest(str(tiny_models[architecture]), precision, TINY[architecture]), tmp_path
+    )
     report = gate_model(staging)
     metadata = read_metadata(staging)
     assert report["passed"] and metadata["parity"]["passed"]
@@ -48,16 +55,19 @@ def test_graph_has_dynamic_batch_and_sequence_and_normalises(tiny_models, tmp_pa
 
 def test_minilm_export_matches_sentence_transformers(tmp_path):
     """The in-graph mean pooling + normalisation reproduces sentence-transformers' own encode()."""
-    from sentence_transformers import SentenceTransformer
-
     from embedding_pipeline.model_source import resolve_location
     from embedding_pipeline.parity import run_onnx
+    from sentence_transformers import SentenceTransformer
 
     staging = export_model(ExportRequest("minilm", "fp32"), tmp_path)
     metadata = read_metadata(staging)
-    assert metadata["dim"] == 384 and metadata["family"]["pooling"] == "mean" and metadata["max_length"] == 256
+    assert (
+        metadata["dim"] == 384 and metadata["family"]["pooling"] == "mean" and metadata["max_length"] == 256
+    )
     texts = ["cheap flights to tokyo", "a stainless steel water bottle", "北海道 旅行 冬"]
-    reference = SentenceTransformer(resolve_location("minilm"), device="cpu").encode(texts, normalize_embeddings=True)
+    reference = SentenceTransformer(resolve_location("minilm"), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
     batch = encoder_for(staging, metadata).encode(texts)
     ours = run_onnx(staging / "model.onnx", batch.input_ids, batch.attention_mask)
     assert np.min(np.sum(reference * ours, axis=1)) > 0.9999
@@ -83,7 +93,9 @@ def test_tampered_weights_fail_the_gate_with_numbers(tiny_models, tmp_path):
     array += np.random.default_rng(0).normal(0, 0.5, array.shape).astype(array.dtype)
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
     onnx.save(model, str(path))
-    with pytest.raises(ParityGateError, match=r"fp32 failed the parity gate: min cosine vs PyTorch -?\d\.\d+ < 0\.9999"):
+    with pytest.raises(
+        ParityGateError, match=r"fp32 failed the parity gate: min cosine vs PyTorch -?\d\.\d+ < 0\.9999"
+    ):
         gate_model(staging)
     assert read_metadata(staging)["parity"]["passed"] is False
 

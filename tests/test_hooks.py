@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from pipeline_hooks.triton_embedding_hook import TritonEmbeddingHook
-
 from embedding_pipeline.errors import ConfigError
+from pipeline_hooks.triton_embedding_hook import TritonEmbeddingHook
 
 
 def _set_conn(monkeypatch, conn_id: str, **fields) -> None:
@@ -15,21 +14,54 @@ def _set_conn(monkeypatch, conn_id: str, **fields) -> None:
 
 
 def test_connection_fields_become_settings(monkeypatch, tmp_path):
-    _set_conn(monkeypatch, "triton_prod", conn_type="triton", host="triton.internal", port=9001,
-              extra={"protocol": "grpc", "http_port": 9000, "model_name": "ruri", "timeout_s": 5,
-                     "max_in_flight": 8, "model_repository": str(tmp_path), "ssl": "true"})
+    _set_conn(
+        monkeypatch,
+        "triton_prod",
+        conn_type="triton",
+        host="triton.internal",
+        port=9001,
+        extra={
+            "protocol": "grpc",
+            "http_port": 9000,
+            "model_name": "ruri",
+            "timeout_s": 5,
+            "max_in_flight": 8,
+            "model_repository": str(tmp_path),
+            "ssl": "true",
+        },
+    )
     settings = TritonEmbeddingHook("triton_prod").get_settings()
     assert (settings.host, settings.grpc_port, settings.http_port, settings.protocol) == (
-        "triton.internal", 9001, 9000, "grpc")
-    assert (settings.model_name, settings.timeout_s, settings.max_in_flight, settings.ssl) == ("ruri", 5.0, 8, True)
+        "triton.internal",
+        9001,
+        9000,
+        "grpc",
+    )
+    assert (settings.model_name, settings.timeout_s, settings.max_in_flight, settings.ssl) == (
+        "ruri",
+        5.0,
+        8,
+        True,
+    )
     assert settings.model_repository == tmp_path
 
 
 def test_http_connection_uses_its_port_for_http(monkeypatch):
-    _set_conn(monkeypatch, "triton_http", conn_type="triton", host="h", port=18000,
-              extra={"protocol": "http", "grpc_port": 18001})
+    _set_conn(
+        monkeypatch,
+        "triton_http",
+        conn_type="triton",
+        host="h",
+        port=18000,
+        extra={"protocol": "http", "grpc_port": 18001},
+    )
     settings = TritonEmbeddingHook("triton_http", model_name="other").get_settings()
-    assert (settings.protocol, settings.http_port, settings.grpc_port, settings.url) == ("http", 18000, 18001, "h:18000")
+    assert (settings.protocol, settings.http_port, settings.grpc_port, settings.url) == (
+        "http",
+        18000,
+        18001,
+        "h:18000",
+    )
     assert settings.model_name == "other"  # task-level override wins over the Connection
 
 
@@ -41,9 +73,11 @@ def test_missing_connection_falls_back_to_local_defaults_and_env(monkeypatch):
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [({"protocol": "websocket"}, "extra.protocol must be grpc or http"),
-     ({"timeout_s": "soon"}, "timeout_s='soon' is not a valid float"),
-     ({"max_in_flight": 0}, "max_in_flight must be >= 1")],
+    [
+        ({"protocol": "websocket"}, "extra.protocol must be grpc or http"),
+        ({"timeout_s": "soon"}, "timeout_s='soon' is not a valid float"),
+        ({"max_in_flight": 0}, "max_in_flight must be >= 1"),
+    ],
 )
 def test_bad_connection_settings_fail_clearly(monkeypatch, extra, message):
     _set_conn(monkeypatch, "triton_bad", conn_type="triton", host="h", port=1, extra=extra)

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 from conftest import settings_for
-
 from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import (
     ContractMismatchError,
@@ -23,8 +22,14 @@ from embedding_pipeline.server_process import LocalServer, free_port
 from embedding_pipeline.settings import ServerSettings
 
 MODELS = ["tiny_bert", "tiny_xlm_roberta", "tiny_modernbert", "minilm"]
-TEXTS = ["東京 ラーメン 人気店", "cheap flights from tokyo to seoul " * 3, "a", "北海道 旅行 冬 おすすめ 温泉",
-         "Organic cotton t-shirt, men's, size L", "오늘 날씨가 정말 좋네요."] * 9
+TEXTS = [
+    "東京 ラーメン 人気店",
+    "cheap flights from tokyo to seoul " * 3,
+    "a",
+    "北海道 旅行 冬 おすすめ 温泉",
+    "Organic cotton t-shirt, men's, size L",
+    "오늘 날씨가 정말 좋네요.",
+] * 9
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -43,8 +48,10 @@ def test_health_and_metadata_follow_the_published_contract(server, repository, p
     for name in MODELS:
         assert client.is_model_ready(name)
         meta = metadata(name)
-        assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [("input_ids", "INT64"),
-                                                                        ("attention_mask", "INT64")]
+        assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [
+            ("input_ids", "INT64"),
+            ("attention_mask", "INT64"),
+        ]
         dim = 384 if name == "minilm" else 32
         outputs = [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta["outputs"]]
         assert outputs == [("sentence_embedding", "FP32", [-1, dim])]  # gRPC JSON carries int64 as strings
@@ -60,7 +67,9 @@ def test_health_and_metadata_follow_the_published_contract(server, repository, p
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("name", MODELS)
 def test_server_embeddings_equal_in_process_onnx_in_input_order(server, repository, protocol, name):
-    with EmbeddingClient(settings_for(server, repository, model_name=name, protocol=protocol, batch_size=8)) as client:
+    with EmbeddingClient(
+        settings_for(server, repository, model_name=name, protocol=protocol, batch_size=8)
+    ) as client:
         result = client.embed(TEXTS, role="passage")
         assert result.vectors.shape == (len(TEXTS), client.dim)
         assert result.requests == 7  # 54 texts in batches of 8, length-sorted
@@ -92,7 +101,9 @@ def test_empty_batch_bad_texts_and_truncation(server, repository):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_batch_over_max_batch_size_is_refused_with_a_clear_error(server, repository, protocol):
-    with EmbeddingClient(settings_for(server, repository, model_name="tiny_bert", protocol=protocol)) as client:
+    with EmbeddingClient(
+        settings_for(server, repository, model_name="tiny_bert", protocol=protocol)
+    ) as client:
         ids = np.ones((33, 4), dtype=np.int64)
         with pytest.raises(ContractMismatchError, match="batch size 33 exceeds max_batch_size 32"):
             client.infer_arrays(ids, np.ones_like(ids))
@@ -118,15 +129,24 @@ def test_model_missing_on_server_is_a_clear_error(server, repository, tmp_path):
     local = tmp_path / "repo"
     shutil.copytree(repository / "tiny_bert", local / "not_served")
     (local / "not_served" / "config.pbtxt").write_text(
-        (local / "not_served" / "config.pbtxt").read_text().replace('name: "tiny_bert"', 'name: "not_served"'))
-    with EmbeddingClient(settings_for(server, local, model_name="not_served")) as client, \
-            pytest.raises(ModelNotReadyError, match="'not_served' is not ready"):
+        (local / "not_served" / "config.pbtxt").read_text().replace('name: "tiny_bert"', 'name: "not_served"')
+    )
+    with (
+        EmbeddingClient(settings_for(server, local, model_name="not_served")) as client,
+        pytest.raises(ModelNotReadyError, match="'not_served' is not ready"),
+    ):
         client.embed(["hello"])
 
 
 def test_server_down_fails_after_bounded_retries(repository):
-    settings = ServerSettings(grpc_port=free_port(), http_port=free_port(), model_repository=repository,
-                              model_name="tiny_bert", max_retries=2, backoff_initial_s=0.01)
+    settings = ServerSettings(
+        grpc_port=free_port(),
+        http_port=free_port(),
+        model_repository=repository,
+        model_name="tiny_bert",
+        max_retries=2,
+        backoff_initial_s=0.01,
+    )
     started = time.monotonic()
     with EmbeddingClient(settings) as client, pytest.raises(ServerUnavailableError, match="after 3 attempts"):
         client.embed(["hello"])
@@ -139,8 +159,15 @@ def test_client_retries_until_a_starting_server_is_up(repository, tmp_path):
     starter = threading.Timer(1.5, late.start)
     starter.start()
     try:
-        settings = ServerSettings(grpc_port=late.grpc_port, http_port=late.http_port, model_repository=repository,
-                                  model_name="tiny_bert", max_retries=12, backoff_initial_s=0.5, backoff_max_s=4)
+        settings = ServerSettings(
+            grpc_port=late.grpc_port,
+            http_port=late.http_port,
+            model_repository=repository,
+            model_name="tiny_bert",
+            max_retries=12,
+            backoff_initial_s=0.5,
+            backoff_max_s=4,
+        )
         with EmbeddingClient(settings) as client:
             assert client.embed(["hello", "world"]).vectors.shape == (2, 32)
     finally:
@@ -155,11 +182,18 @@ def test_reload_serves_the_new_version_and_sigterm_stops_cleanly(tiny_models, tm
     publish_model(staging, repo, "swap", max_batch_size=16)
     server = LocalServer(repo, threads=1, log_path=tmp_path / "server.log").start()
     try:
-        settings = ServerSettings(grpc_port=server.grpc_port, http_port=server.http_port, model_repository=repo,
-                                  model_name="swap", max_retries=1)
+        settings = ServerSettings(
+            grpc_port=server.grpc_port,
+            http_port=server.http_port,
+            model_repository=repo,
+            model_name="swap",
+            max_retries=1,
+        )
         old = EmbeddingClient(settings)
         v1 = old.embed(["北海道 旅行"]).vectors
-        staging = export_model(ExportRequest(str(tiny_models["modernbert"]), "fp32", "generic"), tmp_path / "mb")
+        staging = export_model(
+            ExportRequest(str(tiny_models["modernbert"]), "fp32", "generic"), tmp_path / "mb"
+        )
         gate_model(staging)
         assert publish_model(staging, repo, "swap", max_batch_size=16).version == 2
         old.load_model()

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from embedding_pipeline.errors import RepositoryError
 from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model
 from embedding_pipeline.model_repository import latest_version, list_versions, publish
@@ -17,8 +16,9 @@ from embedding_pipeline.triton_model_config import ServingContract, parse_config
 
 @pytest.fixture(scope="module")
 def gated(tiny_models, tmp_path_factory) -> Path:
-    staging = export_model(ExportRequest(str(tiny_models["bert"]), "fp32", "generic"),
-                           tmp_path_factory.mktemp("gated"))
+    staging = export_model(
+        ExportRequest(str(tiny_models["bert"]), "fp32", "generic"), tmp_path_factory.mktemp("gated")
+    )
     gate_model(staging)
     shutil.rmtree(staging / "_fp32", ignore_errors=True)  # only int8/fp16 exports keep an fp32 copy
     return staging
@@ -52,8 +52,10 @@ def test_versions_are_monotonic_and_old_ones_pruned(gated, tmp_path):
 
 def test_concurrent_publishers_get_distinct_versions(gated, tmp_path):
     results: list[int] = []
-    threads = [threading.Thread(target=lambda: results.append(publish(gated, tmp_path, "tiny", 8, 10).version))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(publish(gated, tmp_path, "tiny", 8, 10).version))
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -99,7 +101,10 @@ def test_latest_version_names_the_models_that_exist(gated, tmp_path):
         (lambda t: t.replace("KIND_AUTO", "KIND_XPU"), "has no value named KIND_XPU"),
         (lambda t: t.replace("max_batch_size: 8", "max_batch_size: 0"), "max_batch_size must be >= 1"),
         (lambda t: t.replace("TYPE_INT64", "TYPE_INT32", 1), "must be TYPE_INT64"),
-        (lambda t: t.replace('"sentence_embedding"', '"last_hidden_state"'), "output 'sentence_embedding' is missing"),
+        (
+            lambda t: t.replace('"sentence_embedding"', '"last_hidden_state"'),
+            "output 'sentence_embedding' is missing",
+        ),
         (lambda t: t.replace("max_batch_size: 8", 'max_batch_size: "8"'), "not a valid Triton model config"),
     ],
 )

@@ -10,13 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 
 CORPUS = [
-    "東京 ラーメン 人気店", "北海道 旅行 冬 温泉", "京都 紅葉 見頃", "大阪 たこ焼き 食べ放題",
-    "ワイヤレスイヤホン ノイズキャンセリング", "国産 有機 緑茶 ティーバッグ", "子供用 自転車 補助輪",
-    "今日の天気はとても良いので公園に散歩に行きました", "です ます ござる ガギグゲゴ パピプペポ",
-    "cheap flights from tokyo to seoul", "best running shoes for flat feet", "organic cotton t-shirt",
-    "stainless steel water bottle keeps drinks cold", "the quick brown fox jumps over the lazy dog",
-    "서울 맛집 추천", "北京 烤鸭 哪家 好吃", "Günstige Ferienwohnung am Meer", "Recette facile de crêpes",
-    "query: passage: 検索クエリ: 検索文書:", "0123456789 !?.,:;-_/()[]{}%&@#+*=<>",
+    "東京 ラーメン 人気店",
+    "北海道 旅行 冬 温泉",
+    "京都 紅葉 見頃",
+    "大阪 たこ焼き 食べ放題",
+    "ワイヤレスイヤホン ノイズキャンセリング",
+    "国産 有機 緑茶 ティーバッグ",
+    "子供用 自転車 補助輪",
+    "今日の天気はとても良いので公園に散歩に行きました",
+    "です ます ござる ガギグゲゴ パピプペポ",
+    "cheap flights from tokyo to seoul",
+    "best running shoes for flat feet",
+    "organic cotton t-shirt",
+    "stainless steel water bottle keeps drinks cold",
+    "the quick brown fox jumps over the lazy dog",
+    "서울 맛집 추천",
+    "北京 烤鸭 哪家 好吃",
+    "Günstige Ferienwohnung am Meer",
+    "Recette facile de crêpes",
+    "query: passage: 検索クエリ: 検索文書:",
+    "0123456789 !?.,:;-_/()[]{}%&@#+*=<>",
 ] * 20
 VOCAB_SIZE = 600
 MAX_POSITIONS = 128
@@ -32,10 +45,16 @@ def _wordpiece():
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
-    return tok, {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                 "mask_token": "[MASK]"}
+    return tok, {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    }
 
 
 def _unigram():
@@ -48,10 +67,18 @@ def _unigram():
         CORPUS, trainers.UnigramTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, unk_token="<unk>")
     )
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+        single="<s> $A </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
     )
-    return tok, {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-                 "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"}
+    return tok, {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "cls_token": "<s>",
+        "sep_token": "</s>",
+        "mask_token": "<mask>",
+    }
 
 
 def _byte_bpe():
@@ -63,14 +90,23 @@ def _byte_bpe():
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok.train_from_iterator(
         CORPUS,
-        trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        trainers.BpeTrainer(
+            vocab_size=VOCAB_SIZE,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
     )
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
-    return tok, {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                 "mask_token": "[MASK]"}
+    return tok, {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    }
 
 
 def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0) -> Path:
@@ -90,21 +126,38 @@ def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0) -> Path:
     builders = {"bert": _wordpiece, "xlm-roberta": _unigram, "modernbert": _byte_bpe}
     raw, specials = builders[architecture]()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, model_max_length=MAX_POSITIONS - 4, **specials)
-    size = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "intermediate_size": 64, "pad_token_id": tokenizer.pad_token_id}
+    size = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     if architecture == "bert":
         model = BertModel(BertConfig(max_position_embeddings=MAX_POSITIONS, **size), add_pooling_layer=False)
     elif architecture == "xlm-roberta":
         model = XLMRobertaModel(
-            XLMRobertaConfig(max_position_embeddings=MAX_POSITIONS + 2, bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **size),
+            XLMRobertaConfig(
+                max_position_embeddings=MAX_POSITIONS + 2,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **size,
+            ),
             add_pooling_layer=False,
         )
     elif architecture == "modernbert":
         model = ModernBertModel(
-            ModernBertConfig(max_position_embeddings=MAX_POSITIONS, global_attn_every_n_layers=2, local_attention=16,
-                             cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
-                             bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, **size)
+            ModernBertConfig(
+                max_position_embeddings=MAX_POSITIONS,
+                global_attn_every_n_layers=2,
+                local_attention=16,
+                cls_token_id=tokenizer.cls_token_id,
+                sep_token_id=tokenizer.sep_token_id,
+                bos_token_id=tokenizer.cls_token_id,
+                eos_token_id=tokenizer.sep_token_id,
+                **size,
+            )
         )
     else:
         raise ValueError(architecture)

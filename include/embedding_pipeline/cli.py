@@ -1,9 +1,9 @@
 """``embedding-pipeline``: command line for the model path (and the README's main job).
 
-    embedding-pipeline demo                      export -> gate -> publish (through Airflow) -> serve -> embed
-    embedding-pipeline publish --source minilm   the same steps without Airflow
-    embedding-pipeline serve                     run the local KServe v2 server on model_repository/
-    embedding-pipeline embed --role query TEXT   embed texts through a running server
+embedding-pipeline demo                      export -> gate -> publish (through Airflow) -> serve -> embed
+embedding-pipeline publish --source minilm   the same steps without Airflow
+embedding-pipeline serve                     run the local KServe v2 server on model_repository/
+embedding-pipeline embed --role query TEXT   embed texts through a running server
 """
 
 from __future__ import annotations
@@ -38,17 +38,38 @@ def _publish(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=work_dir().mkdir(parents=True, exist_ok=True) or work_dir()) as tmp:
         staging = export_model(request, Path(tmp) / "staging")
         parity = gate_model(staging)
-        published = publish_model(staging, args.model_repository, args.name, args.max_batch_size, args.keep_versions)
-    print(json.dumps({"name": published.name, "version": published.version, "path": str(published.path),
-                      "dim": published.metadata["dim"], "parity": parity}, indent=2, ensure_ascii=False))
+        published = publish_model(
+            staging, args.model_repository, args.name, args.max_batch_size, args.keep_versions
+        )
+    print(
+        json.dumps(
+            {
+                "name": published.name,
+                "version": published.version,
+                "path": str(published.path),
+                "dim": published.metadata["dim"],
+                "parity": parity,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from embedding_pipeline.inference_server import main as serve_main
 
-    argv = ["--model-repository", str(args.model_repository), "--http-port", str(args.http_port),
-            "--grpc-port", str(args.grpc_port), "--threads", str(args.threads)]
+    argv = [
+        "--model-repository",
+        str(args.model_repository),
+        "--http-port",
+        str(args.http_port),
+        "--grpc-port",
+        str(args.grpc_port),
+        "--threads",
+        str(args.threads),
+    ]
     serve_main(argv)
     return 0
 
@@ -60,8 +81,12 @@ def _embed(args: argparse.Namespace) -> int:
     with EmbeddingClient(settings) as client:
         result = client.embed(args.texts, role=None if args.role == "none" else args.role)
     for text, vector in zip(args.texts, result.vectors, strict=True):
-        print(json.dumps({"text": text, "dim": len(vector), "vector": [round(float(v), 6) for v in vector]},
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                {"text": text, "dim": len(vector), "vector": [round(float(v), 6) for v in vector]},
+                ensure_ascii=False,
+            )
+        )
     return 0
 
 
@@ -77,8 +102,11 @@ def _demo(args: argparse.Namespace) -> int:
     migrate_db(home)
     repository = args.model_repository.resolve()
     http_port, grpc_port = free_port(), free_port()
-    os.environ.update(EMBEDDING_MODEL_REPOSITORY=str(repository), EMBEDDING_SERVER_HTTP_PORT=str(http_port),
-                      EMBEDDING_SERVER_GRPC_PORT=str(grpc_port))
+    os.environ.update(
+        EMBEDDING_MODEL_REPOSITORY=str(repository),
+        EMBEDDING_SERVER_HTTP_PORT=str(http_port),
+        EMBEDDING_SERVER_GRPC_PORT=str(grpc_port),
+    )
     log_path = work_dir() / "logs" / "inference-server.log"
     print(f"[2/4] starting the local inference server (http {http_port}, grpc {grpc_port}; log {log_path})")
     with LocalServer(repository, http_port, grpc_port, threads=args.threads, log_path=log_path):
@@ -86,8 +114,10 @@ def _demo(args: argparse.Namespace) -> int:
         from embedding_pipeline.embedding_client import EmbeddingClient
 
         print(f"[3/4] dag.test(embedding_model_publish) for {args.source} ({args.precision})")
-        run = run_dag("embedding_model_publish", {"model_source": args.source, "model_name": args.name,
-                                                   "precision": args.precision})
+        run = run_dag(
+            "embedding_model_publish",
+            {"model_source": args.source, "model_name": args.name, "precision": args.precision},
+        )
         states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
         print(f"      run {run.run_id}: {run.state} {states}")
         if str(run.state) != "success":
@@ -95,8 +125,11 @@ def _demo(args: argparse.Namespace) -> int:
         settings = ServerSettings.from_env().with_overrides(model_name=args.name)
         with EmbeddingClient(settings) as client:
             meta = client.published.metadata
-            print(f"[4/4] embedding through {settings.protocol}://{settings.url}: {args.name} v{client.published.version}"
-                  f", dim {client.dim}, parity min cosine {meta['parity']['min_cosine']:.6f}")
+            print(
+                f"[4/4] embedding through {settings.protocol}://{settings.url}: "
+                f"{args.name} v{client.published.version}"
+                f", dim {client.dim}, parity min cosine {meta['parity']['min_cosine']:.6f}"
+            )
             vectors = [client.embed([text], role=role).vectors[0] for role, text in DEMO_SENTENCES]
         for (role, text), vector in zip(DEMO_SENTENCES, vectors, strict=True):
             print(f"      {role:<8} {text[:60]:<60} [{', '.join(f'{v:+.4f}' for v in vector[:4])}, ...]")
@@ -105,7 +138,9 @@ def _demo(args: argparse.Namespace) -> int:
         for i, (role, text) in enumerate(DEMO_SENTENCES):
             if role != "query":
                 continue
-            best = max((j for j, (r, _) in enumerate(DEMO_SENTENCES) if r == "passage"), key=lambda j: sims[i, j])
+            best = max(
+                (j for j, (r, _) in enumerate(DEMO_SENTENCES) if r == "passage"), key=lambda j: sims[i, j]
+            )
             print(f"      {text!r} -> {DEMO_SENTENCES[best][1]!r} ({sims[i, best]:.3f})")
     print("done: the server was stopped; run `make serve` to keep one running.")
     return 0
@@ -153,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get("HF_HUB_ONLINE") else None
     try:
         return int(args.func(args) or 0)

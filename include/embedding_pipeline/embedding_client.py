@@ -67,8 +67,12 @@ class EmbeddingClient:
 
     def __init__(self, settings: ServerSettings | None = None) -> None:
         self.settings = settings or ServerSettings.from_env()
-        self.published: PublishedModel = latest_version(self.settings.model_repository, self.settings.model_name)
-        self.contract: ServingContract = read_contract(self.settings.model_repository / self.settings.model_name)
+        self.published: PublishedModel = latest_version(
+            self.settings.model_repository, self.settings.model_name
+        )
+        self.contract: ServingContract = read_contract(
+            self.settings.model_repository / self.settings.model_name
+        )
         self.encoder: TextEncoder = encoder_for(self.published.path, self.published.metadata)
         self.dim = int(self.published.metadata["dim"])
         self.batch_size = min(self.settings.batch_size, self.contract.max_batch_size)
@@ -122,7 +126,9 @@ class EmbeddingClient:
         except ServerUnavailableError:
             raise
         except Exception as exc:
-            raise ServerUnavailableError(f"inference server at {s.protocol}://{s.url} is not reachable: {exc}") from exc
+            raise ServerUnavailableError(
+                f"inference server at {s.protocol}://{s.url} is not reachable: {exc}"
+            ) from exc
         if not live:
             raise ServerUnavailableError(f"inference server at {s.protocol}://{s.url} is not live")
         if not self._model_ready(s.model_name):
@@ -179,7 +185,9 @@ class EmbeddingClient:
                     f"(published v{self.published.version})"
                 )
         if problems:
-            raise ContractMismatchError(f"model {self.settings.model_name!r} contract mismatch: " + "; ".join(problems))
+            raise ContractMismatchError(
+                f"model {self.settings.model_name!r} contract mismatch: " + "; ".join(problems)
+            )
 
     # -- embedding ---------------------------------------------------------------------------
     def embed(self, texts: Sequence[object], role: Role | None = "passage") -> EmbeddingResult:
@@ -229,8 +237,10 @@ class EmbeddingClient:
             raise
         except Exception as exc:
             raise self._classify(exc) from exc
-        served_version = response.get_response(as_json=True).get("model_version", "") if s.protocol == "grpc" else (
-            response.get_response().get("model_version", "")
+        served_version = (
+            response.get_response(as_json=True).get("model_version", "")
+            if s.protocol == "grpc"
+            else (response.get_response().get("model_version", ""))
         )
         if served_version and str(served_version) != str(self.published.version):
             raise ContractMismatchError(
@@ -240,7 +250,8 @@ class EmbeddingClient:
         result = response.as_numpy(OUTPUT_NAME)
         if result is None or result.shape != (input_ids.shape[0], self.dim):
             raise ContractMismatchError(
-                f"server returned {None if result is None else result.shape}, expected ({input_ids.shape[0]}, {self.dim})"
+                f"server returned {None if result is None else result.shape}, "
+                f"expected ({input_ids.shape[0]}, {self.dim})"
             )
         return result
 
@@ -285,7 +296,9 @@ class EmbeddingClient:
             except ServerUnavailableError:
                 pass
             time.sleep(0.5)
-        raise ModelNotReadyError(f"model {name!r} not ready on {self.settings.url} after {self.settings.ready_timeout_s}s")
+        raise ModelNotReadyError(
+            f"model {name!r} not ready on {self.settings.url} after {self.settings.ready_timeout_s}s"
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

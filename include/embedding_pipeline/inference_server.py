@@ -84,7 +84,9 @@ def build_server_classes():
                     raise InvalidInput(f"input {tensor.name!r} must be INT64, got {tensor.datatype}")
                 array = tensor.as_numpy()
                 if array.ndim != 2:
-                    raise InvalidInput(f"input {tensor.name!r} must be [batch, sequence], got {list(array.shape)}")
+                    raise InvalidInput(
+                        f"input {tensor.name!r} must be [batch, sequence], got {list(array.shape)}"
+                    )
                 arrays[tensor.name] = array.astype(np.int64, copy=False)
             shapes = {array.shape for array in arrays.values()}
             if len(shapes) != 1:
@@ -103,7 +105,9 @@ def build_server_classes():
             else:
                 (result,) = await asyncio.to_thread(self.session.run, [OUTPUT_NAME], arrays)
             output = InferOutput(name=OUTPUT_NAME, shape=list(result.shape), datatype="FP32")
-            output.set_data_from_numpy(result.astype(np.float32, copy=False), binary_data=payload.use_binary_outputs)
+            output.set_data_from_numpy(
+                result.astype(np.float32, copy=False), binary_data=payload.use_binary_outputs
+            )
             return InferResponse(
                 response_id=payload.id or str(uuid.uuid4()),
                 model_name=self.name,
@@ -148,8 +152,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--model", action="append", default=None, help="model(s) to load at start (default: all)")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    parser.add_argument(
+        "--model", action="append", default=None, help="model(s) to load at start (default: all)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)"
+    )
     parser.add_argument("--grpc-threads", type=int, default=8, help="gRPC handler threads")
     return parser.parse_args(argv)
 
@@ -177,7 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         enable_latency_logging=False,
         grace_period=30,
     )
-    log.info("serving %s from %s (http %s, grpc %s)", list(repository.get_models()), root, args.http_port, args.grpc_port)
+    log.info(
+        "serving %s from %s (http %s, grpc %s)",
+        list(repository.get_models()),
+        root,
+        args.http_port,
+        args.grpc_port,
+    )
     server.start(list(repository.get_models().values()))
 
 

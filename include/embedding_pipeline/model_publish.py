@@ -76,7 +76,11 @@ def export_model(request: ExportRequest, staging_dir: Path) -> Path:
     model_limit = getattr(loaded.model.config, "max_position_embeddings", None) or 8192
     max_length = request.max_length or loaded.family.max_length
     tokenizer_limit = getattr(loaded.tokenizer, "model_max_length", None)
-    max_length = min(max_length, model_limit, tokenizer_limit if tokenizer_limit and tokenizer_limit < 10**6 else max_length)
+    max_length = min(
+        max_length,
+        model_limit,
+        tokenizer_limit if tokenizer_limit and tokenizer_limit < 10**6 else max_length,
+    )
     if loaded.tokenizer.pad_token_id is None:
         raise ConfigError(f"tokenizer of {request.source!r} has no pad token; cannot batch inputs")
 

@@ -57,9 +57,9 @@ def list_versions(model_dir: Path) -> list[int]:
         return []
     versions = []
     for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and (child / METADATA_FILENAME).is_file():
-            if (child / MODEL_FILENAME).is_file():
-                versions.append(int(child.name))
+        complete = (child / METADATA_FILENAME).is_file() and (child / MODEL_FILENAME).is_file()
+        if child.is_dir() and child.name.isdigit() and complete:
+            versions.append(int(child.name))
     return sorted(versions)
 
 

@@ -129,7 +129,8 @@ def run_onnx(
         rows = order[start : start + batch_size]
         width = int(lengths[rows].max())
         (chunk,) = session.run(
-            [OUTPUT_NAME], {"input_ids": input_ids[rows, :width], "attention_mask": attention_mask[rows, :width]}
+            [OUTPUT_NAME],
+            {"input_ids": input_ids[rows, :width], "attention_mask": attention_mask[rows, :width]},
         )
         if out.shape[1] == 0:
             out = np.zeros((len(order), chunk.shape[1]), dtype=np.float32)
@@ -171,8 +172,12 @@ def check_parity(
     padding_cosines = []
     for row in np.argsort(batch.attention_mask.sum(axis=1))[:4]:
         n = int(batch.attention_mask[row].sum())
-        single = run_onnx(variant_path, batch.input_ids[row : row + 1, :n], batch.attention_mask[row : row + 1, :n])
-        padding_cosines.append(float(single[0] @ candidate[row] / np.linalg.norm(single[0]) / np.linalg.norm(candidate[row])))
+        single = run_onnx(
+            variant_path, batch.input_ids[row : row + 1, :n], batch.attention_mask[row : row + 1, :n]
+        )
+        padding_cosines.append(
+            float(single[0] @ candidate[row] / np.linalg.norm(single[0]) / np.linalg.norm(candidate[row]))
+        )
     overlap = None
     if gate.min_topk_overlap is not None:
         baseline = run_onnx(fp32_path, batch.input_ids, batch.attention_mask) if fp32_path else reference
@@ -205,7 +210,8 @@ def enforce(report: ParityReport, model_name: str) -> None:
     """Raise ``ParityGateError`` with the measured numbers when the gate failed."""
     if not report.passed:
         raise ParityGateError(
-            f"{model_name} {report.precision} failed the parity gate: " + "; ".join(report.failures)
+            f"{model_name} {report.precision} failed the parity gate: "
+            + "; ".join(report.failures)
             + f" [min_cosine={report.min_cosine:.6f} mean_cosine={report.mean_cosine:.6f} "
             f"max_abs_diff={report.max_abs_diff:.2e} topk_overlap={report.topk_overlap}]"
         )

@@ -48,34 +48,47 @@ class LocalServer:
 
     def start(self, timeout_s: float = 120.0) -> LocalServer:
         command = [
-            sys.executable, "-m", "embedding_pipeline.inference_server",
-            "--model-repository", str(self.repository),
-            "--http-port", str(self.http_port),
-            "--grpc-port", str(self.grpc_port),
-            "--threads", str(self.threads),
+            sys.executable,
+            "-m",
+            "embedding_pipeline.inference_server",
+            "--model-repository",
+            str(self.repository),
+            "--http-port",
+            str(self.http_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--threads",
+            str(self.threads),
         ]
         for model in self.models:
             command += ["--model", model]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerUnavailableError(
-                    f"inference server exited with {self.process.returncode} during start; log tail:\n{self.log_tail()}"
+                    f"inference server exited with {self.process.returncode} during start; "
+                    f"log tail:\n{self.log_tail()}"
                 )
             if self.is_live():
                 return self
             time.sleep(0.3)
         self.stop()
-        raise ServerUnavailableError(f"inference server not live after {timeout_s}s; log tail:\n{self.log_tail()}")
+        raise ServerUnavailableError(
+            f"inference server not live after {timeout_s}s; log tail:\n{self.log_tail()}"
+        )
 
     def is_live(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/live", timeout=1) as answer:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.http_port}/v2/health/live", timeout=1
+            ) as answer:
                 return answer.status == 200
         except (urllib.error.URLError, OSError):
             return False

@@ -87,13 +87,17 @@ class ServerSettings:
             current = getattr(self, key)
             try:
                 if isinstance(current, bool):
-                    coerced[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                    coerced[key] = (
+                        value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                    )
                 elif isinstance(current, Path):
                     coerced[key] = Path(value)
                 else:
                     coerced[key] = type(current)(value)
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"server setting {key}={value!r} is not a valid {type(current).__name__}") from exc
+                raise ConfigError(
+                    f"server setting {key}={value!r} is not a valid {type(current).__name__}"
+                ) from exc
         return replace(self, **coerced)
 
     @classmethod

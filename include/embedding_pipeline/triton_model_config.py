@@ -60,7 +60,9 @@ def render_config(
     parameters: dict[str, str] | None = None,
 ) -> str:
     """Render ``config.pbtxt`` for the onnxruntime backend with dynamic batching."""
-    preferred = [b for b in preferred_batch_sizes if b <= contract.max_batch_size] or [contract.max_batch_size]
+    preferred = [b for b in preferred_batch_sizes if b <= contract.max_batch_size] or [
+        contract.max_batch_size
+    ]
     inputs = ",\n".join(
         f'  {{\n    name: "{name}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]\n  }}'
         for name in contract.input_names
@@ -75,7 +77,8 @@ def render_config(
         f"max_batch_size: {contract.max_batch_size}\n"
         f"input [\n{inputs}\n]\n"
         "output [\n"
-        f'  {{\n    name: "{contract.output_name}"\n    data_type: TYPE_FP32\n    dims: [ {contract.dim} ]\n  }}\n'
+        f'  {{\n    name: "{contract.output_name}"\n    data_type: TYPE_FP32\n'
+        f"    dims: [ {contract.dim} ]\n  }}\n"
         "]\n"
         "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]\n"

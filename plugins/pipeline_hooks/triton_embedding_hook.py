@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 from airflow.sdk import BaseHook
-
 from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.settings import ServerSettings
@@ -82,7 +81,13 @@ class TritonEmbeddingHook(BaseHook):
         if conn.schema == "https":
             fields["ssl"] = True
         settings = base.with_overrides(**fields).with_overrides(**self.overrides)
-        log.info("connection %r -> %s://%s model %s", self.triton_conn_id, settings.protocol, settings.url, settings.model_name)
+        log.info(
+            "connection %r -> %s://%s model %s",
+            self.triton_conn_id,
+            settings.protocol,
+            settings.url,
+            settings.model_name,
+        )
         return settings
 
     def get_conn(self) -> EmbeddingClient:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create .venv and install everything the pipeline, the local server and the tests need.
+#
+# Order matters:
+#  1. torch first, with pip: `torch==2.13.0` is a CPU wheel that pip finds on the build machines;
+#     a bare `torch` requirement resolved by uv would pull a multi-GB CUDA build. Elsewhere, point
+#     TORCH_INDEX_URL at https://download.pytorch.org/whl/cpu to get the CPU build from PyTorch.
+#  2. the rest with uv (seconds instead of half a minute with pip), with requirements/overrides.txt
+#     forcing psutil>=6.1 over kserve's psutil<6 pin (why: see that file).
+#  3. this project in editable mode without dependencies (they are all pinned above).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON_BIN="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON_BIN" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip uv
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
+  else
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
+  fi
+fi
+.venv/bin/uv pip install --quiet --python .venv/bin/python \
+  -r requirements.txt -r requirements/serve.txt -r requirements/dev.txt \
+  --override requirements/overrides.txt
+.venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
+.venv/bin/python -c "import torch, onnxruntime, kserve, tritonclient, airflow; print('environment ready: torch', torch.__version__, '| airflow', airflow.__version__)" 2>/dev/null | tail -1
+touch .venv/.bootstrapped
