@@ -97,6 +97,8 @@ def _demo(args: argparse.Namespace) -> int:
     from embedding_pipeline.airflow_runner import configure_airflow, migrate_db
     from embedding_pipeline.server_process import LocalServer, free_port
 
+    # Airflow logs every task transition at INFO; the demo's own report is the readable output.
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
     home = configure_airflow()
     print(f"[1/4] Airflow metadata DB in {home}")
     migrate_db(home)
