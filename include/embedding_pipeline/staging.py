@@ -1,0 +1,126 @@
+"""Staged chunks: embedded rows written once by an embed task, read by every sink task.
+
+One Parquet file per chunk under the run's staging directory. XCom carries only the path and
+counts. Columns (keywords)::
+
+    id            string   business key (keyword_id as text)
+    point_id      string   uuid5(namespace, id): the Qdrant point id, stable across runs
+    vector        fixed_size_list<float32>[dim]
+    text          string   the embedded text (keyword)
+    content_hash  string   sha256(text + model name + model version): drives incremental reindex
+    payload       string   JSON of the remaining business fields (category, lang, updated_at, dt, ...)
+
+File metadata holds ``model_name``, ``model_version``, ``dim`` and ``kind`` so a sink can refuse a
+chunk embedded with another model than its collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Fixed namespace: point ids must be identical on every machine and every run.
+ID_NAMESPACE = uuid.UUID("6f0b8a51-54b5-4f4e-9a53-6c2f2f0c9e11")
+
+
+def point_id(kind: str, business_id: str) -> str:
+    """Deterministic Qdrant point id for a business key (idempotent re-runs, retries, backfills)."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{kind}:{business_id}"))
+
+
+def content_hash(text: str, model_name: str, model_version: int | str) -> str:
+    return hashlib.sha256(f"{model_name}\x1f{model_version}\x1f{text}".encode()).hexdigest()
+
+
+def staged_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        ("id", pa.string()),
+        ("point_id", pa.string()),
+        ("vector", pa.list_(pa.float32(), dim)),
+        ("text", pa.string()),
+        ("content_hash", pa.string()),
+        ("payload", pa.string()),
+    ])
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """A slice of a staged chunk as plain Python/NumPy values."""
+
+    ids: list[str]
+    point_ids: list[str]
+    vectors: np.ndarray
+    texts: list[str]
+    content_hashes: list[str]
+    payloads: list[dict]
+
+
+class StagedChunkWriter:
+    """Appends embedded batches to one chunk file (streaming: one row group per batch)."""
+
+    def __init__(self, path: Path, dim: int, kind: str, model_name: str, model_version: int) -> None:
+        self.path = path
+        self.tmp = path.with_suffix(".parquet.tmp")
+        self.kind, self.model_name, self.model_version = kind, model_name, model_version
+        metadata = {"kind": kind, "model_name": model_name, "model_version": str(model_version), "dim": str(dim)}
+        self.schema = staged_schema(dim).with_metadata(metadata)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.rows = 0
+
+    def write(self, ids: list[str], vectors: np.ndarray, texts: list[str], payloads: list[dict]) -> None:
+        if not ids:
+            return
+        dim = vectors.shape[1]
+        table = pa.table(
+            {
+                "id": ids,
+                "point_id": [point_id(self.kind, i) for i in ids],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dim),
+                "text": texts,
+                "content_hash": [content_hash(t, self.model_name, self.model_version) for t in texts],
+                "payload": [json.dumps(p, ensure_ascii=False, default=str) for p in payloads],
+            },
+            schema=self.schema,
+        )
+        self.writer.write_table(table)
+        self.rows += len(ids)
+
+    def close(self) -> Path:
+        """Finish the file and move it into place atomically (a retried task overwrites it)."""
+        self.writer.close()
+        self.tmp.replace(self.path)
+        return self.path
+
+
+def staged_metadata(path: Path) -> dict[str, str]:
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def iter_staged(path: Path, batch_size: int) -> Iterator[StagedBatch]:
+    """Stream a staged chunk in batches of at most ``batch_size`` rows (flat memory)."""
+    parquet = pq.ParquetFile(path)
+    for record_batch in parquet.iter_batches(batch_size=batch_size):
+        vectors = record_batch.column("vector")
+        dim = vectors.type.list_size
+        yield StagedBatch(
+            ids=record_batch.column("id").to_pylist(),
+            point_ids=record_batch.column("point_id").to_pylist(),
+            vectors=vectors.values.to_numpy(zero_copy_only=False).reshape(-1, dim),
+            texts=record_batch.column("text").to_pylist(),
+            content_hashes=record_batch.column("content_hash").to_pylist(),
+            payloads=[json.loads(p) for p in record_batch.column("payload").to_pylist()],
+        )
+
+
+def staged_rows(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
