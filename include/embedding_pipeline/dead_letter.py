@@ -48,11 +48,18 @@ class DeadLetterWriter:
         self.stage = stage
         self.letters: list[DeadLetter] = []
 
-    def add(self, record_id: object, reason: str, error: str, row: dict[str, Any] | None = None,
-            attempt: int = 1) -> None:
+    def add(
+        self, record_id: object, reason: str, error: str, row: dict[str, Any] | None = None, attempt: int = 1
+    ) -> None:
         self.letters.append(
-            DeadLetter(None if record_id is None else str(record_id), self.stage, reason, error[:2000], attempt,
-                       _jsonable(row or {}))
+            DeadLetter(
+                None if record_id is None else str(record_id),
+                self.stage,
+                reason,
+                error[:2000],
+                attempt,
+                _jsonable(row or {}),
+            )
         )
 
     def __len__(self) -> int:

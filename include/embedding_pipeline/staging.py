@@ -41,14 +41,16 @@ def content_hash(text: str, model_name: str, model_version: int | str) -> str:
 
 
 def staged_schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        ("id", pa.string()),
-        ("point_id", pa.string()),
-        ("vector", pa.list_(pa.float32(), dim)),
-        ("text", pa.string()),
-        ("content_hash", pa.string()),
-        ("payload", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("point_id", pa.string()),
+            ("vector", pa.list_(pa.float32(), dim)),
+            ("text", pa.string()),
+            ("content_hash", pa.string()),
+            ("payload", pa.string()),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,12 @@ class StagedChunkWriter:
         self.path = path
         self.tmp = path.with_suffix(".parquet.tmp")
         self.kind, self.model_name, self.model_version = kind, model_name, model_version
-        metadata = {"kind": kind, "model_name": model_name, "model_version": str(model_version), "dim": str(dim)}
+        metadata = {
+            "kind": kind,
+            "model_name": model_name,
+            "model_version": str(model_version),
+            "dim": str(dim),
+        }
         self.schema = staged_schema(dim).with_metadata(metadata)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = pq.ParquetWriter(self.tmp, self.schema)
@@ -84,7 +91,9 @@ class StagedChunkWriter:
             {
                 "id": ids,
                 "point_id": [point_id(self.kind, i) for i in ids],
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dim),
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.astype(np.float32).ravel()), dim
+                ),
                 "text": texts,
                 "content_hash": [content_hash(t, self.model_name, self.model_version) for t in texts],
                 "payload": [json.dumps(p, ensure_ascii=False, default=str) for p in payloads],

@@ -1,0 +1,143 @@
+"""The mapped embed task: stream a chunk, validate rows, embed valid ones, stage vectors.
+
+Every row read ends either in the staged chunk or in the dead letter with a reason:
+
+    missing_id    the business key is null
+    null_text     the text is null
+    empty_text    the text is empty or whitespace only
+    wrong_type    the text is not a string (e.g. a number in a loosely typed file)
+    duplicate_id  the id already appeared earlier in this chunk (the first occurrence is kept)
+
+Texts longer than the model's token limit are truncated by the tokenizer and counted, not dropped.
+Memory stays flat: record batches are read row group by row group and embedded in fixed-size
+slices; only ids seen in this chunk are remembered (for duplicate detection).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from embedding_pipeline.accounting import StageResult
+from embedding_pipeline.dead_letter import DeadLetterWriter
+from embedding_pipeline.embedding_client import EmbeddingClient
+from embedding_pipeline.model_registry import Role
+from embedding_pipeline.partitions import Chunk, TableSpec
+from embedding_pipeline.staging import StagedChunkWriter
+from embedding_pipeline.tokenization import text_problem
+
+STAGE = "embed"
+_REASONS = {"text is null": "null_text", "text is empty or whitespace": "empty_text"}
+
+
+@dataclass(frozen=True)
+class EmbedOutput:
+    result: StageResult
+    staged_path: str | None
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def row_problem(row_id: object, text: object, seen: set[str]) -> tuple[str, str] | None:
+    """(reason, error) for a row that cannot be embedded, or None."""
+    if row_id is None:
+        return "missing_id", "id is null"
+    problem = text_problem(text)
+    if problem:
+        return _REASONS.get(problem, "wrong_type"), problem
+    if str(row_id) in seen:
+        return "duplicate_id", f"id {row_id} appeared earlier in this chunk; the first occurrence is kept"
+    return None
+
+
+def embed_chunk(
+    chunk: Chunk,
+    table: TableSpec,
+    kind: str,
+    client: EmbeddingClient,
+    run_dir: Path,
+    role: Role | None = "passage",
+    read_batch_rows: int = 4096,
+    embed_batch_rows: int = 1024,
+) -> EmbedOutput:
+    """Embed one chunk into ``<run_dir>/staged/<chunk_id>.parquet``; return counts and the path."""
+    started = time.monotonic()
+    dead = DeadLetterWriter(run_dir, STAGE, chunk.chunk_id)
+    staged = run_dir / "staged" / f"{chunk.chunk_id}.parquet"
+    writer = StagedChunkWriter(staged, client.dim, kind, client.settings.model_name, client.published.version)
+    seen: set[str] = set()
+    pending_ids: list[str] = []
+    pending_texts: list[str] = []
+    pending_payloads: list[dict] = []
+    rows_in = embedded = truncated = 0
+    embed_seconds = 0.0
+
+    def flush() -> None:
+        nonlocal embedded, truncated, embed_seconds
+        if not pending_ids:
+            return
+        t0 = time.monotonic()
+        result = client.embed(pending_texts, role=role)
+        embed_seconds += time.monotonic() - t0
+        writer.write(list(pending_ids), result.vectors, list(pending_texts), list(pending_payloads))
+        embedded += len(pending_ids)
+        truncated += result.truncated
+        pending_ids.clear()
+        pending_texts.clear()
+        pending_payloads.clear()
+
+    try:
+        for segment in chunk.segments:
+            parquet = pq.ParquetFile(segment.path)
+            columns = [c for c in table.columns if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(
+                batch_size=read_batch_rows, row_groups=segment.row_groups, columns=columns
+            ):
+                records = batch.to_pylist()
+                rows_in += len(records)
+                for record in records:
+                    row_id, text = record.get(table.id_column), record.get(table.text_column)
+                    problem = row_problem(row_id, text, seen)
+                    if problem:
+                        dead.add(
+                            row_id, problem[0], problem[1], {**record, "dt": chunk.dt, "source": segment.path}
+                        )
+                        continue
+                    seen.add(str(row_id))
+                    payload = {
+                        k: _plain(v)
+                        for k, v in record.items()
+                        if k not in (table.id_column, table.text_column)
+                    }
+                    payload["dt"] = chunk.dt
+                    pending_ids.append(str(row_id))
+                    pending_texts.append(text)
+                    pending_payloads.append(payload)
+                    if len(pending_ids) >= embed_batch_rows:
+                        flush()
+        flush()
+        path = writer.close()
+    except BaseException:
+        writer.writer.close()
+        writer.tmp.unlink(missing_ok=True)
+        raise
+    result = StageResult(
+        stage=STAGE,
+        chunk=chunk.chunk_id,
+        rows_in=rows_in,
+        indexed=embedded,
+        dead_lettered=len(dead),
+        dead_letters_by_reason=dead.by_reason(),
+        dead_letter_path=dead.flush(),
+        seconds=round(time.monotonic() - started, 3),
+        extra={"truncated": truncated, "embed_seconds": round(embed_seconds, 3)},
+    )
+    return EmbedOutput(result, str(path) if embedded else None)
