@@ -1,0 +1,157 @@
+"""Chunk planning, the embed stage (real server) and the finalize accounting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import settings_for
+
+from embedding_pipeline.accounting import StageResult
+from embedding_pipeline.dead_letter import read_dead_letters
+from embedding_pipeline.embed_stage import embed_chunk
+from embedding_pipeline.embedding_client import EmbeddingClient
+from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.partitions import (
+    KEYWORDS,
+    SchemaError,
+    partition_dir,
+    partition_files,
+    plan_chunks,
+)
+from embedding_pipeline.run_report import AccountingError, finalize
+from embedding_pipeline.staging import iter_staged, staged_metadata
+
+DT = "2024-01-01"
+
+
+def _write(path, rows: int, row_group: int, start: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = list(range(start, start + rows))
+    pq.write_table(
+        pa.table({"keyword_id": ids, "keyword": [f"keyword {i}" for i in ids]}),
+        path,
+        row_group_size=row_group,
+    )
+
+
+def test_chunks_are_row_group_aligned_bounded_and_cover_every_row(tmp_path):
+    part = partition_dir(tmp_path, KEYWORDS, DT)
+    _write(part / "part-0.parquet", 1000, 100)
+    _write(part / "part-1.parquet", 1000, 300, start=1000)
+    (part / "_injected.json").write_text("{}")  # manifests are not data
+    files = partition_files(part)
+    assert [f.name for f in files] == ["part-0.parquet", "part-1.parquet"]
+    chunks = plan_chunks(files, KEYWORDS, DT, target_rows=250, max_chunks=1024)
+    assert sum(c.rows for c in chunks) == 2000
+    covered = sorted((s.path, g) for c in chunks for s in c.segments for g in s.row_groups)
+    assert covered == sorted([(str(files[0]), g) for g in range(10)] + [(str(files[1]), g) for g in range(4)])
+    assert all(c.rows >= 250 for c in chunks[:-1])
+    bounded = plan_chunks(files, KEYWORDS, DT, target_rows=10, max_chunks=3)
+    assert len(bounded) <= 3 and sum(c.rows for c in bounded) == 2000
+    assert len({c.chunk_id for c in chunks}) == len(chunks)
+
+
+def test_bad_files_fail_planning_naming_file_and_column(tmp_path):
+    part = partition_dir(tmp_path, KEYWORDS, DT)
+    _write(part / "part-0.parquet", 10, 5)
+    pq.write_table(pa.table({"keyword_id": [1], "text": ["x"]}), part / "part-1.parquet")
+    with pytest.raises(SchemaError, match=r"part-1\.parquet: required column 'keyword' is missing"):
+        plan_chunks(partition_files(part), KEYWORDS, DT, 10, 10)
+    (part / "part-1.parquet").write_text("not parquet")
+    with pytest.raises(SchemaError, match=r"part-1\.parquet: not a readable Parquet file"):
+        plan_chunks(partition_files(part), KEYWORDS, DT, 10, 10)
+    pq.write_table(pa.table({"keyword_id": [1.5], "keyword": ["x"]}), part / "part-1.parquet")
+    with pytest.raises(SchemaError, match="column 'keyword_id' has type double"):
+        plan_chunks(partition_files(part), KEYWORDS, DT, 10, 10)
+    empty = partition_dir(tmp_path, KEYWORDS, "2024-01-02")
+    empty.mkdir(parents=True)
+    zero_rows = pa.table({"keyword_id": pa.array([], pa.int64()), "keyword": pa.array([], pa.string())})
+    pq.write_table(zero_rows, empty / "part-0.parquet")
+    assert plan_chunks(partition_files(empty), KEYWORDS, "2024-01-02", 10, 10) == []
+    with pytest.raises(ConfigError, match="max_chunks"):
+        plan_chunks([], KEYWORDS, DT, 10, 2000)
+    with pytest.raises(ConfigError, match="dt must be a date"):
+        partition_dir(tmp_path, KEYWORDS, "yesterday")
+
+
+def test_embed_chunk_stages_valid_rows_and_dead_letters_the_rest(server, repository, tmp_path):
+    part = partition_dir(tmp_path, KEYWORDS, DT)
+    part.mkdir(parents=True)
+    keywords = [
+        "東京 ラーメン",
+        None,
+        "",
+        "   ",
+        "北海道 旅行",
+        "長い " * 3000,
+        "dup first",
+        "dup second",
+        "ok",
+    ]
+    ids = [1, 2, 3, 4, None, 6, 7, 7, 9]
+    pq.write_table(
+        pa.table(
+            {
+                "keyword_id": pa.array(ids, pa.int64()),
+                "keyword": keywords,
+                "category": ["food"] * 9,
+                "extra_column": list(range(9)),
+            }
+        ),
+        part / "part-0.parquet",
+        row_group_size=4,
+    )
+    (chunk,) = plan_chunks(partition_files(part), KEYWORDS, DT, 100, 10)
+    with EmbeddingClient(settings_for(server, repository, model_name="tiny_bert", batch_size=2)) as client:
+        output = embed_chunk(chunk, KEYWORDS, "keyword", client, tmp_path / "run", embed_batch_rows=3)
+        result = output.result
+        assert (result.rows_in, result.indexed, result.dead_lettered) == (9, 4, 5) and result.balanced
+        assert result.dead_letters_by_reason == {
+            "null_text": 1,
+            "empty_text": 2,
+            "missing_id": 1,
+            "duplicate_id": 1,
+        }
+        assert result.extra["truncated"] == 1
+        batches = list(iter_staged(output.staged_path, 100))
+        staged_ids = [i for b in batches for i in b.ids]
+        assert staged_ids == ["1", "6", "7", "9"]
+        assert staged_metadata(output.staged_path)["model_name"] == "tiny_bert"
+        vectors = np.vstack([b.vectors for b in batches])
+        expected = client.embed(["東京 ラーメン", "長い " * 3000, "dup first", "ok"], role="passage").vectors
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert batches[0].payloads[0] == {"category": "food", "dt": DT}
+    letters = read_dead_letters(tmp_path / "run", "embed")
+    assert len(letters) == 5 and {letter["stage"] for letter in letters} == {"embed"}
+    duplicate = next(letter for letter in letters if letter["reason"] == "duplicate_id")
+    assert duplicate["record_id"] == "7" and duplicate["row"]["keyword"] == "dup second"
+    assert all(letter["row"]["dt"] == DT and letter["timestamp"] for letter in letters)
+
+
+def _result(stage, rows_in, indexed, dead, chunk="c0"):
+    return StageResult(stage, chunk, rows_in, indexed, dead, {"x": dead} if dead else {}, None, 1.0)
+
+
+def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path):
+    embed = [_result("embed", 100, 95, 5)]
+    report = finalize(
+        tmp_path,
+        embed,
+        {"es": [_result("es", 95, 94, 1)], "qdrant": [_result("q", 95, 95, 0)]},
+        {"dag_id": "d"},
+        0.1,
+    )
+    assert report["status"] == "ok" and report["sinks"]["es"]["dead_letter_ratio"] == 0.06
+    assert json.loads((tmp_path / "report.json").read_text())["rows_read"] == 100
+    assert "| es | 1 | 95 | 94 | 1 |" in (tmp_path / "report.md").read_text()
+    with pytest.raises(AccountingError, match="es received 90 rows but 95 were embedded"):
+        finalize(tmp_path, embed, {"es": [_result("es", 90, 90, 0)]}, {}, 0.1)
+    with pytest.raises(AccountingError, match="es tasks do not balance"):
+        finalize(tmp_path, embed, {"es": [_result("es", 95, 90, 1)]}, {}, 0.1)
+    with pytest.raises(AccountingError, match="dead-letter ratio 0.0600 exceeds the threshold 0.05"):
+        finalize(tmp_path, embed, {"es": [_result("es", 95, 94, 1)]}, {}, 0.05)
+    assert json.loads((tmp_path / "report.json").read_text())["status"] == "failed"
