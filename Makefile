@@ -19,6 +19,7 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check include dags plugins tests bench
+	$(VENV)/bin/ruff format --check include dags plugins tests bench
 
 ## Run the local inference server in the foreground on model_repository/ (ports 8000/8001).
 serve: setup

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import settings_for
-
 from embedding_pipeline.accounting import StageResult
 from embedding_pipeline.dead_letter import read_dead_letters
 from embedding_pipeline.embed_stage import embed_chunk
@@ -152,6 +151,6 @@ def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path):
         finalize(tmp_path, embed, {"es": [_result("es", 90, 90, 0)]}, {}, 0.1)
     with pytest.raises(AccountingError, match="es tasks do not balance"):
         finalize(tmp_path, embed, {"es": [_result("es", 95, 90, 1)]}, {}, 0.1)
-    with pytest.raises(AccountingError, match="dead-letter ratio 0.0600 exceeds the threshold 0.05"):
+    with pytest.raises(AccountingError, match=r"dead-letter ratio 0\.0600 exceeds the threshold 0\.05"):
         finalize(tmp_path, embed, {"es": [_result("es", 95, 94, 1)]}, {}, 0.05)
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "failed"
