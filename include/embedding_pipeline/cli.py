@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from embedding_pipeline import sample_data
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model_registry import FAMILIES
 from embedding_pipeline.model_source import DEFAULT_MODEL_SOURCE
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=["grpc", "http"], default=None)
     p.add_argument("texts", nargs="+")
     p.set_defaults(func=_embed)
+
+    p = sub.add_parser("sample-data", help="generate partitioned sample keywords/products Parquet")
+    sample_data.add_arguments(p)
 
     p = sub.add_parser("demo", help="the main job: publish through Airflow, serve, embed, print")
     model_args(p)

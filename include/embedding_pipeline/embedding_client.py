@@ -13,8 +13,9 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,7 +33,7 @@ from embedding_pipeline.model_registry import ROLES, Role
 from embedding_pipeline.model_repository import PublishedModel, latest_version
 from embedding_pipeline.onnx_export import INPUT_NAMES, OUTPUT_NAME
 from embedding_pipeline.settings import ServerSettings
-from embedding_pipeline.tokenization import EncodedBatch, TextEncoder, validate_texts
+from embedding_pipeline.tokenization import TextEncoder, validate_texts
 from embedding_pipeline.triton_model_config import ServingContract, read_contract
 
 log = logging.getLogger(__name__)
@@ -204,14 +205,27 @@ class EmbeddingClient:
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         vectors = np.empty((len(valid), self.dim), dtype=np.float32)
         truncated = 0
-        encoded = (self.encoder.encode([valid[i] for i in rows], role) for rows in batches)
-        for rows, (result, batch) in zip(batches, self._pool.map(self._infer_encoded, encoded), strict=True):
-            vectors[rows] = result
-            truncated += batch.truncated
+        # A sliding window of max_in_flight requests: tokenizing batch i+1 overlaps inference of
+        # batch i, and never more than max_in_flight encoded batches are held (flat memory).
+        window: deque[tuple[np.ndarray, Future[np.ndarray], int]] = deque()
+        for rows in batches:
+            batch = self.encoder.encode([valid[i] for i in rows], role)
+            window.append(
+                (
+                    rows,
+                    self._pool.submit(self.infer_arrays, batch.input_ids, batch.attention_mask),
+                    batch.truncated,
+                )
+            )
+            if len(window) >= self.settings.max_in_flight:
+                done_rows, future, cut = window.popleft()
+                vectors[done_rows] = future.result()
+                truncated += cut
+        while window:
+            done_rows, future, cut = window.popleft()
+            vectors[done_rows] = future.result()
+            truncated += cut
         return EmbeddingResult(vectors, truncated=truncated, requests=len(batches))
-
-    def _infer_encoded(self, batch: EncodedBatch) -> tuple[np.ndarray, EncodedBatch]:
-        return self.infer_arrays(batch.input_ids, batch.attention_mask), batch
 
     def infer_arrays(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """One request with pre-tokenized inputs (exposed for benchmarks and contract tests)."""

@@ -92,6 +92,16 @@ def partition_files(directory: Path) -> list[Path]:
 def _compatible(actual: pa.DataType, column: str, table: TableSpec) -> bool:
     if column == table.id_column:
         return pa.types.is_integer(actual) or pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if column == table.text_column:
+        # Numbers are accepted here and dead-lettered per row as ``wrong_type`` by the embed stage:
+        # the ids stay readable, so each row can be reported and replayed.
+        return (
+            pa.types.is_string(actual)
+            or pa.types.is_large_string(actual)
+            or pa.types.is_integer(actual)
+            or pa.types.is_floating(actual)
+            or pa.types.is_null(actual)
+        )
     if column == "updated_at":
         return pa.types.is_timestamp(actual) or pa.types.is_date(actual) or pa.types.is_null(actual)
     return pa.types.is_string(actual) or pa.types.is_large_string(actual) or pa.types.is_null(actual)

@@ -45,7 +45,9 @@ class ServerSettings:
     max_retries: int = 5
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
-    max_in_flight: int = 4
+    # 1 on small CPU boxes: two concurrent requests oversubscribe a 2-core server (measured 0.8x,
+    # bench/results). Raise it (Connection extra) for Triton on GPUs or several instances.
+    max_in_flight: int = 1
     batch_size: int = 64
     ready_timeout_s: float = 120.0
 

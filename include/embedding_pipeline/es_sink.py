@@ -1,0 +1,943 @@
+"""Elasticsearch sink: keyword documents from staged chunks, addressed by alias, with nothing lost.
+
+The one module that talks to Elasticsearch. Three concerns, kept apart so the product index can
+reuse them later:
+
+* **Index management by alias.** Readers and writers name an alias (``keywords``); the physical
+  index carries a generation suffix (``keywords-g1``) so a full reindex can build ``-g2`` beside it
+  and swap the alias atomically. The mapping is explicit; ``_meta`` records which model the
+  documents belong to, and an existing index that disagrees is refused with both sides named.
+* **Bulk-load settings.** ``refresh_interval: -1`` and ``number_of_replicas: 0`` while loading,
+  restored afterwards. Mapped tasks run concurrently and cannot know about each other, so the DAG
+  calls :func:`begin_bulk_load` in a setup task and :func:`end_bulk_load` in a teardown task;
+  :func:`bulk_load_settings` wraps both for single-process use.
+* **Bulk indexing with item-level accounting.** Documents go through
+  ``elasticsearch.helpers.streaming_bulk`` with ``_id`` = business key (re-running a chunk
+  overwrites, never duplicates). Transient item failures (429/502/503/504,
+  ``es_rejected_execution_exception``) and whole-request failures with those statuses are retried
+  here with exponential backoff and jitter; permanent item failures go to the dead letter at once
+  with ES's error type and reason. Connection failures are retried (bounded) and then raise: the
+  Airflow task retry covers the process level. Every row read ends indexed or dead-lettered.
+
+Client compatibility: elasticsearch-py 9 sends ``compatible-with=9`` media types, which a real ES 8
+refuses (400 ``media_type_header_exception``); the target cluster is ES 9 (see the compose file).
+The noida-db emulator reports 8.15.3 but accepts these headers. :func:`_raise_clear` turns the ES 8
+refusal into an error saying what to do instead of a bare 400.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+from elastic_transport import TlsError
+from elasticsearch import ApiError, Elasticsearch
+from elasticsearch import ConnectionError as EsConnectionError
+from elasticsearch.helpers import streaming_bulk
+
+from embedding_pipeline.accounting import StageResult
+from embedding_pipeline.dead_letter import DeadLetterWriter
+from embedding_pipeline.errors import ConfigError, PipelineError
+from embedding_pipeline.staging import iter_staged, staged_metadata
+
+log = logging.getLogger(__name__)
+
+STAGE = "es_index"
+DEFAULT_ANALYZER = "cjk"
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+RETRYABLE_ERROR_TYPES = frozenset({"es_rejected_execution_exception"})
+# _meta keys that say which documents an index holds; a mismatch means "build a new generation".
+IDENTITY_META_KEYS = ("kind", "model_name", "model_version", "dim")
+KEYWORD_PAYLOAD_FIELDS = ("category", "lang", "updated_at", "dt")
+MAX_ID_BYTES = 512  # ES refuses longer _ids (a real cluster fails the whole bulk request, not one item)
+_BULK_LOAD_SETTINGS = ("refresh_interval", "number_of_replicas")
+
+
+class EsError(PipelineError):
+    """Elasticsearch refused an operation in a way an operator has to act on."""
+
+
+class EsIndexError(EsError):
+    """The index or alias is missing, malformed, or incompatible with what is being written."""
+
+
+class EsUnavailableError(EsError):
+    """The cluster cannot be reached (down, wrong address, TLS, or connection retries exhausted)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and client
+# --------------------------------------------------------------------------------------------------
+
+
+def _redact_url(url: str) -> str:
+    """The URL without user:password, for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class EsSettings:
+    """How to reach the cluster and how to bulk into it.
+
+    Credentials in a URL (``https://user:pass@host``) are moved into ``username``/``password`` so
+    that hosts can be logged as they are. ``repr`` shows whether a secret is set, never its value.
+    """
+
+    hosts: tuple[str, ...] = ("http://127.0.0.1:9200",)
+    username: str | None = None
+    password: str | None = None
+    api_key: str | None = None
+    ca_certs: str | None = None
+    ssl_assert_fingerprint: str | None = None
+    verify_certs: bool = True
+    request_timeout: float = 30.0
+    max_retries: int = 3
+    bulk_chunk_docs: int = 1000
+    bulk_max_bytes: int = 10 * 1024 * 1024
+    keyword_alias: str = "keywords"
+    product_alias: str = "products"
+
+    def __post_init__(self) -> None:
+        hosts = (self.hosts,) if isinstance(self.hosts, str) else tuple(self.hosts)
+        cleaned: list[str] = []
+        username, password = self.username, self.password
+        for host in hosts:
+            host = host.strip()
+            if not host:
+                continue
+            if "://" not in host:
+                raise ConfigError(
+                    f"Elasticsearch host {_redact_url(host)!r} needs a scheme (http:// or https://)"
+                )
+            parts = urlsplit(host)
+            if parts.username is not None:
+                username = username or parts.username
+                password = password or parts.password
+            cleaned.append(_redact_url(host))
+        if not cleaned:
+            raise ConfigError("at least one Elasticsearch host is required (ES_URL)")
+        object.__setattr__(self, "hosts", tuple(cleaned))
+        object.__setattr__(self, "username", username)
+        object.__setattr__(self, "password", password)
+        if self.request_timeout <= 0 or self.max_retries < 0:
+            raise ConfigError("request_timeout must be > 0 and max_retries >= 0")
+        if self.bulk_chunk_docs < 1 or self.bulk_max_bytes < 1024:
+            raise ConfigError("bulk_chunk_docs must be >= 1 and bulk_max_bytes >= 1024")
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("password", "api_key"):
+                value = "<set>" if value else None
+            shown.append(f"{f.name}={value!r}")
+        return f"EsSettings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    @property
+    def uses_tls(self) -> bool:
+        return any(host.startswith("https://") for host in self.hosts)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> EsSettings:
+        """Defaults overridden by ``ES_URL`` (comma separated), ``ES_USERNAME``, ``ES_PASSWORD``,
+        ``ES_API_KEY``, ``ES_CA_CERTS``, ``ES_FINGERPRINT`` and the non-secret knobs
+        ``ES_VERIFY_CERTS``, ``ES_REQUEST_TIMEOUT``, ``ES_MAX_RETRIES``, ``ES_BULK_CHUNK_DOCS``,
+        ``ES_BULK_MAX_BYTES``, ``ES_KEYWORD_ALIAS``, ``ES_PRODUCT_ALIAS``."""
+        env = os.environ if environ is None else environ
+        base = cls()
+        overrides: dict[str, Any] = {}
+        if env.get("ES_URL"):
+            overrides["hosts"] = tuple(env["ES_URL"].split(","))
+        for key, name in (
+            ("ES_USERNAME", "username"),
+            ("ES_PASSWORD", "password"),
+            ("ES_API_KEY", "api_key"),
+            ("ES_CA_CERTS", "ca_certs"),
+            ("ES_FINGERPRINT", "ssl_assert_fingerprint"),
+            ("ES_KEYWORD_ALIAS", "keyword_alias"),
+            ("ES_PRODUCT_ALIAS", "product_alias"),
+        ):
+            if env.get(key):
+                overrides[name] = env[key]
+        if env.get("ES_VERIFY_CERTS"):
+            overrides["verify_certs"] = env["ES_VERIFY_CERTS"].strip().lower() in ("1", "true", "yes")
+        for key, name, kind in (
+            ("ES_REQUEST_TIMEOUT", "request_timeout", float),
+            ("ES_MAX_RETRIES", "max_retries", int),
+            ("ES_BULK_CHUNK_DOCS", "bulk_chunk_docs", int),
+            ("ES_BULK_MAX_BYTES", "bulk_max_bytes", int),
+        ):
+            if env.get(key):
+                try:
+                    overrides[name] = kind(env[key])
+                except ValueError as exc:
+                    raise ConfigError(f"{key}={env[key]!r} is not a valid {kind.__name__}") from exc
+        return replace(base, **overrides)
+
+
+def make_client(settings: EsSettings) -> Elasticsearch:
+    """An ``Elasticsearch`` client for ``settings``; TLS options are passed only for https hosts.
+
+    The transport retries whole requests on 429/502/503/504 and timeouts for ordinary calls; bulk
+    calls switch that off and retry per item with backoff instead (see :func:`bulk_index`).
+    """
+    kwargs: dict[str, Any] = {
+        "request_timeout": settings.request_timeout,
+        "max_retries": settings.max_retries,
+        "retry_on_timeout": True,
+    }
+    if settings.api_key:
+        kwargs["api_key"] = settings.api_key
+    elif settings.username:
+        kwargs["basic_auth"] = (settings.username, settings.password or "")
+    if settings.uses_tls:
+        kwargs["verify_certs"] = settings.verify_certs
+        if settings.ca_certs:
+            kwargs["ca_certs"] = settings.ca_certs
+        if settings.ssl_assert_fingerprint:
+            kwargs["ssl_assert_fingerprint"] = settings.ssl_assert_fingerprint
+    log.info("Elasticsearch client for %s", ", ".join(settings.hosts))
+    return Elasticsearch(list(settings.hosts), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors from the client, made readable
+# --------------------------------------------------------------------------------------------------
+
+
+def _error_type_reason(body: Any) -> tuple[str, str]:
+    """(type, reason) of an ES error body (``{"error": {...}}``, the inner dict, or a string)."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict):
+        reason = str(error.get("reason", ""))
+        caused = error.get("caused_by")
+        if isinstance(caused, dict) and caused.get("reason") and caused.get("reason") not in reason:
+            reason = f"{reason} (caused by {caused.get('type')}: {caused.get('reason')})"
+        return str(error.get("type", "unknown")), reason
+    return "unknown", str(error)
+
+
+def _raise_clear(exc: Exception, doing: str) -> NoReturn:
+    """Re-raise a client exception as a PipelineError that says what failed and what to do."""
+    if isinstance(exc, ApiError):
+        kind, reason = _error_type_reason(exc.body)
+        if kind == "media_type_header_exception":
+            raise EsError(
+                f"{doing}: the cluster refused elasticsearch-py 9's compatibility headers ({reason}); "
+                "this pipeline needs Elasticsearch 9 (or pin elasticsearch<9 for an ES 8 cluster)"
+            ) from None
+        if exc.meta.status in (401, 403):
+            raise EsError(
+                f"{doing}: not authorised ({exc.meta.status} {kind}); check ES_USERNAME/ES_PASSWORD "
+                "or ES_API_KEY and the user's index privileges"
+            ) from None
+        raise EsError(f"{doing}: {exc.meta.status} {kind}: {reason}") from None
+    if isinstance(exc, TlsError):
+        raise EsUnavailableError(f"{doing}: TLS failed ({exc}); check ES_CA_CERTS / ES_FINGERPRINT") from None
+    if isinstance(exc, EsConnectionError):
+        raise EsUnavailableError(f"{doing}: cannot reach Elasticsearch ({exc})") from None
+    raise exc
+
+
+# --------------------------------------------------------------------------------------------------
+# Mappings and documents
+# --------------------------------------------------------------------------------------------------
+
+
+def keyword_mappings(
+    *, model_name: str, model_version: int, dim: int, analyzer: str = DEFAULT_ANALYZER
+) -> dict[str, Any]:
+    """Explicit mapping of the keyword index.
+
+    ``dynamic: strict`` rather than ``false``: :func:`keyword_document` is the only writer and
+    picks known fields, so an unknown field can only be a code change that forgot the mapping.
+    Strict makes that fail loudly on the first item (dead letter ``es_mapping_error``) instead of
+    storing an unindexed field that searches silently miss, and keeps every generation's
+    mapping identical to this function, which the alias swap of a full reindex relies on.
+
+    ``dt`` is a ``keyword``: it is a partition label, filtered by equality, and ISO dates sort
+    lexicographically so range filters still work. ``keyword.raw`` serves exact match and
+    aggregations; ``ignore_above`` keeps an overlong keyword indexable as text.
+    """
+    return {
+        "dynamic": "strict",
+        "_meta": {
+            "kind": "keyword",
+            "model_name": model_name,
+            "model_version": int(model_version),
+            "dim": int(dim),
+        },
+        "properties": {
+            "keyword_id": {"type": "keyword"},
+            "keyword": {
+                "type": "text",
+                "analyzer": analyzer,
+                "fields": {"raw": {"type": "keyword", "ignore_above": 512}},
+            },
+            "dt": {"type": "keyword"},
+            "category": {"type": "keyword"},
+            "lang": {"type": "keyword"},
+            "updated_at": {"type": "date"},
+            "model_name": {"type": "keyword"},
+            "model_version": {"type": "integer"},
+            "content_hash": {"type": "keyword"},
+            "indexed_at": {"type": "date"},
+        },
+    }
+
+
+def _normalise_date(value: Any) -> Any:
+    """ISO 8601 for anything Python can parse as a date (``2024-01-01 10:00:00`` included).
+
+    Values that do not parse are passed through unchanged on purpose: ES then rejects the item and
+    the dead letter carries ES's own reason, rather than this module guessing.
+    """
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).isoformat()
+        except ValueError:
+            return value
+    return value
+
+
+def keyword_document(
+    keyword_id: str,
+    keyword: str,
+    content_hash: str,
+    payload: Mapping[str, Any],
+    *,
+    model_name: str,
+    model_version: int,
+    indexed_at: str,
+) -> dict[str, Any]:
+    """The ``_source`` of one keyword document. Payload fields that are missing or None are left out."""
+    doc: dict[str, Any] = {
+        "keyword_id": keyword_id,
+        "keyword": keyword,
+        "model_name": model_name,
+        "model_version": int(model_version),
+        "content_hash": content_hash,
+        "indexed_at": indexed_at,
+    }
+    for name in KEYWORD_PAYLOAD_FIELDS:
+        value = payload.get(name)
+        if value is not None:
+            doc[name] = _normalise_date(value) if name == "updated_at" else value
+    return doc
+
+
+# --------------------------------------------------------------------------------------------------
+# Index management by alias
+# --------------------------------------------------------------------------------------------------
+
+
+def physical_index_name(alias: str, generation: int) -> str:
+    return f"{alias}-g{generation}"
+
+
+@dataclass(frozen=True)
+class IndexTarget:
+    alias: str
+    index: str
+    created: bool
+
+
+def write_index(es: Elasticsearch, alias: str) -> str | None:
+    """The physical index the alias writes to, or None when the alias does not exist."""
+    try:
+        if not es.indices.exists_alias(name=alias):
+            return None
+        indices = es.indices.get_alias(name=alias).body
+    except Exception as exc:
+        _raise_clear(exc, f"resolving alias {alias!r}")
+    writers = [name for name, spec in indices.items() if spec["aliases"][alias].get("is_write_index")]
+    if len(writers) == 1:
+        return writers[0]
+    if not writers and len(indices) == 1:
+        return next(iter(indices))
+    raise EsIndexError(
+        f"alias {alias!r} points at {sorted(indices)} with write index(es) {sorted(writers)}; "
+        "exactly one write index is required"
+    )
+
+
+def _index_mapping(es: Elasticsearch, index: str) -> dict[str, Any]:
+    try:
+        return es.indices.get_mapping(index=index).body[index]["mappings"]
+    except Exception as exc:
+        _raise_clear(exc, f"reading the mapping of {index!r}")
+
+
+def _mapping_problems(expected: Mapping[str, Any], actual: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Differences that break writes or searches: field type, analyzer, missing (sub)fields."""
+    problems = []
+    actual_props = actual.get("properties", {})
+    for name, spec in expected.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        have = actual_props.get(name)
+        if have is None:
+            problems.append(f"field {path!r} is missing (expected {spec.get('type', 'object')})")
+            continue
+        want_type, have_type = spec.get("type", "object"), have.get("type", "object")
+        if want_type != have_type:
+            problems.append(f"field {path!r} is {have_type}, expected {want_type}")
+            continue
+        have_analyzer = have.get("analyzer", "default")
+        if "analyzer" in spec and spec["analyzer"] != have_analyzer:
+            problems.append(f"field {path!r} uses analyzer {have_analyzer!r}, expected {spec['analyzer']!r}")
+        if "fields" in spec:
+            problems += _mapping_problems(
+                {"properties": spec["fields"]}, {"properties": have.get("fields", {})}, f"{path}."
+            )
+        if "properties" in spec:
+            problems += _mapping_problems(spec, have, f"{path}.")
+    return problems
+
+
+def _meta_problems(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    return [
+        f"_meta.{key} is {actual.get(key)!r}, expected {expected[key]!r}"
+        for key in IDENTITY_META_KEYS
+        if key in expected and str(actual.get(key)) != str(expected[key])
+    ]
+
+
+def check_index_compatible(es: Elasticsearch, alias: str, index: str, mappings: Mapping[str, Any]) -> None:
+    """Raise :class:`EsIndexError` naming alias, index and every difference from ``mappings``."""
+    actual = _index_mapping(es, index)
+    problems = _meta_problems(mappings.get("_meta", {}), actual.get("_meta", {})) + _mapping_problems(
+        mappings, actual
+    )
+    if problems:
+        raise EsIndexError(
+            f"alias {alias!r} -> index {index!r} is incompatible with what this run writes: "
+            + "; ".join(problems)
+            + ". Build a new generation and swap the alias, or point the run at another alias."
+        )
+
+
+MAX_GENERATION_PROBES = 100
+
+
+def ensure_index(
+    es: Elasticsearch, alias: str, mappings: Mapping[str, Any], *, settings: Mapping[str, Any] | None = None
+) -> IndexTarget:
+    """Make ``alias`` point (as write index) at a physical index with ``mappings``.
+
+    Creates ``<alias>-g<N>`` with the alias in the same request, so the index never exists without
+    it. Tasks racing to create the alias all try the same names in order (g1, g2, ...) instead of
+    "one past the highest existing generation": a loser collides on the winner's name, finds the
+    alias and validates it like any existing index. Picking "highest + 1" from a listing would let
+    a task that lists just after the winner create a second generation, which ES refuses (two write
+    indices) and the emulator silently accepts. A name taken by an index without the alias (an
+    orphan, e.g. a reindex in progress) is skipped, not adopted.
+    """
+    for generation in range(1, MAX_GENERATION_PROBES + 1):
+        current = write_index(es, alias)
+        if current is not None:
+            check_index_compatible(es, alias, current, mappings)
+            return IndexTarget(alias, current, created=False)
+        try:
+            # HEAD /<alias> is true for an alias too: one created since the check above is not concrete.
+            concrete = es.indices.exists(index=alias) and not es.indices.exists_alias(name=alias)
+        except Exception as exc:
+            _raise_clear(exc, f"checking for an index named {alias!r}")
+        if concrete:
+            raise EsIndexError(
+                f"{alias!r} is a concrete index, not an alias: readers must address an alias. Reindex it "
+                f"into {physical_index_name(alias, 1)!r} with alias {alias!r}, then delete {alias!r}"
+            )
+        index = physical_index_name(alias, generation)
+        try:
+            es.indices.create(
+                index=index,
+                mappings=dict(mappings),
+                settings=dict(settings or {}),
+                aliases={alias: {"is_write_index": True}},
+            )
+        except ApiError as exc:
+            kind, reason = _error_type_reason(exc.body)
+            if kind == "resource_already_exists_exception":
+                continue  # the winner's index (the alias check above finds it) or an orphan
+            if exc.meta.status == 400 and ("analyzer" in reason.lower() or "tokenizer" in reason.lower()):
+                raise EsIndexError(
+                    f"the cluster rejected the analysis settings of {index!r}: {kind}: {reason}. Stock "
+                    "Elasticsearch ships 'cjk' and 'standard'; 'kuromoji' needs the analysis-kuromoji "
+                    "plugin and 'icu_analyzer' the analysis-icu plugin"
+                ) from None
+            if write_index(es, alias) is not None:
+                continue  # e.g. ES refusing a second write index: another task won; validate its index
+            _raise_clear(exc, f"creating index {index!r} for alias {alias!r}")
+        except Exception as exc:
+            _raise_clear(exc, f"creating index {index!r} for alias {alias!r}")
+        log.info("created index %s behind alias %s", index, alias)
+        return IndexTarget(alias, index, created=True)
+    raise EsIndexError(
+        f"alias {alias!r} is missing and {physical_index_name(alias, 1)!r}..."
+        f"{physical_index_name(alias, MAX_GENERATION_PROBES)!r} all exist without it; "
+        "clean up orphaned generations"
+    )
+
+
+def ensure_keyword_index(
+    es: Elasticsearch,
+    alias: str,
+    *,
+    model_name: str,
+    model_version: int,
+    dim: int,
+    analyzer: str = DEFAULT_ANALYZER,
+    settings: Mapping[str, Any] | None = None,
+) -> IndexTarget:
+    """The keyword index behind ``alias``, created if missing, refused if incompatible.
+
+    Call it once per run in a setup task (mapped tasks may also call it: creation is race-safe).
+    """
+    mappings = keyword_mappings(
+        model_name=model_name, model_version=model_version, dim=dim, analyzer=analyzer
+    )
+    return ensure_index(es, alias, mappings, settings=settings)
+
+
+def count_docs(es: Elasticsearch, alias: str) -> int:
+    """Documents visible through ``alias`` after a refresh (bulk loads turn refresh off)."""
+    try:
+        es.indices.refresh(index=alias)
+        return int(es.count(index=alias)["count"])
+    except Exception as exc:
+        _raise_clear(exc, f"counting documents in {alias!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Bulk-load settings
+# --------------------------------------------------------------------------------------------------
+
+
+def _put_meta(es: Elasticsearch, index: str, meta: dict[str, Any]) -> None:
+    # The whole _meta is written every time: ES replaces _meta on update (the emulator merges).
+    es.indices.put_mapping(index=index, meta=meta)
+
+
+def begin_bulk_load(es: Elasticsearch, alias: str) -> dict[str, Any]:
+    """Turn refresh off and replicas to 0 on the alias's write index; return what to restore.
+
+    The result is small and JSON-able (XCom): ``{"index", "refresh_interval", "number_of_replicas"}``;
+    ``None`` means "not set explicitly" and restores the cluster default.
+
+    The previous values are also recorded in the index ``_meta`` (``bulk_load``) before anything is
+    changed. A retried setup task, or a second run overlapping the first, then finds the load
+    already begun and returns the *original* values instead of the bulk values it would read from
+    the settings, so no teardown can leave an index with refresh switched off for good.
+    """
+    index = write_index(es, alias)
+    if index is None:
+        raise EsIndexError(f"alias {alias!r} does not exist; create it with ensure_keyword_index first")
+    try:
+        meta = dict(_index_mapping(es, index).get("_meta", {}))
+        marker = meta.get("bulk_load") or {}
+        if marker.get("active"):
+            previous = {name: marker.get(name) for name in _BULK_LOAD_SETTINGS}
+            log.info("bulk load on %s already begun; keeping recorded settings %s", index, previous)
+        else:
+            flat = es.indices.get_settings(
+                index=index, flat_settings=True, name=[f"index.{n}" for n in _BULK_LOAD_SETTINGS]
+            ).body
+            current = flat.get(index, {}).get("settings", {})
+            previous = {name: current.get(f"index.{name}") for name in _BULK_LOAD_SETTINGS}
+            meta["bulk_load"] = {"active": True, **previous, "since": datetime.now(UTC).isoformat()}
+            _put_meta(es, index, meta)
+        es.indices.put_settings(
+            index=index, settings={"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
+        )
+    except PipelineError:
+        raise
+    except Exception as exc:
+        _raise_clear(exc, f"switching {index!r} to bulk-load settings")
+    return {"index": index, **previous}
+
+
+def end_bulk_load(es: Elasticsearch, alias: str, previous: Mapping[str, Any] | None = None) -> None:
+    """Restore the settings :func:`begin_bulk_load` replaced, clear the marker, refresh.
+
+    ``previous`` is begin's return value; without it the values recorded in ``_meta`` are used
+    (a teardown whose setup's XCom is lost still restores). Restoring twice is harmless.
+    """
+    index = (previous or {}).get("index") or write_index(es, alias)
+    if index is None:
+        raise EsIndexError(f"alias {alias!r} does not exist; nothing to restore")
+    try:
+        meta = dict(_index_mapping(es, index).get("_meta", {}))
+        marker = meta.get("bulk_load") or {}
+        if previous is None:
+            if not marker.get("active"):
+                log.info("no bulk load recorded on %s; nothing to restore", index)
+                es.indices.refresh(index=index)
+                return
+            previous = marker
+        restore = {name: previous.get(name) for name in _BULK_LOAD_SETTINGS}
+        es.indices.put_settings(index=index, settings={"index": restore})
+        meta["bulk_load"] = {"active": False, **restore, "since": None}
+        _put_meta(es, index, meta)
+        es.indices.refresh(index=index)
+    except Exception as exc:
+        _raise_clear(exc, f"restoring settings of {index!r} after the bulk load")
+    log.info("restored %s on %s", restore, index)
+
+
+@contextmanager
+def bulk_load_settings(es: Elasticsearch, alias: str) -> Iterator[dict[str, Any]]:
+    """Bulk-load settings for one process; restored (and refreshed) also when the body raises.
+
+    Not for concurrent mapped tasks: use begin/end in setup/teardown tasks there.
+    """
+    previous = begin_bulk_load(es, alias)
+    try:
+        yield previous
+    finally:
+        end_bulk_load(es, alias, previous)
+
+
+def get_bulk_settings(es: Elasticsearch, alias: str) -> dict[str, str | None]:
+    """Current explicit ``refresh_interval`` / ``number_of_replicas`` of the write index (None = default)."""
+    index = write_index(es, alias)
+    if index is None:
+        raise EsIndexError(f"alias {alias!r} does not exist")
+    flat = es.indices.get_settings(index=index, flat_settings=True).body[index]["settings"]
+    return {name: flat.get(f"index.{name}") for name in _BULK_LOAD_SETTINGS}
+
+
+# --------------------------------------------------------------------------------------------------
+# Bulk indexing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BulkOptions:
+    """Request sizes and retry policy of :func:`bulk_index`."""
+
+    chunk_docs: int = 1000
+    max_bytes: int = 10 * 1024 * 1024
+    max_retries: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    request_timeout: float | None = None
+
+    def backoff(self, round_no: int) -> float:
+        """Exponential backoff with equal jitter: half fixed, half random (spreads retrying tasks)."""
+        ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(round_no - 1, 0))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass
+class BulkCounts:
+    rows_in: int = 0
+    indexed: int = 0
+    dead_lettered: int = 0
+    created: int = 0
+    updated: int = 0
+    rounds: int = 0
+    retried_items: int = 0
+    connection_retries: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Pending:
+    doc_id: str
+    source: dict[str, Any]
+    rejections: int = 0
+
+
+RETRY = "retry"
+
+
+def item_failure_reason(status: int, error: Any) -> str:
+    """``"retry"`` for transient failures, else the dead-letter reason code of a failed bulk item."""
+    kind, _ = _error_type_reason(error)
+    if status in RETRYABLE_STATUSES or kind in RETRYABLE_ERROR_TYPES:
+        return RETRY
+    if "mapping" in kind or "parsing" in kind:
+        return "es_mapping_error"
+    if status == 409 or kind == "version_conflict_engine_exception":
+        return "es_version_conflict"
+    return "es_rejected"
+
+
+def _describe(status: int, error: Any) -> str:
+    kind, reason = _error_type_reason(error)
+    return f"{status} {kind}: {reason}"
+
+
+def bulk_index(
+    es: Elasticsearch,
+    alias: str,
+    batches: Iterable[list[tuple[str, dict[str, Any]]]],
+    dead_letters: DeadLetterWriter,
+    options: BulkOptions = BulkOptions(),
+    sleep: Callable[[float], None] = time.sleep,
+) -> BulkCounts:
+    """Index ``(doc_id, source)`` batches into ``alias``; every document ends indexed or dead-lettered.
+
+    Each batch is sent with ``streaming_bulk`` (split by ``chunk_docs``/``max_bytes``), the
+    helper's own retries off, and then re-sent for the items that failed transiently, until they
+    succeed or ``max_retries`` is used up. ``require_alias`` makes ES refuse the write instead of
+    auto-creating a concrete index with a dynamic mapping when the alias is missing.
+    """
+    overrides: dict[str, Any] = {"max_retries": 0, "retry_on_status": ()}
+    if options.request_timeout is not None:  # None would mean "no timeout" to the client, not "default"
+        overrides["request_timeout"] = options.request_timeout
+    client = es.options(**overrides)
+    counts = BulkCounts()
+    for batch in batches:
+        pending: list[_Pending] = []
+        for doc_id, source in batch:
+            counts.rows_in += 1
+            size = len(doc_id.encode("utf-8"))
+            if not 0 < size <= MAX_ID_BYTES:
+                _dead(
+                    dead_letters,
+                    counts,
+                    doc_id,
+                    "es_invalid_id",
+                    f"_id is {size} bytes (1..{MAX_ID_BYTES})",
+                    source,
+                    1,
+                )
+                continue
+            pending.append(_Pending(doc_id, source))
+        _send_with_retries(client, alias, pending, dead_letters, options, counts, sleep)
+    return counts
+
+
+def _dead(
+    dead: DeadLetterWriter, counts: BulkCounts, doc_id: str, reason: str, error: str, row: dict, attempt: int
+) -> None:
+    dead.add(doc_id, reason, error, row, attempt=attempt)
+    counts.dead_lettered += 1
+    counts.by_reason[reason] += 1
+
+
+def _send_with_retries(
+    client: Elasticsearch,
+    alias: str,
+    pending: list[_Pending],
+    dead: DeadLetterWriter,
+    options: BulkOptions,
+    counts: BulkCounts,
+    sleep: Callable[[float], None],
+) -> None:
+    connection_failures = 0
+    round_no = 0
+    while pending:
+        round_no += 1
+        retry: list[_Pending] = []
+        answered = 0
+        actions = (
+            {"_op_type": "index", "_index": alias, "_id": p.doc_id, "_source": p.source} for p in pending
+        )
+        counts.rounds += 1
+        try:
+            results = streaming_bulk(
+                client,
+                actions,
+                chunk_size=options.chunk_docs,
+                max_chunk_bytes=options.max_bytes,
+                raise_on_error=False,
+                raise_on_exception=False,
+                max_retries=0,
+                require_alias=True,
+            )
+            for ok, item in results:
+                doc = pending[answered]
+                answered += 1
+                info = next(iter(item.values()))
+                status = int(info.get("status", 500))
+                if ok:
+                    counts.indexed += 1
+                    if info.get("result") == "created":
+                        counts.created += 1
+                    else:
+                        counts.updated += 1
+                    continue
+                error = info.get("error")
+                if "exception" in info and item_failure_reason(status, error) != RETRY:
+                    # The whole request failed (auth, a proxy, a malformed body): not about this item.
+                    _raise_clear(info["exception"], f"bulk request to alias {alias!r}")
+                if _is_missing_alias(error):
+                    raise EsIndexError(
+                        f"alias {alias!r} does not exist (bulk refused with {_describe(status, error)}); "
+                        "create it with ensure_keyword_index first"
+                    )
+                reason = item_failure_reason(status, error)
+                if reason == RETRY:
+                    doc.rejections += 1
+                    if doc.rejections > options.max_retries:
+                        _dead(
+                            dead,
+                            counts,
+                            doc.doc_id,
+                            "es_retries_exhausted",
+                            _describe(status, error),
+                            doc.source,
+                            doc.rejections,
+                        )
+                    else:
+                        retry.append(doc)
+                else:
+                    _dead(
+                        dead,
+                        counts,
+                        doc.doc_id,
+                        reason,
+                        _describe(status, error),
+                        doc.source,
+                        doc.rejections + 1,
+                    )
+        except TlsError as exc:
+            _raise_clear(exc, f"bulk request to alias {alias!r}")
+        except EsConnectionError as exc:
+            connection_failures += 1
+            counts.connection_retries += 1
+            if connection_failures > options.max_retries:
+                raise EsUnavailableError(
+                    f"bulk to alias {alias!r}: cannot reach Elasticsearch after {connection_failures} "
+                    f"attempts ({exc}); {len(pending) - answered} document(s) of this batch not sent"
+                ) from None
+            log.warning(
+                "bulk to %s: connection failed (%s), retrying %d docs", alias, exc, len(pending) - answered
+            )
+            retry.extend(pending[answered:])
+        if retry:
+            counts.retried_items += len(retry)
+            delay = options.backoff(round_no)
+            log.warning("bulk to %s: retrying %d document(s) in %.2fs", alias, len(retry), delay)
+            sleep(delay)
+        pending = retry
+
+
+def _is_missing_alias(error: Any) -> bool:
+    kind, reason = _error_type_reason(error)
+    return kind == "index_not_found_exception" or ("require_alias" in reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# The mapped ES task
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_chunk_matches_index(
+    es: Elasticsearch, alias: str, metadata: Mapping[str, str], path: Path
+) -> None:
+    index = write_index(es, alias)
+    if index is None:
+        raise EsIndexError(f"alias {alias!r} does not exist; create it with ensure_keyword_index first")
+    have = _index_mapping(es, index).get("_meta", {})
+    problems = [
+        f"{key}: chunk {metadata.get(key)!r}, index {have.get(key)!r}"
+        for key in IDENTITY_META_KEYS
+        if key in have and str(metadata.get(key)) != str(have[key])
+    ]
+    if problems:
+        raise EsIndexError(
+            f"staged chunk {path.name} was embedded for another index than {index!r} (alias {alias!r}): "
+            + "; ".join(problems)
+        )
+
+
+def index_keyword_chunk(
+    es: Elasticsearch,
+    alias: str,
+    staged_path: Path | str,
+    dead_letters: DeadLetterWriter,
+    *,
+    chunk_docs: int = 1000,
+    max_bytes: int = 10 * 1024 * 1024,
+    max_retries: int = 5,
+    backoff_initial_s: float = 0.5,
+    backoff_max_s: float = 30.0,
+    request_timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> StageResult:
+    """Index one staged keyword chunk into ``alias``; flush the dead letters; return the accounting.
+
+    The chunk's model (staged metadata) must match the index ``_meta``: documents of another model
+    belong in another generation. ``_id`` is the keyword id, so a re-run overwrites.
+    """
+    started = time.monotonic()
+    path = Path(staged_path)
+    metadata = staged_metadata(path)
+    _check_chunk_matches_index(es, alias, metadata, path)
+    model_name, model_version = metadata["model_name"], int(metadata["model_version"])
+    indexed_at = datetime.now(UTC).isoformat()
+
+    def batches() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        for staged in iter_staged(path, chunk_docs):
+            yield [
+                (
+                    doc_id,
+                    keyword_document(
+                        doc_id,
+                        text,
+                        chash,
+                        payload,
+                        model_name=model_name,
+                        model_version=model_version,
+                        indexed_at=indexed_at,
+                    ),
+                )
+                for doc_id, text, chash, payload in zip(
+                    staged.ids, staged.texts, staged.content_hashes, staged.payloads, strict=True
+                )
+            ]
+
+    options = BulkOptions(
+        chunk_docs, max_bytes, max_retries, backoff_initial_s, backoff_max_s, request_timeout
+    )
+    counts = bulk_index(es, alias, batches(), dead_letters, options, sleep)
+    result = StageResult(
+        stage=STAGE,
+        chunk=path.stem,
+        rows_in=counts.rows_in,
+        indexed=counts.indexed,
+        dead_lettered=counts.dead_lettered,
+        dead_letters_by_reason=dict(counts.by_reason),
+        dead_letter_path=dead_letters.flush(),
+        seconds=round(time.monotonic() - started, 3),
+        extra={
+            "created": counts.created,
+            "updated": counts.updated,
+            "bulk_rounds": counts.rounds,
+            "retried_items": counts.retried_items,
+            "connection_retries": counts.connection_retries,
+        },
+    )
+    if not result.balanced:  # a bug here, never data: fail loudly rather than report a wrong count
+        raise PipelineError(f"ES accounting does not add up for {path.name}: {result.to_xcom()}")
+    log.info(
+        "es_index %s: %d in, %d indexed (%d created), %d dead-lettered %s in %.1fs",
+        path.stem,
+        result.rows_in,
+        result.indexed,
+        counts.created,
+        result.dead_lettered,
+        result.dead_letters_by_reason,
+        result.seconds,
+    )
+    return result

@@ -1,0 +1,319 @@
+"""Test helpers for the Elasticsearch sink: the noida-db ES emulator process and a fault proxy.
+
+No Elasticsearch server can be installed on these machines, so integration tests run against
+``noida-db`` (an ES-compatible emulator, one isolated process per test module) unless ``ES_URL``
+names a real cluster. noida-db never answers 429 and cannot be made to drop connections, so the
+retry paths are exercised through :class:`BulkFaultProxy`, a small loopback HTTP proxy that
+forwards everything to the real target and injects faults into ``_bulk`` requests only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def noida_command() -> list[str]:
+    """The emulator binary itself if the package ships it, else the ``noida-db`` wrapper script.
+
+    The wrapper runs the binary as a child (``subprocess.call``): stopping only the wrapper would
+    orphan the server, which is why :class:`EsEmulator` also starts it in its own process group.
+    """
+    try:
+        binary = Path(str(files("noida_db").joinpath("noida-db")))
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return [str(binary)]
+    except ModuleNotFoundError:
+        pass
+    beside_python = Path(sys.executable).parent / "noida-db"
+    found = str(beside_python) if beside_python.exists() else shutil.which("noida-db")
+    if not found:
+        raise RuntimeError("noida-db is not installed (pip install noida-db==0.2.3)")
+    return [found]
+
+
+class EsEmulator:
+    """A noida-db process serving only Elasticsearch on a free port with a fresh data dir.
+
+    ``with EsEmulator(tmp_dir) as emulator: emulator.url`` - stopped by PID (its own process group:
+    SIGTERM, then SIGKILL after a grace period) when the block ends.
+    """
+
+    def __init__(self, work_dir: Path, port: int | None = None, start_timeout_s: float = 30.0) -> None:
+        self.data_dir = work_dir / "noida-data"  # must not exist yet: noida-db refuses a reused dir
+        self.log_path = work_dir / "noida.log"
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start_timeout_s = start_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> EsEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        command = [
+            *noida_command(),
+            "start",
+            "--only",
+            "elasticsearch",
+            "--data-dir",
+            str(self.data_dir),
+            "--elasticsearch-port",
+            str(self.port),
+        ]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"noida-db exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"noida-db did not answer on {self.url} within {self.start_timeout_s}s: {self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        # The group id is the PID of the process started here (start_new_session=True).
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Fault-injecting proxy
+# --------------------------------------------------------------------------------------------------
+
+# A fault decides, for the n-th _bulk request (1-based), what happens to it:
+#   None                    forward unchanged
+#   ("status", code)        answer the whole request with this HTTP status
+#   ("drop", None)          close the connection without an answer (a connection reset)
+#   ("items", predicate)    reject the items for which predicate(item_index) is true with 429
+#                           es_rejected_execution_exception; forward the others and merge answers
+Fault = tuple[str, Any] | None
+FaultPlan = Callable[[int], Fault]
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
+
+
+def first_n(n: int, fault: Fault) -> FaultPlan:
+    """``fault`` for the first ``n`` bulk requests, then pass-through."""
+    return lambda number: fault if number <= n else None
+
+
+def always(fault: Fault) -> FaultPlan:
+    return lambda number: fault
+
+
+def reject_all_items() -> Fault:
+    return ("items", lambda index: True)
+
+
+def reject_items_where(predicate: Callable[[int], bool]) -> Fault:
+    return ("items", predicate)
+
+
+def _split_bulk(body: bytes) -> list[tuple[bytes, bytes | None]]:
+    """NDJSON bulk body -> [(action line, source line or None for deletes)]."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    ops: list[tuple[bytes, bytes | None]] = []
+    i = 0
+    while i < len(lines):
+        action = lines[i]
+        if next(iter(json.loads(action))) == "delete":
+            ops.append((action, None))
+            i += 1
+        else:
+            ops.append((action, lines[i + 1]))
+            i += 2
+    return ops
+
+
+def _rejected_item(action_line: bytes) -> dict[str, Any]:
+    op, meta = next(iter(json.loads(action_line).items()))
+    return {
+        op: {
+            "_index": meta.get("_index"),
+            "_id": meta.get("_id"),
+            "status": 429,
+            "error": {
+                "type": "es_rejected_execution_exception",
+                "reason": "rejected execution of coordinating operation [injected by BulkFaultProxy]",
+            },
+        }
+    }
+
+
+class BulkFaultProxy:
+    """Loopback HTTP proxy in front of ``upstream`` that injects faults into ``_bulk`` requests.
+
+    Everything else passes through unchanged, so a client pointed at ``proxy.url`` works as usual.
+    ``https`` upstreams (a real cluster) are reached with ``ca_certs`` (or unverified when absent).
+    """
+
+    def __init__(self, upstream: str, plan: FaultPlan, ca_certs: str | None = None) -> None:
+        self.upstream = urlsplit(upstream)
+        self.plan = plan
+        self.ca_certs = ca_certs
+        self.bulk_requests = 0
+        self.faults_injected = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        # A short poll interval: shutdown() waits for it, 0.5 s by default on every test.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="bulk-fault-proxy", daemon=True
+        )
+
+    def __enter__(self) -> BulkFaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        host, port = self.upstream.hostname or "127.0.0.1", self.upstream.port
+        if self.upstream.scheme == "https":
+            context = ssl.create_default_context(cafile=self.ca_certs)
+            if not self.ca_certs:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            return http.client.HTTPSConnection(host, port or 443, timeout=60, context=context)
+        return http.client.HTTPConnection(host, port or 80, timeout=60)
+
+    def forward(self, method: str, path: str, headers: dict[str, str], body: bytes | None):
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            conn.close()
+
+    def _next_bulk_fault(self) -> Fault:
+        with self._lock:
+            self.bulk_requests += 1
+            fault = self.plan(self.bulk_requests)
+            if fault is not None:
+                self.faults_injected += 1
+            return fault
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+                pass
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                is_bulk = self.command in ("POST", "PUT") and urlsplit(self.path).path.endswith("/_bulk")
+                fault = proxy._next_bulk_fault() if is_bulk else None
+                if fault is None:
+                    self._answer(*proxy.forward(self.command, self.path, headers, body))
+                elif fault[0] == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif fault[0] == "status":
+                    error = {
+                        "error": {"type": "injected_fault", "reason": f"{fault[1]} injected"},
+                        "status": fault[1],
+                    }
+                    self._answer_json(fault[1], error)
+                else:
+                    self._partial(fault[1], body or b"", headers)
+
+            def _partial(
+                self, predicate: Callable[[int], bool], body: bytes, headers: dict[str, str]
+            ) -> None:
+                ops = _split_bulk(body)
+                keep = [i for i in range(len(ops)) if not predicate(i)]
+                forwarded: list[dict[str, Any]] = []
+                took = 0
+                if keep:
+                    sub = b"".join(
+                        ops[i][0] + b"\n" + (ops[i][1] + b"\n" if ops[i][1] is not None else b"")
+                        for i in keep
+                    )
+                    status, _, raw = proxy.forward(self.command, self.path, headers, sub)
+                    if status != 200:
+                        self._answer_json(status, json.loads(raw))
+                        return
+                    answer = json.loads(raw)
+                    forwarded, took = answer["items"], answer.get("took", 0)
+                answers, kept = iter(forwarded), set(keep)
+                items = [next(answers) if i in kept else _rejected_item(ops[i][0]) for i in range(len(ops))]
+                self._answer_json(200, {"took": took, "errors": True, "items": items})
+
+            def _answer_json(self, status: int, payload: dict[str, Any]) -> None:
+                headers = [("Content-Type", "application/json"), ("X-Elastic-Product", "Elasticsearch")]
+                self._answer(status, headers, json.dumps(payload).encode())
+
+            def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers:
+                    if key.lower() not in _HOP_BY_HOP:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _relay
+
+        return Handler

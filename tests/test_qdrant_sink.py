@@ -1,0 +1,547 @@
+"""Qdrant sink against the real qdrant-client local mode (``:memory:`` and on disk).
+
+Faults local mode cannot produce (timeouts, 503s, gRPC UNAVAILABLE) are injected by a small proxy
+around the real client: it raises realistic client exceptions for chosen ``upsert`` calls and
+delegates everything else, so the engine doing the writing is always the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from embedding_pipeline.dead_letter import DeadLetterWriter, read_dead_letters
+from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.qdrant_sink import (
+    DEFAULT_PAYLOAD_INDEXES,
+    METADATA_KEY,
+    REASON_EXHAUSTED,
+    REASON_INVALID,
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    QdrantLockedError,
+    QdrantSettings,
+    QdrantSinkError,
+    QdrantUnavailableError,
+    count_points,
+    ensure_collection,
+    ensure_collection_for_chunk,
+    make_client,
+    open_client,
+    resolve_alias,
+    search,
+    upsert_chunk,
+)
+from embedding_pipeline.settings import work_dir
+from embedding_pipeline.staging import StagedChunkWriter, point_id
+from qdrant_client import QdrantClient
+from qdrant_client.http import models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+ALIAS = "keywords"
+DIM = 384
+CATEGORIES = ["food", "travel", "beauty", "sports"]
+
+
+def stage_chunk(
+    path: Path,
+    n: int,
+    *,
+    dim: int = DIM,
+    model: str = "minilm",
+    version: int = 1,
+    seed: int = 0,
+    bad_rows: dict[int, float] | None = None,
+) -> tuple[Path, np.ndarray]:
+    """A staged chunk of ``n`` random unit vectors; ``bad_rows`` puts a value (NaN/inf) in row i."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for row, value in (bad_rows or {}).items():
+        vectors[row, 3] = value
+    writer = StagedChunkWriter(path, dim, "keywords", model, version)
+    ids = [f"k{i:05d}" for i in range(n)]
+    payloads = [
+        {"category": CATEGORIES[i % len(CATEGORIES)], "lang": "ja", "dt": "2024-05-01"} for i in range(n)
+    ]
+    for start in range(0, n, 1000):
+        end = min(n, start + 1000)
+        writer.write(
+            ids[start:end],
+            vectors[start:end],
+            [f"キーワード {i}" for i in ids[start:end]],
+            payloads[start:end],
+        )
+    return writer.close(), vectors
+
+
+def corrupt_point_ids(path: Path, rows: list[int]) -> None:
+    """Rewrite a staged chunk with malformed point ids at ``rows`` (the engine must reject them)."""
+    table = pq.read_table(path)
+    point_ids = table.column("point_id").to_pylist()
+    for row in rows:
+        point_ids[row] = f"not-a-uuid-{row}"
+    table = table.set_column(table.schema.get_field_index("point_id"), "point_id", [point_ids])
+    pq.write_table(table, path)
+
+
+def ensure_minilm(client: Any, dim: int = DIM) -> None:
+    ensure_collection(client, ALIAS, dim=dim, model_name="minilm", model_version=1)
+
+
+@pytest.fixture
+def memory_client() -> Iterator[QdrantClient]:
+    with open_client(QdrantSettings(path=":memory:")) as client:
+        yield client
+
+
+@pytest.fixture
+def dead(tmp_path: Path) -> DeadLetterWriter:
+    return DeadLetterWriter(tmp_path / "run", "qdrant_upsert", "chunk-0")
+
+
+class FaultProxy:
+    """The real client, with ``upsert`` failing as scripted by ``fault(call_no, points) -> exc|None``."""
+
+    def __init__(
+        self, real: QdrantClient, fault: Callable[[int, list[models.PointStruct]], Exception | None]
+    ):
+        self.real, self.fault = real, fault
+        self.upsert_sizes: list[int] = []
+        self.calls: list[str] = []
+
+    def upsert(self, collection_name: str, points: list[models.PointStruct], **kwargs: Any) -> Any:
+        self.upsert_sizes.append(len(points))
+        self.calls.append("upsert")
+        error = self.fault(len(self.upsert_sizes), points)
+        if error is not None:
+            raise error
+        return self.real.upsert(collection_name, points=points, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return getattr(self.real, name)
+
+
+def http_error(status: int) -> UnexpectedResponse:
+    return UnexpectedResponse(status, "error", b'{"status":{"error":"injected"}}', httpx.Headers())
+
+
+class RpcFailure(grpc.RpcError):
+    """Shaped like grpc's _InactiveRpcError: an RpcError with ``code()`` and ``details()``."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(f"<_InactiveRpcError status = {code}>")
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "injected"
+
+
+# -- settings and client ---------------------------------------------------------------------------
+def test_settings_default_local_on_disk_env_server_and_no_secret_in_repr(monkeypatch, tmp_path) -> None:
+    for key in ("QDRANT_URL", "QDRANT_API_KEY", "QDRANT_PATH", "QDRANT_PREFER_GRPC"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(tmp_path))
+    default = QdrantSettings.from_env()
+    assert default.is_local and default.local_path == str(work_dir() / "qdrant") == str(tmp_path / "qdrant")
+
+    monkeypatch.setenv("QDRANT_URL", "https://user:hunter2@qdrant.example:6333")
+    monkeypatch.setenv("QDRANT_API_KEY", "s3cret-key")
+    monkeypatch.setenv("QDRANT_PREFER_GRPC", "true")
+    server = QdrantSettings.from_env(upsert_batch=128)
+    assert not server.is_local and server.prefer_grpc and server.upsert_batch == 128
+    assert server.api_key == "s3cret-key"
+    shown = repr(server) + str(server)
+    assert "s3cret-key" not in shown and "hunter2" not in shown
+    assert "qdrant.example" in shown
+
+    with pytest.raises(ConfigError, match="either path"):
+        QdrantSettings(path=tmp_path, url="http://localhost:6333")
+    with pytest.raises(ConfigError, match="port"):
+        QdrantSettings(host="localhost", grpc_port=70000)
+
+
+def test_local_storage_locked_by_another_process_gives_clear_error(tmp_path: Path) -> None:
+    storage = tmp_path / "qdrant"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys
+                from qdrant_client import QdrantClient
+                client = QdrantClient(path={str(storage)!r})
+                print("ready", flush=True)
+                sys.stdin.read()
+                client.close()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        settings = QdrantSettings(path=storage, lock_wait_s=0.3)
+        with pytest.raises(QdrantLockedError) as info:
+            make_client(settings)
+        message = str(info.value)
+        assert str(storage) in message and "another process" in message
+        assert "one-slot Airflow pool" in message and "QDRANT_URL" in message
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+    with open_client(QdrantSettings(path=storage, lock_wait_s=0)) as client:  # released: opens again
+        assert client.get_collections().collections == []
+
+
+# -- collections ---------------------------------------------------------------------------------
+def test_ensure_collection_on_disk_creates_generation_indexes_then_alias(monkeypatch, tmp_path) -> None:
+    """The real default (``<work_dir>/qdrant`` on disk); local mode keeps aliases across reopen."""
+    monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(tmp_path))
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.delenv("QDRANT_PATH", raising=False)
+    settings = QdrantSettings.from_env()
+    with open_client(settings) as real:
+        proxy = FaultProxy(real, lambda *_: None)
+        target = ensure_collection(proxy, ALIAS, dim=DIM, model_name="minilm", model_version=3)  # type: ignore[arg-type]
+        assert target.created and target.name == "keywords-g1" and target.alias == ALIAS
+        created = proxy.calls.index("create_collection")
+        indexed = [i for i, call in enumerate(proxy.calls) if call == "create_payload_index"]
+        aliased = proxy.calls.index("update_collection_aliases")
+        assert (
+            len(indexed) == len(DEFAULT_PAYLOAD_INDEXES) and created < min(indexed) and max(indexed) < aliased
+        )
+
+    assert (tmp_path / "qdrant" / "collection" / "keywords-g1").is_dir()
+    with open_client(settings) as client:  # a fresh process view: everything came from disk
+        assert resolve_alias(client, ALIAS) == "keywords-g1"
+        info = client.get_collection(ALIAS)
+        vectors = info.config.params.vectors
+        assert vectors.size == DIM and vectors.distance == models.Distance.COSINE
+        recorded = info.config.metadata[METADATA_KEY]
+        assert (recorded["model_name"], recorded["model_version"], recorded["dim"]) == ("minilm", "3", DIM)
+        assert recorded["payload_indexes"] == {
+            "keyword_id": "keyword",
+            "dt": "keyword",
+            "category": "keyword",
+            "lang": "keyword",
+            "content_hash": "keyword",
+            "model_version": "integer",
+        }
+        proxy = FaultProxy(client, lambda *_: None)
+        again = ensure_collection(proxy, ALIAS, dim=DIM, model_name="minilm", model_version=3)  # type: ignore[arg-type]
+        assert not again.created and again.name == "keywords-g1"
+        assert not {"create_collection", "create_payload_index", "update_collection_aliases"} & set(
+            proxy.calls
+        )
+        assert [c.name for c in client.get_collections().collections] == ["keywords-g1"]
+
+
+def test_ensure_collection_refuses_another_model_or_dim_naming_both(memory_client: QdrantClient) -> None:
+    ensure_minilm(memory_client)
+    with pytest.raises(CollectionMismatchError) as info:
+        ensure_collection(memory_client, ALIAS, dim=768, model_name="multilingual-e5", model_version=2)
+    message = str(info.value)
+    assert (
+        "minilm v1" in message and "384" in message and "multilingual-e5 v2" in message and "768" in message
+    )
+    with pytest.raises(CollectionMismatchError, match=r"minilm v1 .*minilm v2.*model differ"):
+        ensure_collection(memory_client, ALIAS, dim=DIM, model_name="minilm", model_version=2)
+    with pytest.raises(CollectionMismatchError, match="distance differ"):
+        ensure_collection(
+            memory_client, ALIAS, dim=DIM, model_name="minilm", model_version=1, distance=models.Distance.DOT
+        )
+    assert [c.name for c in memory_client.get_collections().collections] == ["keywords-g1"]
+
+
+def test_ensure_collection_adopts_an_unaliased_generation_left_by_a_crash(
+    memory_client: QdrantClient,
+) -> None:
+    memory_client.create_collection(
+        "keywords-g1", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+    )
+    target = ensure_collection(memory_client, ALIAS, dim=DIM, model_name="minilm", model_version=1)
+    assert not target.created and target.name == "keywords-g1"
+    assert resolve_alias(memory_client, ALIAS) == "keywords-g1"
+    assert (target.model_name, target.model_version) == ("minilm", "1")  # claimed: others are refused
+    with pytest.raises(CollectionMismatchError, match="minilm v1"):
+        ensure_collection(memory_client, ALIAS, dim=DIM, model_name="e5", model_version=1)
+    with pytest.raises(CollectionNotFoundError, match="ensure_collection"):
+        count_points(memory_client, "products")
+
+
+# -- upsert --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("where", "n"), [("memory", 3000), ("disk", 400)])
+def test_upsert_is_idempotent_and_points_carry_their_payload(
+    where: str, n: int, tmp_path: Path, dead: DeadLetterWriter
+) -> None:
+    staged, vectors = stage_chunk(tmp_path / "staged" / "c0.parquet", n)
+    settings = QdrantSettings(path=":memory:" if where == "memory" else tmp_path / "qdrant")
+    with open_client(settings) as client:
+        ensure_collection_for_chunk(client, ALIAS, staged)
+        first = upsert_chunk(client, ALIAS, staged, dead, batch_size=256)
+        assert (first.rows_in, first.indexed, first.dead_lettered) == (n, n, 0) and first.balanced
+        assert first.stage == "qdrant_upsert" and first.extra["collection"] == "keywords-g1"
+        assert count_points(client, ALIAS) == n == client.count("keywords-g1").count
+        second = upsert_chunk(client, ALIAS, staged, dead, batch_size=100)
+        assert second.indexed == n and count_points(client, ALIAS) == n
+
+        (point,) = client.retrieve(ALIAS, [point_id("keywords", "k00007")], with_vectors=True)
+        assert point.payload == {
+            "keyword_id": "k00007",
+            "keyword": "キーワード k00007",
+            "content_hash": point.payload["content_hash"],
+            "model_name": "minilm",
+            "model_version": 1,
+            "category": "sports",
+            "lang": "ja",
+            "dt": "2024-05-01",
+        }
+        assert len(point.payload["content_hash"]) == 64
+        np.testing.assert_allclose(point.vector, vectors[7], atol=1e-6)
+    assert dead.flush() is None
+
+
+def test_chunk_of_another_model_is_refused_before_writing(
+    memory_client: QdrantClient, tmp_path, dead
+) -> None:
+    ensure_minilm(memory_client)
+    other_dim, _ = stage_chunk(tmp_path / "e5.parquet", 10, dim=768, model="multilingual-e5", version=2)
+    with pytest.raises(CollectionMismatchError) as info:
+        upsert_chunk(memory_client, ALIAS, other_dim, dead)
+    message = str(info.value)
+    assert (
+        "minilm v1" in message and "384" in message and "multilingual-e5 v2" in message and "768" in message
+    )
+    same_dim, _ = stage_chunk(tmp_path / "v2.parquet", 10, model="minilm", version=2)
+    with pytest.raises(CollectionMismatchError, match="minilm v2"):
+        upsert_chunk(memory_client, ALIAS, same_dim, dead)
+    assert count_points(memory_client, ALIAS) == 0
+
+
+def test_non_finite_vectors_are_dead_lettered_and_the_rest_indexed(memory_client, tmp_path, dead) -> None:
+    bad = {3: np.nan, 150: np.nan, 299: np.nan, 77: np.inf}
+    staged, _ = stage_chunk(tmp_path / "c.parquet", 300, bad_rows=bad)
+    ensure_minilm(memory_client)
+    result = upsert_chunk(memory_client, ALIAS, staged, dead, batch_size=64)
+    assert (result.rows_in, result.indexed, result.dead_lettered) == (300, 296, 4) and result.balanced
+    assert result.dead_letters_by_reason == {REASON_INVALID: 4}
+    assert count_points(memory_client, ALIAS) == 296
+    letters = read_dead_letters(tmp_path / "run", "qdrant_upsert")
+    assert sorted(letter["record_id"] for letter in letters) == ["k00003", "k00077", "k00150", "k00299"]
+    assert all("non-finite" in letter["error"] and letter["row"]["keyword"] for letter in letters)
+    assert result.dead_letter_path and Path(result.dead_letter_path).is_file()
+
+
+def test_points_the_engine_rejects_are_isolated_by_bisection(memory_client, tmp_path, dead) -> None:
+    """Malformed point ids are rejected by the real engine for the whole batch; bisection finds them."""
+    staged, _ = stage_chunk(tmp_path / "c.parquet", 512)
+    corrupt_point_ids(staged, [5, 300, 301])
+    ensure_minilm(memory_client)
+    proxy = FaultProxy(memory_client, lambda *_: None)
+    result = upsert_chunk(proxy, ALIAS, staged, dead, batch_size=128)  # type: ignore[arg-type]
+    assert (result.indexed, result.dead_lettered) == (509, 3) and result.balanced
+    assert result.dead_letters_by_reason == {REASON_INVALID: 3}
+    letters = {letter.record_id: letter for letter in dead.letters}
+    assert set(letters) == {"k00005", "k00300", "k00301"}
+    assert all("not a valid UUID" in letter.error for letter in letters.values())
+    assert count_points(memory_client, ALIAS) == 509
+    # bisection, not point-by-point: 4 batches + about 2*log2(128) requests per bad point
+    assert len(proxy.upsert_sizes) < 4 + 3 * 2 * 7 + 4
+
+
+TRANSIENT_FAULTS = {
+    "http-503": lambda: http_error(503),
+    "http-429": lambda: http_error(429),
+    "timeout": lambda: ResponseHandlingException(httpx.ReadTimeout("timed out")),
+    "connection-reset": lambda: ResponseHandlingException(httpx.ConnectError("connection reset by peer")),
+    "grpc-unavailable": lambda: RpcFailure(grpc.StatusCode.UNAVAILABLE),
+    "grpc-resource-exhausted": lambda: RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(TRANSIENT_FAULTS))
+def test_transient_errors_are_retried_with_exponential_backoff(fault, memory_client, tmp_path, dead) -> None:
+    """Injected faults: local mode never fails transiently, so the proxy fails the first 3 upserts."""
+    staged, _ = stage_chunk(tmp_path / "c.parquet", 600)
+    ensure_minilm(memory_client)
+    proxy = FaultProxy(memory_client, lambda call, _: TRANSIENT_FAULTS[fault]() if call <= 3 else None)
+    sleeps: list[float] = []
+    result = upsert_chunk(
+        proxy,  # type: ignore[arg-type]
+        ALIAS,
+        staged,
+        dead,
+        batch_size=200,
+        max_retries=4,
+        backoff_initial_s=0.1,
+        backoff_max_s=10,
+        sleep=sleeps.append,
+    )
+    assert (result.indexed, result.dead_lettered, result.extra["retries"]) == (600, 0, 3)
+    assert count_points(memory_client, ALIAS) == 600
+    assert proxy.upsert_sizes == [200] * 6  # the same batch three more times, then the other two
+    for attempt, delay in enumerate(sleeps):
+        cap = 0.1 * 2**attempt
+        assert cap / 2 <= delay <= cap  # exponential, jittered within [cap/2, cap]
+
+
+def test_points_that_keep_failing_transiently_are_dead_lettered(memory_client, tmp_path, dead) -> None:
+    """Injected: any request carrying a poisoned point times out; bisection isolates those points."""
+    staged, _ = stage_chunk(tmp_path / "c.parquet", 256)
+    poisoned = {point_id("keywords", f"k{i:05d}") for i in (10, 100, 200)}
+
+    def fault(_: int, points: list[models.PointStruct]) -> Exception | None:
+        hit = any(p.id in poisoned for p in points)
+        return ResponseHandlingException(httpx.ReadTimeout("timed out")) if hit else None
+
+    ensure_minilm(memory_client)
+    result = upsert_chunk(
+        FaultProxy(memory_client, fault),  # type: ignore[arg-type]
+        ALIAS,
+        staged,
+        dead,
+        batch_size=128,
+        max_retries=2,
+        sleep=lambda _: None,
+    )
+    assert (result.indexed, result.dead_lettered) == (253, 3) and result.balanced
+    assert result.dead_letters_by_reason == {REASON_EXHAUSTED: 3}
+    assert {letter.record_id for letter in dead.letters} == {"k00010", "k00100", "k00200"}
+    assert all(letter.attempt == 3 and "ReadTimeout" in letter.error for letter in dead.letters)
+    assert count_points(memory_client, ALIAS) == 253
+
+
+def test_an_outage_fails_the_task_instead_of_dead_lettering_everything(memory_client, tmp_path, dead) -> None:
+    """Injected: every upsert answers 503. Dead-lettering the chunk would hide an outage."""
+    staged, _ = stage_chunk(tmp_path / "c.parquet", 64)
+    ensure_minilm(memory_client)
+    proxy = FaultProxy(memory_client, lambda *_: http_error(503))
+    with pytest.raises(QdrantUnavailableError, match="kept failing transiently"):
+        upsert_chunk(proxy, ALIAS, staged, dead, batch_size=64, max_retries=1, sleep=lambda _: None)  # type: ignore[arg-type]
+    assert len(proxy.upsert_sizes) < 30
+    assert not (tmp_path / "run" / "dead_letters").exists()
+
+
+def test_a_permanent_request_error_is_raised_not_bisected(memory_client, tmp_path, dead) -> None:
+    """Injected: 401 (bad API key) is nobody's point's fault: fail at once, no retries, no dead letters."""
+    staged, _ = stage_chunk(tmp_path / "c.parquet", 64)
+    ensure_minilm(memory_client)
+    proxy = FaultProxy(memory_client, lambda *_: http_error(401))
+    with pytest.raises(QdrantSinkError, match="not retryable"):
+        upsert_chunk(proxy, ALIAS, staged, dead, sleep=lambda _: pytest.fail("must not retry"))  # type: ignore[arg-type]
+    assert proxy.upsert_sizes == [64] and len(dead) == 0
+
+
+# -- search ---------------------------------------------------------------------------------------
+@pytest.fixture
+def indexed(memory_client: QdrantClient, tmp_path: Path, dead: DeadLetterWriter) -> np.ndarray:
+    staged, vectors = stage_chunk(tmp_path / "c.parquet", 2000, seed=1)
+    ensure_minilm(memory_client)
+    upsert_chunk(memory_client, ALIAS, staged, dead)
+    return vectors
+
+
+def brute_force(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Cosine scores of every (query, point), masked-out points at -inf."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T
+    if mask is not None:
+        scores[:, ~mask] = -np.inf
+    return scores
+
+
+def test_search_returns_exact_nearest_neighbours(memory_client, indexed: np.ndarray) -> None:
+    rng = np.random.default_rng(7)
+    # queries near known points, plus pure noise: both must match brute force exactly
+    queries = np.vstack(
+        [indexed[:10] + 0.3 / np.sqrt(DIM) * rng.standard_normal((10, DIM)), rng.standard_normal((10, DIM))]
+    )
+    hits = search(memory_client, ALIAS, queries.astype(np.float32), top_k=5, batch_size=8)
+    scores = brute_force(indexed, queries)
+    assert len(hits) == 20 and all(len(h) == 5 for h in hits)
+    for q, query_hits in enumerate(hits):
+        expected = np.argsort(-scores[q])[:5]
+        assert [h.payload["keyword_id"] for h in query_hits] == [f"k{i:05d}" for i in expected]
+        np.testing.assert_allclose([h.score for h in query_hits], scores[q, expected], atol=1e-5)
+    assert [payload["keyword_id"] for payload, _ in hits[0][:1]] == ["k00000"]
+
+
+def test_search_honours_score_threshold_and_payload_filter(memory_client, indexed: np.ndarray) -> None:
+    queries = indexed[[0, 1, 2]] + 0.05
+    scores = brute_force(indexed, queries)
+    threshold = float(np.sort(scores[0])[-3])  # exactly 3 points reach it for query 0
+    hits = search(memory_client, ALIAS, queries, top_k=10, score_threshold=threshold - 1e-6)
+    for q, query_hits in enumerate(hits):
+        expected = [i for i in np.argsort(-scores[q]) if scores[q, i] >= threshold - 1e-6][:10]
+        assert [h.payload["keyword_id"] for h in query_hits] == [f"k{i:05d}" for i in expected]
+    assert len(hits[0]) == 3
+
+    is_travel = np.array([CATEGORIES[i % len(CATEGORIES)] == "travel" for i in range(len(indexed))])
+    masked = brute_force(indexed, queries, is_travel)
+    for query_filter in (
+        {"category": "travel"},
+        models.Filter(must=[models.FieldCondition(key="category", match=models.MatchValue(value="travel"))]),
+    ):
+        hits = search(memory_client, ALIAS, queries, top_k=7, query_filter=query_filter)
+        for q, query_hits in enumerate(hits):
+            assert {h.payload["category"] for h in query_hits} == {"travel"}
+            expected = np.argsort(-masked[q])[:7]
+            assert [h.payload["keyword_id"] for h in query_hits] == [f"k{i:05d}" for i in expected]
+
+
+def test_search_refuses_query_vectors_of_another_model(memory_client, indexed: np.ndarray) -> None:
+    with pytest.raises(CollectionMismatchError, match=r"minilm v1 \(dim 384.*dim 768"):
+        search(memory_client, ALIAS, np.ones((2, 768), dtype=np.float32), top_k=3)
+    with pytest.raises(CollectionMismatchError, match="e5 v1"):
+        search(memory_client, ALIAS, indexed[:2], top_k=3, model_name="e5", model_version=1)
+    assert len(search(memory_client, ALIAS, indexed[:2], top_k=3, model_name="minilm", model_version=1)) == 2
+
+
+def test_dead_letter_rows_are_replayable_json(memory_client, tmp_path, dead) -> None:
+    staged, _ = stage_chunk(tmp_path / "c.parquet", 20, bad_rows={4: np.nan})
+    ensure_minilm(memory_client)
+    result = upsert_chunk(memory_client, ALIAS, staged, dead)
+    (line,) = Path(result.dead_letter_path).read_text(encoding="utf-8").splitlines()
+    row = json.loads(line)["row"]
+    assert row["id"] == "k00004" and row["keyword"] == "キーワード k00004"
+    assert row["point_id"] == point_id("keywords", "k00004") and row["payload"]["category"] == "food"
+
+
+def test_search_retries_a_transient_error(memory_client, indexed: np.ndarray) -> None:
+    """Injected: the first batched query answers 503 (local mode cannot); the retry gets the answer."""
+    calls: list[int] = []
+
+    class FlakySearch:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(memory_client, name)
+
+        def query_batch_points(self, collection_name: str, requests: list, **kwargs: Any) -> Any:
+            calls.append(len(requests))
+            if len(calls) == 1:
+                raise http_error(503)
+            return memory_client.query_batch_points(collection_name, requests=requests, **kwargs)
+
+    sleeps: list[float] = []
+    hits = search(FlakySearch(), ALIAS, indexed[:3], top_k=2, sleep=sleeps.append)  # type: ignore[arg-type]
+    assert [h[0].payload["keyword_id"] for h in hits] == ["k00000", "k00001", "k00002"]
+    assert calls == [3, 3] and len(sleeps) == 1
