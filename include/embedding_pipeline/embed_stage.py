@@ -6,15 +6,18 @@ Every row read ends either in the staged chunk or in the dead letter with a reas
     null_text     the text is null
     empty_text    the text is empty or whitespace only
     wrong_type    the text is not a string (e.g. a number in a loosely typed file)
-    duplicate_id  the id already appeared earlier in this chunk (the first occurrence is kept)
+    duplicate_id  the id already appeared earlier in the partition (the first occurrence is kept;
+                  the plan task finds duplicates across chunks, a chunk alone only within itself)
+    text_too_long the text exceeds ``max_text_chars`` characters (garbage, not a query); texts
+                  merely over the model's token limit are truncated by the tokenizer and counted
 
-Texts longer than the model's token limit are truncated by the tokenizer and counted, not dropped.
 Memory stays flat: record batches are read row group by row group and embedded in fixed-size
 slices; only ids seen in this chunk are remembered (for duplicate detection).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -46,14 +49,27 @@ def _plain(value: object) -> object:
     return value
 
 
-def row_problem(row_id: object, text: object, seen: set[str]) -> tuple[str, str] | None:
+def row_problem(
+    row_id: object,
+    text: object,
+    seen: set[str],
+    max_text_chars: int,
+    position: tuple[str, int],
+    first_seen: dict[str, list],
+) -> tuple[str, str] | None:
     """(reason, error) for a row that cannot be embedded, or None."""
     if row_id is None:
         return "missing_id", "id is null"
     problem = text_problem(text)
     if problem:
         return _REASONS.get(problem, "wrong_type"), problem
-    if str(row_id) in seen:
+    if len(text) > max_text_chars:  # type: ignore[arg-type]
+        return "text_too_long", f"text has {len(text)} characters, more than max_text_chars={max_text_chars}"  # type: ignore[arg-type]
+    key = str(row_id)
+    first = first_seen.get(key)
+    if first is not None and tuple(first) != position:
+        return "duplicate_id", f"id {row_id} first occurs at {first[0]} row {first[1]}; that row is kept"
+    if key in seen:
         return "duplicate_id", f"id {row_id} appeared earlier in this chunk; the first occurrence is kept"
     return None
 
@@ -67,6 +83,7 @@ def embed_chunk(
     role: Role | None = "passage",
     read_batch_rows: int = 4096,
     embed_batch_rows: int = 1024,
+    max_text_chars: int = 2000,
 ) -> EmbedOutput:
     """Embed one chunk into ``<run_dir>/staged/<chunk_id>.parquet``; return counts and the path."""
     started = time.monotonic()
@@ -94,10 +111,15 @@ def embed_chunk(
         pending_texts.clear()
         pending_payloads.clear()
 
+    first_seen: dict[str, list] = (
+        json.loads(Path(chunk.duplicates_path).read_text()) if chunk.duplicates_path else {}
+    )
     try:
         for segment in chunk.segments:
             parquet = pq.ParquetFile(segment.path)
             columns = [c for c in table.columns if c in parquet.schema_arrow.names]
+            # Row groups of a segment are consecutive: rows are numbered from the first one's offset.
+            row = sum(parquet.metadata.row_group(i).num_rows for i in range(segment.row_groups[0]))
             for batch in parquet.iter_batches(
                 batch_size=read_batch_rows, row_groups=segment.row_groups, columns=columns
             ):
@@ -105,7 +127,9 @@ def embed_chunk(
                 rows_in += len(records)
                 for record in records:
                     row_id, text = record.get(table.id_column), record.get(table.text_column)
-                    problem = row_problem(row_id, text, seen)
+                    position = (segment.path, row)
+                    row += 1
+                    problem = row_problem(row_id, text, seen, max_text_chars, position, first_seen)
                     if problem:
                         dead.add(
                             row_id, problem[0], problem[1], {**record, "dt": chunk.dt, "source": segment.path}

@@ -57,6 +57,7 @@ class Chunk:
     chunk_id: str
     dt: str
     segments: list[Segment] = field(default_factory=list)
+    duplicates_path: str | None = None  # JSON {id: [file, row]} of first occurrences (see first_occurrences)
 
     @property
     def rows(self) -> int:
@@ -67,7 +68,8 @@ class Chunk:
 
     @classmethod
     def from_xcom(cls, data: dict) -> Chunk:
-        return cls(data["chunk_id"], data["dt"], [Segment(**s) for s in data["segments"]])
+        segments = [Segment(**s) for s in data["segments"]]
+        return cls(data["chunk_id"], data["dt"], segments, data.get("duplicates_path"))
 
 
 def parse_dt(value: str) -> str:
@@ -167,3 +169,36 @@ def plan_chunks(
         a, b = chunks[-2], chunks.pop()
         chunks[-1] = Chunk(a.chunk_id, dt, [*a.segments, *b.segments])
     return chunks
+
+
+def first_occurrences(files: list[Path], table: TableSpec) -> dict[str, tuple[str, int]]:
+    """For ids that occur more than once in a partition: the (file, row) of their first occurrence.
+
+    Computed once per partition by the plan task from the id column alone (8 bytes a row for
+    int64 ids), so every embed task can keep exactly the first occurrence even when the copies
+    fall into different chunks: re-runs then index the same row for a duplicated id every time.
+    """
+    import numpy as np
+
+    ids, file_index, rows = [], [], []
+    for index, path in enumerate(files):
+        column = pq.read_table(path, columns=[table.id_column]).column(0)
+        values = column.cast(pa.string()).to_numpy(zero_copy_only=False)
+        ids.append(values)
+        file_index.append(np.full(len(values), index, dtype=np.int32))
+        rows.append(np.arange(len(values), dtype=np.int64))
+    if not ids:
+        return {}
+    all_ids = np.concatenate(ids)
+    present = np.array([value is not None for value in all_ids])
+    all_ids, files_of, rows_of = (
+        all_ids[present],
+        np.concatenate(file_index)[present],
+        np.concatenate(rows)[present],
+    )
+    unique, first, counts = np.unique(all_ids.astype(str), return_index=True, return_counts=True)
+    duplicated = counts > 1
+    return {
+        str(value): (str(files[files_of[position]]), int(rows_of[position]))
+        for value, position in zip(unique[duplicated], first[duplicated], strict=True)
+    }

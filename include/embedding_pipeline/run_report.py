@@ -25,6 +25,15 @@ def _rate(rows: int, seconds: float) -> float | None:
     return round(rows / seconds, 1) if seconds > 0 else None
 
 
+def _sum_numeric_extras(results: list[StageResult]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for result in results:
+        for key, value in result.extra.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                totals[key] = round(totals.get(key, 0.0) + value, 3)
+    return totals
+
+
 def _stage_summary(results: list[StageResult]) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     for result in results:
@@ -40,7 +49,7 @@ def _stage_summary(results: list[StageResult]) -> dict[str, Any]:
         "task_seconds": round(seconds, 3),
         "rows_per_task_second": _rate(indexed, seconds),
         "unbalanced_tasks": [r.chunk for r in results if not r.balanced],
-        "extra": {k: sum(float(r.extra.get(k, 0)) for r in results) for r in results[:1] for k in r.extra},
+        "extra": _sum_numeric_extras(results),
     }
 
 

@@ -111,3 +111,8 @@ class ServerSettings:
         }
         overrides = {key: value for key, value in overrides.items() if key in {f.name for f in fields(cls)}}
         return cls().with_overrides(**overrides)
+
+
+def data_root() -> Path:
+    """Root of the partitioned input tables (``EMBEDDING_DATA_ROOT``, default ``<project>/data/sample``)."""
+    return Path(os.environ.get("EMBEDDING_DATA_ROOT", PROJECT_ROOT / "data" / "sample"))
