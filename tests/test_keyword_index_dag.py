@@ -1,0 +1,201 @@
+"""``dag.test()`` of keyword_index end to end: real local inference server, Qdrant local mode on
+disk, and the noida-db Elasticsearch emulator (a real cluster when ``ES_URL`` is set)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from embedding_pipeline.airflow_runner import run_dag
+from embedding_pipeline.dead_letter import read_dead_letters
+from embedding_pipeline.sample_data import generate
+
+DAG_ID = "keyword_index"
+DATES = ["2024-01-01", "2024-01-02"]
+
+
+@pytest.fixture(scope="module")
+def es_url(tmp_path_factory):
+    if os.environ.get("ES_URL"):
+        yield os.environ["ES_URL"]
+        return
+    from embedding_pipeline.es_emulator import EsEmulator
+
+    with EsEmulator(tmp_path_factory.mktemp("es")) as emulator:
+        yield emulator.url
+
+
+@pytest.fixture
+def pipeline_env(airflow_db, server, repository, es_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDDING_MODEL_REPOSITORY", str(repository))
+    monkeypatch.setenv("EMBEDDING_SERVER_GRPC_PORT", str(server.grpc_port))
+    monkeypatch.setenv("EMBEDDING_SERVER_HTTP_PORT", str(server.http_port))
+    monkeypatch.setenv("ES_URL", es_url)
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "qdrant"))
+    alias = f"kw_{tmp_path.name.lower().replace('-', '_')[-40:]}"
+    return {"alias": alias, "data": tmp_path / "data"}
+
+
+def _conf(env: dict, **overrides) -> dict:
+    return {
+        "dt": DATES[0],
+        "dt_end": DATES[1],
+        "input_root": str(env["data"]),
+        "model_name": "tiny_bert",
+        "chunk_rows": 200,
+        "qdrant_alias": env["alias"],
+        "es_alias": env["alias"],
+        **overrides,
+    }
+
+
+def _report(run) -> dict:
+    finalize = next(ti for ti in run.get_task_instances() if ti.task_id == "finalize")
+    assert str(finalize.state) == "success", {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    runs = sorted(
+        Path(os.environ["EMBEDDING_PIPELINE_HOME"], "runs", DAG_ID).glob("*/report.json"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return json.loads(runs[-1].read_text())
+
+
+def _sink_counts(alias: str) -> tuple[int, int]:
+    from embedding_pipeline.es_sink import EsSettings, count_docs, make_client
+    from embedding_pipeline.qdrant_sink import count_points, open_client
+
+    with open_client() as client:
+        points = count_points(client, alias)
+    es = make_client(EsSettings.from_env())
+    try:
+        return points, count_docs(es, alias)
+    finally:
+        es.close()
+
+
+def test_bad_rows_are_accounted_for_and_a_rerun_changes_nothing(pipeline_env):
+    summary = generate(
+        pipeline_env["data"],
+        keywords=900,
+        dates=DATES,
+        seed=7,
+        bad_rate=0.06,
+        row_group_size=150,
+        tables=("keywords",),
+    )
+    manifest = json.loads(Path(summary["tables"]["keywords"]["manifest"]).read_text())
+    expected = {dt: manifest["partitions"][dt]["expected"] for dt in DATES}
+    first = _report(run_dag(DAG_ID, _conf(pipeline_env)))
+    assert first["status"] == "ok" and first["rows_read"] == 900 and first["chunks"] >= 4
+    expected_dead = sum(e["dead_lettered"] for e in expected.values())
+    assert first["embed"]["dead_lettered"] == expected_dead > 0
+    reasons: dict[str, int] = {}
+    for e in expected.values():
+        for reason, n in e["dead_letter"].items():
+            reason = "empty_text" if reason == "whitespace_text" else reason  # one reason for both
+            reasons[reason] = reasons.get(reason, 0) + n
+    assert first["embed"]["dead_letters_by_reason"] == reasons
+    for sink in ("qdrant", "es"):
+        assert first["sinks"][sink]["indexed"] + expected_dead == 900
+    run_dir = Path(first_run_dir(first))
+    letters = read_dead_letters(run_dir, "embed")
+    assert len(letters) == expected_dead and all(letter["reason"] and letter["row"] for letter in letters)
+    counts = _sink_counts(pipeline_env["alias"])
+    # Each sink holds exactly the distinct staged ids: a cross-partition duplicate (same id on two
+    # dates) is an upsert of one point/document, never a second one.
+    staged_ids = set()
+    for path in (run_dir / "staged").glob("*.parquet"):
+        staged_ids.update(pq.read_table(path, columns=["id"]).column(0).to_pylist())
+    assert counts == (len(staged_ids),) * 2
+    assert first["sinks"]["es"]["indexed"] == 900 - expected_dead
+
+    second = _report(run_dag(DAG_ID, _conf(pipeline_env)))
+    assert second["sinks"]["qdrant"]["indexed"] == first["sinks"]["qdrant"]["indexed"]
+    assert _sink_counts(pipeline_env["alias"]) == counts
+
+
+def first_run_dir(report: dict) -> str:
+    from embedding_pipeline.keyword_index import run_dir_for
+
+    return str(run_dir_for(DAG_ID, report["run_id"]))
+
+
+def test_missing_partition_is_skipped_or_fails_on_request(pipeline_env):
+    generate(pipeline_env["data"], keywords=100, dates=[DATES[0]], seed=1, tables=("keywords",))
+    report = _report(run_dag(DAG_ID, _conf(pipeline_env, dt="2023-06-01", dt_end=None)))
+    assert report["status"] == "no_data" and report["missing_partitions"] == ["2023-06-01"]
+    assert report["rows_read"] == 0 and report["chunks"] == 0
+    run = run_dag(DAG_ID, _conf(pipeline_env, dt="2023-06-01", dt_end=None, missing_partition="fail"))
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "failed" and states["plan"] == "failed"
+
+
+def test_bad_files_fail_the_run_or_go_to_the_dead_letter(pipeline_env):
+    generate(
+        pipeline_env["data"], keywords=300, dates=[DATES[0]], seed=3, bad_files=True, tables=("keywords",)
+    )
+    run = run_dag(DAG_ID, _conf(pipeline_env, dt_end=None))
+    assert str(run.state) == "failed"
+    assert {ti.task_id: str(ti.state) for ti in run.get_task_instances()}["plan"] == "failed"
+    report = _report(run_dag(DAG_ID, _conf(pipeline_env, dt_end=None, bad_files="dead_letter")))
+    # Rejected: the non-Parquet file and the one without a text column. String ids are accepted
+    # (business keys may be SKUs), and the zero-row file simply contributes no rows.
+    assert report["status"] == "ok" and report["rejected_files"] == 2
+    files = read_dead_letters(Path(first_run_dir(report)), "plan")
+    assert sorted(Path(f["record_id"]).name for f in files) == [
+        "part-badschema-notext.parquet",
+        "part-garbage.parquet",
+    ]
+    assert all(f["reason"] == "bad_file" and f["error"] for f in files)
+
+
+def test_dead_letter_threshold_fails_the_run(pipeline_env):
+    generate(pipeline_env["data"], keywords=300, dates=[DATES[0]], seed=5, bad_rate=0.2, tables=("keywords",))
+    run = run_dag(DAG_ID, _conf(pipeline_env, dt_end=None, max_dead_letter_ratio=0.05))
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "failed" and states["finalize"] == "failed" and states["es_index"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("dt", "2024-13-45"),
+        ("chunk_rows", 10),
+        ("max_chunks", 2000),
+        ("es_alias", "Upper"),
+        ("max_dead_letter_ratio", 1.5),
+        ("bad_files", "ignore"),
+        ("model_name", "../x"),
+    ],
+)
+def test_bad_params_are_refused(airflow_db, param, value):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag(DAG_ID).params)
+    with pytest.raises(ParamValidationError):
+        params[param] = value
+
+
+def test_partitions_follow_params_data_interval_or_run_after():
+    from datetime import UTC, datetime
+
+    from embedding_pipeline.errors import ConfigError
+    from embedding_pipeline.keyword_index import resolve_partitions
+
+    assert resolve_partitions("2024-01-30", "2024-02-02", None, None) == [
+        "2024-01-30",
+        "2024-01-31",
+        "2024-02-01",
+        "2024-02-02",
+    ]
+    interval = datetime(2024, 3, 5, 1, tzinfo=UTC)
+    assert resolve_partitions(None, None, interval, datetime(2024, 3, 6, 1, tzinfo=UTC)) == ["2024-03-05"]
+    assert resolve_partitions(None, None, None, datetime(2024, 3, 6, 9, tzinfo=UTC)) == ["2024-03-05"]
+    with pytest.raises(ConfigError, match="before dt"):
+        resolve_partitions("2024-02-02", "2024-02-01", None, None)
+    with pytest.raises(ConfigError, match="dt_end needs dt"):
+        resolve_partitions(None, "2024-02-01", None, None)
