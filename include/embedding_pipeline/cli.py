@@ -23,14 +23,6 @@ from embedding_pipeline.model_source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.onnx_export import PRECISIONS
 from embedding_pipeline.settings import ServerSettings, model_repository_path, work_dir
 
-DEMO_SENTENCES = (
-    ("query", "cheap flights to tokyo"),
-    ("passage", "Low-cost airline tickets from Seoul to Tokyo Narita"),
-    ("passage", "Stainless steel water bottle, 750 ml"),
-    ("query", "reusable drink bottle"),
-    ("passage", "Hokkaido winter travel guide: hot springs and snow festivals"),
-)
-
 
 def _publish(args: argparse.Namespace) -> int:
     from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model, publish_model
@@ -92,61 +84,9 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The main job of this milestone: the model path end to end, through Airflow."""
-    import numpy as np
+    from embedding_pipeline.demo import run_demo
 
-    from embedding_pipeline.airflow_runner import configure_airflow, migrate_db
-    from embedding_pipeline.server_process import LocalServer, free_port
-
-    # Airflow logs every task transition at INFO; the demo's own report is the readable output.
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
-    home = configure_airflow()
-    print(f"[1/4] Airflow metadata DB in {home}")
-    migrate_db(home)
-    repository = args.model_repository.resolve()
-    http_port, grpc_port = free_port(), free_port()
-    os.environ.update(
-        EMBEDDING_MODEL_REPOSITORY=str(repository),
-        EMBEDDING_SERVER_HTTP_PORT=str(http_port),
-        EMBEDDING_SERVER_GRPC_PORT=str(grpc_port),
-    )
-    log_path = work_dir() / "logs" / "inference-server.log"
-    print(f"[2/4] starting the local inference server (http {http_port}, grpc {grpc_port}; log {log_path})")
-    with LocalServer(repository, http_port, grpc_port, threads=args.threads, log_path=log_path):
-        from embedding_pipeline.airflow_runner import run_dag
-        from embedding_pipeline.embedding_client import EmbeddingClient
-
-        print(f"[3/4] dag.test(embedding_model_publish) for {args.source} ({args.precision})")
-        run = run_dag(
-            "embedding_model_publish",
-            {"model_source": args.source, "model_name": args.name, "precision": args.precision},
-        )
-        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-        print(f"      run {run.run_id}: {run.state} {states}")
-        if str(run.state) != "success":
-            raise PipelineError(f"embedding_model_publish did not succeed: {states}")
-        settings = ServerSettings.from_env().with_overrides(model_name=args.name)
-        with EmbeddingClient(settings) as client:
-            meta = client.published.metadata
-            print(
-                f"[4/4] embedding through {settings.protocol}://{settings.url}: "
-                f"{args.name} v{client.published.version}"
-                f", dim {client.dim}, parity min cosine {meta['parity']['min_cosine']:.6f}"
-            )
-            vectors = [client.embed([text], role=role).vectors[0] for role, text in DEMO_SENTENCES]
-        for (role, text), vector in zip(DEMO_SENTENCES, vectors, strict=True):
-            print(f"      {role:<8} {text[:60]:<60} [{', '.join(f'{v:+.4f}' for v in vector[:4])}, ...]")
-        sims = np.array(vectors) @ np.array(vectors).T
-        print("      cosine similarity of each query to each passage:")
-        for i, (role, text) in enumerate(DEMO_SENTENCES):
-            if role != "query":
-                continue
-            best = max(
-                (j for j, (r, _) in enumerate(DEMO_SENTENCES) if r == "passage"), key=lambda j: sims[i, j]
-            )
-            print(f"      {text!r} -> {DEMO_SENTENCES[best][1]!r} ({sims[i, best]:.3f})")
-    print("done: the server was stopped; run `make serve` to keep one running.")
-    return 0
+    return run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,9 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-data", help="generate partitioned sample keywords/products Parquet")
     sample_data.add_arguments(p)
 
-    p = sub.add_parser("demo", help="the main job: publish through Airflow, serve, embed, print")
+    p = sub.add_parser("demo", help="the main job: sample data, publish, serve, index keywords, report")
     model_args(p)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--keywords", type=int, default=20_000, help="sample keywords over --dates")
+    p.add_argument("--products", type=int, default=2_000)
+    p.add_argument("--dates", nargs="+", default=["2024-01-01", "2024-01-02", "2024-01-03"])
+    p.add_argument("--lang", choices=["ja", "en"], default="ja")
+    p.add_argument("--bad-rate", type=float, default=0.01, help="share of injected bad rows")
     p.set_defaults(func=_demo)
     return parser
 
