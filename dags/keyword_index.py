@@ -26,6 +26,13 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 QDRANT_LOCAL = not (os.environ.get("QDRANT_URL") or os.environ.get("AIRFLOW_CONN_QDRANT_DEFAULT"))
 
 
+def _store_settings():
+    """Qdrant and ES settings from the ``qdrant_default`` / ``elasticsearch_default`` Connections."""
+    from pipeline_hooks.store_hooks import ElasticsearchStoreHook, QdrantStoreHook
+
+    return QdrantStoreHook().get_settings(), ElasticsearchStoreHook().get_settings()
+
+
 def _targets(params: dict) -> Targets:
     return Targets(params["write_qdrant"], params["write_es"], params["qdrant_alias"], params["es_alias"])
 
@@ -92,7 +99,8 @@ def keyword_index():
 
         params = get_current_context()["params"]
         model = ki.model_info(None, params["model_name"])
-        return {**model, **ki.prepare_sinks(_targets(params), model)}
+        qdrant, es = _store_settings()
+        return {**model, **ki.prepare_sinks(_targets(params), model, qdrant, es)}
 
     @task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
@@ -104,19 +112,21 @@ def keyword_index():
     def qdrant_upsert(embedded: dict, planned: dict) -> dict:
         from embedding_pipeline import keyword_index as ki
 
-        return ki.write_qdrant(embedded, planned["run_dir"], _targets(get_current_context()["params"]))
+        params = get_current_context()["params"]
+        return ki.write_qdrant(embedded, planned["run_dir"], _targets(params), _store_settings()[0])
 
     @task
     def es_index(embedded: dict, planned: dict) -> dict:
         from embedding_pipeline import keyword_index as ki
 
-        return ki.write_es(embedded, planned["run_dir"], _targets(get_current_context()["params"]))
+        params = get_current_context()["params"]
+        return ki.write_es(embedded, planned["run_dir"], _targets(params), _store_settings()[1])
 
     @task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
         from embedding_pipeline import keyword_index as ki
 
-        ki.finish_sinks(_targets(get_current_context()["params"]), prepared)
+        ki.finish_sinks(_targets(get_current_context()["params"]), prepared, _store_settings()[1])
 
     @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:

@@ -83,3 +83,52 @@ def test_bad_connection_settings_fail_clearly(monkeypatch, extra, message):
     _set_conn(monkeypatch, "triton_bad", conn_type="triton", host="h", port=1, extra=extra)
     with pytest.raises(ConfigError, match=message):
         TritonEmbeddingHook("triton_bad").get_settings()
+
+
+def test_store_connections_become_qdrant_and_es_settings(monkeypatch):
+    from pipeline_hooks.store_hooks import ElasticsearchStoreHook, QdrantStoreHook
+
+    _set_conn(
+        monkeypatch,
+        "qdrant_default",
+        conn_type="qdrant",
+        host="qdrant",
+        port=6333,
+        password="s3cret-key",
+        extra={"grpc_port": 6334, "prefer_grpc": True},
+    )
+    _set_conn(
+        monkeypatch,
+        "elasticsearch_default",
+        conn_type="elasticsearch",
+        host="es",
+        port=9200,
+        schema="https",
+        login="elastic",
+        password="hunter2",
+        extra={"ca_certs": "/certs/ca/ca.crt"},
+    )
+    qdrant = QdrantStoreHook().get_settings()
+    assert (qdrant.host, qdrant.port, qdrant.grpc_port, qdrant.prefer_grpc, qdrant.is_local) == (
+        "qdrant",
+        6333,
+        6334,
+        True,
+        False,
+    )
+    assert qdrant.api_key == "s3cret-key" and "s3cret-key" not in repr(qdrant)
+    es = ElasticsearchStoreHook().get_settings()
+    assert es.hosts == ("https://es:9200",) and es.username == "elastic" and es.ca_certs == "/certs/ca/ca.crt"
+    assert es.password == "hunter2" and "hunter2" not in repr(es)
+
+
+def test_store_hooks_fall_back_to_the_environment(monkeypatch, tmp_path):
+    from pipeline_hooks.store_hooks import ElasticsearchStoreHook, QdrantStoreHook
+
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "q"))
+    monkeypatch.setenv("ES_URL", "http://127.0.0.1:19200")
+    assert QdrantStoreHook("absent").get_settings().is_local
+    assert ElasticsearchStoreHook("absent").get_settings().hosts == ("http://127.0.0.1:19200",)
+    _set_conn(monkeypatch, "qdrant_nohost", conn_type="qdrant", port=6333)
+    with pytest.raises(ConfigError, match="has no host"):
+        QdrantStoreHook("qdrant_nohost").get_settings()

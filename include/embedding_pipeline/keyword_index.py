@@ -155,13 +155,15 @@ def model_info(settings: ServerSettings | None, model_name: str) -> dict[str, An
     }
 
 
-def prepare_sinks(targets: Targets, model: dict[str, Any]) -> dict[str, Any]:
+def prepare_sinks(
+    targets: Targets, model: dict[str, Any], qdrant_settings: Any = None, es_settings: Any = None
+) -> dict[str, Any]:
     """Create collection/index behind their aliases (if missing) and switch ES to bulk-load settings."""
     prepared: dict[str, Any] = {}
     if targets.qdrant:
         from embedding_pipeline.qdrant_sink import ensure_collection, open_client
 
-        with open_client() as client:
+        with open_client(qdrant_settings) as client:
             target = ensure_collection(
                 client,
                 targets.qdrant_alias,
@@ -173,7 +175,7 @@ def prepare_sinks(targets: Targets, model: dict[str, Any]) -> dict[str, Any]:
     if targets.es:
         from embedding_pipeline.es_sink import EsSettings, begin_bulk_load, ensure_keyword_index, make_client
 
-        es = make_client(EsSettings.from_env())
+        es = make_client(es_settings or EsSettings.from_env())
         try:
             target = ensure_keyword_index(
                 es,
@@ -189,12 +191,12 @@ def prepare_sinks(targets: Targets, model: dict[str, Any]) -> dict[str, Any]:
     return prepared
 
 
-def finish_sinks(targets: Targets, prepared: dict[str, Any] | None) -> None:
+def finish_sinks(targets: Targets, prepared: dict[str, Any] | None, es_settings: Any = None) -> None:
     """Teardown: restore ES refresh/replica settings (also when loads failed)."""
     if targets.es:
         from embedding_pipeline.es_sink import EsSettings, end_bulk_load, make_client
 
-        es = make_client(EsSettings.from_env())
+        es = make_client(es_settings or EsSettings.from_env())
         try:
             end_bulk_load(es, targets.es_alias, (prepared or {}).get("es_previous_settings"))
         finally:
@@ -213,22 +215,22 @@ def _empty(stage: str, embedded: dict) -> dict:
     return StageResult(stage, embedded["chunk"]).to_xcom()
 
 
-def write_qdrant(embedded: dict, run_dir: str, targets: Targets) -> dict:
+def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings: Any = None) -> dict:
     if not targets.qdrant or not embedded["staged"]:
         return _empty("qdrant_upsert", embedded)
     from embedding_pipeline.qdrant_sink import open_client, upsert_chunk
 
     dead = DeadLetterWriter(Path(run_dir), "qdrant", embedded["chunk"])
-    with open_client() as client:
+    with open_client(qdrant_settings) as client:
         return upsert_chunk(client, targets.qdrant_alias, embedded["staged"], dead).to_xcom()
 
 
-def write_es(embedded: dict, run_dir: str, targets: Targets) -> dict:
+def write_es(embedded: dict, run_dir: str, targets: Targets, es_settings: Any = None) -> dict:
     if not targets.es or not embedded["staged"]:
         return _empty("es_index", embedded)
     from embedding_pipeline.es_sink import EsSettings, index_keyword_chunk, make_client
 
-    settings = EsSettings.from_env()
+    settings = es_settings or EsSettings.from_env()
     dead = DeadLetterWriter(Path(run_dir), "es", embedded["chunk"])
     es = make_client(settings)
     try:
