@@ -35,8 +35,27 @@ VOCAB_SIZE = 600
 MAX_POSITIONS = 128
 
 
+BERT_SPECIALS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+
+
+def _wrap(tok, start: str, end: str):
+    """``<start> text <end>``, as every encoder's tokenizer adds around a single sentence."""
+    from tokenizers import processors
+
+    return processors.TemplateProcessing(
+        single=f"{start} $A {end}",
+        special_tokens=[(start, tok.token_to_id(start)), (end, tok.token_to_id(end))],
+    )
+
+
 def _wordpiece():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     # strip_accents=False: the default strips accents and breaks Japanese voicing marks (です -> てす).
@@ -44,21 +63,12 @@ def _wordpiece():
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    return tok, {
-        "pad_token": "[PAD]",
-        "unk_token": "[UNK]",
-        "cls_token": "[CLS]",
-        "sep_token": "[SEP]",
-        "mask_token": "[MASK]",
-    }
+    tok.post_processor = _wrap(tok, "[CLS]", "[SEP]")
+    return tok, dict(BERT_SPECIALS)
 
 
 def _unigram():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -66,10 +76,7 @@ def _unigram():
     tok.train_from_iterator(
         CORPUS, trainers.UnigramTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, unk_token="<unk>")
     )
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
-    )
+    tok.post_processor = _wrap(tok, "<s>", "</s>")
     return tok, {
         "bos_token": "<s>",
         "eos_token": "</s>",
@@ -82,7 +89,7 @@ def _unigram():
 
 
 def _byte_bpe():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -96,17 +103,8 @@ def _byte_bpe():
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    return tok, {
-        "pad_token": "[PAD]",
-        "unk_token": "[UNK]",
-        "cls_token": "[CLS]",
-        "sep_token": "[SEP]",
-        "mask_token": "[MASK]",
-    }
+    tok.post_processor = _wrap(tok, "[CLS]", "[SEP]")
+    return tok, dict(BERT_SPECIALS)
 
 
 def build_tiny_model(architecture: str, out_dir: Path, seed: int = 0) -> Path:

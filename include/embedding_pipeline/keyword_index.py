@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -155,6 +157,17 @@ def model_info(settings: ServerSettings | None, model_name: str) -> dict[str, An
     }
 
 
+@contextmanager
+def _es_client(es_settings: Any) -> Iterator[Any]:
+    from embedding_pipeline.es_sink import EsSettings, make_client
+
+    es = make_client(es_settings or EsSettings.from_env())
+    try:
+        yield es
+    finally:
+        es.close()
+
+
 def prepare_sinks(
     targets: Targets, model: dict[str, Any], qdrant_settings: Any = None, es_settings: Any = None
 ) -> dict[str, Any]:
@@ -173,10 +186,9 @@ def prepare_sinks(
             )
         prepared["qdrant_collection"] = target.name
     if targets.es:
-        from embedding_pipeline.es_sink import EsSettings, begin_bulk_load, ensure_keyword_index, make_client
+        from embedding_pipeline.es_sink import begin_bulk_load, ensure_keyword_index
 
-        es = make_client(es_settings or EsSettings.from_env())
-        try:
+        with _es_client(es_settings) as es:
             target = ensure_keyword_index(
                 es,
                 targets.es_alias,
@@ -186,21 +198,16 @@ def prepare_sinks(
             )
             prepared["es_index"] = target.index
             prepared["es_previous_settings"] = begin_bulk_load(es, targets.es_alias)
-        finally:
-            es.close()
     return prepared
 
 
 def finish_sinks(targets: Targets, prepared: dict[str, Any] | None, es_settings: Any = None) -> None:
     """Teardown: restore ES refresh/replica settings (also when loads failed)."""
     if targets.es:
-        from embedding_pipeline.es_sink import EsSettings, end_bulk_load, make_client
+        from embedding_pipeline.es_sink import end_bulk_load
 
-        es = make_client(es_settings or EsSettings.from_env())
-        try:
+        with _es_client(es_settings) as es:
             end_bulk_load(es, targets.es_alias, (prepared or {}).get("es_previous_settings"))
-        finally:
-            es.close()
 
 
 def embed(
@@ -228,17 +235,15 @@ def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings
 def write_es(embedded: dict, run_dir: str, targets: Targets, es_settings: Any = None) -> dict:
     if not targets.es or not embedded["staged"]:
         return _empty("es_index", embedded)
-    from embedding_pipeline.es_sink import EsSettings, index_keyword_chunk, make_client
+    from embedding_pipeline.es_sink import EsSettings, index_keyword_chunk
 
     settings = es_settings or EsSettings.from_env()
     dead = DeadLetterWriter(Path(run_dir), "es", embedded["chunk"])
-    es = make_client(settings)
-    try:
-        return index_keyword_chunk(
+    with _es_client(settings) as es:
+        result = index_keyword_chunk(
             es, targets.es_alias, embedded["staged"], dead, chunk_docs=settings.bulk_chunk_docs
-        ).to_xcom()
-    finally:
-        es.close()
+        )
+    return result.to_xcom()
 
 
 def finalize(
