@@ -94,6 +94,7 @@ def embedding_model_publish():
             keep_versions=params["keep_versions"],
         )
         return {
+            "unchanged": published.unchanged,
             "name": published.name,
             "version": published.version,
             "path": str(published.path),

@@ -42,18 +42,22 @@ def test_publish_writes_a_triton_parseable_config_and_complete_version(gated, tm
 
 
 def test_versions_are_monotonic_and_old_ones_pruned(gated, tmp_path):
-    versions = [publish(gated, tmp_path, "tiny", 8, keep_versions=2).version for _ in range(4)]
+    versions = [publish(gated, tmp_path, "tiny", 8, 2, force_new_version=True).version for _ in range(4)]
     assert versions == [1, 2, 3, 4]
     assert list_versions(tmp_path / "tiny") == [3, 4]
     assert latest_version(tmp_path, "tiny").version == 4
     # Pruning never reuses a number: the next version is 5 even though 1 and 2 are gone.
-    assert publish(gated, tmp_path, "tiny", 8, keep_versions=2).version == 5
+    assert publish(gated, tmp_path, "tiny", 8, keep_versions=2, force_new_version=True).version == 5
 
 
 def test_concurrent_publishers_get_distinct_versions(gated, tmp_path):
     results: list[int] = []
     threads = [
-        threading.Thread(target=lambda: results.append(publish(gated, tmp_path, "tiny", 8, 10).version))
+        threading.Thread(
+            target=lambda: results.append(
+                publish(gated, tmp_path, "tiny", 8, 10, force_new_version=True).version
+            )
+        )
         for _ in range(4)
     ]
     for thread in threads:
@@ -113,3 +117,18 @@ def test_config_validation_catches_what_triton_would_not_serve(mutation, message
     parse_config(good)
     with pytest.raises(RepositoryError, match=message):
         parse_config(mutation(good))
+
+
+def test_republishing_identical_weights_keeps_the_latest_version(gated, tmp_path):
+    """A re-run of the publish DAG must not mint a version (indexed vectors would look stale)."""
+    first = publish(gated, tmp_path, "tiny", 8)
+    again = publish(gated, tmp_path, "tiny", 16)
+    assert (first.version, first.unchanged) == (1, False)
+    assert (again.version, again.unchanged) == (1, True)
+    assert list_versions(tmp_path / "tiny") == [1]
+    assert read_contract(tmp_path / "tiny").max_batch_size == 16  # serving settings still apply
+    changed = tmp_path / "changed"
+    shutil.copytree(gated, changed)
+    metadata = json.loads((changed / "embedding_model.json").read_text())
+    (changed / "embedding_model.json").write_text(json.dumps({**metadata, "sha256": "0" * 64}))
+    assert publish(changed, tmp_path, "tiny", 8).version == 2

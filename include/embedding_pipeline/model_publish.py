@@ -141,9 +141,21 @@ def publish_model(
     name: str,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     keep_versions: int = 3,
+    force_new_version: bool = False,
 ) -> PublishedModel:
-    """Publish a gated export; the fp32 reference copy kept for int8 gating is left behind."""
+    """Publish a gated export; the fp32 reference copy kept for int8 gating is left behind.
+
+    Identical weights (same sha256, precision, family, limits) as the latest version are not
+    published again unless ``force_new_version``: the latest version is returned with ``unchanged``.
+    """
     fp32_dir = staging_dir / "_fp32"
     if fp32_dir.exists():
         shutil.rmtree(fp32_dir)
-    return publish(staging_dir, repository, name, max_batch_size=max_batch_size, keep_versions=keep_versions)
+    return publish(
+        staging_dir,
+        repository,
+        name,
+        max_batch_size=max_batch_size,
+        keep_versions=keep_versions,
+        force_new_version=force_new_version,
+    )

@@ -39,6 +39,7 @@ class PublishedModel:
     version: int
     path: Path
     metadata: dict
+    unchanged: bool = False  # True when an identical model was already the latest version
 
 
 def validate_model_name(name: str) -> str:
@@ -101,6 +102,29 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+_IDENTITY_KEYS = ("sha256", "precision", "dim", "max_length", "pad_token_id", "family", "source")
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    return all(a.get(key) == b.get(key) for key in _IDENTITY_KEYS)
+
+
+def _write_config(
+    model_dir: Path, name: str, max_batch_size: int, instance_count: int, metadata: dict
+) -> None:
+    contract = ServingContract(name=name, max_batch_size=max_batch_size, dim=int(metadata["dim"]))
+    config = render_config(
+        contract,
+        instance_count=instance_count,
+        parameters={
+            "family": str(metadata["family"]["name"]),
+            "precision": str(metadata["precision"]),
+            "source": str(metadata["source"]),
+        },
+    )
+    _write_atomic(model_dir / CONFIG_FILENAME, config)
+
+
 def publish(
     staging_dir: Path,
     root: Path,
@@ -108,6 +132,7 @@ def publish(
     max_batch_size: int,
     keep_versions: int = 3,
     instance_count: int = 1,
+    force_new_version: bool = False,
 ) -> PublishedModel:
     """Copy a gated staging dir into ``root/name/<next version>`` atomically and prune old versions.
 
@@ -132,6 +157,13 @@ def publish(
     model_dir = root / name
     with _publish_lock(model_dir):
         existing = list_versions(model_dir)
+        if existing and not force_new_version:
+            latest = load_version(root, name, existing[-1])
+            if _same_model(latest.metadata, metadata):
+                # Re-publishing identical weights (a re-run, a retry) must not mint a version that
+                # would make the indexed vectors look stale: keep the latest and say so.
+                _write_config(model_dir, name, max_batch_size, instance_count, latest.metadata)
+                return PublishedModel(name, latest.version, latest.path, latest.metadata, unchanged=True)
         numbered = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
         version = max([0, *existing, *numbered]) + 1
         metadata = {**metadata, "name": name, "version": version}
@@ -143,17 +175,7 @@ def publish(
         except OSError as exc:
             shutil.rmtree(incoming, ignore_errors=True)
             raise RepositoryError(f"publishing {name} v{version} into {model_dir} failed: {exc}") from exc
-        contract = ServingContract(name=name, max_batch_size=max_batch_size, dim=int(metadata["dim"]))
-        config = render_config(
-            contract,
-            instance_count=instance_count,
-            parameters={
-                "family": str(metadata["family"]["name"]),
-                "precision": str(metadata["precision"]),
-                "source": str(metadata["source"]),
-            },
-        )
-        _write_atomic(model_dir / CONFIG_FILENAME, config)
+        _write_config(model_dir, name, max_batch_size, instance_count, metadata)
         for old in existing[: max(0, len(existing) + 1 - keep_versions)]:
             shutil.rmtree(model_dir / str(old), ignore_errors=True)
     return PublishedModel(name=name, version=version, path=model_dir / str(version), metadata=metadata)
