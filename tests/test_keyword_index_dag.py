@@ -199,3 +199,26 @@ def test_partitions_follow_params_data_interval_or_run_after():
         resolve_partitions("2024-02-02", "2024-02-01", None, None)
     with pytest.raises(ConfigError, match="dt_end needs dt"):
         resolve_partitions(None, "2024-02-01", None, None)
+
+
+def test_run_files_go_to_object_storage_when_a_staging_url_is_set(pipeline_env, tmp_path, monkeypatch):
+    """Staged chunks, dead letters and the report through ObjectStoragePath (fsspec ``file://`` here;
+    ``s3://``/``gs://`` take the same code path with a Connection for credentials)."""
+    from embedding_pipeline.keyword_index import run_dir_for
+
+    store = tmp_path / "object-store"
+    monkeypatch.setenv("EMBEDDING_STAGING_URL", f"file://{store}")
+    generate(
+        pipeline_env["data"], keywords=400, dates=[DATES[0]], seed=11, bad_rate=0.05, tables=("keywords",)
+    )
+    run = run_dag(DAG_ID, _conf(pipeline_env, dt_end=None))
+    assert str(run.state) == "success"
+    run_dir = run_dir_for(DAG_ID, run.run_id)
+    assert str(run_dir).startswith("file://")
+    local = store / DAG_ID / Path(str(run_dir)).name
+    report = json.loads((local / "report.json").read_text())
+    assert report["status"] == "ok" and report["rows_read"] == 400
+    assert len(list((local / "staged").glob("*.parquet"))) == report["chunks"]
+    letters = read_dead_letters(str(run_dir), "embed")
+    assert len(letters) == report["embed"]["dead_lettered"] > 0
+    assert not (Path(os.environ["EMBEDDING_PIPELINE_HOME"]) / "runs" / DAG_ID / local.name).exists()

@@ -11,8 +11,9 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
+
+from embedding_pipeline.storage import StoragePath, as_path, remove, write_text
 
 DEAD_LETTER_DIRNAME = "dead_letters"
 
@@ -43,8 +44,8 @@ def _jsonable(value: Any) -> Any:
 class DeadLetterWriter:
     """Collects dead letters of one task and writes them to its own JSONL part file."""
 
-    def __init__(self, run_dir: Path, stage: str, part: str) -> None:
-        self.path = run_dir / DEAD_LETTER_DIRNAME / f"{stage}-{part}.jsonl"
+    def __init__(self, run_dir: str | StoragePath, stage: str, part: str) -> None:
+        self.path = as_path(run_dir) / DEAD_LETTER_DIRNAME / f"{stage}-{part}.jsonl"
         self.stage = stage
         self.letters: list[DeadLetter] = []
 
@@ -71,24 +72,21 @@ class DeadLetterWriter:
     def flush(self) -> str | None:
         """Write (or replace) this task's part file; return its path, or None when there is nothing."""
         if not self.letters:
-            self.path.unlink(missing_ok=True)  # a retry that succeeded leaves no stale part behind
+            remove(self.path)  # a retry that succeeded leaves no stale part behind
             return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for letter in self.letters:
-                handle.write(json.dumps(asdict(letter), ensure_ascii=False) + "\n")
-        tmp.replace(self.path)
+        write_text(
+            self.path,
+            "".join(json.dumps(asdict(letter), ensure_ascii=False) + "\n" for letter in self.letters),
+        )
         return str(self.path)
 
 
-def read_dead_letters(run_dir: Path, stage: str | None = None) -> list[dict[str, Any]]:
+def read_dead_letters(run_dir: str | StoragePath, stage: str | None = None) -> list[dict[str, Any]]:
     """All dead letters of a run (optionally of one stage), for reports and replays."""
-    folder = run_dir / DEAD_LETTER_DIRNAME
-    if not folder.is_dir():
+    folder = as_path(run_dir) / DEAD_LETTER_DIRNAME
+    if not folder.exists():
         return []
     letters = []
-    for path in sorted(folder.glob(f"{stage or '*'}-*.jsonl")):
-        with open(path, encoding="utf-8") as handle:
-            letters.extend(json.loads(line) for line in handle if line.strip())
+    for path in sorted(folder.glob(f"{stage or '*'}-*.jsonl"), key=str):
+        letters.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
     return letters

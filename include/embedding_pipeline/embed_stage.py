@@ -21,9 +21,6 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from embedding_pipeline.accounting import StageResult
 from embedding_pipeline.dead_letter import DeadLetterWriter
@@ -31,6 +28,7 @@ from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.model_registry import Role
 from embedding_pipeline.partitions import Chunk, TableSpec
 from embedding_pipeline.staging import StagedChunkWriter
+from embedding_pipeline.storage import StoragePath, as_path, parquet_file
 from embedding_pipeline.tokenization import text_problem
 
 STAGE = "embed"
@@ -79,7 +77,7 @@ def embed_chunk(
     table: TableSpec,
     kind: str,
     client: EmbeddingClient,
-    run_dir: Path,
+    run_dir: str | StoragePath,
     role: Role | None = "passage",
     read_batch_rows: int = 4096,
     embed_batch_rows: int = 1024,
@@ -88,6 +86,7 @@ def embed_chunk(
     """Embed one chunk into ``<run_dir>/staged/<chunk_id>.parquet``; return counts and the path."""
     started = time.monotonic()
     dead = DeadLetterWriter(run_dir, STAGE, chunk.chunk_id)
+    run_dir = as_path(run_dir)
     staged = run_dir / "staged" / f"{chunk.chunk_id}.parquet"
     writer = StagedChunkWriter(staged, client.dim, kind, client.settings.model_name, client.published.version)
     seen: set[str] = set()
@@ -112,11 +111,11 @@ def embed_chunk(
         pending_payloads.clear()
 
     first_seen: dict[str, list] = (
-        json.loads(Path(chunk.duplicates_path).read_text()) if chunk.duplicates_path else {}
+        json.loads(as_path(chunk.duplicates_path).read_text()) if chunk.duplicates_path else {}
     )
     try:
         for segment in chunk.segments:
-            parquet = pq.ParquetFile(segment.path)
+            parquet = parquet_file(segment.path)
             columns = [c for c in table.columns if c in parquet.schema_arrow.names]
             # Row groups of a segment are consecutive: rows are numbered from the first one's offset.
             row = sum(parquet.metadata.row_group(i).num_rows for i in range(segment.row_groups[0]))
@@ -150,8 +149,7 @@ def embed_chunk(
         flush()
         path = writer.close()
     except BaseException:
-        writer.writer.close()
-        writer.tmp.unlink(missing_ok=True)
+        writer.abort()
         raise
     result = StageResult(
         stage=STAGE,

@@ -49,6 +49,7 @@ from embedding_pipeline.accounting import StageResult
 from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.errors import ConfigError, PipelineError
 from embedding_pipeline.staging import iter_staged, staged_metadata
+from embedding_pipeline.storage import as_path
 
 log = logging.getLogger(__name__)
 
@@ -881,7 +882,7 @@ def index_keyword_chunk(
     belong in another generation. ``_id`` is the keyword id, so a re-run overwrites.
     """
     started = time.monotonic()
-    path = Path(staged_path)
+    path = as_path(str(staged_path))
     metadata = staged_metadata(path)
     _check_chunk_matches_index(es, alias, metadata, path)
     model_name, model_version = metadata["model_name"], int(metadata["model_version"])

@@ -35,7 +35,8 @@ from embedding_pipeline.partitions import (
 )
 from embedding_pipeline.partitions import plan_chunks as plan_partition
 from embedding_pipeline.run_report import finalize as write_report
-from embedding_pipeline.settings import ServerSettings, work_dir
+from embedding_pipeline.settings import ServerSettings
+from embedding_pipeline.storage import StoragePath, as_path, runs_root, write_text
 
 log = logging.getLogger(__name__)
 KIND = "keyword"
@@ -54,9 +55,9 @@ class Targets:
     es_alias: str = "keywords"
 
 
-def run_dir_for(dag_id: str, run_id: str) -> Path:
+def run_dir_for(dag_id: str, run_id: str) -> StoragePath:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-    return work_dir() / "runs" / dag_id / safe
+    return runs_root() / dag_id / safe
 
 
 def resolve_partitions(
@@ -124,8 +125,7 @@ def plan(
         duplicates_path = None
         if duplicates:
             duplicates_path = run_dir / "duplicates" / f"{dt}.json"
-            duplicates_path.parent.mkdir(parents=True, exist_ok=True)
-            duplicates_path.write_text(json.dumps(duplicates))
+            write_text(duplicates_path, json.dumps(duplicates))
         chunks.extend(
             replace(chunk, duplicates_path=str(duplicates_path) if duplicates_path else None)
             for chunk in plan_partition(usable, KEYWORDS, dt, chunk_rows, per_partition)
@@ -214,7 +214,7 @@ def embed(
     chunk: dict, run_dir: str, model_name: str, settings: ServerSettings | None = None
 ) -> dict[str, Any]:
     with _client(settings, model_name) as client:
-        output = embed_chunk(Chunk.from_xcom(chunk), KEYWORDS, KIND, client, Path(run_dir), role="passage")
+        output = embed_chunk(Chunk.from_xcom(chunk), KEYWORDS, KIND, client, as_path(run_dir), role="passage")
     return {"result": output.result.to_xcom(), "staged": output.staged_path, "chunk": chunk["chunk_id"]}
 
 
@@ -227,7 +227,7 @@ def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings
         return _empty("qdrant_upsert", embedded)
     from embedding_pipeline.qdrant_sink import open_client, upsert_chunk
 
-    dead = DeadLetterWriter(Path(run_dir), "qdrant", embedded["chunk"])
+    dead = DeadLetterWriter(as_path(run_dir), "qdrant", embedded["chunk"])
     with open_client(qdrant_settings) as client:
         return upsert_chunk(client, targets.qdrant_alias, embedded["staged"], dead).to_xcom()
 
@@ -238,7 +238,7 @@ def write_es(embedded: dict, run_dir: str, targets: Targets, es_settings: Any = 
     from embedding_pipeline.es_sink import EsSettings, index_keyword_chunk
 
     settings = es_settings or EsSettings.from_env()
-    dead = DeadLetterWriter(Path(run_dir), "es", embedded["chunk"])
+    dead = DeadLetterWriter(as_path(run_dir), "es", embedded["chunk"])
     with _es_client(settings) as es:
         result = index_keyword_chunk(
             es, targets.es_alias, embedded["staged"], dead, chunk_docs=settings.bulk_chunk_docs
@@ -268,7 +268,7 @@ def finalize(
         "chunks": len(planned["chunks"]),
     }
     return write_report(
-        Path(planned["run_dir"]),
+        as_path(planned["run_dir"]),
         [StageResult.from_xcom(e["result"]) for e in embedded],
         sinks,
         meta,

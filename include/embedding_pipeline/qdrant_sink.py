@@ -52,6 +52,7 @@ from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.errors import ConfigError, InvalidInputError, PipelineError
 from embedding_pipeline.settings import work_dir
 from embedding_pipeline.staging import StagedBatch, iter_staged, staged_metadata
+from embedding_pipeline.storage import as_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -478,7 +479,7 @@ def ensure_collection_for_chunk(
     client: QdrantClient, alias: str, staged_path: str | Path
 ) -> CollectionTarget:
     """``ensure_collection`` with dim and model read from a staged chunk's metadata."""
-    meta = staged_metadata(Path(staged_path))
+    meta = staged_metadata(as_path(str(staged_path)))
     return ensure_collection(
         client,
         alias,
@@ -684,7 +685,7 @@ def upsert_chunk(
     poison every score); anything else the engine rejects is isolated by bisection. The
     writer's part file is flushed and its path returned in the result.
     """
-    path = Path(staged_path)
+    path = as_path(str(staged_path))
     started = time.monotonic()
     target, meta = _chunk_target(client, alias, path)
     model_name, model_version = meta["model_name"], _model_version_value(meta["model_version"])

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from embedding_pipeline.accounting import StageResult
 from embedding_pipeline.errors import PipelineError
+from embedding_pipeline.storage import StoragePath, as_path, write_text
 
 
 class AccountingError(PipelineError):
@@ -125,7 +125,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def finalize(
-    run_dir: Path,
+    run_dir: str | StoragePath,
     embed: list[StageResult],
     sinks: dict[str, list[StageResult]],
     meta: dict[str, Any],
@@ -133,9 +133,9 @@ def finalize(
 ) -> dict[str, Any]:
     """Write ``report.json`` / ``report.md`` into ``run_dir``; raise ``AccountingError`` on problems."""
     report = build_report(embed, sinks, meta, max_dead_letter_ratio)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    (run_dir / "report.md").write_text(render_markdown(report))
+    run_dir = as_path(run_dir)
+    write_text(run_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+    write_text(run_dir / "report.md", render_markdown(report))
     if report["problems"]:
         raise AccountingError("; ".join(report["problems"]) + f" (report: {run_dir / 'report.json'})")
     return report

@@ -21,11 +21,12 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from embedding_pipeline.storage import StoragePath, is_local, parquet_file, remove
 
 # Fixed namespace: point ids must be identical on every machine and every run.
 ID_NAMESPACE = uuid.UUID("6f0b8a51-54b5-4f4e-9a53-6c2f2f0c9e11")
@@ -68,9 +69,12 @@ class StagedBatch:
 class StagedChunkWriter:
     """Appends embedded batches to one chunk file (streaming: one row group per batch)."""
 
-    def __init__(self, path: Path, dim: int, kind: str, model_name: str, model_version: int) -> None:
+    def __init__(self, path: StoragePath, dim: int, kind: str, model_name: str, model_version: int) -> None:
         self.path = path
-        self.tmp = path.with_suffix(".parquet.tmp")
+        # Local disk: write a temp file and rename it into place. Object stores publish an object
+        # only when its upload completes, so the final key is written directly there.
+        self.tmp = path.with_suffix(".parquet.tmp") if is_local(path) else path
+        self.handle = None
         self.kind, self.model_name, self.model_version = kind, model_name, model_version
         metadata = {
             "kind": kind,
@@ -80,7 +84,11 @@ class StagedChunkWriter:
         }
         self.schema = staged_schema(dim).with_metadata(metadata)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        if is_local(path):
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        else:
+            self.handle = path.open("wb")
+            self.writer = pq.ParquetWriter(self.handle, self.schema)
         self.rows = 0
 
     def write(self, ids: list[str], vectors: np.ndarray, texts: list[str], payloads: list[dict]) -> None:
@@ -103,21 +111,31 @@ class StagedChunkWriter:
         self.writer.write_table(table)
         self.rows += len(ids)
 
-    def close(self) -> Path:
+    def close(self) -> StoragePath:
         """Finish the file and move it into place atomically (a retried task overwrites it)."""
         self.writer.close()
-        self.tmp.replace(self.path)
+        if self.handle is not None:
+            self.handle.close()
+        else:
+            self.tmp.replace(self.path)
         return self.path
 
+    def abort(self) -> None:
+        """Drop a partly written chunk (the task failed; its retry starts the file again)."""
+        self.writer.close()
+        if self.handle is not None:
+            self.handle.close()
+        remove(self.tmp)
 
-def staged_metadata(path: Path) -> dict[str, str]:
-    raw = pq.read_schema(path).metadata or {}
+
+def staged_metadata(path: str | StoragePath) -> dict[str, str]:
+    raw = parquet_file(path).schema_arrow.metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def iter_staged(path: Path, batch_size: int) -> Iterator[StagedBatch]:
+def iter_staged(path: str | StoragePath, batch_size: int) -> Iterator[StagedBatch]:
     """Stream a staged chunk in batches of at most ``batch_size`` rows (flat memory)."""
-    parquet = pq.ParquetFile(path)
+    parquet = parquet_file(path)
     for record_batch in parquet.iter_batches(batch_size=batch_size):
         vectors = record_batch.column("vector")
         dim = vectors.type.list_size
@@ -131,5 +149,5 @@ def iter_staged(path: Path, batch_size: int) -> Iterator[StagedBatch]:
         )
 
 
-def staged_rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
+def staged_rows(path: str | StoragePath) -> int:
+    return parquet_file(path).metadata.num_rows

@@ -1,0 +1,65 @@
+"""Run-scoped storage: a local directory by default, any fsspec URL through Airflow's ObjectStoragePath.
+
+Staged vectors, dead letters, duplicate maps and reports live under one run directory. On one
+machine that is ``<work_dir>/runs`` on local disk. When tasks run on several workers (Celery,
+Kubernetes) set ``EMBEDDING_STAGING_URL`` (``s3://bucket/prefix``, ``gs://...``, ``file:///shared``)
+and, for credentials, ``EMBEDDING_STAGING_CONN_ID`` (an Airflow Connection): every path then is an
+``ObjectStoragePath`` and the same code reads and writes object storage. XCom carries the URL string.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from embedding_pipeline.settings import work_dir
+
+# Path or airflow.sdk.ObjectStoragePath: both support "/", open, mkdir, exists, glob, read/write_text.
+StoragePath = Any
+
+
+def as_path(value: str | Path | StoragePath) -> StoragePath:
+    """A local ``Path`` for plain paths, an ``ObjectStoragePath`` for URLs (``scheme://``)."""
+    if not isinstance(value, str):
+        return value
+    if "://" not in value:
+        return Path(value)
+    from airflow.sdk import ObjectStoragePath
+
+    conn_id = os.environ.get("EMBEDDING_STAGING_CONN_ID") or None
+    return ObjectStoragePath(value, conn_id=conn_id)
+
+
+def is_local(path: StoragePath) -> bool:
+    return isinstance(path, Path)
+
+
+def runs_root() -> StoragePath:
+    url = os.environ.get("EMBEDDING_STAGING_URL")
+    return as_path(url.rstrip("/")) if url else work_dir() / "runs"
+
+
+def write_text(path: StoragePath, text: str) -> None:
+    """Write whole-file text atomically: rename on local disk; object stores PUT atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_local(path):
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    else:
+        path.write_text(text)
+
+
+def remove(path: StoragePath) -> None:
+    if path.exists():
+        path.unlink()
+
+
+def parquet_file(path: str | StoragePath) -> pq.ParquetFile:
+    """Open a Parquet file from disk or object storage for streaming reads."""
+    path = as_path(path)
+    return pq.ParquetFile(str(path) if is_local(path) else path.open("rb"))
