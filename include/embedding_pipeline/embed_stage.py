@@ -12,7 +12,7 @@ Every row read ends either in the staged chunk or in the dead letter with a reas
                   merely over the model's token limit are truncated by the tokenizer and counted
 
 Memory stays flat: record batches are read row group by row group and embedded in fixed-size
-slices; only ids seen in this chunk are remembered (for duplicate detection).
+slices; duplicates are resolved with the partition-wide map the plan task writes.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _plain(value: object) -> object:
 def row_problem(
     row_id: object,
     text: object,
-    seen: set[str],
+    seen: set[str] | None,
     max_text_chars: int,
     position: tuple[str, int],
     first_seen: dict[str, list],
@@ -67,7 +67,7 @@ def row_problem(
     first = first_seen.get(key)
     if first is not None and tuple(first) != position:
         return "duplicate_id", f"id {row_id} first occurs at {first[0]} row {first[1]}; that row is kept"
-    if key in seen:
+    if seen is not None and key in seen:
         return "duplicate_id", f"id {row_id} appeared earlier in this chunk; the first occurrence is kept"
     return None
 
@@ -80,7 +80,7 @@ def embed_chunk(
     run_dir: str | StoragePath,
     role: Role | None = "passage",
     read_batch_rows: int = 4096,
-    embed_batch_rows: int = 1024,
+    embed_batch_rows: int = 4096,
     max_text_chars: int = 2000,
 ) -> EmbedOutput:
     """Embed one chunk into ``<run_dir>/staged/<chunk_id>.parquet``; return counts and the path."""
@@ -89,7 +89,7 @@ def embed_chunk(
     run_dir = as_path(run_dir)
     staged = run_dir / "staged" / f"{chunk.chunk_id}.parquet"
     writer = StagedChunkWriter(staged, client.dim, kind, client.settings.model_name, client.published.version)
-    seen: set[str] = set()
+    seen: set[str] | None = set()
     pending_ids: list[str] = []
     pending_texts: list[str] = []
     pending_payloads: list[dict] = []
@@ -110,9 +110,13 @@ def embed_chunk(
         pending_texts.clear()
         pending_payloads.clear()
 
+    # With the partition's duplicate map (from the plan task) no set of seen ids is kept: memory
+    # stays flat whatever the chunk size. Without one, duplicates are caught within the chunk only.
     first_seen: dict[str, list] = (
         json.loads(as_path(chunk.duplicates_path).read_text()) if chunk.duplicates_path else {}
     )
+    if chunk.duplicates_path:
+        seen = None
     try:
         for segment in chunk.segments:
             parquet = parquet_file(segment.path)
@@ -134,7 +138,8 @@ def embed_chunk(
                             row_id, problem[0], problem[1], {**record, "dt": chunk.dt, "source": segment.path}
                         )
                         continue
-                    seen.add(str(row_id))
+                    if seen is not None:
+                        seen.add(str(row_id))
                     payload = {
                         k: _plain(v)
                         for k, v in record.items()

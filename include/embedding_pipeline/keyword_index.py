@@ -121,13 +121,12 @@ def plan(
                 if bad_files == "fail":
                     raise
                 dead.add(str(path), "bad_file", str(exc), {"dt": dt, "path": str(path)})
-        duplicates = first_occurrences(usable, KEYWORDS)
-        duplicates_path = None
-        if duplicates:
-            duplicates_path = run_dir / "duplicates" / f"{dt}.json"
-            write_text(duplicates_path, json.dumps(duplicates))
+        # Always written (even empty): with it, embed tasks need no per-chunk set of seen ids, so
+        # their memory does not grow with the chunk size.
+        duplicates_path = run_dir / "duplicates" / f"{dt}.json"
+        write_text(duplicates_path, json.dumps(first_occurrences(usable, KEYWORDS)))
         chunks.extend(
-            replace(chunk, duplicates_path=str(duplicates_path) if duplicates_path else None)
+            replace(chunk, duplicates_path=str(duplicates_path))
             for chunk in plan_partition(usable, KEYWORDS, dt, chunk_rows, per_partition)
         )
     return {
