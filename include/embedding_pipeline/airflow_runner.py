@@ -48,7 +48,7 @@ def migrate_db(home: Path) -> None:
 
 def run_dag(dag_id: str, conf: dict | None = None):
     """``dag.test()`` a DAG of this project and return its DagRun (state, task instances)."""
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:

@@ -224,11 +224,22 @@ def _empty(stage: str, embedded: dict) -> dict:
 def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings: Any = None) -> dict:
     if not targets.qdrant or not embedded["staged"]:
         return _empty("qdrant_upsert", embedded)
-    from embedding_pipeline.qdrant_sink import open_client, upsert_chunk
+    from embedding_pipeline.qdrant_sink import QdrantSettings, open_client, upsert_chunk
 
+    settings = qdrant_settings or QdrantSettings.from_env()
     dead = DeadLetterWriter(as_path(run_dir), "qdrant", embedded["chunk"])
-    with open_client(qdrant_settings) as client:
-        return upsert_chunk(client, targets.qdrant_alias, embedded["staged"], dead).to_xcom()
+    with open_client(settings) as client:
+        result = upsert_chunk(
+            client,
+            targets.qdrant_alias,
+            embedded["staged"],
+            dead,
+            batch_size=settings.upsert_batch,
+            max_retries=settings.max_retries,
+            backoff_initial_s=settings.backoff_initial_s,
+            backoff_max_s=settings.backoff_max_s,
+        )
+    return result.to_xcom()
 
 
 def write_es(embedded: dict, run_dir: str, targets: Targets, es_settings: Any = None) -> dict:
@@ -240,7 +251,12 @@ def write_es(embedded: dict, run_dir: str, targets: Targets, es_settings: Any = 
     dead = DeadLetterWriter(as_path(run_dir), "es", embedded["chunk"])
     with _es_client(settings) as es:
         result = index_keyword_chunk(
-            es, targets.es_alias, embedded["staged"], dead, chunk_docs=settings.bulk_chunk_docs
+            es,
+            targets.es_alias,
+            embedded["staged"],
+            dead,
+            chunk_docs=settings.bulk_chunk_docs,
+            max_bytes=settings.bulk_max_bytes,
         )
     return result.to_xcom()
 
