@@ -43,7 +43,6 @@ import inspect
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -68,6 +67,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(PROJECT_ROOT / "include"))  # works without `pip install -e .` too
 
+from machine import loadavg, machine_info  # noqa: E402 - bench/ is sys.path[0]
+
 log = logging.getLogger("bench_keyword_index")
 
 DT = "2024-03-01"  # the benchmarked partition
@@ -85,13 +86,6 @@ MODELS = {"minilm": ("minilm", None, "minilm_fp32"), "tiny": (None, "generic", "
 
 
 # -- machine and noise ---------------------------------------------------------------------------
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def machine_busy() -> tuple[float, float]:
     """(busy, steal) CPU-seconds of the whole machine so far (steal: the hypervisor took the core)."""
     import psutil
@@ -122,24 +116,7 @@ def tree_cpu(pid: int | None) -> float:
         return 0.0
 
 
-def machine_info() -> dict[str, Any]:
-    """What a reader needs to compare two results files: the box and the versions doing the work."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(package: str) -> str:
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return "not installed"
-
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def keyword_machine_info() -> dict[str, Any]:
     packages = (
         "onnxruntime",
         "tokenizers",
@@ -153,14 +130,7 @@ def machine_info() -> dict[str, Any]:
         "apache-airflow-task-sdk",
         "pyarrow",
     )
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gb": round(_total_memory() / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {p: installed(p) for p in packages},
-    }
+    return {**machine_info(packages), "memory_gb": round(_total_memory() / 2**30, 1)}
 
 
 def _total_memory() -> int:
@@ -1335,7 +1305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": round(time.perf_counter() - t0, 1),
         "phases_s": {k: round(v, 1) for k, v in phases.items()},
         "noise": noise.to_dict(),
-        "machine": {**machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
+        "machine": {**keyword_machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
         "config": {
             "keywords": args.keywords,
             "chunk_rows": args.chunk_rows,

@@ -39,7 +39,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import random
 import statistics
 import sys
@@ -67,6 +66,7 @@ from embedding_pipeline.onnx_export import OUTPUT_NAME, Precision, ort_session  
 from embedding_pipeline.server_process import LocalServer  # noqa: E402
 from embedding_pipeline.settings import ServerSettings  # noqa: E402
 from embedding_pipeline.tokenization import TextEncoder  # noqa: E402
+from machine import loadavg, machine_info  # noqa: E402 - bench/ is sys.path[0]
 
 log = logging.getLogger("bench_serving")
 
@@ -406,42 +406,9 @@ def rotated(items: Sequence[str], by: int) -> list[str]:
 
 
 # -- output ------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    """What a reader needs to compare two results files: the box and the versions doing the work."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(package: str) -> str:
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return "not installed"
-
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": installed("onnxruntime"),
-        "tokenizers": installed("tokenizers"),
-        "tritonclient": installed("tritonclient"),
-        "grpcio": installed("grpcio"),
-        "kserve": installed("kserve"),  # runs in the server child only
-    }
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+def serving_machine_info() -> dict[str, Any]:
+    # kserve runs in the server child only, but its version is part of what was measured.
+    return machine_info(("onnxruntime", "tokenizers", "tritonclient", "grpcio", "kserve"))
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -452,7 +419,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{report['machine']['cpu_count']} CPUs ({report['machine']['cpu_model']}), "
-        f"Python {report['machine']['python']}, onnxruntime {report['machine']['onnxruntime']}; "
+        f"Python {report['machine']['python']}, onnxruntime {report['machine']['versions']['onnxruntime']}; "
         f"ORT threads {cfg['threads']} (bare and server), {cfg['protocol']}; {sizes} per cell and "
         f"repeat, {cfg['repeats']} interleaved repeats; runtime {report['duration_s']:.0f}s."
     )
@@ -683,7 +650,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": round(time.perf_counter() - t0, 1),
         "prepare_s": round(prepared - t0, 1),
         "measure_s": round(measured - prepared, 1),
-        "machine": {**machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
+        "machine": {**serving_machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
         "noise": {
             **noise.to_dict(),
             "other_load_cores_median": round(statistics.median(c.other_load() for c in cells), 2),

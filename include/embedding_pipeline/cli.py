@@ -28,7 +28,8 @@ def _publish(args: argparse.Namespace) -> int:
     from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model, publish_model
 
     request = ExportRequest(args.source, args.precision, args.family, args.max_length)
-    with tempfile.TemporaryDirectory(dir=work_dir().mkdir(parents=True, exist_ok=True) or work_dir()) as tmp:
+    work_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir()) as tmp:
         staging = export_model(request, Path(tmp) / "staging")
         parity = gate_model(staging)
         published = publish_model(
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get("HF_HUB_ONLINE") else None
+    # Bundled and local models need no Hub; set HF_HUB_OFFLINE=0 to allow downloads of hub ids.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return int(args.func(args) or 0)
     except PipelineError as exc:

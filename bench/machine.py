@@ -1,0 +1,47 @@
+"""What every results file records about the box: CPUs, memory, load and package versions.
+
+Shared by the benchmarks (run as ``python bench/<name>.py``, so this folder is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+
+def installed(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info(packages: tuple[str, ...]) -> dict[str, Any]:
+    """What a reader needs to compare two results files: the box and the versions doing the work."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {package: installed(package) for package in packages},
+    }
