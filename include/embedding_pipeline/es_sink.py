@@ -304,7 +304,7 @@ def keyword_mappings(
     }
 
 
-def _normalise_date(value: Any) -> Any:
+def normalise_date(value: Any) -> Any:
     """ISO 8601 for anything Python can parse as a date (``2024-01-01 10:00:00`` included).
 
     Values that do not parse are passed through unchanged on purpose: ES then rejects the item and
@@ -340,7 +340,7 @@ def keyword_document(
     for name in KEYWORD_PAYLOAD_FIELDS:
         value = payload.get(name)
         if value is not None:
-            doc[name] = _normalise_date(value) if name == "updated_at" else value
+            doc[name] = normalise_date(value) if name == "updated_at" else value
     return doc
 
 

@@ -168,7 +168,10 @@ def check_parity(
     cosines = np.sum(reference * candidate, axis=1) / (
         np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     )
-    # Padding must not change a sentence's embedding: compare a few unpadded runs with the batch.
+    # Padding must not change a sentence's embedding: the shortest sentences, run alone without
+    # padding, must meet the same gate against PyTorch. (Not against the padded int8 run: dynamic
+    # quantization scales each request on its own, so two int8 runs each within 0.99 of PyTorch
+    # can be only ~0.98 apart - measured 0.979 - without either being wrong.)
     padding_cosines = []
     for row in np.argsort(batch.attention_mask.sum(axis=1))[:4]:
         n = int(batch.attention_mask[row].sum())
@@ -176,7 +179,7 @@ def check_parity(
             variant_path, batch.input_ids[row : row + 1, :n], batch.attention_mask[row : row + 1, :n]
         )
         padding_cosines.append(
-            float(single[0] @ candidate[row] / np.linalg.norm(single[0]) / np.linalg.norm(candidate[row]))
+            float(single[0] @ reference[row] / np.linalg.norm(single[0]) / np.linalg.norm(reference[row]))
         )
     overlap = None
     if gate.min_topk_overlap is not None:
@@ -190,7 +193,7 @@ def check_parity(
             f"min cosine vs PyTorch {min_cosine:.6f} < {gate.min_cosine} (worst: {sentences[worst][:40]!r})"
         )
     if not min(padding_cosines) >= gate.min_cosine:
-        failures.append(f"padded vs unpadded min cosine {min(padding_cosines):.6f} < {gate.min_cosine}")
+        failures.append(f"unpadded vs PyTorch min cosine {min(padding_cosines):.6f} < {gate.min_cosine}")
     if gate.min_topk_overlap is not None and not (overlap or 0.0) >= gate.min_topk_overlap:
         failures.append(f"top-{TOP_K} neighbour overlap vs fp32 {overlap:.3f} < {gate.min_topk_overlap}")
     return ParityReport(
