@@ -362,9 +362,10 @@ def generate_partition(root: Path, rows: int, dt: str, row_group_size: int) -> d
 
 
 def plan_partition(root: Path, dt: str, run_dir: Path, chunk_rows: int, max_chunks: int) -> dict[str, Any]:
-    from embedding_pipeline import keyword_index as ki
+    from embedding_pipeline import partition_runs
+    from embedding_pipeline.partitions import KEYWORDS
 
-    return ki.plan(root, [dt], run_dir, chunk_rows, max_chunks)
+    return partition_runs.plan(KEYWORDS, root, [dt], run_dir, chunk_rows, max_chunks)
 
 
 def chunk_texts(chunk: dict[str, Any]) -> list[str]:
@@ -805,7 +806,7 @@ def bench_dag(meter: Meter, conf: dict[str, Any], rows: int, plan_s: float) -> d
     ``between_tasks`` (wall minus task-instance time) is the part that is Airflow's alone.
     """
     from embedding_pipeline.airflow_runner import run_dag
-    from embedding_pipeline.keyword_index import run_dir_for
+    from embedding_pipeline.partition_runs import run_dir_for
 
     with meter.measure("keyword_index dag.test()", rows) as m:
         run = run_dag("keyword_index", conf)
@@ -1243,7 +1244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         noise = NoiseBudget(meter, args.noise_budget)
         phases["prepare_s"] = time.perf_counter() - t0
 
-        from embedding_pipeline.keyword_index import run_dir_for
+        from embedding_pipeline.partition_runs import run_dir_for
 
         log.info("1+2: bare ORT vs embed stage over %d rows", args.keywords)
         mark = time.perf_counter()

@@ -218,6 +218,16 @@ def make_client(settings: EsSettings) -> Elasticsearch:
     return Elasticsearch(list(settings.hosts), **kwargs)
 
 
+@contextmanager
+def open_es(settings: EsSettings | None = None) -> Iterator[Elasticsearch]:
+    """``make_client`` (default: settings from the environment) that always closes its connections."""
+    es = make_client(settings or EsSettings.from_env())
+    try:
+        yield es
+    finally:
+        es.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors from the client, made readable
 # --------------------------------------------------------------------------------------------------
@@ -639,6 +649,9 @@ class BulkOptions:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     request_timeout: float | None = None
+    # "external_gte" with a per-document version: a write older than the stored document is
+    # refused by ES (409) and counted as superseded, not dead-lettered (see product_documents).
+    version_type: str | None = None
 
     def backoff(self, round_no: int) -> float:
         """Exponential backoff with equal jitter: half fixed, half random (spreads retrying tasks)."""
@@ -656,6 +669,7 @@ class BulkCounts:
     rounds: int = 0
     retried_items: int = 0
     connection_retries: int = 0
+    superseded: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
@@ -663,7 +677,12 @@ class BulkCounts:
 class _Pending:
     doc_id: str
     source: dict[str, Any]
+    version: int | None = None
     rejections: int = 0
+
+
+# (doc_id, source) or (doc_id, source, external version)
+BulkDoc = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], int]
 
 
 RETRY = "retry"
@@ -689,12 +708,13 @@ def _describe(status: int, error: Any) -> str:
 def bulk_index(
     es: Elasticsearch,
     alias: str,
-    batches: Iterable[list[tuple[str, dict[str, Any]]]],
+    batches: Iterable[list[BulkDoc]],
     dead_letters: DeadLetterWriter,
     options: BulkOptions = BulkOptions(),
     sleep: Callable[[float], None] = time.sleep,
 ) -> BulkCounts:
-    """Index ``(doc_id, source)`` batches into ``alias``; every document ends indexed or dead-lettered.
+    """Index ``(doc_id, source[, version])`` batches into ``alias``; every document ends indexed,
+    superseded (only with ``options.version_type``) or dead-lettered.
 
     Each batch is sent with ``streaming_bulk`` (split by ``chunk_docs``/``max_bytes``), the
     helper's own retries off, and then re-sent for the items that failed transiently, until they
@@ -708,7 +728,7 @@ def bulk_index(
     counts = BulkCounts()
     for batch in batches:
         pending: list[_Pending] = []
-        for doc_id, source in batch:
+        for doc_id, source, *version in batch:
             counts.rows_in += 1
             size = len(doc_id.encode("utf-8"))
             if not 0 < size <= MAX_ID_BYTES:
@@ -722,7 +742,9 @@ def bulk_index(
                     1,
                 )
                 continue
-            pending.append(_Pending(doc_id, source))
+            if options.version_type and not version:
+                raise ValueError(f"version_type {options.version_type!r} needs a version for every document")
+            pending.append(_Pending(doc_id, source, version[0] if version else None))
         _send_with_retries(client, alias, pending, dead_letters, options, counts, sleep)
     return counts
 
@@ -750,9 +772,7 @@ def _send_with_retries(
         round_no += 1
         retry: list[_Pending] = []
         answered = 0
-        actions = (
-            {"_op_type": "index", "_index": alias, "_id": p.doc_id, "_source": p.source} for p in pending
-        )
+        actions = (_action(alias, p, options.version_type) for p in pending)
         counts.rounds += 1
         try:
             results = streaming_bulk(
@@ -778,6 +798,9 @@ def _send_with_retries(
                         counts.updated += 1
                     continue
                 error = info.get("error")
+                if options.version_type and status == 409:
+                    counts.superseded += 1  # a newer version of this document is already stored
+                    continue
                 if "exception" in info and item_failure_reason(status, error) != RETRY:
                     # The whole request failed (auth, a proxy, a malformed body): not about this item.
                     _raise_clear(info["exception"], f"bulk request to alias {alias!r}")
@@ -831,6 +854,13 @@ def _send_with_retries(
             log.warning("bulk to %s: retrying %d document(s) in %.2fs", alias, len(retry), delay)
             sleep(delay)
         pending = retry
+
+
+def _action(alias: str, pending: _Pending, version_type: str | None) -> dict[str, Any]:
+    action = {"_op_type": "index", "_index": alias, "_id": pending.doc_id, "_source": pending.source}
+    if version_type:
+        action.update(version=pending.version, version_type=version_type)
+    return action
 
 
 def _is_missing_alias(error: Any) -> bool:
@@ -942,3 +972,136 @@ def index_keyword_chunk(
         result.seconds,
     )
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+MAX_RESULT_WINDOW = 10_000  # ES's default index.max_result_window: one search returns no more hits
+SAMPLE_PAGE_SIZE = 5_000
+
+
+def _raise_read_error(exc: Exception, alias: str, doing: str) -> NoReturn:
+    """``_raise_clear``, but a missing alias is named as such rather than as a bare 404."""
+    if isinstance(exc, ApiError) and _error_type_reason(exc.body)[0] == "index_not_found_exception":
+        raise EsIndexError(
+            f"{doing}: alias {alias!r} does not exist on this cluster; check the name, or run the DAG "
+            "that builds it first"
+        ) from None
+    _raise_clear(exc, doing)
+
+
+def _check_size(name: str, value: int) -> None:
+    if not 1 <= value <= MAX_RESULT_WINDOW:
+        raise ConfigError(f"{name} must be between 1 and {MAX_RESULT_WINDOW}, got {value}")
+
+
+def search_keywords(es: Elasticsearch, alias: str, text: str, size: int = 10) -> list[dict[str, Any]]:
+    """Keyword documents matching ``text`` (a ``match`` query on the analysed ``keyword``), best first.
+
+    Each result is the document's ``_source`` plus its ``_score``, so callers need no knowledge of
+    the hit envelope. A match query (not ``keyword.raw``) because users type fragments: the ``cjk``
+    analyzer's bigrams let ``ラーメン`` find ``東京 ラーメン 人気``.
+    """
+    _check_size("size", size)
+    try:
+        response = es.search(index=alias, query={"match": {"keyword": text}}, size=size)
+    except Exception as exc:
+        _raise_read_error(exc, alias, f"searching {alias!r} for {text!r}")
+    return [{**hit["_source"], "_score": hit["_score"]} for hit in response["hits"]["hits"]]
+
+
+def get_document(es: Elasticsearch, alias: str, doc_id: str) -> dict[str, Any] | None:
+    """The ``_source`` of document ``doc_id`` behind ``alias``, or None when there is no such document.
+
+    A real-time GET, so a document is found right after it was written even while a bulk load has
+    refresh switched off. "No such document" and "no such alias" are both 404s; only the first is
+    None, the second raises :class:`EsIndexError`.
+    """
+    if not doc_id:
+        raise ConfigError("a document id is required")
+    try:
+        return es.get(index=alias, id=doc_id)["_source"]
+    except Exception as exc:
+        if (
+            isinstance(exc, ApiError)
+            and exc.meta.status == 404
+            and _error_type_reason(exc.body)[0] != "index_not_found_exception"
+        ):
+            return None
+        _raise_read_error(exc, alias, f"reading document {doc_id!r} from {alias!r}")
+
+
+def _sample_key(seed: int, value: str) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(f"{seed}\x1f{value}".encode(), digest_size=8).digest()
+
+
+def _iter_field_values(es: Elasticsearch, alias: str, field_name: str, page_size: int) -> Iterator[str]:
+    """Every distinct value of a unique keyword field, in order, paged with ``search_after``.
+
+    Sorting on the field itself makes each page start exactly after the previous one, without a
+    point-in-time; documents written during the scan may or may not be seen.
+    """
+    after: list[Any] | None = None
+    previous = None
+    while True:
+        try:
+            response = es.search(
+                index=alias,
+                query={"exists": {"field": field_name}},
+                sort=[{field_name: "asc"}],
+                size=page_size,
+                source=False,
+                **({"search_after": after} if after is not None else {}),
+            )
+        except Exception as exc:
+            _raise_read_error(exc, alias, f"listing {field_name!r} values of {alias!r}")
+        hits = response["hits"]["hits"]
+        for hit in hits:
+            value = hit["sort"][0]
+            if value != previous:  # an alias over two generations may hold a document twice
+                yield value
+            previous = value
+        if len(hits) < page_size:
+            return
+        after = hits[-1]["sort"]
+
+
+def sample_documents(
+    es: Elasticsearch,
+    alias: str,
+    n: int,
+    seed: int,
+    *,
+    id_field: str = "product_id",
+    page_size: int = SAMPLE_PAGE_SIZE,
+) -> list[dict[str, Any]]:
+    """A reproducible random sample of ``n`` documents (all of them when there are fewer), as ``_source``.
+
+    The sample is the ``n`` documents whose ``id_field`` value has the smallest hash with ``seed``:
+    the same seed gives the same documents, in the same order, on any cluster and after any reindex,
+    update or shard change. ``function_score``/``random_score`` was the first choice but cannot
+    promise that: its scores mix in index name and shard id (a new generation reshuffles), with
+    ``_seq_no`` every update reshuffles, and the noida-db emulator ignores seed and field (it scores
+    documents by insertion order, so every seed gave the newest ``n``). The price is one pass over the
+    field's doc values (ids only, ``page_size`` per request) with memory bounded by ``n``.
+    """
+    import heapq
+
+    _check_size("sample size", n)
+    chosen = heapq.nsmallest(
+        n,
+        _iter_field_values(es, alias, id_field, page_size),
+        key=lambda value: _sample_key(seed, str(value)),
+    )
+    if not chosen:
+        return []
+    try:
+        response = es.search(index=alias, query={"terms": {id_field: chosen}}, size=len(chosen))
+    except Exception as exc:
+        _raise_read_error(exc, alias, f"fetching {len(chosen)} sampled documents from {alias!r}")
+    by_id = {hit["_source"].get(id_field): hit["_source"] for hit in response["hits"]["hits"]}
+    return [by_id[value] for value in chosen if value in by_id]

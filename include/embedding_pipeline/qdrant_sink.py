@@ -797,6 +797,12 @@ def _as_filter(query_filter: models.Filter | Mapping[str, Any] | None) -> models
     return models.Filter(must=must)
 
 
+def _and(a: models.Filter | None, b: models.Filter | None) -> models.Filter | None:
+    if a is None or b is None:
+        return a or b
+    return models.Filter(must=[a, b])
+
+
 def search(
     client: QdrantClient,
     alias: str,
@@ -805,6 +811,7 @@ def search(
     score_threshold: float | None = None,
     query_filter: models.Filter | Mapping[str, Any] | None = None,
     *,
+    query_filters: Sequence[models.Filter | Mapping[str, Any] | None] | None = None,
     model_name: str | None = None,
     model_version: int | str | None = None,
     batch_size: int = 64,
@@ -817,7 +824,9 @@ def search(
 
     Query vectors must come from the collection's model: their dimension is always checked, and
     the model too when ``model_name``/``model_version`` are given (same dim does not mean same
-    model). ``query_filter`` is a ``Filter`` or a mapping of payload field -> value(s).
+    model). ``query_filter`` is a ``Filter`` or a mapping of payload field -> value(s) applied to
+    every query; ``query_filters`` holds one more (or None) per query vector, ANDed with it - the
+    linker's "same category as this product".
     """
     queries = np.asarray(vectors, dtype=np.float32)
     if queries.ndim != 2 or len(queries) == 0:
@@ -828,6 +837,10 @@ def search(
         raise InvalidInputError("query vectors contain NaN or inf")
     if top_k < 1:
         raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
+    if query_filters is not None and len(query_filters) != len(queries):
+        raise InvalidInputError(
+            f"query_filters has {len(query_filters)} entries for {len(queries)} query vectors"
+        )
     target = collection_target(client, alias)
     _check_model(
         target,
@@ -837,15 +850,18 @@ def search(
         distance=None,
         what="the query vectors' model",
     )
-    flt = _as_filter(query_filter)
+    shared = _as_filter(query_filter)
+    per_query = query_filters if query_filters is not None else [None] * len(queries)
+    filters = [_and(shared, _as_filter(f)) for f in per_query]
     retry = _Retry(max_retries, backoff_initial_s, backoff_max_s, sleep)
     results: list[list[Hit]] = []
     for start in range(0, len(queries), batch_size):
+        stop = start + batch_size
         requests = [
             models.QueryRequest(
-                query=q.tolist(), limit=top_k, score_threshold=score_threshold, filter=flt, with_payload=True
+                query=q.tolist(), limit=top_k, score_threshold=score_threshold, filter=f, with_payload=True
             )
-            for q in queries[start : start + batch_size]
+            for q, f in zip(queries[start:stop], filters[start:stop], strict=True)
         ]
         try:
             responses = retry.call(
@@ -859,3 +875,78 @@ def search(
             ) from exc.last
         results.extend([Hit(p.payload or {}, float(p.score)) for p in r.points] for r in responses)
     return results
+
+
+# -- reading vectors -----------------------------------------------------------------------------
+def collection_target_retrying(
+    client: QdrantClient,
+    alias: str,
+    *,
+    max_retries: int = 5,
+    backoff_initial_s: float = 0.2,
+    backoff_max_s: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CollectionTarget:
+    """:func:`collection_target`, with transient errors retried and then raised as
+    :class:`QdrantUnavailableError`: readers (CLI, quality check) start here, so an unreachable
+    server must give a message, not a client trace."""
+    retry = _Retry(max_retries, backoff_initial_s, backoff_max_s, sleep)
+    try:
+        return retry.call(f"resolving {alias!r}", lambda: collection_target(client, alias))
+    except RetriesExhausted as exc:
+        raise QdrantUnavailableError(
+            f"cannot reach Qdrant to resolve {alias!r} after {exc.attempts} attempts: "
+            f"{describe_error(exc.last)}"
+        ) from exc.last
+
+
+def iter_vectors(
+    client: QdrantClient,
+    alias: str,
+    batch_size: int = 1024,
+    with_payload: Sequence[str] | bool = ("keyword_id", "keyword"),
+    *,
+    max_retries: int = 5,
+    backoff_initial_s: float = 0.2,
+    backoff_max_s: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+    """Every point behind ``alias`` as ``(vectors float32 [n, dim], payloads)`` blocks of <= ``batch_size``.
+
+    Memory is one block, whatever the collection size: pages come from ``scroll`` (point-id order,
+    continued from the offset Qdrant returns), in local and server mode alike. The alias is
+    resolved once, so an alias swap during a long scan cannot mix two generations. A cosine
+    collection stores its vectors L2-normalised, so that is what comes back. ``with_payload``
+    names the payload fields to fetch (fewer fields, less transfer), or True/False for all/none.
+    """
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    target = collection_target_retrying(
+        client,
+        alias,
+        max_retries=max_retries,
+        backoff_initial_s=backoff_initial_s,
+        backoff_max_s=backoff_max_s,
+        sleep=sleep,
+    )
+    fields = with_payload if isinstance(with_payload, bool) else list(with_payload)
+    retry = _Retry(max_retries, backoff_initial_s, backoff_max_s, sleep)
+    offset: models.ExtendedPointId | None = None
+    while True:
+        try:
+            records, offset = retry.call(
+                f"scroll of {target.name}",
+                lambda offset=offset: client.scroll(
+                    target.name, limit=batch_size, offset=offset, with_payload=fields, with_vectors=True
+                ),
+            )
+        except RetriesExhausted as exc:
+            raise QdrantUnavailableError(
+                f"Qdrant scroll of {target.name!r} failed after {exc.attempts} attempts: "
+                f"{describe_error(exc.last)}"
+            ) from exc.last
+        if records:
+            vectors = np.asarray([record.vector for record in records], dtype=np.float32)
+            yield vectors, [record.payload or {} for record in records]
+        if offset is None:
+            return

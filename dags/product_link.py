@@ -1,0 +1,36 @@
+"""Link every product of one or more ``dt`` partitions to its top-K most similar keywords.
+
+plan -> prepare (keyword collection exists and matches the model; product index behind its alias)
+-> embed (mapped; product text with the model's query role) -> link (mapped; Qdrant top-K in
+batches -> product documents with nested keywords in Elasticsearch) -> finish_sinks -> finalize.
+
+Runs alone from the trigger form (``dt``/``dt_end``) once keywords are indexed; nightly and in
+backfills it runs inside ``embedding_chain``. Re-linking replaces each product's nested list; the
+latest ``dt`` of a product wins whatever order partitions are linked in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag
+from pipeline_stages.params import model_params, partition_params, product_params
+from pipeline_stages.product_link_tasks import product_link_tasks
+
+
+@dag(
+    dag_id="product_link",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=2,
+    tags=["embedding", "link"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    params={**partition_params(), **model_params(), **product_params()},
+)
+def product_link():
+    product_link_tasks()
+
+
+product_link()

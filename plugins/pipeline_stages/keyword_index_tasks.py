@@ -1,0 +1,130 @@
+"""The keyword index stage: plan -> prepare_sinks -> embed[] -> qdrant_upsert[] + es_index[] ->
+finish_sinks -> finalize (emits the ``keyword_index`` Asset)."""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset, get_current_context, task
+from embedding_pipeline.keyword_index import Targets
+
+from pipeline_stages.common import (
+    QDRANT_TASK_CONCURRENCY,
+    no_retry_on_setup_errors,
+    partitions,
+    run_dir,
+    store_settings,
+)
+
+KEYWORD_INDEX = Asset("keyword_index")
+STAGE = "keyword_index"
+
+
+def _targets(params: dict) -> Targets:
+    return Targets(params["write_qdrant"], params["write_es"], params["qdrant_alias"], params["es_alias"])
+
+
+def keyword_index_tasks() -> None:
+    """Create the stage's tasks in the current DAG or TaskGroup."""
+
+    @task(retries=0)
+    def plan() -> dict:
+        from pathlib import Path
+
+        from embedding_pipeline import partition_runs
+        from embedding_pipeline.partitions import KEYWORDS
+
+        params = get_current_context()["params"]
+        with no_retry_on_setup_errors():
+            return partition_runs.plan(
+                KEYWORDS,
+                Path(params["input_root"]),
+                partitions(),
+                run_dir(STAGE),
+                params["chunk_rows"],
+                params["max_chunks"],
+                params["missing_partition"],
+                params["bad_files"],
+            )
+
+    @task
+    def chunks(planned: dict) -> list[dict]:
+        return planned["chunks"]
+
+    @task
+    def prepare_sinks() -> dict:
+        from embedding_pipeline import keyword_index as ki
+        from embedding_pipeline.partition_runs import model_info
+
+        params = get_current_context()["params"]
+        qdrant, es = store_settings()
+        with no_retry_on_setup_errors():
+            model = model_info(None, params["model_name"])
+            return {**model, **ki.prepare_sinks(_targets(params), model, qdrant, es)}
+
+    @task
+    def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
+        from embedding_pipeline import keyword_index as ki
+
+        return ki.embed(chunk, planned["run_dir"], prepared["model_name"])
+
+    @task(max_active_tis_per_dag=QDRANT_TASK_CONCURRENCY)
+    def qdrant_upsert(embedded: dict, planned: dict) -> dict:
+        from embedding_pipeline import keyword_index as ki
+
+        params = get_current_context()["params"]
+        return ki.write_qdrant(embedded, planned["run_dir"], _targets(params), store_settings()[0])
+
+    @task
+    def es_index(embedded: dict, planned: dict) -> dict:
+        from embedding_pipeline import keyword_index as ki
+
+        params = get_current_context()["params"]
+        return ki.write_es(embedded, planned["run_dir"], _targets(params), store_settings()[1])
+
+    @task(trigger_rule="all_done")
+    def finish_sinks(prepared: dict | None) -> None:
+        from embedding_pipeline import keyword_index as ki
+
+        ki.finish_sinks(_targets(get_current_context()["params"]), prepared, store_settings()[1])
+
+    @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
+    def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
+        from embedding_pipeline import keyword_index as ki
+
+        context = get_current_context()
+        params = context["params"]
+        meta = {"dag_id": context["dag"].dag_id, "stage": STAGE, "run_id": context["run_id"], **prepared}
+        meta.pop("es_previous_settings", None)
+        report = ki.finalize(
+            planned,
+            list(embedded or []),
+            list(qdrant or []),
+            list(es or []),
+            _targets(params),
+            meta,
+            params["max_dead_letter_ratio"],
+        )
+        context["outlet_events"][KEYWORD_INDEX].extra = {
+            "partitions": report["partitions"],
+            "rows_read": report["rows_read"],
+        }
+        return summary(report)
+
+    planned = plan()
+    prepared = prepare_sinks()
+    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned))
+    qdrant = qdrant_upsert.partial(planned=planned).expand(embedded=embedded)
+    es = es_index.partial(planned=planned).expand(embedded=embedded)
+    done = finish_sinks(prepared)
+    [qdrant, es] >> done
+    report = finalize(planned, prepared, embedded, qdrant, es)
+    done >> report
+
+
+def summary(report: dict) -> dict:
+    """The small part of a run report that goes to XCom (the full report is a file)."""
+    return {k: report[k] for k in ("status", "rows_read", "partitions", "missing_partitions")} | {
+        "sinks": {
+            name: {"indexed": s["indexed"], "dead_lettered": s["dead_lettered"]}
+            for name, s in report["sinks"].items()
+        },
+    }

