@@ -118,7 +118,7 @@ def test_bad_rows_are_accounted_for_and_a_rerun_changes_nothing(pipeline_env):
 
 
 def first_run_dir(report: dict) -> str:
-    from embedding_pipeline.keyword_index import run_dir_for
+    from embedding_pipeline.partition_runs import run_dir_for
 
     return str(run_dir_for(DAG_ID, report["run_id"]))
 
@@ -184,7 +184,7 @@ def test_partitions_follow_params_data_interval_or_run_after():
     from datetime import UTC, datetime
 
     from embedding_pipeline.errors import ConfigError
-    from embedding_pipeline.keyword_index import resolve_partitions
+    from embedding_pipeline.partition_runs import resolve_partitions
 
     assert resolve_partitions("2024-01-30", "2024-02-02", None, None) == [
         "2024-01-30",
@@ -204,7 +204,7 @@ def test_partitions_follow_params_data_interval_or_run_after():
 def test_run_files_go_to_object_storage_when_a_staging_url_is_set(pipeline_env, tmp_path, monkeypatch):
     """Staged chunks, dead letters and the report through ObjectStoragePath (fsspec ``file://`` here;
     ``s3://``/``gs://`` take the same code path with a Connection for credentials)."""
-    from embedding_pipeline.keyword_index import run_dir_for
+    from embedding_pipeline.partition_runs import run_dir_for
 
     store = tmp_path / "object-store"
     monkeypatch.setenv("EMBEDDING_STAGING_URL", f"file://{store}")

@@ -160,3 +160,138 @@ def _keyword_ids(alias: str) -> set[str]:
         return {
             hit["_id"] for hit in scan(es, index=alias, query={"query": {"match_all": {}}}, _source=False)
         }
+
+
+def test_latest_partition_wins_whatever_order_dates_are_linked_in(env):
+    """Cross-partition duplicate ids: linking dt2 and then dt1 leaves dt2's document (ES refuses the
+    older external version and the run counts it as superseded); within a partition the first
+    occurrence is kept and the copies are dead-lettered."""
+    _index_keywords(env)
+    summary = generate(
+        env["data"], keywords=0, products=200, dates=DATES, seed=9, bad_rate=0.08, row_group_size=100
+    )
+    manifest = json.loads(Path(summary["tables"]["products"]["manifest"]).read_text())
+    recurring = manifest["partitions"][DATES[1]]["injected"]["duplicate_id_cross_partition"]
+    conf = _conf(env, dt_end=None, max_dead_letter_ratio=0.5)
+    newer = _report(run_dag("product_link", {**conf, "dt": DATES[1]}), "product_link")
+    older = _report(run_dag("product_link", {**conf, "dt": DATES[0]}), "product_link")
+    _assert_balanced(newer)
+    _assert_balanced(older)
+    assert older["sinks"]["link"]["extra"]["superseded"] == recurring["count"] > 0
+    docs = _products(env["prod"])
+    for product_id in recurring["ids"]:
+        assert docs[str(product_id)]["dt"] == DATES[1]
+    within = manifest["partitions"][DATES[0]]["injected"].get("duplicate_id", {"count": 0})
+    assert older["embed"]["dead_letters_by_reason"].get("duplicate_id", 0) == within["count"]
+
+
+def test_threshold_keeps_products_with_no_keyword_and_filters_match_the_product(env):
+    _index_keywords(env)
+    generate(env["data"], keywords=0, products=60, dates=[DATES[0]], seed=3, row_group_size=100)
+    report = _report(run_dag("product_link", _conf(env, dt_end=None, score_threshold=0.9999)), "product_link")
+    _assert_balanced(report)
+    docs = _products(env["prod"])
+    empty = [d for d in docs.values() if d["keywords"] == [] and d["keyword_count"] == 0]
+    # Random tiny-model vectors: only a product whose name equals a keyword scores above 0.9999.
+    assert len(docs) == 60 and len(empty) == report["sinks"]["link"]["extra"]["empty_links"] >= 55
+    assert all(k["score"] >= 0.9999 for d in docs.values() for k in d["keywords"])
+
+    report = _report(
+        run_dag("product_link", _conf(env, dt_end=None, match_fields=["category"], top_k=3)), "product_link"
+    )
+    _assert_balanced(report)
+    categories = _keyword_categories(env["kw"])
+    docs = _products(env["prod"])
+    checked = 0
+    for doc in docs.values():
+        assert doc["link"]["match_fields"] == ["category"] and len(doc["keywords"]) <= 3
+        if doc.get("category"):
+            checked += len(doc["keywords"])
+            assert {categories[k["keyword_id"]] for k in doc["keywords"]} <= {doc["category"]}
+    assert checked > 0
+
+
+def _keyword_categories(alias: str) -> dict[str, str | None]:
+    from elasticsearch.helpers import scan
+    from embedding_pipeline.es_sink import open_es
+
+    with open_es() as es:
+        return {
+            hit["_id"]: hit["_source"].get("category")
+            for hit in scan(es, index=alias, query={"query": {"match_all": {}}})
+        }
+
+
+def _failed_at_prepare(run) -> None:
+    states = _states(run)
+    assert str(run.state) == "failed" and states["prepare"] == "failed", states
+    prepare = next(ti for ti in run.get_task_instances() if ti.task_id == "prepare")
+    assert prepare.try_number == 1  # a setup error is not retried
+    assert "link[0]" not in states or states["link[0]"] != "success"
+
+
+def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
+    from embedding_pipeline.es_sink import EsIndexError, open_es
+    from embedding_pipeline.partition_runs import model_info
+    from embedding_pipeline.product_link import LinkOptions, LinkSetupError, prepare
+    from embedding_pipeline.qdrant_sink import QdrantSettings, QdrantUnavailableError
+    from embedding_pipeline.server_process import free_port
+
+    generate(env["data"], keywords=0, products=40, dates=[DATES[0]], seed=4, row_group_size=100)
+    # No keyword collection yet.
+    _failed_at_prepare(run_dag("product_link", _conf(env, dt_end=None)))
+    model = model_info(None, "tiny_bert")
+    with pytest.raises(LinkSetupError, match="no keyword collection .*run keyword_index"):
+        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model)
+
+    _index_keywords(env)
+    # Keywords built with tiny_bert, products embedded with another model of the same dimension.
+    _failed_at_prepare(run_dag("product_link", _conf(env, dt_end=None, model_name="tiny_xlm_roberta")))
+    with pytest.raises(LinkSetupError, match=r"tiny_bert v1 .*tiny_xlm_roberta v1"):
+        prepare(
+            LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]),
+            model_info(None, "tiny_xlm_roberta"),
+        )
+
+    # Qdrant unreachable: a clear error after the bounded retries, not a client traceback.
+    closed = QdrantSettings(url=f"http://127.0.0.1:{free_port()}", max_retries=1, timeout=2)
+    with pytest.raises(QdrantUnavailableError, match="cannot reach Qdrant"):
+        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model, closed)
+
+    # An existing product index whose mapping conflicts (keywords not nested).
+    with open_es() as es:
+        es.indices.create(
+            index=f"{env['prod']}-g1",
+            mappings={
+                "properties": {
+                    "keywords": {"type": "object", "properties": {"keyword_id": {"type": "keyword"}}}
+                }
+            },
+            aliases={env["prod"]: {"is_write_index": True}},
+        )
+    _failed_at_prepare(run_dag("product_link", _conf(env, dt_end=None)))
+    with pytest.raises(EsIndexError, match="'keywords' is object, expected nested"):
+        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model)
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("top_k", 0),
+        ("top_k", 5000),
+        ("score_threshold", 1.5),
+        ("match_fields", ["colour"]),
+        ("keyword_filter", "lang=ja"),
+        ("product_role", "document"),
+        ("product_alias", "Products"),
+    ],
+)
+def test_bad_link_params_are_refused(airflow_db, param, value):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
+
+    bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    for dag_id in ("product_link", "embedding_chain"):
+        params = copy.deepcopy(bag.get_dag(dag_id).params)
+        with pytest.raises(ParamValidationError):
+            params[param] = value
