@@ -241,7 +241,7 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
     # No keyword collection yet.
     _failed_at_prepare(run_dag("product_link", _conf(env, dt_end=None)))
     model = model_info(None, "tiny_bert")
-    with pytest.raises(LinkSetupError, match="no keyword collection .*run keyword_index"):
+    with pytest.raises(LinkSetupError, match=r"no keyword collection .*run keyword_index"):
         prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model)
 
     _index_keywords(env)
