@@ -35,6 +35,34 @@ def test_dags_import_without_errors_and_wire_the_model_path(dagbag):
     assert load.retries == 3 and dag.get_task("parity_gate").retries == 0  # a failed gate is not retried
 
 
+def test_the_chain_runs_every_stage_in_order_and_owns_the_schedule(dagbag):
+    """One nightly schedule (the chain's); the stage DAGs are the same tasks, triggered alone."""
+    from airflow.sdk import CronDataIntervalTimetable
+
+    assert set(dagbag.dag_ids) == {
+        "embedding_model_publish",
+        "keyword_index",
+        "product_link",
+        "embedding_chain",
+    }
+    chain = dagbag.get_dag("embedding_chain")
+    assert isinstance(chain.timetable, CronDataIntervalTimetable) and chain.max_active_runs == 1
+    for dag_id in ("embedding_model_publish", "keyword_index", "product_link"):
+        assert dagbag.get_dag(dag_id).schedule is None
+    down = {task.task_id: set(task.downstream_task_ids) for task in chain.tasks}
+    assert down["model.decide"] == {"model.export"}
+    assert down["model.load_on_server"] == {"model.model_ready"}
+    assert down["model.model_ready"] == {"keyword_index.plan", "keyword_index.prepare_sinks"}
+    assert down["keyword_index.finalize"] == {"product_link.plan"}
+    # Every stage task of the stage DAGs is in the chain, under its group.
+    for dag_id, group in (("keyword_index", "keyword_index"), ("product_link", "product_link")):
+        assert {f"{group}.{t}" for t in dagbag.get_dag(dag_id).task_ids} <= set(chain.task_ids)
+    # The chain's form holds every stage's Params, with the same schema.
+    for dag_id in ("embedding_model_publish", "keyword_index", "product_link"):
+        for name, param in dagbag.get_dag(dag_id).params.items():
+            assert chain.params.get_param(name).schema == param.schema, name
+
+
 @pytest.mark.parametrize(
     ("param", "value", "message"),
     [
