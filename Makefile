@@ -2,14 +2,14 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve bench clean
+.PHONY: setup demo test lint serve airflow bench bench-link clean
 
 setup: $(VENV)/.bootstrapped
 
 $(VENV)/.bootstrapped: scripts/bootstrap.sh requirements.txt requirements/serve.txt requirements/dev.txt requirements/overrides.txt pyproject.toml
 	scripts/bootstrap.sh
 
-## The main job: export + gate + publish MiniLM through Airflow, serve it, embed sentences.
+## The main job: sample data, local services, the whole embedding_chain through Airflow, a report.
 demo: setup
 	$(VENV)/bin/embedding-pipeline demo
 
@@ -25,8 +25,15 @@ lint: setup
 serve: setup
 	$(VENV)/bin/embedding-pipeline serve
 
+## Airflow standalone (UI on http://localhost:8080) with the DAGs, the inference server and ES.
+airflow: setup
+	$(VENV)/bin/embedding-pipeline airflow
+
 bench: setup
 	$(PY) bench/bench_serving.py
+
+bench-link: setup
+	$(PY) bench/bench_product_link.py
 
 clean:
 	rm -rf var .pytest_cache
