@@ -1,22 +1,26 @@
-"""The main job: everything on one machine, through Airflow, on embedded defaults.
+"""The main job: the whole chain on one machine, through Airflow, on embedded defaults.
 
-sample data -> ``embedding_model_publish`` -> local inference server -> ``keyword_index`` over the
-sample dates into Qdrant (local mode) and Elasticsearch (the noida-db emulator unless ``ES_URL``
-names a cluster) -> a short report. Every process started here is stopped here, also on failure
-or Ctrl-C (context managers stop them by PID).
+sample data -> services (local inference server; Elasticsearch: ``ES_URL`` if set, else the
+noida-db emulator) -> ``dag.test()`` of ``embedding_chain`` (model publish -> keyword index ->
+product link) -> a short report: rows per stage, dead letters, throughput, and a few products with
+their top keywords read back from Elasticsearch. Every process started here is stopped here, also
+on failure or Ctrl-C (:class:`LocalServices` stops them by PID).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
-from contextlib import ExitStack
+from pathlib import Path
 
 from embedding_pipeline.errors import PipelineError
-from embedding_pipeline.settings import ServerSettings, data_root, work_dir
+from embedding_pipeline.settings import data_root
 
-QUERIES = ("北海道 ラーメン", "ワイヤレスイヤホン 安い", "cheap flights to tokyo")
+SHOWN_PRODUCTS = 3
+SHOWN_KEYWORDS = 5
+STAGES = ("keyword_index", "product_link")
 
 
 def _check(run, dag_id: str) -> dict[str, str]:
@@ -25,7 +29,7 @@ def _check(run, dag_id: str) -> dict[str, str]:
         for ti in run.get_task_instances()
     }
     if str(run.state) != "success":
-        failed = {k: v for k, v in states.items() if v != "success"}
+        failed = {k: v for k, v in states.items() if v not in ("success", "skipped")}
         raise PipelineError(
             f"{dag_id} did not succeed: {failed} (logs: AIRFLOW_HOME={os.environ['AIRFLOW_HOME']})"
         )
@@ -34,19 +38,19 @@ def _check(run, dag_id: str) -> dict[str, str]:
 
 def run_demo(args: argparse.Namespace) -> int:
     from embedding_pipeline.airflow_runner import configure_airflow, migrate_db
+    from embedding_pipeline.local_services import LocalServices
     from embedding_pipeline.sample_data import generate
-    from embedding_pipeline.server_process import LocalServer, free_port
 
     started = time.monotonic()
     # Airflow logs every task transition at INFO; the demo's own report is the readable output.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
     home = configure_airflow()
-    print(f"[1/6] Airflow metadata DB in {home}")
+    print(f"[1/5] Airflow metadata DB in {home}")
     migrate_db(home)
 
     root = data_root()
     print(
-        f"[2/6] sample data: {args.keywords} keywords, {args.products} products over {len(args.dates)} dates "
+        f"[2/5] sample data: {args.keywords} keywords, {args.products} products over {len(args.dates)} dates "
         f"({args.lang}, {args.bad_rate:.0%} bad rows) -> {root}"
     )
     summary = generate(
@@ -58,76 +62,93 @@ def run_demo(args: argparse.Namespace) -> int:
         bad_rate=args.bad_rate,
         row_group_size=2000,
     )
-    expected_dead = summary["tables"]["keywords"]["expected_dead_letters"]
+    injected = {
+        table: summary["tables"][table]["expected_dead_letters"] for table in ("keywords", "products")
+    }
 
     repository = args.model_repository.resolve()
-    http_port, grpc_port = free_port(), free_port()
-    os.environ.update(
-        EMBEDDING_MODEL_REPOSITORY=str(repository),
-        EMBEDDING_SERVER_HTTP_PORT=str(http_port),
-        EMBEDDING_SERVER_GRPC_PORT=str(grpc_port),
-    )
-    logs = work_dir() / "logs"
-    with ExitStack() as stack:
-        print(f"[3/6] local inference server on http {http_port} / grpc {grpc_port} (log {logs})")
-        stack.enter_context(
-            LocalServer(
-                repository, http_port, grpc_port, threads=args.threads, log_path=logs / "inference-server.log"
-            )
-        )
-        if os.environ.get("ES_URL"):
-            print("      Elasticsearch: ES_URL is set, using that cluster")
-        else:
-            from embedding_pipeline.es_emulator import EsEmulator
-
-            es_dir = work_dir() / "es-emulator" / time.strftime("%Y%m%dT%H%M%S")
-            es_dir.mkdir(parents=True, exist_ok=True)
-            emulator = stack.enter_context(EsEmulator(es_dir))
-            os.environ["ES_URL"] = emulator.url
-            print(
-                f"      Elasticsearch: no ES_URL, started the noida-db emulator at {emulator.url} "
-                "(not a real ES; set ES_URL for a cluster)"
-            )
+    os.environ["EMBEDDING_MODEL_REPOSITORY"] = str(repository)
+    print("[3/5] services (Elasticsearch: ES_URL if set, else the noida-db emulator - not a real ES)")
+    with LocalServices(
+        model_repository=repository,
+        ports="free",
+        report=lambda line: print(f"      {line}"),
+        server_threads=args.threads,
+    ):
         from embedding_pipeline.airflow_runner import run_dag
 
-        print(f"[4/6] dag.test(embedding_model_publish): {args.source} ({args.precision}) -> {args.name}")
-        _check(
-            run_dag(
-                "embedding_model_publish",
-                {"model_source": args.source, "model_name": args.name, "precision": args.precision},
-            ),
-            "embedding_model_publish",
-        )
-        print(f"[5/6] dag.test(keyword_index) for dt={args.dates[0]}..{args.dates[-1]}")
-        index_started = time.monotonic()
-        run = run_dag(
-            "keyword_index",
-            {"dt": args.dates[0], "dt_end": args.dates[-1], "input_root": str(root), "model_name": args.name},
-        )
-        states = _check(run, "keyword_index")
-        from embedding_pipeline.keyword_index import run_dir_for
-
-        run_dir = run_dir_for("keyword_index", run.run_id)
         print(
-            f"      {len(states)} task instances succeeded in {time.monotonic() - index_started:.0f}s; "
-            f"report {run_dir / 'report.md'}"
+            f"[4/5] dag.test(embedding_chain) dt={args.dates[0]}..{args.dates[-1]}: publish {args.source} "
+            f"({args.precision}) as {args.name} -> keyword_index -> product_link"
         )
-        print("      " + (run_dir / "report.md").read_text().replace("\n", "\n      ").rstrip())
-        print(f"      the generator injected {expected_dead} bad rows to dead-letter (see _injected.json)")
-        print("[6/6] nearest keywords by meaning (Qdrant) for a few queries:")
-        _show_neighbours(args.name)
+        chain_started = time.monotonic()
+        run = run_dag(
+            "embedding_chain",
+            {
+                "publish_model": "always",
+                "model_source": args.source,
+                "model_name": args.name,
+                "precision": args.precision,
+                "dt": args.dates[0],
+                "dt_end": args.dates[-1],
+                "input_root": str(root),
+                "top_k": args.top_k,
+            },
+        )
+        states = _check(run, "embedding_chain")
+        ran = sum(state == "success" for state in states.values())
+        print(f"      {ran} task instances succeeded in {time.monotonic() - chain_started:.0f}s")
+        print("[5/5] report")
+        _print_reports(run, injected)
+        _show_products(args.top_k)
     print(f"done in {time.monotonic() - started:.0f}s; every process started here was stopped.")
     return 0
 
 
-def _show_neighbours(model_name: str) -> None:
-    from embedding_pipeline.embedding_client import EmbeddingClient
-    from embedding_pipeline.qdrant_sink import open_client, search
+def _print_reports(run, injected: dict[str, int]) -> None:
+    from embedding_pipeline.partition_runs import run_dir_for
 
-    with EmbeddingClient(ServerSettings.from_env().with_overrides(model_name=model_name)) as client:
-        vectors = client.embed(list(QUERIES), role="query").vectors
-    with open_client() as qdrant:
-        results = search(qdrant, "keywords", vectors, top_k=3)
-    for query, hits in zip(QUERIES, results, strict=True):
-        shown = ", ".join(f"{hit.payload.get('keyword')} ({hit.score:.2f})" for hit in hits)
-        print(f"      {query!r}: {shown}")
+    for stage, table in zip(STAGES, ("keywords", "products"), strict=True):
+        run_dir = run_dir_for(run.dag_id, run.run_id, stage)
+        report = json.loads((Path(str(run_dir)) / "report.json").read_text())
+        print(
+            f"      {stage}: {report['rows_read']} rows read, status {report['status']} ({run_dir}/report.md)"
+        )
+        embed = report["embed"]
+        for name, part in [("embed", embed), *report["sinks"].items()]:
+            rate = part["rows_per_task_second"]
+            print(
+                f"        {name:<8} {part['indexed']:>7} ok  {part['dead_lettered']:>5} dead letters  "
+                f"{rate if rate is not None else '-':>8} rows/task-s"
+            )
+        reasons: dict[str, int] = dict(embed["dead_letters_by_reason"])
+        for sink in report["sinks"].values():
+            for reason, count in sink["dead_letters_by_reason"].items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
+        print(f"        dead letters by reason: {shown} (the generator injected {injected[table]})")
+        link = report["sinks"].get("link")
+        if link:
+            extra = link["extra"]
+            print(
+                f"        {int(extra.get('keywords_linked', 0))} keyword links, "
+                f"{int(extra.get('empty_links', 0))} products without a keyword, "
+                f"{int(extra.get('superseded', 0))} superseded by a later dt"
+            )
+
+
+def _show_products(top_k: int) -> None:
+    from embedding_pipeline.es_sink import open_es, sample_documents
+    from embedding_pipeline.search_cli import show_product
+
+    print(
+        f"      {SHOWN_PRODUCTS} products, top {SHOWN_KEYWORDS} of their {top_k} keywords, read back from ES:"
+    )
+    with open_es() as es:
+        es.indices.refresh(index="products")
+        for doc in sample_documents(es, "products", SHOWN_PRODUCTS, seed=0):
+            text = show_product(es, str(doc["product_id"]), alias="products", top=SHOWN_KEYWORDS)
+            print("        " + text.replace("\n", "\n        "))
+    print(
+        "      look further: embedding-pipeline search text|meaning|product ..., embedding-pipeline quality"
+    )

@@ -45,14 +45,16 @@ class EmulatorError(RuntimeError):
 
 
 class EsEmulator:
-    """A noida-db process serving only Elasticsearch on a free port with a fresh data dir.
+    """A noida-db process serving only Elasticsearch from ``work_dir/noida-data`` (free port by default).
 
     ``with EsEmulator(tmp_dir) as emulator: emulator.url`` - stopped by PID (its own process group:
-    SIGTERM, then SIGKILL after a grace period) when the block ends.
+    SIGTERM, then SIGKILL after a grace period) when the block ends. A fresh ``work_dir`` gives an
+    empty cluster (tests); a reused one keeps its indices, as noida-db restarts on an existing data
+    dir (``local_services`` uses one persistent dir). noida-db refuses a second process on one dir.
     """
 
     def __init__(self, work_dir: Path, port: int | None = None, start_timeout_s: float = 30.0) -> None:
-        self.data_dir = work_dir / "noida-data"  # must not exist yet: noida-db refuses a reused dir
+        self.data_dir = work_dir / "noida-data"
         self.log_path = work_dir / "noida.log"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -77,7 +79,8 @@ class EsEmulator:
             "--elasticsearch-port",
             str(self.port),
         ]
-        with open(self.log_path, "wb") as log:
+        # Appended: on a reused dir the previous runs' log (and a refused second start) stays readable.
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command,
                 stdout=log,
