@@ -1,9 +1,12 @@
-"""``embedding-pipeline``: command line for the model path (and the README's main job).
+"""``embedding-pipeline``: the command line (the README's main job, serving, search, quality).
 
-embedding-pipeline demo                      export -> gate -> publish (through Airflow) -> serve -> embed
-embedding-pipeline publish --source minilm   the same steps without Airflow
+embedding-pipeline demo                      the whole chain on sample data through Airflow, and a report
+embedding-pipeline airflow                   Airflow standalone (UI) with the DAGs and local services
+embedding-pipeline publish --source minilm   export -> gate -> publish without Airflow
 embedding-pipeline serve                     run the local KServe v2 server on model_repository/
 embedding-pipeline embed --role query TEXT   embed texts through a running server
+embedding-pipeline search text|meaning|product ...   look up keywords and product links
+embedding-pipeline quality                   recall@K of the stored links against exact search
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from embedding_pipeline import sample_data
+from embedding_pipeline import airflow_standalone, sample_data, search_cli
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model_registry import FAMILIES
 from embedding_pipeline.model_source import DEFAULT_MODEL_SOURCE
@@ -126,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-data", help="generate partitioned sample keywords/products Parquet")
     sample_data.add_arguments(p)
 
-    p = sub.add_parser("demo", help="the main job: sample data, publish, serve, index keywords, report")
+    p = sub.add_parser("demo", help="the main job: sample data, services, embedding_chain, report")
     model_args(p)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--keywords", type=int, default=20_000, help="sample keywords over --dates")
@@ -134,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dates", nargs="+", default=["2024-01-01", "2024-01-02", "2024-01-03"])
     p.add_argument("--lang", choices=["ja", "en"], default="ja")
     p.add_argument("--bad-rate", type=float, default=0.01, help="share of injected bad rows")
+    p.add_argument("--top-k", type=int, default=30, help="keywords linked per product")
     p.set_defaults(func=_demo)
+
+    airflow_standalone.register(sub)
+    search_cli.register(sub)
     return parser
 
 
