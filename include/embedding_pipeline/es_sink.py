@@ -27,6 +27,8 @@ refusal into an error saying what to do instead of a bare 400.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import logging
 import os
 import random
@@ -1036,8 +1038,6 @@ def get_document(es: Elasticsearch, alias: str, doc_id: str) -> dict[str, Any] |
 
 
 def _sample_key(seed: int, value: str) -> bytes:
-    import hashlib
-
     return hashlib.blake2b(f"{seed}\x1f{value}".encode(), digest_size=8).digest()
 
 
@@ -1091,8 +1091,6 @@ def sample_documents(
     documents by insertion order, so every seed gave the newest ``n``). The price is one pass over the
     field's doc values (ids only, ``page_size`` per request) with memory bounded by ``n``.
     """
-    import heapq
-
     _check_size("sample size", n)
     chosen = heapq.nsmallest(
         n,
