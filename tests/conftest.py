@@ -90,3 +90,27 @@ def airflow_db(session_dir: Path) -> Path:
     home = session_dir / "airflow"
     migrate_db(home)
     return home
+
+
+@pytest.fixture(scope="module")
+def es_url(tmp_path_factory):
+    """``ES_URL`` when set (a real cluster), else a noida-db emulator for this test module."""
+    if os.environ.get("ES_URL"):
+        yield os.environ["ES_URL"]
+        return
+    from embedding_pipeline.es_emulator import EsEmulator
+
+    with EsEmulator(tmp_path_factory.mktemp("es")) as emulator:
+        yield emulator.url
+
+
+@pytest.fixture
+def pipeline_services(airflow_db, server, repository, es_url, tmp_path, monkeypatch) -> Path:
+    """The environment of a DAG run on embedded defaults: the real server over ``repository``, ES at
+    ``es_url`` and a fresh local Qdrant under ``tmp_path`` (returned)."""
+    monkeypatch.setenv("EMBEDDING_MODEL_REPOSITORY", str(repository))
+    monkeypatch.setenv("EMBEDDING_SERVER_GRPC_PORT", str(server.grpc_port))
+    monkeypatch.setenv("EMBEDDING_SERVER_HTTP_PORT", str(server.http_port))
+    monkeypatch.setenv("ES_URL", es_url)
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "qdrant"))
+    return tmp_path

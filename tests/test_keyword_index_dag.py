@@ -18,24 +18,9 @@ DAG_ID = "keyword_index"
 DATES = ["2024-01-01", "2024-01-02"]
 
 
-@pytest.fixture(scope="module")
-def es_url(tmp_path_factory):
-    if os.environ.get("ES_URL"):
-        yield os.environ["ES_URL"]
-        return
-    from embedding_pipeline.es_emulator import EsEmulator
-
-    with EsEmulator(tmp_path_factory.mktemp("es")) as emulator:
-        yield emulator.url
-
-
 @pytest.fixture
-def pipeline_env(airflow_db, server, repository, es_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBEDDING_MODEL_REPOSITORY", str(repository))
-    monkeypatch.setenv("EMBEDDING_SERVER_GRPC_PORT", str(server.grpc_port))
-    monkeypatch.setenv("EMBEDDING_SERVER_HTTP_PORT", str(server.http_port))
-    monkeypatch.setenv("ES_URL", es_url)
-    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "qdrant"))
+def pipeline_env(pipeline_services):
+    tmp_path = pipeline_services
     alias = f"kw_{tmp_path.name.lower().replace('-', '_')[-40:]}"
     return {"alias": alias, "data": tmp_path / "data"}
 

@@ -30,7 +30,6 @@ from embedding_pipeline import es_sink, qdrant_sink
 from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import PipelineError
-from embedding_pipeline.es_emulator import EsEmulator
 from embedding_pipeline.link_quality import LinkQualityError, check_link_quality, render_report
 from embedding_pipeline.product_documents import linked_keywords, product_document, product_mappings
 from embedding_pipeline.qdrant_sink import QdrantSettings
@@ -126,16 +125,6 @@ def write_products(es: Elasticsearch, alias: str, docs: dict[str, dict[str, Any]
     counts = es_sink.bulk_index(es, alias, [list(docs.items())], dead)
     assert counts.indexed == len(docs) and counts.dead_lettered == 0, dead.letters
     assert es_sink.count_docs(es, alias) == len(docs)
-
-
-@pytest.fixture(scope="module")
-def es_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real cluster from ``ES_URL``, else a fresh noida-db emulator for this module."""
-    if os.environ.get("ES_URL"):
-        yield os.environ["ES_URL"]
-        return
-    with EsEmulator(tmp_path_factory.mktemp("es-emulator")) as emulator:
-        yield emulator.url
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,7 @@ from elasticsearch.helpers import streaming_bulk
 from embedding_pipeline.accounting import StageResult
 from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.errors import ConfigError, PipelineError
+from embedding_pipeline.partitions import partition_version
 from embedding_pipeline.staging import iter_staged, staged_metadata
 from embedding_pipeline.storage import as_path
 
@@ -911,7 +912,10 @@ def index_keyword_chunk(
     """Index one staged keyword chunk into ``alias``; flush the dead letters; return the accounting.
 
     The chunk's model (staged metadata) must match the index ``_meta``: documents of another model
-    belong in another generation. ``_id`` is the keyword id, so a re-run overwrites.
+    belong in another generation. ``_id`` is the keyword id, so a re-run overwrites; the version is
+    the row's ``dt`` (:func:`partition_version`), so a keyword id found on several dates keeps its
+    latest date's document whatever order chunks are written in (the older write counts as indexed,
+    ``superseded``).
     """
     started = time.monotonic()
     path = as_path(str(staged_path))
@@ -920,7 +924,7 @@ def index_keyword_chunk(
     model_name, model_version = metadata["model_name"], int(metadata["model_version"])
     indexed_at = datetime.now(UTC).isoformat()
 
-    def batches() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    def batches() -> Iterator[list[BulkDoc]]:
         for staged in iter_staged(path, chunk_docs):
             yield [
                 (
@@ -934,6 +938,7 @@ def index_keyword_chunk(
                         model_version=model_version,
                         indexed_at=indexed_at,
                     ),
+                    partition_version(payload["dt"]),
                 )
                 for doc_id, text, chash, payload in zip(
                     staged.ids, staged.texts, staged.content_hashes, staged.payloads, strict=True
@@ -941,14 +946,20 @@ def index_keyword_chunk(
             ]
 
     options = BulkOptions(
-        chunk_docs, max_bytes, max_retries, backoff_initial_s, backoff_max_s, request_timeout
+        chunk_docs,
+        max_bytes,
+        max_retries,
+        backoff_initial_s,
+        backoff_max_s,
+        request_timeout,
+        version_type="external_gte",
     )
     counts = bulk_index(es, alias, batches(), dead_letters, options, sleep)
     result = StageResult(
         stage=STAGE,
         chunk=path.stem,
         rows_in=counts.rows_in,
-        indexed=counts.indexed,
+        indexed=counts.indexed + counts.superseded,
         dead_lettered=counts.dead_lettered,
         dead_letters_by_reason=dict(counts.by_reason),
         dead_letter_path=dead_letters.flush(),
@@ -956,6 +967,7 @@ def index_keyword_chunk(
         extra={
             "created": counts.created,
             "updated": counts.updated,
+            "superseded": counts.superseded,
             "bulk_rounds": counts.rounds,
             "retried_items": counts.retried_items,
             "connection_retries": counts.connection_retries,

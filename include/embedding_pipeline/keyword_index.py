@@ -19,7 +19,7 @@ from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.embed_stage import embed_chunk
 from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.partitions import KEYWORDS, Chunk
-from embedding_pipeline.run_report import finalize as write_report
+from embedding_pipeline.run_report import finalize_run
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.storage import as_path
 
@@ -150,22 +150,9 @@ def finalize(
     meta: dict[str, Any],
     max_dead_letter_ratio: float,
 ) -> dict[str, Any]:
-    sinks: dict[str, list[StageResult]] = {}
+    sinks: dict[str, list[dict]] = {}
     if targets.qdrant:
-        sinks["qdrant"] = [StageResult.from_xcom(r) for r in qdrant]
+        sinks["qdrant"] = qdrant
     if targets.es:
-        sinks["es"] = [StageResult.from_xcom(r) for r in es]
-    meta = {
-        **meta,
-        "partitions": planned["partitions"],
-        "missing_partitions": planned["missing_partitions"],
-        "rejected_files": planned["rejected_files"],
-        "chunks": len(planned["chunks"]),
-    }
-    return write_report(
-        as_path(planned["run_dir"]),
-        [StageResult.from_xcom(e["result"]) for e in embedded],
-        sinks,
-        meta,
-        max_dead_letter_ratio,
-    )
+        sinks["es"] = es
+    return finalize_run(planned, embedded, sinks, meta, max_dead_letter_ratio)

@@ -79,6 +79,18 @@ def parse_dt(value: str) -> str:
         raise ConfigError(f"dt must be a date YYYY-MM-DD, got {value!r}") from None
 
 
+def partition_version(dt: str) -> int:
+    """A row's version from its partition: ``2024-01-02`` -> ``20240102``.
+
+    When one business id appears in several partitions the latest ``dt`` wins in every sink,
+    whatever order tasks, retries or backfills write in: ES takes it as an external version
+    (``external_gte``: the same partition may rewrite, an older one is refused), the Qdrant sink
+    compares it with the stored point's ``dt``.
+    """
+    day = date.fromisoformat(parse_dt(dt))
+    return day.year * 10_000 + day.month * 100 + day.day
+
+
 def partition_dir(root: Path, table: TableSpec, dt: str) -> Path:
     """Hive layout: ``<root>/<table>/dt=YYYY-MM-DD/``."""
     return root / table.name / f"dt={parse_dt(dt)}"

@@ -16,29 +16,18 @@ found nothing), not dropped. The ``link`` object records how the list was made, 
 check (:mod:`embedding_pipeline.link_quality`) can recompute it exactly.
 
 Across partitions the **latest ``dt`` wins**: documents are written with an external version
-derived from ``dt`` (:func:`partition_version`), so re-linking an older partition after a newer
+derived from ``dt`` (:func:`partitions.partition_version`), so re-linking an older partition after a newer
 one leaves the newer document in place whatever order mapped tasks or backfills run in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import date
 from typing import Any
 
 from embedding_pipeline.es_sink import DEFAULT_ANALYZER, normalise_date
 
 PRODUCT_PAYLOAD_FIELDS = ("description", "category", "brand", "updated_at", "dt")
-
-
-def partition_version(dt: str) -> int:
-    """External ES version of a document from partition ``dt``: ``2024-01-02`` -> ``20240102``.
-
-    ``version_type=external_gte`` then lets the same partition re-link (equal version replaces)
-    and refuses an older partition over a newer one (409, counted as superseded).
-    """
-    day = date.fromisoformat(dt)
-    return day.year * 10_000 + day.month * 100 + day.day
 
 
 def product_mappings(

@@ -37,9 +37,9 @@ from embedding_pipeline.embed_stage import embed_chunk
 from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import ConfigError, PipelineError
 from embedding_pipeline.model_registry import ROLES, Role
-from embedding_pipeline.partitions import PRODUCTS, Chunk
-from embedding_pipeline.product_documents import linked_keywords, partition_version, product_document
-from embedding_pipeline.run_report import finalize as write_report
+from embedding_pipeline.partitions import PRODUCTS, Chunk, partition_version
+from embedding_pipeline.product_documents import linked_keywords, product_document
+from embedding_pipeline.run_report import finalize_run
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.staging import StagedBatch, iter_staged, staged_metadata
 from embedding_pipeline.storage import as_path
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 KIND = "product"
 STAGE = "link"
 MAX_TOP_K = 1000
+TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
 # Product fields a "match" filter may compare with the same keyword payload field.
 MATCHABLE_FIELDS = ("category", "brand", "lang")
 
@@ -193,6 +194,18 @@ def embed(
     return {"result": output.result.to_xcom(), "staged": output.staged_path, "chunk": chunk["chunk_id"]}
 
 
+def _best(hits: list[Any], top_k: int) -> list[Any]:
+    """The top ``top_k`` hits in a stable order: by score as stored (6 decimals), then keyword id.
+
+    Engines order equal scores arbitrarily (Qdrant's may change when points are re-upserted), so
+    a re-link could swap tied keywords, or pick another of several tied at the cut. Asking for
+    ``TIE_MARGIN`` more and cutting here makes the list a function of the data unless more than
+    ``TIE_MARGIN`` keywords tie at the cut (duplicate keyword texts with different ids do tie).
+    """
+    ordered = sorted(hits, key=lambda hit: (-round(hit.score, 6), str(hit.payload.get("keyword_id"))))
+    return ordered[:top_k]
+
+
 def _filters(options: LinkOptions, payloads: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
     """Per product: the static keyword filter plus "same <field> as this product" (null: no condition)."""
     filters = []
@@ -244,7 +257,7 @@ def _documents(
         qdrant,
         prepared["keyword_collection"],
         batch.vectors[rows],
-        options.top_k,
+        options.top_k + TIE_MARGIN,
         options.score_threshold,
         query_filters=_filters(options, payloads) if options.match_fields or options.keyword_filter else None,
         model_name=meta["model_name"],
@@ -259,7 +272,7 @@ def _documents(
     link = options.link_record(prepared["keyword_collection"])
     docs = []
     for i, payload, product_hits in zip(rows, payloads, hits, strict=True):
-        keywords = linked_keywords(product_hits)
+        keywords = linked_keywords(_best(product_hits, options.top_k))
         stats.empty += not keywords
         stats.keywords += len(keywords)
         doc = product_document(
@@ -374,17 +387,4 @@ def finalize(
     max_dead_letter_ratio: float,
 ) -> dict[str, Any]:
     """The accounting identity over embed + link, the run report, and the dead-letter threshold."""
-    meta = {
-        **meta,
-        "partitions": planned["partitions"],
-        "missing_partitions": planned["missing_partitions"],
-        "rejected_files": planned["rejected_files"],
-        "chunks": len(planned["chunks"]),
-    }
-    return write_report(
-        as_path(planned["run_dir"]),
-        [StageResult.from_xcom(e["result"]) for e in embedded],
-        {STAGE: [StageResult.from_xcom(r) for r in linked]},
-        meta,
-        max_dead_letter_ratio,
-    )
+    return finalize_run(planned, embedded, {STAGE: linked}, meta, max_dead_letter_ratio)

@@ -698,9 +698,13 @@ def upsert_chunk(
         max_consecutive_exhausted,
     )
     rows_in = 0
+    superseded = 0
     for batch in iter_staged(path, batch_size):
         rows_in += len(batch.ids)
         points, rows = _points(batch, path, model_name, model_version, id_field, text_field, dead_letters)
+        if points:
+            points, rows, newer = _drop_superseded(client, target.name, upserter.retry, points, rows)
+            superseded += newer
         if points:
             upserter.write(points, rows)
     new_letters = dead_letters.letters[first_letter:]
@@ -712,7 +716,7 @@ def upsert_chunk(
         stage=STAGE,
         chunk=path.stem,
         rows_in=rows_in,
-        indexed=upserter.indexed,
+        indexed=upserter.indexed + superseded,
         dead_lettered=len(new_letters),
         dead_letters_by_reason=by_reason,
         dead_letter_path=dead_letters.flush(),
@@ -722,12 +726,48 @@ def upsert_chunk(
             "requests": upserter.requests,
             "retries": upserter.retry.retries,
             "bisections": upserter.bisections,
+            "superseded": superseded,
             "points_per_s": round(upserter.indexed / seconds, 1) if seconds > 0 else 0.0,
         },
     )
     if not result.balanced:  # a bug here, never data: fail loudly rather than lose rows silently
         raise QdrantSinkError(f"Qdrant accounting does not balance for {path}: {result.to_xcom()}")
     return result
+
+
+def _drop_superseded(
+    client: QdrantClient,
+    collection: str,
+    retry: _Retry,
+    points: list[models.PointStruct],
+    rows: list[dict[str, Any]],
+) -> tuple[list[models.PointStruct], list[dict[str, Any]], int]:
+    """Leave out points whose stored version comes from a later ``dt`` partition than theirs.
+
+    The latest partition of an id wins, as in Elasticsearch (external versions), whatever order
+    chunks, retries and backfills write in. Reading before writing is race-free in local mode,
+    where Qdrant tasks run one at a time; on a server, two chunks of different dates holding the
+    same id and running at the same moment could still interleave.
+    """
+    try:
+        stored = retry.call(
+            f"reading dt of {len(points)} points in {collection}",
+            lambda: client.retrieve(
+                collection, ids=[p.id for p in points], with_payload=["dt"], with_vectors=False
+            ),
+        )
+    except RetriesExhausted as exc:
+        raise QdrantUnavailableError(
+            f"Qdrant collection {collection!r}: reading stored points failed after {exc.attempts} "
+            f"attempts: {describe_error(exc.last)}"
+        ) from exc.last
+    stored_dt = {str(record.id): str((record.payload or {}).get("dt") or "") for record in stored}
+    keep = [
+        i
+        for i, point in enumerate(points)
+        if stored_dt.get(str(point.id), "") <= str(point.payload.get("dt") or "")
+    ]
+    return [points[i] for i in keep], [rows[i] for i in keep], len(points) - len(keep)
 
 
 def _points(

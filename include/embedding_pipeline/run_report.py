@@ -139,3 +139,28 @@ def finalize(
     if report["problems"]:
         raise AccountingError("; ".join(report["problems"]) + f" (report: {run_dir / 'report.json'})")
     return report
+
+
+def finalize_run(
+    planned: dict[str, Any],
+    embedded: list[dict[str, Any]],
+    sinks: dict[str, list[dict[str, Any]]],
+    meta: dict[str, Any],
+    max_dead_letter_ratio: float,
+) -> dict[str, Any]:
+    """:func:`finalize` from what the tasks passed through XCom: the plan, the embed tasks' outputs
+    and each sink's ``StageResult`` dicts (the finalize task of every indexing stage)."""
+    meta = {
+        **meta,
+        "partitions": planned["partitions"],
+        "missing_partitions": planned["missing_partitions"],
+        "rejected_files": planned["rejected_files"],
+        "chunks": len(planned["chunks"]),
+    }
+    return finalize(
+        planned["run_dir"],
+        [StageResult.from_xcom(e["result"]) for e in embedded],
+        {name: [StageResult.from_xcom(r) for r in results] for name, results in sinks.items()},
+        meta,
+        max_dead_letter_ratio,
+    )

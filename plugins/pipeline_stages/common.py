@@ -38,22 +38,27 @@ def no_retry_on_setup_errors() -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
-def run_dir(stage: str) -> Any:
-    """This run's directory for ``stage`` (the chain keeps one subdirectory per stage)."""
+def plan_stage(table: Any, stage: str) -> dict:
+    """The plan task of a stage: this run's partitions of ``table`` in bounded chunks (Params)."""
+    from pathlib import Path
+
     from airflow.sdk import get_current_context
-    from embedding_pipeline.partition_runs import run_dir_for
-
-    context = get_current_context()
-    return run_dir_for(context["dag"].dag_id, context["run_id"], stage)
-
-
-def partitions() -> list[str]:
-    """The ``dt`` partitions of this run: Params, else the data interval, else the day before."""
-    from airflow.sdk import get_current_context
-    from embedding_pipeline.partition_runs import resolve_partitions
+    from embedding_pipeline import partition_runs
 
     context = get_current_context()
     params = context["params"]
-    return resolve_partitions(
+    dts = partition_runs.resolve_partitions(
         params["dt"], params["dt_end"], context.get("data_interval_start"), context["dag_run"].run_after
     )
+    run_dir = partition_runs.run_dir_for(context["dag"].dag_id, context["run_id"], stage)
+    with no_retry_on_setup_errors():
+        return partition_runs.plan(
+            table,
+            Path(params["input_root"]),
+            dts,
+            run_dir,
+            params["chunk_rows"],
+            params["max_chunks"],
+            params["missing_partition"],
+            params["bad_files"],
+        )

@@ -9,8 +9,7 @@ from embedding_pipeline.keyword_index import Targets
 from pipeline_stages.common import (
     QDRANT_TASK_CONCURRENCY,
     no_retry_on_setup_errors,
-    partitions,
-    run_dir,
+    plan_stage,
     store_settings,
 )
 
@@ -27,23 +26,9 @@ def keyword_index_tasks() -> None:
 
     @task(retries=0)
     def plan() -> dict:
-        from pathlib import Path
-
-        from embedding_pipeline import partition_runs
         from embedding_pipeline.partitions import KEYWORDS
 
-        params = get_current_context()["params"]
-        with no_retry_on_setup_errors():
-            return partition_runs.plan(
-                KEYWORDS,
-                Path(params["input_root"]),
-                partitions(),
-                run_dir(STAGE),
-                params["chunk_rows"],
-                params["max_chunks"],
-                params["missing_partition"],
-                params["bad_files"],
-            )
+        return plan_stage(KEYWORDS, STAGE)
 
     @task
     def chunks(planned: dict) -> list[dict]:

@@ -10,8 +10,7 @@ from airflow.sdk import Asset, get_current_context, task
 from pipeline_stages.common import (
     QDRANT_TASK_CONCURRENCY,
     no_retry_on_setup_errors,
-    partitions,
-    run_dir,
+    plan_stage,
     store_settings,
 )
 from pipeline_stages.keyword_index_tasks import summary
@@ -40,24 +39,10 @@ def product_link_tasks() -> None:
 
     @task(retries=0)
     def plan() -> dict:
-        from pathlib import Path
-
-        from embedding_pipeline import partition_runs
         from embedding_pipeline.partitions import PRODUCTS
 
-        params = get_current_context()["params"]
-        _options(params)  # a bad option fails here, before anything is embedded
-        with no_retry_on_setup_errors():
-            return partition_runs.plan(
-                PRODUCTS,
-                Path(params["input_root"]),
-                partitions(),
-                run_dir(STAGE),
-                params["chunk_rows"],
-                params["max_chunks"],
-                params["missing_partition"],
-                params["bad_files"],
-            )
+        _options(get_current_context()["params"])  # a bad option fails here, before any embedding
+        return plan_stage(PRODUCTS, STAGE)
 
     @task
     def chunks(planned: dict) -> list[dict]:
