@@ -207,3 +207,37 @@ def test_run_files_go_to_object_storage_when_a_staging_url_is_set(pipeline_env, 
     letters = read_dead_letters(str(run_dir), "embed")
     assert len(letters) == report["embed"]["dead_lettered"] > 0
     assert not (Path(os.environ["EMBEDDING_PIPELINE_HOME"]) / "runs" / DAG_ID / local.name).exists()
+
+
+def test_latest_partition_wins_in_both_sinks_whatever_order_dates_run_in(pipeline_env):
+    """A keyword id on two dates: indexing dt2, then dt1 (a late backfill) keeps dt2's text in ES and
+    Qdrant; dt1's writes of those ids count as indexed and are reported as superseded."""
+    from embedding_pipeline.es_sink import open_es
+    from embedding_pipeline.qdrant_sink import open_client, resolve_alias
+    from embedding_pipeline.staging import point_id
+
+    summary = generate(
+        pipeline_env["data"], keywords=500, dates=DATES, seed=13, bad_rate=0.08, tables=("keywords",)
+    )
+    manifest = json.loads(Path(summary["tables"]["keywords"]["manifest"]).read_text())
+    recurring = manifest["partitions"][DATES[1]]["injected"]["duplicate_id_cross_partition"]["ids"]
+    assert recurring
+    conf = _conf(pipeline_env, dt_end=None, max_dead_letter_ratio=0.5)
+    _report(run_dag(DAG_ID, {**conf, "dt": DATES[1]}))
+    older = _report(run_dag(DAG_ID, {**conf, "dt": DATES[0]}))
+    for sink in ("qdrant", "es"):
+        assert older["sinks"][sink]["extra"]["superseded"] == len(recurring)
+        assert older["sinks"][sink]["indexed"] + older["embed"]["dead_lettered"] == older["rows_read"]
+    alias = pipeline_env["alias"]
+    with open_es() as es:
+        docs = es.mget(index=alias, ids=[str(i) for i in recurring])["docs"]
+    assert {doc["_source"]["dt"] for doc in docs} == {DATES[1]}
+    with open_client() as client:
+        points = client.retrieve(
+            resolve_alias(client, alias), ids=[point_id("keyword", str(i)) for i in recurring]
+        )
+    assert {point.payload["dt"] for point in points} == {DATES[1]}
+    # Both sinks hold the same (dt2) text for every recurring id.
+    assert {(p.payload["keyword_id"], p.payload["keyword"]) for p in points} == {
+        (d["_id"], d["_source"]["keyword"]) for d in docs
+    }
