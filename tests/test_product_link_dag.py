@@ -277,3 +277,21 @@ def test_bad_link_params_are_refused(airflow_db, param, value):
         params = copy.deepcopy(bag.get_dag(dag_id).params)
         with pytest.raises(ParamValidationError):
             params[param] = value
+
+
+def test_match_filters_take_the_products_value_and_skip_nulls():
+    """Unit: the per-product filter (no services). A product value overrides a static filter on the
+    same field; a null product value adds no condition, leaving the static one."""
+    from embedding_pipeline.errors import ConfigError
+    from embedding_pipeline.product_link import LinkOptions, _filters
+
+    options = LinkOptions(match_fields=("category", "lang"), keyword_filter={"lang": ["ja", "en"]})
+    payloads = [{"category": "食品", "lang": "ja"}, {"category": None}, {}]
+    assert _filters(options, payloads) == [
+        {"category": "食品", "lang": "ja"},
+        {"lang": ["ja", "en"]},
+        {"lang": ["ja", "en"]},
+    ]
+    assert _filters(LinkOptions(), payloads) == [None, None, None]
+    with pytest.raises(ConfigError, match="brand"):
+        LinkOptions(match_fields=("brand",))

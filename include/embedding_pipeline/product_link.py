@@ -49,8 +49,8 @@ KIND = "product"
 STAGE = "link"
 MAX_TOP_K = 1000
 TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
-# Product fields a "match" filter may compare with the same keyword payload field.
-MATCHABLE_FIELDS = ("category", "brand", "lang")
+# Product fields a "match" filter may compare with the same keyword payload field (brand: keywords have none).
+MATCHABLE_FIELDS = ("category", "lang")  # fields both tables carry
 
 
 class LinkSetupError(PipelineError):
