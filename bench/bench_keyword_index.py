@@ -1186,13 +1186,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextmanager
-def scratch_dir(keep: bool) -> Iterator[Path]:
+def scratch_dir(keep: bool, prefix: str = "bench-keyword-index-") -> Iterator[Path]:
+    """A temporary work directory, removed afterwards unless ``keep`` (then its path is logged)."""
     if keep:
-        path = Path(tempfile.mkdtemp(prefix="bench-keyword-index-"))
+        path = Path(tempfile.mkdtemp(prefix=prefix))
         log.info("scratch directory kept at %s", path)
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="bench-keyword-index-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp)
 
 

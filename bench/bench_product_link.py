@@ -42,8 +42,8 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from bench_keyword_index import (  # noqa: E402 - bench/ is sys.path[0]; also pu
     load_cell,
     pair_summary,
     publish,
+    scratch_dir,
 )
 from machine import loadavg  # noqa: E402
 
@@ -896,23 +897,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextmanager
-def scratch_dir(keep: bool) -> Iterator[Path]:
-    if keep:
-        path = Path(tempfile.mkdtemp(prefix="bench-product-link-"))
-        log.info("scratch directory kept at %s", path)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-product-link-") as tmp:
-        yield Path(tmp)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
     load_start = loadavg()
     phases: dict[str, float] = {}
-    with LoadSampler() as sampler, scratch_dir(args.keep_work) as scratch, ExitStack() as stack:
+    with (
+        LoadSampler() as sampler,
+        scratch_dir(args.keep_work, "bench-product-link-") as scratch,
+        ExitStack() as stack,
+    ):
         os.environ["EMBEDDING_PIPELINE_HOME"] = str(scratch / "work")
         repository = args.repository.resolve() if args.repository else scratch / "model_repository"
         os.environ["EMBEDDING_MODEL_REPOSITORY"] = str(repository)

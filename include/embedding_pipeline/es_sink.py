@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from elastic_transport import TlsError
 from elasticsearch import ApiError, Elasticsearch
@@ -51,6 +51,7 @@ from embedding_pipeline.accounting import StageResult
 from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.errors import ConfigError, PipelineError
 from embedding_pipeline.partitions import partition_version
+from embedding_pipeline.settings import redact_url
 from embedding_pipeline.staging import iter_staged, staged_metadata
 from embedding_pipeline.storage import as_path
 
@@ -82,16 +83,6 @@ class EsUnavailableError(EsError):
 # --------------------------------------------------------------------------------------------------
 # Settings and client
 # --------------------------------------------------------------------------------------------------
-
-
-def _redact_url(url: str) -> str:
-    """The URL without user:password, for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -126,13 +117,13 @@ class EsSettings:
                 continue
             if "://" not in host:
                 raise ConfigError(
-                    f"Elasticsearch host {_redact_url(host)!r} needs a scheme (http:// or https://)"
+                    f"Elasticsearch host {redact_url(host)!r} needs a scheme (http:// or https://)"
                 )
             parts = urlsplit(host)
             if parts.username is not None:
                 username = username or parts.username
                 password = password or parts.password
-            cleaned.append(_redact_url(host))
+            cleaned.append(redact_url(host))
         if not cleaned:
             raise ConfigError("at least one Elasticsearch host is required (ES_URL)")
         object.__setattr__(self, "hosts", tuple(cleaned))

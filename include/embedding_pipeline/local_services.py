@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from embedding_pipeline.es_emulator import EsEmulator
 from embedding_pipeline.es_sink import EsSettings
 from embedding_pipeline.server_process import LocalServer
-from embedding_pipeline.settings import ServerSettings, model_repository_path, work_dir
+from embedding_pipeline.settings import ServerSettings, model_repository_path, redact_url, work_dir
 
 PortsMode = Literal["fixed", "free"]
 Action = Literal["started", "reused", "configured"]
@@ -167,7 +167,7 @@ class LocalServices:
     def _resolve_es(self, stack: ExitStack) -> Service:
         name = "Elasticsearch"
         if url := os.environ.get("ES_URL"):
-            return Service(name, "configured", f"ES_URL={_without_credentials(url)}")
+            return Service(name, "configured", f"ES_URL={redact_url(url)}")
         if _answers(DEFAULT_ES_URL):
             self._set_env(ES_URL=DEFAULT_ES_URL)
             return Service(name, "reused", DEFAULT_ES_URL, detail="something already answers there")
@@ -274,16 +274,6 @@ def _answers(url: str, status: int | None = None, timeout_s: float = 1.0) -> boo
         return status is None or exc.code == status
     except OSError:
         return False
-
-
-def _without_credentials(url: str) -> str:
-    """``url`` without ``user:password@``, for printing."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=f"***@{netloc}").geturl()
 
 
 def _served_models(repository: Path) -> list[str]:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from embedding_pipeline.errors import ConfigError
 
@@ -116,3 +117,13 @@ class ServerSettings:
 def data_root() -> Path:
     """Root of the partitioned input tables (``EMBEDDING_DATA_ROOT``, default ``<project>/data/sample``)."""
     return Path(os.environ.get("EMBEDDING_DATA_ROOT", PROJECT_ROOT / "data" / "sample"))
+
+
+def redact_url(url: str) -> str:
+    """The URL without ``user:password@``, for logs, reprs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
