@@ -295,3 +295,11 @@ def test_match_filters_take_the_products_value_and_skip_nulls():
     assert _filters(LinkOptions(), payloads) == [None, None, None]
     with pytest.raises(ConfigError, match="brand"):
         LinkOptions(match_fields=("brand",))
+
+
+def test_no_products_ends_no_data_even_before_any_keyword_is_indexed(env):
+    """A nightly run on a fresh deployment: no product partition and no keyword collection yet.
+    Nothing to link is not an error (``missing_partition=skip``); with products it would be."""
+    report = _report(run_dag("product_link", _conf(env, dt="2023-06-01", dt_end=None)), "product_link")
+    assert report["status"] == "no_data" and report["missing_partitions"] == ["2023-06-01"]
+    assert report["rows_read"] == 0 and report["keyword_collection"] is None

@@ -172,6 +172,9 @@ def _standalone_env(host: str, port: int, local: str) -> dict[str, str]:
     # whatever the API port is; point it at the real one unless it is configured.
     if "AIRFLOW__API__BASE_URL" not in env:
         env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{local}:{port}/execution/")
+    # LocalExecutor starts `parallelism` worker processes (default 32): on a laptop-sized machine
+    # that is dozens of idle processes. Tasks here are CPU-bound; two per core is plenty.
+    env.setdefault("AIRFLOW__CORE__PARALLELISM", str(2 * (os.cpu_count() or 1)))
     return env
 
 

@@ -153,13 +153,24 @@ def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) 
 
 
 def prepare(
-    options: LinkOptions, model: dict[str, Any], qdrant_settings: Any = None, es_settings: Any = None
+    options: LinkOptions,
+    model: dict[str, Any],
+    qdrant_settings: Any = None,
+    es_settings: Any = None,
+    *,
+    has_products: bool = True,
 ) -> dict[str, Any]:
-    """Check the keyword collection, create the product index behind its alias, start the bulk load."""
+    """Check the keyword collection, create the product index behind its alias, start the bulk load.
+
+    With no products to link (a missing partition under ``missing_partition=skip``) nothing is
+    checked or created: the run ends ``no_data``, as a nightly run before the first data must.
+    """
     from embedding_pipeline.es_sink import begin_bulk_load, ensure_index, open_es
     from embedding_pipeline.product_documents import product_mappings
     from embedding_pipeline.qdrant_sink import open_client
 
+    if not has_products:
+        return {**model, "keyword_collection": None, "es_index": None}
     with open_client(qdrant_settings) as qdrant:
         target = check_keyword_collection(qdrant, options.keyword_alias, model)
     mappings = product_mappings(
@@ -180,8 +191,10 @@ def finish(options: LinkOptions, prepared: dict[str, Any] | None, es_settings: A
     """Teardown: restore refresh/replicas of the product index (also when link tasks failed)."""
     from embedding_pipeline.es_sink import end_bulk_load, open_es
 
+    if not (prepared or {}).get("es_index"):
+        return  # prepare failed before the bulk load began, or there was nothing to link
     with open_es(es_settings) as es:
-        end_bulk_load(es, options.product_alias, (prepared or {}).get("es_previous_settings"))
+        end_bulk_load(es, options.product_alias, prepared["es_previous_settings"])
 
 
 def embed(

@@ -57,7 +57,9 @@ def product_link_tasks() -> None:
         qdrant, es = store_settings()
         with no_retry_on_setup_errors():
             model = model_info(None, params["model_name"])
-            return product_link.prepare(_options(params), model, qdrant, es)
+            return product_link.prepare(
+                _options(params), model, qdrant, es, has_products=bool(planned["chunks"])
+            )
 
     @task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
@@ -79,8 +81,6 @@ def product_link_tasks() -> None:
     def finish_sinks(prepared: dict | None) -> None:
         from embedding_pipeline import product_link
 
-        if prepared is None:
-            return  # prepare failed before it touched the product index
         options = _options(get_current_context()["params"])
         product_link.finish(options, prepared, store_settings()[1])
 
