@@ -51,7 +51,8 @@ def _report(run, stage: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _products(alias: str) -> dict[str, dict]:
+def _sources(alias: str) -> dict[str, dict]:
+    """Every document behind ``alias`` after a refresh, ``_id`` -> ``_source``."""
     from elasticsearch.helpers import scan
     from embedding_pipeline.es_sink import open_es
 
@@ -102,7 +103,7 @@ def test_chain_runs_every_stage_and_a_second_run_changes_nothing(env):
     link = products["sinks"]["link"]
     assert link["indexed"] == 160 - expected_dead and link["dead_lettered"] == 0
 
-    docs = _products(env["prod"])
+    docs = _sources(env["prod"])
     # The products the embed stage kept, minus ids that recur on the later date (one document each).
     assert len(docs) == link["indexed"] - _recurring(manifest)
     for doc in docs.values():
@@ -111,7 +112,7 @@ def test_chain_runs_every_stage_and_a_second_run_changes_nothing(env):
         assert ranks == list(range(1, 6)) and scores == sorted(scores, reverse=True)
         assert doc["keyword_count"] == 5 and doc["model_name"] == "minilm" and doc["dt"] in DATES
         assert doc["link"]["role"] == "query" and doc["link"]["top_k"] == 5
-    kw_docs = _keyword_ids(env["kw"])
+    kw_docs = set(_sources(env["kw"]))
     assert {k["keyword_id"] for d in docs.values() for k in d["keywords"]} <= kw_docs
 
     second = run_dag("embedding_chain", {**conf, "publish_model": "if_missing"})
@@ -122,7 +123,7 @@ def test_chain_runs_every_stage_and_a_second_run_changes_nothing(env):
     keywords_again = _report(second, "keyword_index")
     for sink in ("qdrant", "es"):
         assert keywords_again["sinks"][sink]["indexed"] == keywords["sinks"][sink]["indexed"]
-    assert _links(_products(env["prod"])) == _links(docs)
+    assert _links(_sources(env["prod"])) == _links(docs)
 
 
 def _recurring(manifest: dict) -> int:
@@ -131,17 +132,6 @@ def _recurring(manifest: dict) -> int:
         p["injected"].get("duplicate_id_cross_partition", {}).get("count", 0)
         for p in manifest["partitions"].values()
     )
-
-
-def _keyword_ids(alias: str) -> set[str]:
-    from elasticsearch.helpers import scan
-    from embedding_pipeline.es_sink import open_es
-
-    with open_es() as es:
-        es.indices.refresh(index=alias)
-        return {
-            hit["_id"] for hit in scan(es, index=alias, query={"query": {"match_all": {}}}, _source=False)
-        }
 
 
 def test_latest_partition_wins_whatever_order_dates_are_linked_in(env):
@@ -160,7 +150,7 @@ def test_latest_partition_wins_whatever_order_dates_are_linked_in(env):
     _assert_balanced(newer)
     _assert_balanced(older)
     assert older["sinks"]["link"]["extra"]["superseded"] == recurring["count"] > 0
-    docs = _products(env["prod"])
+    docs = _sources(env["prod"])
     for product_id in recurring["ids"]:
         assert docs[str(product_id)]["dt"] == DATES[1]
     within = manifest["partitions"][DATES[0]]["injected"].get("duplicate_id", {"count": 0})
@@ -172,7 +162,7 @@ def test_threshold_keeps_products_with_no_keyword_and_filters_match_the_product(
     generate(env["data"], keywords=0, products=60, dates=[DATES[0]], seed=3, row_group_size=100)
     report = _report(run_dag("product_link", _conf(env, dt_end=None, score_threshold=0.9999)), "product_link")
     _assert_balanced(report)
-    docs = _products(env["prod"])
+    docs = _sources(env["prod"])
     empty = [d for d in docs.values() if d["keywords"] == [] and d["keyword_count"] == 0]
     # Random tiny-model vectors: only a product whose name equals a keyword scores above 0.9999.
     assert len(docs) == 60 and len(empty) == report["sinks"]["link"]["extra"]["empty_links"] >= 55
@@ -182,8 +172,8 @@ def test_threshold_keeps_products_with_no_keyword_and_filters_match_the_product(
         run_dag("product_link", _conf(env, dt_end=None, match_fields=["category"], top_k=3)), "product_link"
     )
     _assert_balanced(report)
-    categories = _keyword_categories(env["kw"])
-    docs = _products(env["prod"])
+    categories = {k: d.get("category") for k, d in _sources(env["kw"]).items()}
+    docs = _sources(env["prod"])
     checked = 0
     for doc in docs.values():
         assert doc["link"]["match_fields"] == ["category"] and len(doc["keywords"]) <= 3
@@ -191,17 +181,6 @@ def test_threshold_keeps_products_with_no_keyword_and_filters_match_the_product(
             checked += len(doc["keywords"])
             assert {categories[k["keyword_id"]] for k in doc["keywords"]} <= {doc["category"]}
     assert checked > 0
-
-
-def _keyword_categories(alias: str) -> dict[str, str | None]:
-    from elasticsearch.helpers import scan
-    from embedding_pipeline.es_sink import open_es
-
-    with open_es() as es:
-        return {
-            hit["_id"]: hit["_source"].get("category")
-            for hit in scan(es, index=alias, query={"query": {"match_all": {}}})
-        }
 
 
 def _failed_at_prepare(run) -> None:
@@ -216,7 +195,13 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
     from embedding_pipeline.es_sink import EsIndexError, open_es
     from embedding_pipeline.partition_runs import model_info
     from embedding_pipeline.product_link import LinkOptions, LinkSetupError, prepare
-    from embedding_pipeline.qdrant_sink import QdrantSettings, QdrantUnavailableError
+    from embedding_pipeline.qdrant_sink import (
+        CollectionMismatchError,
+        QdrantSettings,
+        QdrantUnavailableError,
+        ensure_collection,
+        open_client,
+    )
     from embedding_pipeline.server_process import free_port
 
     generate(env["data"], keywords=0, products=40, dates=[DATES[0]], seed=4, row_group_size=100)
@@ -226,10 +211,16 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
     with pytest.raises(LinkSetupError, match=r"no keyword collection .*run keyword_index"):
         prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model)
 
+    # A keyword collection that exists but holds nothing.
+    with open_client() as qdrant:
+        ensure_collection(qdrant, env["kw"], dim=model["dim"], model_name="tiny_bert", model_version=1)
+    with pytest.raises(LinkSetupError, match="is empty: index keywords"):
+        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model)
+
     _index_keywords(env)
     # Keywords built with tiny_bert, products embedded with another model of the same dimension.
     _failed_at_prepare(run_dag("product_link", _conf(env, dt_end=None, model_name="tiny_xlm_roberta")))
-    with pytest.raises(LinkSetupError, match=r"tiny_bert v1 .*tiny_xlm_roberta v1"):
+    with pytest.raises(CollectionMismatchError, match=r"tiny_bert v1 .*tiny_xlm_roberta v1.*model differ"):
         prepare(
             LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]),
             model_info(None, "tiny_xlm_roberta"),

@@ -255,21 +255,14 @@ def _check_models(
             f"serves {ours}: re-embedding with another model cannot reproduce their lists. Check with the "
             "model they were linked with (e.g. --model), or re-link the products first"
         )
-    if target.model_name is not None and (target.model_name, target.model_version) != (name, version):
-        raise LinkQualityError(
-            f"Qdrant collection {target.name!r} holds vectors of {target.describe()}, but the embedding "
-            f"client serves {ours}"
-        )
-    if target.dim != client.dim:
-        raise LinkQualityError(
-            f"Qdrant collection {target.name!r} has dim {target.dim}, "
-            f"the embedding client's {ours} {client.dim}"
-        )
-    if target.distance != models.Distance.COSINE:
-        raise LinkQualityError(
-            f"Qdrant collection {target.name!r} uses {target.distance.value} distance; "
-            "this check computes cosine"
-        )
+    qdrant_sink.check_model(
+        target,
+        dim=client.dim,
+        model_name=name,
+        model_version=version,
+        distance=models.Distance.COSINE,  # the check computes cosine
+        what=f"the embedding client's model for {target.alias!r}",
+    )
     return ours
 
 

@@ -98,10 +98,6 @@ class LinkOptions:
             "keyword_filter": dict(self.keyword_filter),
         }
 
-    @classmethod
-    def from_xcom(cls, data: Mapping[str, Any]) -> LinkOptions:
-        return cls(**{**data, "match_fields": tuple(data.get("match_fields") or ())})
-
     def link_record(self, keyword_collection: str) -> dict[str, Any]:
         """The document's ``link`` object: enough to recompute the list exactly (quality check)."""
         return {
@@ -115,37 +111,29 @@ class LinkOptions:
 
 
 def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) -> Any:
-    """The keyword collection behind ``alias``, refused early if missing, empty or of another model."""
+    """The keyword collection behind ``alias``, refused early if missing, empty or of another model.
+
+    Unreachable Qdrant: :class:`QdrantUnavailableError` after retries; another model or dimension:
+    :class:`CollectionMismatchError` naming both (the check every Qdrant write and search uses).
+    """
     from embedding_pipeline import qdrant_sink
 
     try:
-        target = qdrant_sink.collection_target(qdrant, alias)
-        points = qdrant.count(target.name, exact=True).count
+        target = qdrant_sink.collection_target_retrying(qdrant, alias)
     except qdrant_sink.CollectionNotFoundError:
         raise LinkSetupError(
             f"Qdrant has no keyword collection {alias!r}: run keyword_index (or embedding_chain) for "
             "the keyword partitions first, or set qdrant_alias to the collection's alias"
         ) from None
-    except qdrant_sink.QdrantSinkError:
-        raise
-    except Exception as exc:
-        if qdrant_sink.is_transient(exc):
-            raise qdrant_sink.QdrantUnavailableError(
-                f"cannot reach Qdrant to read keyword collection {alias!r}: {qdrant_sink.describe_error(exc)}"
-            ) from exc
-        raise
-    if target.dim != model["dim"] or (
-        target.model_name is not None
-        and (target.model_name, str(target.model_version))
-        != (model["model_name"], str(model["model_version"]))
-    ):
-        raise LinkSetupError(
-            f"keyword collection {alias!r} -> {target.name!r} holds vectors of {target.describe()}, but "
-            f"products would be embedded with {model['model_name']} v{model['model_version']} "
-            f"(dim {model['dim']}): scores between different models mean nothing. Re-run keyword_index "
-            "with this model (a new collection generation), or link with the collection's model."
-        )
-    if points == 0:
+    qdrant_sink.check_model(
+        target,
+        dim=model["dim"],
+        model_name=model["model_name"],
+        model_version=model["model_version"],
+        distance=None,
+        what="the model products would be embedded with",
+    )
+    if qdrant_sink.count_points(qdrant, target.name) == 0:
         raise LinkSetupError(
             f"keyword collection {alias!r} -> {target.name!r} is empty: index keywords first"
         )

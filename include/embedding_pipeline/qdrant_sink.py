@@ -319,7 +319,7 @@ def _read_target(client: QdrantClient, alias: str, name: str) -> CollectionTarge
     )
 
 
-def _check_model(
+def check_model(
     target: CollectionTarget,
     *,
     dim: int,
@@ -415,7 +415,7 @@ def ensure_collection(
                 if not client.collection_exists(name):  # not a lost race: a real failure
                     raise
     target = _read_target(client, alias, name)
-    _check_model(
+    check_model(
         target,
         dim=dim,
         model_name=model_name,
@@ -642,7 +642,7 @@ def _chunk_target(client: QdrantClient, alias: str, staged_path: Path) -> tuple[
     if missing:
         raise QdrantSinkError(f"staged chunk {staged_path} lacks metadata {sorted(missing)}")
     target = collection_target(client, alias)
-    _check_model(
+    check_model(
         target,
         dim=int(meta["dim"]),
         model_name=meta["model_name"],
@@ -882,7 +882,7 @@ def search(
             f"query_filters has {len(query_filters)} entries for {len(queries)} query vectors"
         )
     target = collection_target(client, alias)
-    _check_model(
+    check_model(
         target,
         dim=queries.shape[1],
         model_name=model_name,

@@ -62,3 +62,13 @@ def plan_stage(table: Any, stage: str) -> dict:
             params["missing_partition"],
             params["bad_files"],
         )
+
+
+def summary(report: dict) -> dict:
+    """The small part of a run report that goes to XCom (the full report is a file)."""
+    return {k: report[k] for k in ("status", "rows_read", "partitions", "missing_partitions")} | {
+        "sinks": {
+            name: {"indexed": s["indexed"], "dead_lettered": s["dead_lettered"]}
+            for name, s in report["sinks"].items()
+        },
+    }

@@ -11,6 +11,7 @@ from pipeline_stages.common import (
     no_retry_on_setup_errors,
     plan_stage,
     store_settings,
+    summary,
 )
 
 KEYWORD_INDEX = Asset("keyword_index")
@@ -103,13 +104,3 @@ def keyword_index_tasks() -> None:
     [qdrant, es] >> done
     report = finalize(planned, prepared, embedded, qdrant, es)
     done >> report
-
-
-def summary(report: dict) -> dict:
-    """The small part of a run report that goes to XCom (the full report is a file)."""
-    return {k: report[k] for k in ("status", "rows_read", "partitions", "missing_partitions")} | {
-        "sinks": {
-            name: {"indexed": s["indexed"], "dead_lettered": s["dead_lettered"]}
-            for name, s in report["sinks"].items()
-        },
-    }

@@ -12,8 +12,8 @@ from pipeline_stages.common import (
     no_retry_on_setup_errors,
     plan_stage,
     store_settings,
+    summary,
 )
-from pipeline_stages.keyword_index_tasks import summary
 
 PRODUCT_LINKS = Asset("product_links")
 STAGE = "product_link"
