@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,8 +26,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.slow
-def test_demo_runs_the_whole_chain_and_prints_linked_keywords(tmp_path):
+def _demo(tmp_path: Path, output: Path | None = None) -> subprocess.Popen:
+    """The demo as a user starts it: own session (a terminal's process group), SIGINT not ignored
+    (a test runner in the background may have inherited SIG_IGN, which Python would keep)."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("ES_", "QDRANT_", "EMBEDDING_", "AIRFLOW"))
     }
@@ -50,9 +55,38 @@ def test_demo_runs_the_whole_chain_and_prints_linked_keywords(tmp_path):
         "--top-k",
         "10",
     ]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=output.open("w") if output else subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def _succeeded_tasks(database: Path) -> list[datetime]:
+    """End times of the chain's successful task instances so far (none while the DB is not there)."""
+    if not database.exists():
+        return []
+    with sqlite3.connect(database) as db:
+        try:
+            rows = db.execute(
+                "SELECT end_date FROM task_instance WHERE dag_id = 'embedding_chain' AND state = 'success'"
+            ).fetchall()
+        except sqlite3.OperationalError:  # not migrated yet, or locked by the run
+            return []
+    return [datetime.fromisoformat(row[0]).replace(tzinfo=UTC) for row in rows]
+
+
+def _started_pids(output: str) -> list[int]:
+    return [int(pid) for pid in re.findall(r"started .*\(pid (\d+)\)", output)]
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_chain_and_prints_linked_keywords(tmp_path):
+    process = _demo(tmp_path)
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-4000:]
     assert "keyword_index: 800 rows read, status ok" in output
@@ -66,6 +100,49 @@ def test_demo_runs_the_whole_chain_and_prints_linked_keywords(tmp_path):
     assert output.count("keywords  10 (showing 5)") == 3
     assert len(re.findall(r"^\s+5\s+[01]\.\d{4}\s+\S", output, flags=re.MULTILINE)) == 3
     assert "every process started here was stopped" in output
-    started = [int(pid) for pid in re.findall(r"started .*\(pid (\d+)\)", output)]
+    started = _started_pids(output)
     assert len(started) == 2  # the ES emulator and the inference server
     assert not [pid for pid in started if _alive(pid)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "to_group", "returncode"),
+    [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_an_interrupt_mid_chain_stops_at_once_and_leaves_nothing_running(
+    tmp_path, signum, to_group, returncode
+):
+    """Ctrl-C (SIGINT to the terminal's whole foreground group) or a SIGTERM to the demo while the
+    chain runs: no task succeeds after the signal (dag.test() in-process turns the interrupt into one
+    task's failure and carries on with every runnable task), both services it started are stopped,
+    and the run it left is marked failed in the metadata DB, so that a scheduler on that DB is not
+    blocked by a max_active_runs=1 run that never ends."""
+    log = tmp_path / "demo.log"
+    process = _demo(tmp_path, log)
+    database = tmp_path / "var" / "airflow" / "airflow.db"
+    deadline = time.monotonic() + 300
+    while not _succeeded_tasks(database):  # the chain is under way
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    sent = datetime.now(UTC)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    assert process.wait(timeout=120) == returncode, log.read_text()[-3000:]
+    output = log.read_text()
+    started = _started_pids(output)
+    assert len(started) == 2 and not [pid for pid in started if _alive(pid)], output[-3000:]
+    assert re.search(r"embedding_chain run \S+ was interrupted: marked failed", output)
+    assert "[5/5]" not in output
+    with sqlite3.connect(database) as db:
+        runs = db.execute("SELECT state FROM dag_run WHERE dag_id = 'embedding_chain'").fetchall()
+        unfinished = db.execute(
+            "SELECT task_id, state FROM task_instance WHERE dag_id = 'embedding_chain' "
+            "AND (state IS NULL OR state NOT IN ('success', 'failed', 'skipped', 'upstream_failed'))"
+        ).fetchall()
+    assert runs == [("failed",)] and unfinished == []
+    # Tasks that succeeded did so before the signal: nothing went on running after it.
+    assert max(_succeeded_tasks(database)) < sent

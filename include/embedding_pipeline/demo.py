@@ -4,7 +4,8 @@ sample data -> services (local inference server; Elasticsearch: ``ES_URL`` if se
 noida-db emulator) -> ``dag.test()`` of ``embedding_chain`` (model publish -> keyword index ->
 product link) -> a short report: rows per stage, dead letters, throughput, and a few products with
 their top keywords read back from Elasticsearch. Every process started here is stopped here, also
-on failure or Ctrl-C (:class:`LocalServices` stops them by PID).
+on failure, Ctrl-C or SIGTERM (:class:`LocalServices` stops them by PID; the chain runs in a child
+process that an interrupt kills at once, :func:`airflow_runner.run_dag_in_child`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from embedding_pipeline.airflow_runner import RunOutcome
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.settings import data_root
 
@@ -23,17 +25,12 @@ SHOWN_KEYWORDS = 5
 STAGES = ("keyword_index", "product_link")
 
 
-def _check(run, dag_id: str) -> dict[str, str]:
-    states = {
-        f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
-        for ti in run.get_task_instances()
-    }
-    if str(run.state) != "success":
-        failed = {k: v for k, v in states.items() if v not in ("success", "skipped")}
+def _check(outcome: RunOutcome) -> None:
+    if outcome.state != "success":
         raise PipelineError(
-            f"{dag_id} did not succeed: {failed} (logs: AIRFLOW_HOME={os.environ['AIRFLOW_HOME']})"
+            f"{outcome.dag_id} did not succeed: {outcome.failed_tasks} "
+            f"(logs: AIRFLOW_HOME={os.environ['AIRFLOW_HOME']})"
         )
-    return states
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -80,14 +77,14 @@ def run_demo(args: argparse.Namespace) -> int:
         report=lambda line: print(f"      {line}"),
         server_threads=args.threads,
     ):
-        from embedding_pipeline.airflow_runner import run_dag
+        from embedding_pipeline.airflow_runner import run_dag_in_child
 
         print(
             f"[4/5] dag.test(embedding_chain) dt={args.dates[0]}..{args.dates[-1]}: publish {args.source} "
             f"({args.precision}) as {args.name} -> keyword_index -> product_link"
         )
         chain_started = time.monotonic()
-        run = run_dag(
+        run = run_dag_in_child(
             "embedding_chain",
             {
                 "publish_model": "always",
@@ -100,8 +97,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 "top_k": args.top_k,
             },
         )
-        states = _check(run, "embedding_chain")
-        ran = sum(state == "success" for state in states.values())
+        _check(run)
+        ran = sum(state == "success" for state in run.task_states.values())
         print(f"      {ran} task instances succeeded in {time.monotonic() - chain_started:.0f}s")
         print("[5/5] report")
         _print_reports(run, injected)
@@ -110,7 +107,7 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_reports(run, injected: dict[str, int]) -> None:
+def _print_reports(run: RunOutcome, injected: dict[str, int]) -> None:
     from embedding_pipeline.partition_runs import run_dir_for
 
     for stage, table in zip(STAGES, ("keywords", "products"), strict=True):
