@@ -7,17 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import re
-import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -219,71 +213,3 @@ def test_register_adds_the_airflow_subcommand():
     args = parser.parse_args(["airflow", "--port", "18080", "--free-ports"])
     assert (args.port, args.free_ports, args.host) == (18080, True, "127.0.0.1")
     assert callable(args.func)
-
-
-@pytest.mark.slow
-def test_airflow_standalone_serves_the_ui_and_leaves_no_process_behind(tmp_path: Path):
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if key not in ENV_KEYS}
-    env.update(
-        EMBEDDING_PIPELINE_HOME=str(tmp_path / "work"),
-        AIRFLOW_HOME=str(tmp_path / "airflow"),
-        EMBEDDING_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
-        PYTHONUNBUFFERED="1",
-    )
-    command = [sys.executable, "-m", "embedding_pipeline.airflow_standalone", "--port", str(port)]
-    started = time.monotonic()
-    runner = subprocess.Popen(
-        [*command, "--free-ports"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # Ctrl-C reaches only the runner, as in a terminal
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in runner.stdout or ()], daemon=True).start()
-    seen: list[str] = []
-    groups = {runner.pid}
-    try:
-        while not any("Airflow: UI at" in line for line in seen):
-            assert time.monotonic() - started < 400, f"no UI after 400 s:\n{''.join(seen)}"
-            assert runner.poll() is None or not lines.empty(), f"runner exited:\n{''.join(seen)}"
-            try:
-                seen.append(lines.get(timeout=1))
-            except queue.Empty:
-                continue
-            groups.update(int(pid) for pid in re.findall(r"\bpid (\d+)\)", seen[-1]))
-        ready_s = time.monotonic() - started
-        assert len(groups) == 4, seen  # the runner, the emulator, the server and the standalone
-        assert get_json(f"http://127.0.0.1:{port}/api/v2/monitor/health")["metadatabase"]["status"] == (
-            "healthy"
-        )
-        ui_line = next(line for line in seen if "Airflow: UI at" in line)
-        password_file = tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated"
-        assert f"user admin, password in {password_file}" in ui_line
-        password = json.loads(password_file.read_text())["admin"]
-        login = urllib.request.Request(
-            f"http://127.0.0.1:{port}/auth/token",
-            data=json.dumps({"username": "admin", "password": password}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(login, timeout=10) as answer:
-            assert json.loads(answer.read())["access_token"]
-        assert all(live_pids_in_group(pgid) for pgid in groups)
-
-        stop_started = time.monotonic()
-        runner.send_signal(signal.SIGINT)
-        assert runner.wait(timeout=180) == 0
-        stop_s = time.monotonic() - stop_started
-        left = {pgid: live_pids_in_group(pgid) for pgid in groups}
-        assert not any(left.values()), left
-        print(f"standalone ready after {ready_s:.0f}s, everything stopped {stop_s:.0f}s after SIGINT")
-    finally:
-        if runner.poll() is None:
-            runner.send_signal(signal.SIGINT)
-            with suppress(subprocess.TimeoutExpired):
-                runner.wait(timeout=180)
-        for pgid in groups:  # never leave a failed test's processes behind
-            if live_pids_in_group(pgid):
-                os.killpg(pgid, signal.SIGKILL)
