@@ -33,6 +33,7 @@ from embedding_pipeline.es_sink import (
     bulk_load_settings,
     count_docs,
     end_bulk_load,
+    ensure_index,
     ensure_keyword_index,
     get_bulk_settings,
     index_keyword_chunk,
@@ -270,6 +271,47 @@ def test_existing_index_with_conflicting_type_is_refused(es: Elasticsearch, alia
     assert f"{alias}-g1" in message and alias in message
     assert "'keyword_id' is long, expected keyword" in message
     assert "analyzer 'default', expected 'cjk'" in message
+
+
+@live
+def test_fields_a_newer_release_writes_are_added_to_an_existing_index(es: Elasticsearch, alias: str) -> None:
+    """Only-additive differences (a new field, a new sub-field of an object) are put into the live
+    mapping, so `dynamic: strict` accepts the new documents; a changed type is refused and then
+    nothing is added."""
+    old = {
+        "dynamic": "strict",
+        "properties": {"id": {"type": "keyword"}, "link": {"properties": {"top_k": {"type": "integer"}}}},
+    }
+    first = ensure_index(es, alias, old)
+    new = {
+        "dynamic": "strict",
+        "properties": {
+            "id": {"type": "keyword"},
+            "link": {"properties": {"top_k": {"type": "integer"}, "exact": {"type": "boolean"}}},
+            "linked_at": {"type": "date"},
+        },
+    }
+    again = ensure_index(es, alias, new)
+    assert (again.index, again.created) == (first.index, False)
+    mapping = es.indices.get_mapping(index=first.index).body[first.index]["mappings"]
+    assert mapping["properties"]["link"]["properties"]["exact"]["type"] == "boolean"
+    assert mapping["properties"]["linked_at"]["type"] == "date"
+    es.index(
+        index=alias,
+        id="1",
+        document={"id": "1", "link": {"top_k": 3, "exact": True}, "linked_at": "2024-01-01"},
+        refresh=True,
+    )
+    assert count_docs(es, alias) == 1
+
+    conflicting = {
+        "properties": {**new["properties"], "id": {"type": "long"}, "added_later": {"type": "keyword"}}
+    }
+    with pytest.raises(EsIndexError, match="'id' is keyword, expected long") as caught:
+        ensure_index(es, alias, conflicting)
+    assert "'added_later' is missing" in str(caught.value)
+    mapping = es.indices.get_mapping(index=first.index).body[first.index]["mappings"]
+    assert "added_later" not in mapping["properties"]
 
 
 @live

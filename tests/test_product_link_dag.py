@@ -169,7 +169,10 @@ def test_threshold_keeps_products_with_no_keyword_and_filters_match_the_product(
     assert all(k["score"] >= 0.9999 for d in docs.values() for k in d["keywords"])
 
     report = _report(
-        run_dag("product_link", _conf(env, dt_end=None, match_fields=["category"], top_k=3)), "product_link"
+        run_dag(
+            "product_link", _conf(env, dt_end=None, match_fields=["category"], top_k=3, search_hnsw_ef=64)
+        ),
+        "product_link",
     )
     _assert_balanced(report)
     categories = {k: d.get("category") for k, d in _sources(env["kw"]).items()}
@@ -177,6 +180,7 @@ def test_threshold_keeps_products_with_no_keyword_and_filters_match_the_product(
     checked = 0
     for doc in docs.values():
         assert doc["link"]["match_fields"] == ["category"] and len(doc["keywords"]) <= 3
+        assert (doc["link"]["hnsw_ef"], doc["link"]["exact"]) == (64, False)  # how the list was searched
         if doc.get("category"):
             checked += len(doc["keywords"])
             assert {categories[k["keyword_id"]] for k in doc["keywords"]} <= {doc["category"]}
@@ -256,6 +260,8 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
         ("match_fields", ["colour"]),
         ("keyword_filter", "lang=ja"),
         ("product_role", "document"),
+        ("search_hnsw_ef", 0),
+        ("search_exact", "yes"),
         ("product_alias", "Products"),
     ],
 )

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from embedding_pipeline.dead_letter import DeadLetterWriter, read_dead_letters
-from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.errors import ConfigError, InvalidInputError
 from embedding_pipeline.qdrant_sink import (
     DEFAULT_PAYLOAD_INDEXES,
     METADATA_KEY,
@@ -507,6 +507,40 @@ def test_search_honours_score_threshold_and_payload_filter(memory_client, indexe
             assert {h.payload["category"] for h in query_hits} == {"travel"}
             expected = np.argsort(-masked[q])[:7]
             assert [h.payload["keyword_id"] for h in query_hits] == [f"k{i:05d}" for i in expected]
+
+
+def test_search_passes_hnsw_ef_and_exact_to_the_engine(memory_client, indexed: np.ndarray) -> None:
+    """What a server's HNSW search would use reaches every request (recorded by a wrapper: local
+    mode, the only engine here, searches exhaustively and ignores both); the hits stay the exact ones."""
+    seen: list[Any] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(memory_client, name)
+
+        def query_batch_points(self, collection_name: str, requests: list, **kwargs: Any) -> Any:
+            seen.extend(r.params for r in requests)
+            return memory_client.query_batch_points(collection_name, requests=requests, **kwargs)
+
+    queries = indexed[:5] + 0.05
+    plain = search(Recording(), ALIAS, queries, top_k=4, batch_size=2)  # type: ignore[arg-type]
+    assert seen == [None] * 5
+    seen.clear()
+    tuned = search(Recording(), ALIAS, queries, top_k=4, hnsw_ef=128, batch_size=2)  # type: ignore[arg-type]
+    assert [(p.hnsw_ef, p.exact) for p in seen] == [(128, False)] * 5
+    seen.clear()
+    exact = search(Recording(), ALIAS, queries, top_k=4, exact=True, batch_size=2)  # type: ignore[arg-type]
+    assert [(p.hnsw_ef, p.exact) for p in seen] == [(None, True)] * 5
+
+    def ids_scores(hits: list[list[Any]]) -> tuple[list[list[str]], np.ndarray]:
+        ids = [[h.payload["keyword_id"] for h in q] for q in hits]
+        return ids, np.array([[h.score for h in q] for q in hits])
+
+    for hits in (tuned, exact):
+        assert ids_scores(hits)[0] == ids_scores(plain)[0]
+        np.testing.assert_allclose(ids_scores(hits)[1], ids_scores(plain)[1])
+    with pytest.raises(InvalidInputError, match="hnsw_ef must be >= 1"):
+        search(memory_client, ALIAS, queries, top_k=4, hnsw_ef=0)
 
 
 def test_search_refuses_query_vectors_of_another_model(memory_client, indexed: np.ndarray) -> None:

@@ -367,6 +367,9 @@ def test_quality_is_exact_on_local_mode(
     text = render_report(report)
     assert "recall mean 1.0000  min 1.0000  products below 1: 0" in text
     assert f"of {len(corpus.docs)} sampled products" in text
+    # The corpus was linked with LinkOptions' defaults: the server's default ef (local mode: exact).
+    assert report.searched_with == {"server default ef": len(corpus.docs)}
+    assert f"searched with server default ef ({len(corpus.docs)})" in text
 
     at_5 = check_link_quality(es, qdrant, embedder, corpus.product_alias, QDRANT_ALIAS, seed=0, top_k=5)
     assert at_5.ks == (5,) and at_5.recall_mean == 1.0

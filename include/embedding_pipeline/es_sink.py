@@ -424,12 +424,51 @@ def _meta_problems(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> li
     ]
 
 
+def _missing_properties(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields (and object sub-fields) of ``expected`` that ``actual`` lacks: a mapping ES can add."""
+    missing: dict[str, Any] = {}
+    actual_props = actual.get("properties", {})
+    for name, spec in expected.get("properties", {}).items():
+        have = actual_props.get(name)
+        if have is None:
+            missing[name] = spec
+        elif "properties" in spec and spec.get("type", "object") == have.get("type", "object"):
+            inner = _missing_properties(spec, have)
+            if inner:
+                missing[name] = {**({"type": spec["type"]} if "type" in spec else {}), "properties": inner}
+    return missing
+
+
+def _with_properties(actual: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
+    """``actual`` as it reads once ``added`` (from :func:`_missing_properties`) is put."""
+    merged = {**actual, "properties": dict(actual.get("properties", {}))}
+    for name, spec in added.items():
+        have = merged["properties"].get(name)
+        merged["properties"][name] = (
+            spec if have is None else _with_properties(have, spec.get("properties", {}))
+        )
+    return merged
+
+
 def check_index_compatible(es: Elasticsearch, alias: str, index: str, mappings: Mapping[str, Any]) -> None:
-    """Raise :class:`EsIndexError` naming alias, index and every difference from ``mappings``."""
+    """Raise :class:`EsIndexError` naming alias, index and every difference from ``mappings``.
+
+    Fields this version writes that the index lacks (a newer release added them) are put into the
+    index's mapping when that is the only difference: ES adds fields to a live mapping, and with
+    ``dynamic: strict`` the writes would otherwise be refused. A changed type or analyzer is never
+    patched in place (existing documents were indexed the old way): that needs a new generation.
+    """
     actual = _index_mapping(es, index)
-    problems = _meta_problems(mappings.get("_meta", {}), actual.get("_meta", {})) + _mapping_problems(
-        mappings, actual
-    )
+    meta = _meta_problems(mappings.get("_meta", {}), actual.get("_meta", {}))
+    missing = _missing_properties(mappings, actual)
+    if not meta and missing and not _mapping_problems(mappings, _with_properties(actual, missing)):
+        try:
+            es.indices.put_mapping(index=index, properties=missing)
+        except Exception as exc:
+            _raise_clear(exc, f"adding fields {sorted(missing)} to the mapping of {index!r}")
+        log.info("alias %s -> index %s: added fields %s to its mapping", alias, index, sorted(missing))
+        actual = _index_mapping(es, index)
+    problems = meta + _mapping_problems(mappings, actual)
     if problems:
         raise EsIndexError(
             f"alias {alias!r} -> index {index!r} is incompatible with what this run writes: "

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -137,6 +137,9 @@ class QualityReport:
     seconds: float
     embed_seconds: float
     scan_seconds: float
+    # How the sampled lists were searched (the document's link.hnsw_ef / link.exact): "hnsw_ef 128",
+    # "exact", "server default" -> products. Local mode is exact whatever was asked.
+    searched_with: Mapping[str, int] = field(default_factory=dict)
 
 
 def _matches(value: Any, allowed: frozenset[Any]) -> bool:
@@ -432,7 +435,15 @@ def check_link_quality(
         seconds=round(time.monotonic() - started, 3),
         embed_seconds=round(embed_seconds, 3),
         scan_seconds=round(scan_seconds, 3),
+        searched_with=dict(Counter(_searched_with(d) for d in docs)),
     )
+
+
+def _searched_with(doc: Mapping[str, Any]) -> str:
+    link = doc.get("link") or {}
+    if link.get("exact"):
+        return "exact"
+    return f"hnsw_ef {link['hnsw_ef']}" if link.get("hnsw_ef") is not None else "server default ef"
 
 
 def render_report(report: QualityReport, max_products: int = RENDERED_PRODUCTS) -> str:
@@ -443,7 +454,8 @@ def render_report(report: QualityReport, max_products: int = RENDERED_PRODUCTS) 
         f"against {report.keyword_collection} ({report.keywords_scanned} keywords), model {report.model}",
         f"  recall mean {report.recall_mean:.4f}  min {report.recall_min:.4f}  "
         f"products below 1: {len(report.below)}",
-        f"  largest stored-vs-exact score difference {report.max_score_drift:.2e}",
+        f"  largest stored-vs-exact score difference {report.max_score_drift:.2e}; searched with "
+        + ", ".join(f"{how} ({n})" for how, n in sorted(report.searched_with.items())),
     ]
     for entry in report.below[:max_products]:
         missed = ", ".join(f"{m.keyword} ({m.keyword_id}, {m.score:.4f})" for m in entry.missed)

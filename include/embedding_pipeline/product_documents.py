@@ -7,7 +7,8 @@ document per ``product_id``::
     keywords: nested [{keyword_id, keyword, score, rank}]     best first, rank 1..K
     keyword_count, top_score
     model_name, model_version, content_hash, linked_at
-    link: {top_k, score_threshold, match_fields, keyword_filter (JSON text), role, keyword_collection}
+    link: {top_k, score_threshold, match_fields, keyword_filter (JSON text), role, keyword_collection,
+           hnsw_ef, exact}
 
 ``_id`` is the ``product_id`` (stable, short, unique; a product name may be long or shared). A
 re-link writes the whole document again, so the nested list is replaced, never appended to; a
@@ -78,6 +79,8 @@ def product_mappings(
                     "keyword_filter": {"type": "keyword"},
                     "role": {"type": "keyword"},
                     "keyword_collection": {"type": "keyword"},
+                    "hnsw_ef": {"type": "integer"},
+                    "exact": {"type": "boolean"},
                 }
             },
         },

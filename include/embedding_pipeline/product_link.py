@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 KIND = "product"
 STAGE = "link"
 MAX_TOP_K = 1000
+MAX_HNSW_EF = 4096
 TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
 # Product fields a "match" filter may compare with the same keyword payload field (brand: keywords have none).
 MATCHABLE_FIELDS = ("category", "lang")  # fields both tables carry
@@ -68,6 +69,8 @@ class LinkOptions:
     match_fields: tuple[str, ...] = ()
     keyword_filter: Mapping[str, Any] = field(default_factory=dict)
     role: Role | None = "query"
+    hnsw_ef: int | None = None  # Qdrant server: HNSW candidates per query (None: the server's default)
+    exact: bool = False  # Qdrant server: search without the index (local mode is always exact)
     write_batch: int = 512
 
     def __post_init__(self) -> None:
@@ -90,6 +93,8 @@ class LinkOptions:
             raise ConfigError(f"role must be one of {list(ROLES)} or None, got {self.role!r}")
         if self.write_batch < 1:
             raise ConfigError("write_batch must be >= 1")
+        if self.hnsw_ef is not None and not 1 <= self.hnsw_ef <= MAX_HNSW_EF:
+            raise ConfigError(f"hnsw_ef must be in 1..{MAX_HNSW_EF} or None, got {self.hnsw_ef}")
 
     def to_xcom(self) -> dict[str, Any]:
         return {
@@ -107,6 +112,8 @@ class LinkOptions:
             "keyword_filter": json.dumps(dict(self.keyword_filter), ensure_ascii=False, sort_keys=True),
             "role": self.role or "none",
             "keyword_collection": keyword_collection,
+            "hnsw_ef": self.hnsw_ef,
+            "exact": self.exact,
         }
 
 
@@ -263,6 +270,8 @@ def _documents(
         query_filters=_filters(options, payloads) if options.match_fields or options.keyword_filter else None,
         model_name=meta["model_name"],
         model_version=meta["model_version"],
+        hnsw_ef=None if options.hnsw_ef is None else max(options.hnsw_ef, options.top_k + TIE_MARGIN),
+        exact=options.exact,
         batch_size=search_settings.search_batch,
         max_retries=search_settings.max_retries,
         backoff_initial_s=search_settings.backoff_initial_s,

@@ -854,6 +854,8 @@ def search(
     query_filters: Sequence[models.Filter | Mapping[str, Any] | None] | None = None,
     model_name: str | None = None,
     model_version: int | str | None = None,
+    hnsw_ef: int | None = None,
+    exact: bool = False,
     batch_size: int = 64,
     max_retries: int = 5,
     backoff_initial_s: float = 0.2,
@@ -867,6 +869,10 @@ def search(
     model). ``query_filter`` is a ``Filter`` or a mapping of payload field -> value(s) applied to
     every query; ``query_filters`` holds one more (or None) per query vector, ANDed with it - the
     linker's "same category as this product".
+
+    ``hnsw_ef`` (candidates explored per query; the server's default is the collection's
+    ``ef_construct``) and ``exact`` (skip the index) only matter on a server, whose HNSW index is
+    approximate; local mode always searches exhaustively and ignores them.
     """
     queries = np.asarray(vectors, dtype=np.float32)
     if queries.ndim != 2 or len(queries) == 0:
@@ -877,6 +883,8 @@ def search(
         raise InvalidInputError("query vectors contain NaN or inf")
     if top_k < 1:
         raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
+    if hnsw_ef is not None and hnsw_ef < 1:
+        raise InvalidInputError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
     if query_filters is not None and len(query_filters) != len(queries):
         raise InvalidInputError(
             f"query_filters has {len(query_filters)} entries for {len(queries)} query vectors"
@@ -893,13 +901,19 @@ def search(
     shared = _as_filter(query_filter)
     per_query = query_filters if query_filters is not None else [None] * len(queries)
     filters = [_and(shared, _as_filter(f)) for f in per_query]
+    params = models.SearchParams(hnsw_ef=hnsw_ef, exact=exact) if hnsw_ef is not None or exact else None
     retry = _Retry(max_retries, backoff_initial_s, backoff_max_s, sleep)
     results: list[list[Hit]] = []
     for start in range(0, len(queries), batch_size):
         stop = start + batch_size
         requests = [
             models.QueryRequest(
-                query=q.tolist(), limit=top_k, score_threshold=score_threshold, filter=f, with_payload=True
+                query=q.tolist(),
+                limit=top_k,
+                score_threshold=score_threshold,
+                filter=f,
+                params=params,
+                with_payload=True,
             )
             for q, f in zip(queries[start:stop], filters[start:stop], strict=True)
         ]

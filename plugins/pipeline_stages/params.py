@@ -8,7 +8,7 @@ from airflow.sdk import Param
 from embedding_pipeline.model_registry import FAMILIES
 from embedding_pipeline.model_source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.onnx_export import PRECISIONS
-from embedding_pipeline.product_link import MATCHABLE_FIELDS, MAX_TOP_K
+from embedding_pipeline.product_link import MATCHABLE_FIELDS, MAX_HNSW_EF, MAX_TOP_K
 from embedding_pipeline.settings import data_root
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -104,6 +104,19 @@ def product_params() -> dict[str, Param]:
             {},
             type="object",
             description='Static keyword payload filter, e.g. {"lang": "ja"} or {"lang": ["ja", "en"]}.',
+        ),
+        "search_hnsw_ef": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=MAX_HNSW_EF,
+            description="Qdrant server: HNSW candidates per query (higher: better recall, slower; empty: "
+            "the server's default, ef_construct). Local mode is exact and ignores it.",
+        ),
+        "search_exact": Param(
+            False,
+            type="boolean",
+            description="Qdrant server: search without the HNSW index (exact, slow at scale).",
         ),
         "product_role": Param(
             "query",

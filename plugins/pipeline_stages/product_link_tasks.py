@@ -31,6 +31,8 @@ def _options(params: dict) -> Any:
             match_fields=tuple(params["match_fields"] or ()),
             keyword_filter=params["keyword_filter"] or {},
             role=None if params["product_role"] == "none" else params["product_role"],
+            hnsw_ef=params["search_hnsw_ef"],
+            exact=params["search_exact"],
         )
 
 
