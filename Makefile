@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve airflow bench bench-link clean
+.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -34,6 +34,9 @@ bench: setup
 
 bench-link: setup
 	$(PY) bench/bench_product_link.py
+
+bench-hnsw: setup
+	$(PY) bench/bench_hnsw_recall.py
 
 clean:
 	rm -rf var .pytest_cache

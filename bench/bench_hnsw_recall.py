@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -221,15 +222,21 @@ def tie_summary(truth: Truth, k: int, tolerance: float) -> dict[str, Any]:
 
 
 def numpy_latency(kv: np.ndarray, pv: np.ndarray, k: int, queries: int) -> dict[str, Any]:
-    """One product at a time through NumPy brute force (the exhaustive reference's cost per query)."""
+    """One product at a time through NumPy brute force (the exhaustive reference's cost per query).
+
+    BLAS is held to one thread: on this shared 2-core box OpenBLAS's second thread makes a single
+    matrix-vector product 5-40x slower whenever a neighbour holds a core."""
+    from threadpoolctl import threadpool_limits
+
     lat = []
-    for i in range(min(queries, len(pv))):
-        t0 = time.perf_counter_ns()
-        sims = kv @ pv[i]
-        part = np.argpartition(-sims, k - 1)[:k]
-        part[np.argsort(-sims[part], kind="stable")]
-        lat.append(time.perf_counter_ns() - t0)
-    return latency_stats(lat)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for i in range(min(queries, len(pv))):
+            t0 = time.perf_counter_ns()
+            sims = kv @ pv[i]
+            part = np.argpartition(-sims, k - 1)[:k]
+            part[np.argsort(-sims[part], kind="stable")]
+            lat.append(time.perf_counter_ns() - t0)
+    return {**latency_stats(lat), "blas_threads": 1}
 
 
 # -- 4: qdrant-edge -------------------------------------------------------------------------------
@@ -390,12 +397,15 @@ def evaluate(
     tolerance: float,
     kcode: np.ndarray | None,
     pcode: np.ndarray | None,
+    duplicated: np.ndarray,
 ) -> dict[str, Any]:
     """recall@K two ways: id overlap with the exact top-K (``recall``), and ``link_quality``'s rule
     (a hit counts when its exact score is within ``tolerance`` of the K-th exact score: ties are not
-    misses). Also: hits outside the filter, short lists, and engine vs NumPy score differences."""
+    misses). Also: hits outside the filter, short lists, engine vs NumPy score differences, and how
+    many exact keywords were missed and how many of those share their vector with another keyword."""
     strict, tie_aware = [], []
-    outside_filter = short = 0
+    outside_filter = short = missed = missed_duplicated = 0
+    lost_keywords: Counter[int] = Counter()
     drift = 0.0
     for i, (got, got_scores) in enumerate(zip(hits, engine_scores, strict=True)):
         exact_ids = truth.ids[i, :k]
@@ -406,7 +416,11 @@ def evaluate(
             strict.append(1.0)
             tie_aware.append(1.0)
             continue
-        strict.append(len(set(rows.tolist()) & set(exact_ids[exact_ids >= 0].tolist())) / expected)
+        lost = np.setdiff1d(exact_ids[exact_ids >= 0], rows)
+        missed += len(lost)
+        lost_keywords.update(lost.tolist())
+        missed_duplicated += int(duplicated[lost].sum())
+        strict.append((expected - len(lost)) / expected)
         if len(rows) == 0:
             tie_aware.append(0.0)
             continue
@@ -428,6 +442,10 @@ def evaluate(
         "min_tie_aware": round(float(t.min()), 4),
         "products_below_1": int((s < 1.0).sum()),
         "histogram": {f"{v:.4f}": n for v, n in sorted(Counter(np.round(s, 4).tolist()).items())},
+        "missed_keywords": missed,
+        "missed_keywords_with_duplicate_vector": missed_duplicated,
+        "missed_keywords_distinct": len(lost_keywords),
+        "missed_most_often": [[row, n] for row, n in lost_keywords.most_common(5)],
         "hits_outside_filter": outside_filter,
         "short_lists": short,
         "max_score_diff_vs_numpy": float(f"{drift:.3g}"),
@@ -452,6 +470,8 @@ def bench_builds(
 
     k = args.top_k
     kcode, pcode = codes
+    _, inverse, counts = np.unique(kv, axis=0, return_inverse=True, return_counts=True)
+    duplicated = counts[inverse.reshape(-1)] > 1  # keyword rows whose vector another row has too
     queries = [q.Query.Nearest(v) for v in pv]
     category_filters = {
         c: q.Filter(must=[q.FieldCondition(key=MATCH_FIELD, match=q.MatchValue(c))])
@@ -487,6 +507,7 @@ def bench_builds(
                     tolerance,
                     kcode if cell.filtered else None,
                     pcode if cell.filtered else None,
+                    duplicated,
                 )
                 if cell.exact and quality["min_tie_aware"] < 1.0:
                     raise RuntimeError(
@@ -572,7 +593,10 @@ def run_section(
     with meter.measure(f"{section} NumPy exact top-{depth}", args.products) as exact_run:
         truths = {False: exact_top(kv, pv, depth), True: exact_top(kv, pv, depth, kcode, pcode)}
     texts = Counter(keywords["texts"])
-    vectors_dup = len(kv) - len(np.unique(kv, axis=0))
+    _, vector_counts = np.unique(kv, axis=0, return_counts=True)
+    encoded = model.encoder.tokenizer.encode_batch(model.encoder.prefixed(keywords["texts"], "passage"))
+    token_seqs = {tuple(e.ids) for e in encoded}
+    unk = model.encoder.tokenizer.token_to_id("[UNK]")
     ties = {str(f): tie_summary(t, k, SCORE_TOLERANCE) for f, t in truths.items()}
 
     builds = bench_builds(
@@ -603,7 +627,11 @@ def run_section(
         "keyword_texts": {
             "distinct": len(texts),
             "rows_with_duplicate_text": sum(n for n in texts.values() if n > 1),
-            "duplicate_vectors": int(vectors_dup),
+            "distinct_token_sequences": len(token_seqs),
+            "rows_with_unknown_tokens": sum(unk in e.ids for e in encoded) if unk is not None else None,
+            "distinct_vectors": len(vector_counts),
+            "rows_with_duplicate_vector": int(vector_counts[vector_counts > 1].sum()),
+            "largest_duplicate_vector_group": int(vector_counts.max()),
         },
         "categories": {
             "keywords_per_category": dict(per_category.most_common()),
@@ -634,57 +662,77 @@ def find(build: dict[str, Any], ef: int | None, filtered: bool, request: str = "
     return None
 
 
+def below(cell: dict[str, Any] | None, limit: float) -> int | None:
+    """Products whose recall is below ``limit`` (from the cell's histogram)."""
+    return None if cell is None else sum(n for v, n in cell["histogram"].items() if float(v) < limit)
+
+
+def share_pct(cell: dict[str, Any] | None) -> float | None:
+    """Share at 1.0 in percent, rounded down (99.95% must not print as 100.0%)."""
+    return None if cell is None else math.floor(1000 * cell["share_at_1"] + 1e-9) / 10
+
+
 def per_build(builds: Sequence[dict[str, Any]], pick: Any, fmt: str) -> str:
     values = [pick(b) for b in builds]
     return " / ".join("–" if v is None else format(v, fmt) for v in values)
 
 
 def section_markdown(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
-    k = cfg["top_k"]
-    builds, cats, ex = sec["builds"], sec["categories"], sec["exact"]
+    k, tol = cfg["top_k"], cfg["score_tolerance"]
+    builds, cats, ex, kt = sec["builds"], sec["categories"], sec["exact"], sec["keyword_texts"]
     per_cat = list(cats["keywords_per_category"].values())
     built = "; ".join(
-        f"build {b['build']}: upsert {b['upsert_s']:.1f}s, optimize {b['optimize_s']:.1f}s, "
-        f"indexed {b['info_after_optimize']['indexed_vectors_count']}/{b['info_after_optimize']['points_count']}"
+        f"build {b['build']}: upsert {b['upsert_s']:.1f}s, optimize (HNSW build) {b['optimize_s']:.1f}s, "
+        f"indexed_vectors_count {b['info_after_optimize']['indexed_vectors_count']} of "
+        f"{b['info_after_optimize']['points_count']} points"
         for b in builds
     )
     differing = [b.get("default_top_k_lists_differing_from_build_1") for b in builds[1:]]
-    ties = sec["exact"]["ties_at_cut"]
+    if differing:
+        built += f". Default-ef top-{k} lists differing from build 1's: {', '.join(map(str, differing))}"
+    ties = ex["ties_at_cut"]
+    emb = sec["embed"]
     lines = [
         f"## {sec['keywords']:,} keywords × {sec['products']:,} products",
         "",
-        f"Embedded in-process: keywords {sec['embed']['keywords_per_s']:.0f}/s ({sec['embed']['keywords_s']:.0f}s), "
-        f"products {sec['embed']['products_s']:.0f}s. {sec['keyword_texts']['rows_with_duplicate_text']} keyword "
-        f"rows share their text with another ({sec['keyword_texts']['duplicate_vectors']} duplicate vectors). "
-        f"Exact top-{k} ties at the cut (K-th vs K+1-th within {cfg['score_tolerance']}): "
-        f"{ties['False']['products_tied_at_cut']} products unfiltered, {ties['True']['products_tied_at_cut']} "
-        "filtered.",
+        f"Embedded in-process: keywords {emb['keywords_per_s']:.0f}/s ({emb['keywords_s']:.0f}s), products "
+        f"{emb['products_s']:.0f}s. Keywords: {kt['distinct']} distinct texts, but only "
+        f"{kt['distinct_token_sequences']} distinct token sequences ({kt['rows_with_unknown_tokens']} texts "
+        f"hold `[UNK]`: MiniLM's vocabulary lacks most kanji) and {kt['distinct_vectors']} distinct vectors; "
+        f"{kt['rows_with_duplicate_vector']} keywords share their vector with another (largest group "
+        f"{kt['largest_duplicate_vector_group']}). Exact top-{k} ties at the cut (K-th and K+1-th score "
+        f"within {tol}): {ties['False']['products_tied_at_cut']} products unfiltered, "
+        f"{ties['True']['products_tied_at_cut']} filtered.",
         "",
-        f"Shards: {built}."
-        + (
-            f" Default-ef top-{k} lists differing from build 1: {', '.join(map(str, differing))}."
-            if differing
-            else ""
-        ),
+        f"Shards: {built}.",
         "",
         f"Filter: {len(per_cat)} categories, {min(per_cat)}-{max(per_cat)} keywords each "
-        f"({cats['keywords_without_category']} without one); full_scan_threshold {FULL_SCAN_THRESHOLD_KB} KB = "
-        f"{cats['full_scan_threshold_vectors']} vectors of {cfg['dim']} dims, so "
-        f"{cats['categories_below_full_scan_threshold']} of {len(per_cat)} categories are below it (Qdrant plans "
-        "those filtered searches as a scan of the payload index's matches, not the graph).",
+        f"({cats['keywords_without_category']} without one). full_scan_threshold {FULL_SCAN_THRESHOLD_KB} KB "
+        f"= {cats['full_scan_threshold_vectors']} vectors of {cfg['dim']} dims, and Qdrant plans a filtered "
+        "search matching fewer points as a scan of the payload index's matches (exact), not a graph search: "
+        f"{cats['categories_below_full_scan_threshold']} of {len(per_cat)} categories are below it here"
+        + (
+            ", so every filtered search below is exact whatever `hnsw_ef` says."
+            if cats["categories_below_full_scan_threshold"] == len(per_cat)
+            else (
+                ", so the filtered searches go through the graph."
+                if cats["categories_below_full_scan_threshold"] == 0
+                else "."
+            )
+        ),
         "",
-        f"| hnsw_ef | recall@{k} | at 1.0 | min | p50 ms | p95 ms | filtered recall@{k} | at 1.0 | min "
-        "| p50 ms | p95 ms |",
+        f"| hnsw_ef | recall@{k} | at 1.0 | min | p50 ms | p95 ms "
+        f"| filtered recall@{k} | at 1.0 | min | p50 ms | p95 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def row(label: str, ef: int | None, request: str = "top_k", exact: bool = False) -> str:
+    def row(label: str, ef: int | None, exact: bool = False) -> str:
         cells = []
         for filtered in (False, True):
-            got = [find(b, ef, filtered, request, exact) for b in builds]
+            got = [find(b, ef, filtered, "top_k", exact) for b in builds]
             cells += [
                 per_build(got, lambda c: c and c["recall"], ".4f"),
-                per_build(got, lambda c: c and 100 * c["share_at_1"], ".1f") + "%",
+                per_build(got, share_pct, ".1f") + "%",
                 per_build(got, lambda c: c and c["min"], ".2f"),
                 per_build(got, lambda c: c and c["latency"]["p50_ms"], ".2f"),
                 per_build(got, lambda c: c and c["latency"]["p95_ms"], ".2f"),
@@ -695,36 +743,59 @@ def section_markdown(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         lines.append(row(ef_label(ef), ef))
     lines.append(row("engine `exact=True`", None, exact=True))
     npq = ex["numpy_one_query"]
+    margin = cfg["tie_margin"]
     lines += [
-        f"| NumPy brute force, 1 query | 1 | | | {npq['p50_ms']:.2f} | {npq['p95_ms']:.2f} | | | | | |",
+        f"| NumPy brute force, 1 query, 1 BLAS thread | | | | {npq['p50_ms']:.2f} | {npq['p95_ms']:.2f} "
+        "| | | | | |",
         "",
-        f"As `link_chunk` asks (limit {k}+{cfg['tie_margin']}, `hnsw_ef` raised to >= {k + cfg['tie_margin']}, "
+        f"As `link_chunk` asks (limit {k}+{margin}, `hnsw_ef` raised to >= {k + margin}, "
         f"cut to {k} by score then keyword id):",
         "",
-        f"| hnsw_ef set | recall@{k} | at 1.0 | filtered recall@{k} | at 1.0 | p50 ms | filtered p50 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| hnsw_ef set | recall@{k} | at 1.0 | min | filtered recall@{k} | at 1.0 | min "
+        "| p50 ms | filtered p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for ef in cfg["efs"]:
         un = [find(b, ef, False, "link") for b in builds]
         fi = [find(b, ef, True, "link") for b in builds]
         lines.append(
             f"| {ef_label(ef)} | {per_build(un, lambda c: c and c['recall'], '.4f')} "
-            f"| {per_build(un, lambda c: c and 100 * c['share_at_1'], '.1f')}% "
+            f"| {per_build(un, share_pct, '.1f')}% "
+            f"| {per_build(un, lambda c: c and c['min'], '.2f')} "
             f"| {per_build(fi, lambda c: c and c['recall'], '.4f')} "
-            f"| {per_build(fi, lambda c: c and 100 * c['share_at_1'], '.1f')}% "
+            f"| {per_build(fi, share_pct, '.1f')}% "
+            f"| {per_build(fi, lambda c: c and c['min'], '.2f')} "
             f"| {per_build(un, lambda c: c and c['latency']['p50_ms'], '.2f')} "
             f"| {per_build(fi, lambda c: c and c['latency']['p50_ms'], '.2f')} |"
         )
-    gaps = [c["recall_tie_aware"] - c["recall"] for b in builds for c in b["cells"] if not c["exact"]]
+    half = "; ".join(
+        f"{ef_label(ef)} {per_build([find(b, ef, False) for b in builds], lambda c: below(c, 0.5), 'd')}"
+        for ef in cfg["efs"]
+    )
+    approx = [c for b in builds for c in b["cells"] if not c["exact"]]
     exact_cells = [c for b in builds for c in b["cells"] if c["exact"]]
+    missed = sum(c["missed_keywords"] for c in approx)
+    missed_dup = sum(c["missed_keywords_with_duplicate_vector"] for c in approx)
+    spread = ", ".join(
+        f"{c['missed_keywords']} misses of {c['missed_keywords_distinct']} distinct keywords"
+        for c in (find(b, None, False) for b in builds)
+        if c is not None
+    )
+    tie_gain = max((c["recall_tie_aware"] - c["recall"] for c in approx), default=0.0)
     lines += [
         "",
-        f"Ties: counting a hit within {cfg['score_tolerance']} of the {k}-th exact score as correct "
-        f"(`link_quality`'s rule) raises recall by at most {max(gaps, default=0):.4f} over all cells. "
+        f"Products with unfiltered recall@{k} < 0.5, per `hnsw_ef`: {half} (of {sec['products']}).",
+        "",
+        f"Ties: counting a hit within {tol} of the {k}-th exact score as correct (`link_quality`'s rule) "
+        f"raises recall by at most {tie_gain:.4f} "
+        f"in any cell. Of all exact keywords the HNSW cells missed ({missed}), {missed_dup} "
+        f"({100 * missed_dup / max(missed, 1):.0f}%) share their vector with another keyword "
+        f"({100 * kt['rows_with_duplicate_vector'] / sec['keywords']:.1f}% of keywords do). Default "
+        f"`hnsw_ef`, unfiltered, per build: {spread}. "
         f"Engine `exact=True`: recall {min(c['recall'] for c in exact_cells):.4f} by id, "
-        f"{min(c['recall_tie_aware'] for c in exact_cells):.4f} counting ties; largest engine vs NumPy score "
-        f"difference {max(c['max_score_diff_vs_numpy'] for c in exact_cells):.1e}. Hits outside the filter: "
-        f"{sum(c['hits_outside_filter'] for b in builds for c in b['cells'])}.",
+        f"{min(c['recall_tie_aware'] for c in exact_cells):.4f} counting ties; largest engine vs NumPy "
+        f"score difference {max(c['max_score_diff_vs_numpy'] for c in exact_cells):.1e}. Hits outside "
+        f"the filter: {sum(c['hits_outside_filter'] for b in builds for c in b['cells'])}.",
         "",
     ]
     return lines
@@ -732,33 +803,36 @@ def section_markdown(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
 
 def markdown(report: dict[str, Any]) -> str:
     cfg, mach = report["config"], report["machine"]
+    versions = mach["versions"]
     sampled = report.get("load_sampled") or {}
     h = cfg["hnsw"]
+    k = cfg["top_k"]
+    load = (
+        f"; 1-min load sampled every {sampled['interval_s']}s: min {sampled['load1_min']}, "
+        f"median {sampled['load1_median']}, max {sampled['load1_max']}"
+        if sampled
+        else ""
+    )
     lines = [
         f"# HNSW recall benchmark {report['date']}",
         "",
         f"{mach['cpu_count']} CPUs ({mach['cpu_model']}), {mach['memory_gb']} GB, Python {mach['python']}, "
-        f"qdrant-edge-py {mach['versions']['qdrant-edge-py']}, onnxruntime {mach['versions']['onnxruntime']}, "
-        f"numpy {mach['versions']['numpy']}. Runtime {report['duration_s']:.0f}s. Load average "
-        f"{mach['loadavg_start']} at start, {mach['loadavg_end']} at end"
-        + (
-            f"; 1-min load sampled every {sampled['interval_s']}s: min {sampled['load1_min']}, "
-            f"median {sampled['load1_median']}, max {sampled['load1_max']}"
-            if sampled
-            else ""
-        )
-        + f". Other processes took {report['other_cores_run']:.2f} cores on average over the run.",
+        f"qdrant-edge-py {versions['qdrant-edge-py']}, onnxruntime {versions['onnxruntime']}, "
+        f"numpy {versions['numpy']}. Runtime {report['duration_s']:.0f}s. Load average "
+        f"{mach['loadavg_start']} at start, {mach['loadavg_end']} at end{load}. Other processes took "
+        f"{report['other_cores_run']:.2f} cores on average over the run.",
         "",
-        f"Index: qdrant-edge (Qdrant's segment engine in-process), HNSW m={h['m']}, ef_construct="
-        f"{h['ef_construct']}, full_scan_threshold={h['full_scan_threshold_kb']} KB, indexing_threshold="
-        f"{h['indexing_threshold_kb']} KB, max_indexing_threads={h['max_indexing_threads']} (Qdrant server "
-        f"defaults), Cosine, keyword payload index on `{MATCH_FIELD}` created before the points. Model "
-        f"{cfg['model']} in-process (ORT threads {cfg['threads']}), keywords as `passage`, products as `query`. "
-        f"recall@{cfg['top_k']} = mean over products of |HNSW top-{cfg['top_k']} ∩ exact top-{cfg['top_k']}| / "
-        f"{cfg['top_k']}, exact = NumPy float32 brute force; *at 1.0* = share of products with recall 1; "
-        "*min* = worst product; latency = one `EdgeShard.search` call per product in this process. "
-        f"Filtered = the link stage's `match_fields=[\"{MATCH_FIELD}\"]` (keywords of the product's category). "
-        f"Values per build are separated by ` / ` ({cfg['builds']} builds, each a fresh shard).",
+        f"Index: qdrant-edge (Qdrant's segment engine in-process), HNSW m={h['m']}, "
+        f"ef_construct={h['ef_construct']}, full_scan_threshold={h['full_scan_threshold_kb']} KB, "
+        f"indexing_threshold={h['indexing_threshold_kb']} KB, max_indexing_threads="
+        f"{h['max_indexing_threads']} (Qdrant server defaults), Cosine, keyword payload index on "
+        f"`{MATCH_FIELD}` created before the points. Model {cfg['model']} in-process (ORT threads "
+        f"{cfg['threads']}), keywords as `passage`, products as `query`. recall@{k} = mean over products "
+        f"of |HNSW top-{k} ∩ exact top-{k}| / {k}, exact = NumPy float32 brute force; *at 1.0* = share "
+        "of products with recall 1; *min* = worst product; latency = one `EdgeShard.search` call per "
+        f'product in this process. Filtered = the link stage\'s `match_fields=["{MATCH_FIELD}"]` '
+        f"(keywords of the product's category). Values per build are separated by ` / ` "
+        f"({cfg['builds']} builds, each a fresh shard). `default` = no `hnsw_ef` in the request.",
         "",
     ]
     for sec in report["sections"]:
@@ -797,7 +871,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 8000 keywords (just above the thresholds), 300 products",
+        help="smoke run: 8000 keywords (above both thresholds), 300 products",
     )
     parser.add_argument(
         "--render", type=Path, default=None, help="only re-write the .md of an existing results JSON"

@@ -367,7 +367,8 @@ def test_quality_is_exact_on_local_mode(
     text = render_report(report)
     assert "recall mean 1.0000  min 1.0000  products below 1: 0" in text
     assert f"of {len(corpus.docs)} sampled products" in text
-    # The corpus was linked with LinkOptions' defaults: the server's default ef (local mode: exact).
+    # The corpus's link objects name no hnsw_ef (as documents linked before it was recorded): the
+    # request carried none, i.e. the server's default.
     assert report.searched_with == {"server default ef": len(corpus.docs)}
     assert f"searched with server default ef ({len(corpus.docs)})" in text
 

@@ -49,6 +49,10 @@ KIND = "product"
 STAGE = "link"
 MAX_TOP_K = 1000
 MAX_HNSW_EF = 4096
+# HNSW candidates per query on a Qdrant server. Its own default (ef_construct, 100) gave recall@30
+# 0.978 with 13 of 2000 products keeping less than half their list; 256 gave 0.995 for ~0.6 ms a
+# query, small next to embedding the product (bench/results/hnsw-recall-2026-12-01.md).
+DEFAULT_HNSW_EF = 256
 TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
 # Product fields a "match" filter may compare with the same keyword payload field (brand: keywords have none).
 MATCHABLE_FIELDS = ("category", "lang")  # fields both tables carry
@@ -69,7 +73,7 @@ class LinkOptions:
     match_fields: tuple[str, ...] = ()
     keyword_filter: Mapping[str, Any] = field(default_factory=dict)
     role: Role | None = "query"
-    hnsw_ef: int | None = None  # Qdrant server: HNSW candidates per query (None: the server's default)
+    hnsw_ef: int | None = DEFAULT_HNSW_EF  # Qdrant server: HNSW candidates per query (None: its default)
     exact: bool = False  # Qdrant server: search without the index (local mode is always exact)
     write_batch: int = 512
 
