@@ -69,7 +69,7 @@ from bench_keyword_index import (  # noqa: E402 - bench/ is sys.path[0]; also pu
     scratch_dir,
 )
 from bench_product_link import LoadSampler  # noqa: E402
-from machine import loadavg, machine_info  # noqa: E402
+from machine import loadavg, machine_info, write_results  # noqa: E402
 
 log = logging.getLogger("bench_hnsw_recall")
 
@@ -966,12 +966,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.render.with_suffix('.md')}")
         return 0
     report = run(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"hnsw-recall-{report['date']}" + ("-quick" if args.quick else "")
-    (args.output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.output_dir / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {args.output_dir / stem}.json and .md")
+    write_results(args.output_dir, "hnsw-recall", args.quick, report, markdown)
     return 0
 
 

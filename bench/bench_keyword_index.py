@@ -67,7 +67,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(PROJECT_ROOT / "include"))  # works without `pip install -e .` too
 
-from machine import loadavg, machine_info  # noqa: E402 - bench/ is sys.path[0]
+from machine import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
 
 log = logging.getLogger("bench_keyword_index")
 
@@ -1340,12 +1340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_embed is not None:
         return child_embed(args.child_embed)
     report = run(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"keyword-index-{report['date']}" + ("-quick" if args.quick else "")
-    (args.output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.output_dir / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {args.output_dir / stem}.json and .md")
+    write_results(args.output_dir, "keyword-index", args.quick, report, markdown)
     return 0
 
 

@@ -68,7 +68,7 @@ from bench_keyword_index import (  # noqa: E402 - bench/ is sys.path[0]; also pu
     publish,
     scratch_dir,
 )
-from machine import loadavg  # noqa: E402
+from machine import loadavg, write_results  # noqa: E402
 
 log = logging.getLogger("bench_product_link")
 
@@ -1024,12 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.render.with_suffix('.md')}")
         return 0
     report = run(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"product-link-{report['date']}" + ("-quick" if args.quick else "")
-    (args.output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.output_dir / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {args.output_dir / stem}.json and .md")
+    write_results(args.output_dir, "product-link", args.quick, report, markdown)
     return 0
 
 

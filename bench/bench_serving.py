@@ -36,7 +36,6 @@ Run: ``.venv/bin/python bench/bench_serving.py`` (see bench/README.md); ``--quic
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -66,7 +65,7 @@ from embedding_pipeline.onnx_export import OUTPUT_NAME, Precision, ort_session  
 from embedding_pipeline.server_process import LocalServer  # noqa: E402
 from embedding_pipeline.settings import ServerSettings  # noqa: E402
 from embedding_pipeline.tokenization import TextEncoder  # noqa: E402
-from machine import loadavg, machine_info  # noqa: E402 - bench/ is sys.path[0]
+from machine import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
 
 log = logging.getLogger("bench_serving")
 
@@ -688,12 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     report = run(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"serving-{report['date']}" + ("-quick" if args.quick else "")
-    (args.output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.output_dir / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {args.output_dir / stem}.json and .md")
+    write_results(args.output_dir, "serving", args.quick, report, markdown)
     return 0
 
 

@@ -5,8 +5,10 @@ Shared by the benchmarks (run as ``python bench/<name>.py``, so this folder is o
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -45,3 +47,20 @@ def machine_info(packages: tuple[str, ...]) -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": {package: installed(package) for package in packages},
     }
+
+
+def write_results(
+    output_dir: Path,
+    name: str,
+    quick: bool,
+    report: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+) -> None:
+    """``<output_dir>/<name>-<date>[-quick].json`` and ``.md``, the markdown also printed."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{report['date']}" + ("-quick" if quick else "")
+    text = markdown(report)
+    (output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (output_dir / f"{stem}.md").write_text(text)
+    print(text)
+    print(f"wrote {output_dir / stem}.json and .md")
