@@ -27,8 +27,10 @@ refusal into an error saying what to do instead of a bare 400.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
+import json
 import logging
 import os
 import random
@@ -46,13 +48,14 @@ from elastic_transport import TlsError
 from elasticsearch import ApiError, Elasticsearch
 from elasticsearch import ConnectionError as EsConnectionError
 from elasticsearch.helpers import streaming_bulk
+from elasticsearch.serializer import JsonSerializer
 
 from embedding_pipeline.accounting import StageResult
 from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.errors import ConfigError, PipelineError
 from embedding_pipeline.partitions import partition_version
 from embedding_pipeline.settings import redact_url
-from embedding_pipeline.staging import iter_staged, staged_metadata
+from embedding_pipeline.staging import iter_staged_rows, staged_metadata
 from embedding_pipeline.storage import as_path
 
 log = logging.getLogger(__name__)
@@ -889,8 +892,17 @@ def _send_with_retries(
         pending = retry
 
 
+# The client's own JSON options and fallbacks (dates, numpy, ...), but one encoder for every
+# document: the client's json.dumps(..., default=...) builds a new encoder per call. The bulk
+# helpers send a bytes ``_source`` as it is; ``pending.source`` stays a dict for the dead letter.
+_encode_source = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=JsonSerializer().default
+).encode
+
+
 def _action(alias: str, pending: _Pending, version_type: str | None) -> dict[str, Any]:
-    action = {"_op_type": "index", "_index": alias, "_id": pending.doc_id, "_source": pending.source}
+    source = _encode_source(pending.source).encode("utf-8", "surrogatepass")
+    action = {"_op_type": "index", "_index": alias, "_id": pending.doc_id, "_source": source}
     if version_type:
         action.update(version=pending.version, version_type=version_type)
     return action
@@ -954,8 +966,10 @@ def index_keyword_chunk(
     model_name, model_version = metadata["model_name"], int(metadata["model_version"])
     indexed_at = datetime.now(UTC).isoformat()
 
+    version_of = functools.cache(partition_version)  # a chunk holds one dt: parse it once, not per row
+
     def batches() -> Iterator[list[BulkDoc]]:
-        for staged in iter_staged(path, chunk_docs):
+        for staged in iter_staged_rows(path, chunk_docs):  # ES stores no vectors: not read
             yield [
                 (
                     doc_id,
@@ -968,7 +982,7 @@ def index_keyword_chunk(
                         model_version=model_version,
                         indexed_at=indexed_at,
                     ),
-                    partition_version(payload["dt"]),
+                    version_of(payload["dt"]),
                 )
                 for doc_id, text, chash, payload in zip(
                     staged.ids, staged.texts, staged.content_hashes, staged.payloads, strict=True

@@ -21,6 +21,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -55,15 +56,23 @@ def staged_schema(dim: int) -> pa.Schema:
 
 
 @dataclass(frozen=True)
-class StagedBatch:
-    """A slice of a staged chunk as plain Python/NumPy values."""
+class StagedRows:
+    """A slice of a staged chunk without its vectors: what a sink that stores no vectors (ES) reads."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ("id", "text", "content_hash", "payload")
 
     ids: list[str]
-    point_ids: list[str]
-    vectors: np.ndarray
     texts: list[str]
     content_hashes: list[str]
     payloads: list[dict]
+
+
+@dataclass(frozen=True)
+class StagedBatch(StagedRows):
+    """A slice of a staged chunk as plain Python/NumPy values, vectors included."""
+
+    point_ids: list[str]
+    vectors: np.ndarray
 
 
 class StagedChunkWriter:
@@ -135,18 +144,36 @@ def staged_metadata(path: str | StoragePath) -> dict[str, str]:
 
 def iter_staged(path: str | StoragePath, batch_size: int) -> Iterator[StagedBatch]:
     """Stream a staged chunk in batches of at most ``batch_size`` rows (flat memory)."""
-    parquet = parquet_file(path)
-    for record_batch in parquet.iter_batches(batch_size=batch_size):
+    for record_batch in parquet_file(path).iter_batches(batch_size=batch_size):
         vectors = record_batch.column("vector")
-        dim = vectors.type.list_size
         yield StagedBatch(
-            ids=record_batch.column("id").to_pylist(),
+            **_rows(record_batch).__dict__,
             point_ids=record_batch.column("point_id").to_pylist(),
-            vectors=vectors.values.to_numpy(zero_copy_only=False).reshape(-1, dim),
-            texts=record_batch.column("text").to_pylist(),
-            content_hashes=record_batch.column("content_hash").to_pylist(),
-            payloads=[json.loads(p) for p in record_batch.column("payload").to_pylist()],
+            vectors=vectors.values.to_numpy(zero_copy_only=False).reshape(-1, vectors.type.list_size),
         )
+
+
+def iter_staged_rows(path: str | StoragePath, batch_size: int) -> Iterator[StagedRows]:
+    """:func:`iter_staged` without the ``vector`` and ``point_id`` columns, which are most of the
+    file and most of the decoding (the ES sink stores no vectors)."""
+    columns = list(StagedRows.COLUMNS)
+    for record_batch in parquet_file(path).iter_batches(batch_size=batch_size, columns=columns):
+        yield _rows(record_batch)
+
+
+def _rows(record_batch: pa.RecordBatch) -> StagedRows:
+    return StagedRows(
+        ids=record_batch.column("id").to_pylist(),
+        texts=record_batch.column("text").to_pylist(),
+        content_hashes=record_batch.column("content_hash").to_pylist(),
+        payloads=_json_objects(record_batch.column("payload").to_pylist()),
+    )
+
+
+def _json_objects(texts: list[str]) -> list[dict]:
+    """``[json.loads(t) for t in texts]`` for the JSON objects the writer stores, in one parse
+    (~2.5x faster: one decoder call per batch instead of one per row)."""
+    return json.loads("[" + ",".join(texts) + "]") if texts else []
 
 
 def staged_rows(path: str | StoragePath) -> int:
