@@ -98,6 +98,8 @@ def test_demo_runs_the_whole_chain_and_prints_linked_keywords(tmp_path):
     assert counted == int(injected[0])
     # Three products, each with five ranked keywords read back from ES.
     assert output.count("keywords  10 (showing 5)") == 3
+    assert output.count("search hnsw_ef 256") == 3  # recorded; local mode is exact and says nothing
+    assert "Local mode performs exact" not in output
     assert len(re.findall(r"^\s+5\s+[01]\.\d{4}\s+\S", output, flags=re.MULTILINE)) == 3
     assert "every process started here was stopped" in output
     started = _started_pids(output)

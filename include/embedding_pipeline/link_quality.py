@@ -36,6 +36,7 @@ from embedding_pipeline import es_sink, qdrant_sink
 from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model_registry import ROLES, Role
+from embedding_pipeline.product_documents import search_setting
 
 SCORE_TOLERANCE = 1e-6
 # Scores held per streamed block (products x keywords, float32: ~32 MB): the block size adapts to the
@@ -435,15 +436,8 @@ def check_link_quality(
         seconds=round(time.monotonic() - started, 3),
         embed_seconds=round(embed_seconds, 3),
         scan_seconds=round(scan_seconds, 3),
-        searched_with=dict(Counter(_searched_with(d) for d in docs)),
+        searched_with=dict(Counter(search_setting(d.get("link") or {}) for d in docs)),
     )
-
-
-def _searched_with(doc: Mapping[str, Any]) -> str:
-    link = doc.get("link") or {}
-    if link.get("exact"):
-        return "exact"
-    return f"hnsw_ef {link['hnsw_ef']}" if link.get("hnsw_ef") is not None else "server default ef"
 
 
 def render_report(report: QualityReport, max_products: int = RENDERED_PRODUCTS) -> str:

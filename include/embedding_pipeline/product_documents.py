@@ -131,3 +131,11 @@ def product_document(
         if value is not None:
             doc[name] = normalise_date(value) if name == "updated_at" else value
     return doc
+
+
+def search_setting(link: Mapping[str, Any]) -> str:
+    """How a stored list was searched, from its ``link`` object: "exact", "hnsw_ef N", or the
+    server's default ef (documents linked before ``hnsw_ef`` was recorded sent none)."""
+    if link.get("exact"):
+        return "exact"
+    return f"hnsw_ef {link['hnsw_ef']}" if link.get("hnsw_ef") is not None else "server default ef"

@@ -918,10 +918,13 @@ def search(
             for q, f in zip(queries[start:stop], filters[start:stop], strict=True)
         ]
         try:
-            responses = retry.call(
-                f"search of {len(requests)} queries in {target.name}",
-                lambda requests=requests: client.query_batch_points(target.name, requests=requests),
-            )
+            with warnings.catch_warnings():
+                # Local mode says, per request, that it ignores HNSW parameters (meant for a server).
+                warnings.filterwarnings("ignore", message="Local mode performs exact", category=UserWarning)
+                responses = retry.call(
+                    f"search of {len(requests)} queries in {target.name}",
+                    lambda requests=requests: client.query_batch_points(target.name, requests=requests),
+                )
         except RetriesExhausted as exc:
             raise QdrantUnavailableError(
                 f"Qdrant search in {target.name!r} failed after {exc.attempts} attempts: "

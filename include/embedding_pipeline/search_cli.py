@@ -33,6 +33,7 @@ from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.link_quality import check_link_quality, render_report
 from embedding_pipeline.model_registry import ROLES, Role
+from embedding_pipeline.product_documents import search_setting
 from embedding_pipeline.qdrant_sink import QdrantSettings
 from embedding_pipeline.settings import ServerSettings
 
@@ -191,6 +192,7 @@ def _link_summary(doc: Mapping[str, Any]) -> str:
         f"threshold {'none' if link.get('score_threshold') is None else link['score_threshold']}",
         f"match_fields {','.join(link.get('match_fields') or []) or 'none'}",
         f"filter {keyword_filter if keyword_filter not in (None, '', '{}') else 'none'}",
+        f"search {search_setting(link)}",
         f"collection {link.get('keyword_collection')}",
     ]
     return ", ".join(parts)
