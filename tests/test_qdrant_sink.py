@@ -62,6 +62,7 @@ def stage_chunk(
     version: int = 1,
     seed: int = 0,
     bad_rows: dict[int, float] | None = None,
+    dt: str = "2024-05-01",
 ) -> tuple[Path, np.ndarray]:
     """A staged chunk of ``n`` random unit vectors; ``bad_rows`` puts a value (NaN/inf) in row i."""
     rng = np.random.default_rng(seed)
@@ -71,9 +72,7 @@ def stage_chunk(
         vectors[row, 3] = value
     writer = StagedChunkWriter(path, dim, "keywords", model, version)
     ids = [f"k{i:05d}" for i in range(n)]
-    payloads = [
-        {"category": CATEGORIES[i % len(CATEGORIES)], "lang": "ja", "dt": "2024-05-01"} for i in range(n)
-    ]
+    payloads = [{"category": CATEGORIES[i % len(CATEGORIES)], "lang": "ja", "dt": dt} for i in range(n)]
     for start in range(0, n, 1000):
         end = min(n, start + 1000)
         writer.write(
@@ -242,6 +241,7 @@ def test_ensure_collection_on_disk_creates_generation_indexes_then_alias(monkeyp
         assert recorded["payload_indexes"] == {
             "keyword_id": "keyword",
             "dt": "keyword",
+            "dt_version": "integer",
             "category": "keyword",
             "lang": "keyword",
             "content_hash": "keyword",
@@ -315,10 +315,47 @@ def test_upsert_is_idempotent_and_points_carry_their_payload(
             "category": "sports",
             "lang": "ja",
             "dt": "2024-05-01",
+            "dt_version": 20240501,
         }
         assert len(point.payload["content_hash"]) == 64
         np.testing.assert_allclose(point.vector, vectors[7], atol=1e-6)
     assert dead.flush() is None
+
+
+def test_an_older_date_never_overwrites_a_newer_one_even_when_it_read_first(
+    memory_client: QdrantClient, tmp_path: Path, dead: DeadLetterWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a server two chunks of different dates can race: dt1 reads the stored points before dt2
+    writes them. Simulated by making the read see nothing; the conditional upsert (the engine's
+    ``update_filter``) must still keep dt2's points, insert ids dt2 lacks, and overwrite points
+    written before ``dt_version`` existed."""
+    from embedding_pipeline import qdrant_sink
+
+    newer, newer_vectors = stage_chunk(tmp_path / "d2.parquet", 40, seed=2, dt="2024-05-02")
+    older, older_vectors = stage_chunk(tmp_path / "d1.parquet", 60, seed=1, dt="2024-05-01")
+    ensure_minilm(memory_client)
+    upsert_chunk(memory_client, ALIAS, newer, dead)
+    legacy = point_id("keywords", "k00030")  # as stored by a version without dt_version
+    memory_client.set_payload("keywords-g1", {"dt": "2024-06-01"}, points=[legacy])
+    memory_client.delete_payload("keywords-g1", ["dt_version"], points=[legacy])
+
+    monkeypatch.setattr(qdrant_sink, "_drop_superseded", lambda _c, _n, _r, pts, rows: (pts, rows, 0))
+    result = upsert_chunk(memory_client, ALIAS, older, dead)
+    assert result.balanced and result.indexed == 60  # counted as indexed: the read saw no newer point
+
+    stored = {
+        p.payload["keyword_id"]: p
+        for p in memory_client.scroll("keywords-g1", limit=1000, with_vectors=True)[0]
+    }
+    assert len(stored) == 60
+    for i in range(60):
+        point = stored[f"k{i:05d}"]
+        if i < 40 and i != 30:  # dt2 holds it: dt1's write is refused by the engine
+            assert (point.payload["dt"], point.payload["dt_version"]) == ("2024-05-02", 20240502), i
+            np.testing.assert_allclose(point.vector, newer_vectors[i], atol=1e-6)
+        else:  # only dt1 has it, or the stored point had no dt_version: dt1 writes it
+            assert (point.payload["dt"], point.payload["dt_version"]) == ("2024-05-01", 20240501), i
+            np.testing.assert_allclose(point.vector, older_vectors[i], atol=1e-6)
 
 
 def test_chunk_of_another_model_is_refused_before_writing(

@@ -87,7 +87,7 @@ def partition_version(dt: str) -> int:
     When one business id appears in several partitions the latest ``dt`` wins in every sink,
     whatever order tasks, retries or backfills write in: ES takes it as an external version
     (``external_gte``: the same partition may rewrite, an older one is refused), the Qdrant sink
-    compares it with the stored point's ``dt``.
+    upserts on the condition that the stored point's ``dt_version`` is not newer.
     """
     day = date.fromisoformat(parse_dt(dt))
     return day.year * 10_000 + day.month * 100 + day.day

@@ -50,6 +50,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from embedding_pipeline.accounting import StageResult
 from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.errors import ConfigError, InvalidInputError, PipelineError
+from embedding_pipeline.partitions import partition_version
 from embedding_pipeline.settings import work_dir
 from embedding_pipeline.staging import StagedBatch, iter_staged, staged_metadata
 from embedding_pipeline.storage import as_path
@@ -68,6 +69,7 @@ MEMORY = ":memory:"
 DEFAULT_PAYLOAD_INDEXES: Mapping[str, models.PayloadSchemaType] = {
     "keyword_id": models.PayloadSchemaType.KEYWORD,
     "dt": models.PayloadSchemaType.KEYWORD,
+    "dt_version": models.PayloadSchemaType.INTEGER,  # the conditional upsert's filter (latest dt wins)
     "category": models.PayloadSchemaType.KEYWORD,
     "lang": models.PayloadSchemaType.KEYWORD,
     "content_hash": models.PayloadSchemaType.KEYWORD,
@@ -592,12 +594,20 @@ class _Upserter:
     bisections: int = 0
     _exhausted_in_row: int = 0
 
-    def write(self, points: list[models.PointStruct], rows: list[dict[str, Any]]) -> None:
+    def write(
+        self,
+        points: list[models.PointStruct],
+        rows: list[dict[str, Any]],
+        update_filter: models.Filter | None = None,
+    ) -> None:
+        """Upsert ``points``; with ``update_filter``, existing points are only overwritten if they match."""
         self.requests += 1
         try:
             self.retry.call(
                 f"upsert of {len(points)} points into {self.collection}",
-                lambda: self.client.upsert(self.collection, points=points, wait=True),
+                lambda: self.client.upsert(
+                    self.collection, points=points, wait=True, update_filter=update_filter
+                ),
             )
         except RetriesExhausted as exc:
             failure: Exception = exc
@@ -613,17 +623,22 @@ class _Upserter:
             self._exhausted_in_row = 0
             return
         if len(points) > 1:
-            self._bisect(points, rows)
+            self._bisect(points, rows, update_filter)
         elif isinstance(failure, RetriesExhausted):
             self._exhausted(rows[0], failure)
         else:
             self.dead.add(rows[0]["id"], REASON_INVALID, f"Qdrant rejected the point: {failure}", rows[0])
 
-    def _bisect(self, points: list[models.PointStruct], rows: list[dict[str, Any]]) -> None:
+    def _bisect(
+        self,
+        points: list[models.PointStruct],
+        rows: list[dict[str, Any]],
+        update_filter: models.Filter | None,
+    ) -> None:
         self.bisections += 1
         half = len(points) // 2
-        self.write(points[:half], rows[:half])
-        self.write(points[half:], rows[half:])
+        self.write(points[:half], rows[:half], update_filter)
+        self.write(points[half:], rows[half:], update_filter)
 
     def _exhausted(self, row: dict[str, Any], exc: RetriesExhausted) -> None:
         self._exhausted_in_row += 1
@@ -705,8 +720,8 @@ def upsert_chunk(
         if points:
             points, rows, newer = _drop_superseded(client, target.name, upserter.retry, points, rows)
             superseded += newer
-        if points:
-            upserter.write(points, rows)
+        for version, group in _by_dt_version(points, rows).items():
+            upserter.write(*group, update_filter=_not_newer_than(version))
     new_letters = dead_letters.letters[first_letter:]
     by_reason: dict[str, int] = {}
     for letter in new_letters:
@@ -742,12 +757,13 @@ def _drop_superseded(
     points: list[models.PointStruct],
     rows: list[dict[str, Any]],
 ) -> tuple[list[models.PointStruct], list[dict[str, Any]], int]:
-    """Leave out points whose stored version comes from a later ``dt`` partition than theirs.
+    """Leave out (and count as superseded) points whose stored version is from a later ``dt``.
 
     The latest partition of an id wins, as in Elasticsearch (external versions), whatever order
-    chunks, retries and backfills write in. Reading before writing is race-free in local mode,
-    where Qdrant tasks run one at a time; on a server, two chunks of different dates holding the
-    same id and running at the same moment could still interleave.
+    chunks, retries and backfills write in. This read only saves writes and counts; what enforces
+    the rule is the conditional upsert (:func:`_not_newer_than`): on a server, a chunk of a newer
+    date may write the same id between this read and our write, and then the engine, not this
+    read, keeps the newer point (counted as indexed: the identity holds either way).
     """
     try:
         stored = retry.call(
@@ -768,6 +784,31 @@ def _drop_superseded(
         if stored_dt.get(str(point.id), "") <= str(point.payload.get("dt") or "")
     ]
     return [points[i] for i in keep], [rows[i] for i in keep], len(points) - len(keep)
+
+
+def _by_dt_version(
+    points: list[models.PointStruct], rows: list[dict[str, Any]]
+) -> dict[int | None, tuple[list[models.PointStruct], list[dict[str, Any]]]]:
+    """Points grouped by their ``dt_version`` (a chunk holds one partition: usually one group)."""
+    groups: dict[int | None, tuple[list[models.PointStruct], list[dict[str, Any]]]] = {}
+    for point, row in zip(points, rows, strict=True):
+        group = groups.setdefault((point.payload or {}).get("dt_version"), ([], []))
+        group[0].append(point)
+        group[1].append(row)
+    return groups
+
+
+def _not_newer_than(version: int | None) -> models.Filter | None:
+    """Overwrite a stored point only if its ``dt_version`` is not newer than ours (or it has none,
+    written before the field existed); ids not stored yet are inserted. Atomic in the engine."""
+    if version is None:
+        return None
+    return models.Filter(
+        should=[
+            models.FieldCondition(key="dt_version", range=models.Range(lte=version)),
+            models.IsEmptyCondition(is_empty=models.PayloadField(key="dt_version")),
+        ]
+    )
 
 
 def _points(
@@ -804,6 +845,8 @@ def _points(
             "model_version": model_version,
         }
         try:
+            if payload.get("dt"):
+                payload["dt_version"] = partition_version(str(payload["dt"]))
             point = models.PointStruct(
                 id=batch.point_ids[i], vector=batch.vectors[i].tolist(), payload=payload
             )
