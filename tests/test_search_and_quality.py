@@ -608,6 +608,35 @@ def test_cli_search_product(cli, corpus: Corpus, capsys: pytest.CaptureFixture[s
     _assert_aligned(table)
 
 
+def test_cli_search_keyword_lists_the_products_linked_to_it(
+    cli, corpus: Corpus, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reverse lookup through the nested mapping: every product whose list holds the keyword,
+    ordered by that link's stored score, with the link's rank; counted in full, shown up to --size."""
+    links = [(pid, k) for pid, doc in corpus.docs.items() for k in doc["keywords"]]
+    keyword_id, linked = Counter(k["keyword_id"] for _, k in links).most_common(1)[0]
+    assert linked > 3
+    expected = sorted(
+        ((k["score"], pid, k["rank"]) for pid, k in links if k["keyword_id"] == keyword_id), reverse=True
+    )
+    argv = ["--alias", corpus.product_alias, "--keyword-alias", corpus.keyword_alias, "--size", "3"]
+    assert cli("search", "keyword", keyword_id, *argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    text = corpus.keywords[corpus.keyword_ids.index(keyword_id)]
+    where = f"in '{corpus.product_alias}' (showing 3)"
+    assert lines[0] == f"keyword {keyword_id}  {text}: linked from {linked} product(s) {where}"
+    rows = [_columns(line) for line in lines[2:]]
+    assert [float(r[1][2]) for r in rows] == pytest.approx([e[0] for e in expected[:3]], abs=1e-4)
+    assert [(r[3][2], int(r[0][2])) for r in rows] == [(pid, rank) for _, pid, rank in expected[:3]]
+    _assert_aligned(lines[1:])
+
+    unlinked = next(k for k in corpus.keyword_ids if k not in {k["keyword_id"] for _, k in links})
+    assert cli("search", "keyword", unlinked, *argv) == 0
+    assert "linked from 0 product(s)" in capsys.readouterr().out
+    assert cli("search", "keyword", "no-such-keyword", *argv) == 0
+    assert f"no-such-keyword (not in '{corpus.keyword_alias}'): linked from 0" in capsys.readouterr().out
+
+
 def test_cli_quality(cli, corpus: Corpus, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--sample", "15", "--seed", "3", "--product-alias", corpus.product_alias, "--model", MODEL]
     assert cli("quality", *argv) == 0

@@ -1072,6 +1072,46 @@ def search_keywords(es: Elasticsearch, alias: str, text: str, size: int = 10) ->
     return [{**hit["_source"], "_score": hit["_score"]} for hit in response["hits"]["hits"]]
 
 
+def products_linked_to(
+    es: Elasticsearch, alias: str, keyword_id: str, size: int = 10
+) -> tuple[int, list[dict[str, Any]]]:
+    """Products whose nested ``keywords`` hold ``keyword_id``, best link score first, and how many.
+
+    The reverse of a product's list, and what the nested mapping is for: a ``nested`` query scores
+    each product by its link's stored score (``function_score`` on ``keywords.score``, where a
+    nested sort is not available everywhere) and ``inner_hits`` returns the matching link. Each
+    result is the product's ``_source`` without its list, plus ``score`` and ``rank`` of the link.
+    """
+    _check_size("size", size)
+    if not keyword_id:
+        raise ConfigError("a keyword id is required")
+    query = {
+        "nested": {
+            "path": "keywords",
+            "score_mode": "max",
+            "inner_hits": {"size": 1},
+            "query": {
+                "function_score": {
+                    "query": {"term": {"keywords.keyword_id": keyword_id}},
+                    "field_value_factor": {"field": "keywords.score"},
+                    "boost_mode": "replace",
+                }
+            },
+        }
+    }
+    try:
+        response = es.search(
+            index=alias, query=query, size=size, source_excludes=["keywords"], track_total_hits=True
+        )
+    except Exception as exc:
+        _raise_read_error(exc, alias, f"searching {alias!r} for products linked to {keyword_id!r}")
+    products = []
+    for hit in response["hits"]["hits"]:
+        link = hit["inner_hits"]["keywords"]["hits"]["hits"][0]["_source"]
+        products.append({**hit["_source"], "score": link.get("score"), "rank": link.get("rank")})
+    return int(response["hits"]["total"]["value"]), products
+
+
 def get_document(es: Elasticsearch, alias: str, doc_id: str) -> dict[str, Any] | None:
     """The ``_source`` of document ``doc_id`` behind ``alias``, or None when there is no such document.
 

@@ -225,6 +225,39 @@ def show_product(es: Elasticsearch, product_id: str, *, alias: str = "products",
     return "\n".join(lines)
 
 
+def show_keyword_products(
+    es: Elasticsearch,
+    keyword_id: str,
+    *,
+    product_alias: str = "products",
+    keyword_alias: str = "keywords",
+    size: int = 10,
+) -> str:
+    """A keyword and the products linked to it (the reverse of ``search product``), best link first."""
+    keyword = es_sink.get_document(es, keyword_alias, keyword_id)
+    total, products = es_sink.products_linked_to(es, product_alias, keyword_id, size=size)
+    if keyword:
+        name = f"{keyword_id}  {clip(keyword.get('keyword', ''), 80)}"
+    else:  # links may outlive a keyword (its index rebuilt without it): still show them
+        name = f"{keyword_id} (not in {keyword_alias!r})"
+    title = f"keyword {name}: linked from {total} product(s) in {product_alias!r}"
+    if not products:
+        return title
+    rows = [
+        [
+            str(p.get("rank")),
+            f"{float(p.get('score') or 0.0):.4f}",
+            clip(p.get("product_name", "")),
+            str(p.get("product_id")),
+        ]
+        for p in products
+    ]
+    shown = f" (showing {len(products)})" if total > len(products) else ""
+    return "\n".join(
+        [title + shown, *format_table(["rank", "score", "product", "product_id"], rows, frozenset({0, 1}))]
+    )
+
+
 def run_quality(
     es: Elasticsearch,
     qdrant: QdrantClient,
@@ -285,6 +318,15 @@ def _product(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+def _keyword(services: Services, args: argparse.Namespace) -> int:
+    with services.elasticsearch() as es:
+        text = show_keyword_products(
+            es, args.keyword_id, product_alias=args.alias, keyword_alias=args.keyword_alias, size=args.size
+        )
+        print(text)
+    return 0
+
+
 def _quality(services: Services, args: argparse.Namespace) -> int:
     with (
         services.elasticsearch() as es,
@@ -307,7 +349,7 @@ def _quality(services: Services, args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, services: Services | None = None) -> None:
-    """Add ``search {text,meaning,product}`` and ``quality`` to a CLI's subparsers.
+    """Add ``search {text,meaning,product,keyword}`` and ``quality`` to a CLI's subparsers.
 
     ``services`` provides the clients (default: :class:`Services`, settings from the environment).
     """
@@ -336,6 +378,13 @@ def register(subparsers: argparse._SubParsersAction, services: Services | None =
     p.add_argument("--alias", default="products", help="Elasticsearch product alias")
     p.add_argument("--top", type=_COUNT, default=10, help="keywords to show")
     p.set_defaults(func=partial(_product, services))
+
+    p = kinds.add_parser("keyword", help="a keyword and the products linked to it, best link first")
+    p.add_argument("keyword_id")
+    p.add_argument("--alias", default="products", help="Elasticsearch product alias")
+    p.add_argument("--keyword-alias", default="keywords", help="Elasticsearch keyword alias")
+    p.add_argument("--size", type=_COUNT, default=10, help="products to show")
+    p.set_defaults(func=partial(_keyword, services))
 
     p = subparsers.add_parser(
         "quality", help="recall@K of the stored product -> keyword links against exact search"
