@@ -152,5 +152,6 @@ def _show_products(top_k: int) -> None:
             text = show_product(es, str(doc["product_id"]), alias="products", top=SHOWN_KEYWORDS)
             print("        " + text.replace("\n", "\n        "))
     print(
-        "      look further: embedding-pipeline search text|meaning|product|keyword ..., embedding-pipeline quality"
+        "      look further: embedding-pipeline search text|meaning|product|keyword ...,"
+        " embedding-pipeline quality"
     )
