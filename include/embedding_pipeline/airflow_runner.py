@@ -119,9 +119,10 @@ def run_dag_in_child(dag_id: str, conf: dict | None = None) -> RunOutcome:
                 _fail_runs_left_running(dag_id, since=started)
             raise
         if returncode != 0 or not result_path.exists():
-            raise PipelineError(
-                f"dag.test({dag_id}) in a child process exited with {returncode} (its output is above)"
-            )
+            # Killed (OOM, a kill -9) or crashed: it may have left its run "running" just the same.
+            _fail_runs_left_running(dag_id, since=started)
+            how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with {returncode}"
+            raise PipelineError(f"dag.test({dag_id}) in a child process {how} (its output is above)")
         return RunOutcome(**json.loads(result_path.read_text()))
 
 
