@@ -60,7 +60,8 @@ def probe_dag(airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def _runs(airflow_db: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(airflow_db / "airflow.db") as db:
-        return db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = 'runner_probe' ORDER BY id").fetchall()
+        query = "SELECT run_id, state FROM dag_run WHERE dag_id = 'runner_probe' ORDER BY id"
+        return db.execute(query).fetchall()
 
 
 def test_the_outcome_comes_back_from_the_child(probe_dag, airflow_db: Path) -> None:
