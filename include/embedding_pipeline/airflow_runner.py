@@ -116,11 +116,11 @@ def run_dag_in_child(dag_id: str, conf: dict | None = None) -> RunOutcome:
         except BaseException:
             with uninterruptible():
                 _kill_group(child)
-                _fail_runs_left_running(dag_id, since=started)
+                _fail_runs_left_running(dag_id, conf or {}, since=started)
             raise
         if returncode != 0 or not result_path.exists():
             # Killed (OOM, a kill -9) or crashed: it may have left its run "running" just the same.
-            _fail_runs_left_running(dag_id, since=started)
+            _fail_runs_left_running(dag_id, conf or {}, since=started)
             how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with {returncode}"
             raise PipelineError(f"dag.test({dag_id}) in a child process {how} (its output is above)")
         return RunOutcome(**json.loads(result_path.read_text()))
@@ -133,18 +133,24 @@ def _kill_group(child: subprocess.Popen) -> None:
     child.wait()
 
 
-def _fail_runs_left_running(dag_id: str, since: datetime) -> None:
-    """Mark failed (running task instances failed, pending ones skipped) what the killed child left."""
+def _fail_runs_left_running(dag_id: str, conf: dict, since: datetime) -> None:
+    """Mark failed (running task instances failed, pending ones skipped) what the killed child left.
+
+    ``dag.test()`` does not let its caller name the run, so the child's run is recognised as the
+    manual run of ``dag_id`` with this ``conf`` started since ``since`` and still running: a
+    scheduled or backfill run that a scheduler on the same database started meanwhile is left alone.
+    """
     from airflow.api.common.mark_tasks import set_dag_run_state_to_failed
     from airflow.models.dagrun import DagRun
     from airflow.models.serialized_dag import SerializedDagModel
     from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunType
 
     dag = SerializedDagModel.get_dag(dag_id)
     if dag is None:
         return
-    for run in DagRun.find(dag_id=dag_id, state=DagRunState.RUNNING):
-        if run.start_date is None or run.start_date >= since:
+    for run in DagRun.find(dag_id=dag_id, state=DagRunState.RUNNING, run_type=DagRunType.MANUAL):
+        if (run.start_date is None or run.start_date >= since) and (run.conf or {}) == conf:
             set_dag_run_state_to_failed(dag=dag, run_id=run.run_id, commit=True)
             print(f"{dag_id} run {run.run_id} was interrupted: marked failed", file=sys.stderr)
 

@@ -9,7 +9,8 @@
 
 Handlers only open clients, through a :class:`Services` object, and pass them to functions that
 take clients and return the text to print (:func:`search_text`, :func:`search_meaning`,
-:func:`show_product`, :func:`run_quality`). Where the services come from (settings from the
+:func:`show_product`, :func:`show_keyword_products`; ``quality`` renders
+:func:`~embedding_pipeline.link_quality.check_link_quality`). Where the services come from (settings from the
 environment by default) thus stays out of the work, and a caller can wrap or replace it. Errors
 are :class:`~embedding_pipeline.errors.PipelineError` subclasses, which ``cli.main`` prints as
 ``error: ...`` with a non-zero exit code. A recall below 1 is a measurement, not an error.
@@ -258,24 +259,6 @@ def show_keyword_products(
     )
 
 
-def run_quality(
-    es: Elasticsearch,
-    qdrant: QdrantClient,
-    embedder: EmbeddingClient,
-    *,
-    product_alias: str = "products",
-    keyword_alias: str = "keywords",
-    sample: int = 200,
-    seed: int = 0,
-    top_k: int | None = None,
-) -> str:
-    """The link quality check (:func:`~embedding_pipeline.link_quality.check_link_quality`), rendered."""
-    report = check_link_quality(
-        es, qdrant, embedder, product_alias, keyword_alias, sample=sample, seed=seed, top_k=top_k
-    )
-    return render_report(report)
-
-
 # --------------------------------------------------------------------------------------------------
 # Argument parsing and handlers
 # --------------------------------------------------------------------------------------------------
@@ -333,18 +316,17 @@ def _quality(services: Services, args: argparse.Namespace) -> int:
         services.qdrant() as qdrant,
         services.embedding(args.model) as embedder,
     ):
-        print(
-            run_quality(
-                es,
-                qdrant,
-                embedder,
-                product_alias=args.product_alias,
-                keyword_alias=args.keyword_alias,
-                sample=args.sample,
-                seed=args.seed,
-                top_k=args.top_k,
-            )
+        report = check_link_quality(
+            es,
+            qdrant,
+            embedder,
+            args.product_alias,
+            args.keyword_alias,
+            sample=args.sample,
+            seed=args.seed,
+            top_k=args.top_k,
         )
+        print(render_report(report))
     return 0
 
 
