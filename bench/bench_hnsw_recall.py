@@ -69,7 +69,7 @@ from bench_keyword_index import (  # noqa: E402 - bench/ is sys.path[0]; also pu
     scratch_dir,
 )
 from bench_product_link import LoadSampler  # noqa: E402
-from machine import loadavg, machine_info, write_results  # noqa: E402
+from harness import loadavg, machine_info, write_results  # noqa: E402
 
 log = logging.getLogger("bench_hnsw_recall")
 

@@ -67,7 +67,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(PROJECT_ROOT / "include"))  # works without `pip install -e .` too
 
-from machine import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
+from harness import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
 
 log = logging.getLogger("bench_keyword_index")
 

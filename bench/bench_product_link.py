@@ -68,7 +68,7 @@ from bench_keyword_index import (  # noqa: E402 - bench/ is sys.path[0]; also pu
     publish,
     scratch_dir,
 )
-from machine import loadavg, write_results  # noqa: E402
+from harness import loadavg, write_results  # noqa: E402
 
 log = logging.getLogger("bench_product_link")
 

@@ -65,7 +65,7 @@ from embedding_pipeline.onnx_export import OUTPUT_NAME, Precision, ort_session  
 from embedding_pipeline.server_process import LocalServer  # noqa: E402
 from embedding_pipeline.settings import ServerSettings  # noqa: E402
 from embedding_pipeline.tokenization import TextEncoder  # noqa: E402
-from machine import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
+from harness import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
 
 log = logging.getLogger("bench_serving")
 
