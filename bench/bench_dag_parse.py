@@ -25,8 +25,17 @@ from typing import Any
 from harness import machine_info, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("numpy", "pyarrow", "pandas", "onnxruntime", "torch", "elasticsearch", "qdrant_client", "tritonclient")
-BARE_DAG = '''
+HEAVY = (
+    "numpy",
+    "pyarrow",
+    "pandas",
+    "onnxruntime",
+    "torch",
+    "elasticsearch",
+    "qdrant_client",
+    "tritonclient",
+)
+BARE_DAG = """
 from datetime import datetime
 from airflow.sdk import dag, task
 
@@ -39,7 +48,7 @@ def bare():
     hello()
 
 bare()
-'''
+"""
 
 PROBE = r"""
 import json, sys, time
@@ -52,8 +61,9 @@ t1 = time.perf_counter()
 bag = DagBag(dag_folder=sys.argv[1])
 t_parse = time.perf_counter() - t1
 new = sorted(set(sys.modules) - before)
-print(json.dumps({"sdk_s": t_sdk, "parse_s": t_parse, "errors": {k: str(v) for k, v in bag.import_errors.items()},
-                  "dags": sorted(bag.dag_ids), "new_modules": new}))
+errors = {k: str(v) for k, v in bag.import_errors.items()}
+print(json.dumps({"sdk_s": t_sdk, "parse_s": t_parse, "errors": errors, "dags": sorted(bag.dag_ids),
+                  "new_modules": new}))
 """
 
 
@@ -96,7 +106,11 @@ def measure(repeats: int) -> dict[str, Any]:
             "above_bare_s": round(parse - bare_median, 4),
             "sdk_import_s_median": round(statistics.median(s["sdk_s"] for s in runs), 4),
             "modules_imported": len(new),
-            "pipeline_modules": [m for m in new if m.split(".")[0] in ("embedding_pipeline", "pipeline_stages", "pipeline_hooks")],
+            "pipeline_modules": [
+                m
+                for m in new
+                if m.split(".")[0] in ("embedding_pipeline", "pipeline_stages", "pipeline_hooks")
+            ],
             "heavy_packages": sorted({m.split(".")[0] for m in new if m.split(".")[0] in HEAVY}),
             "parse_s_all": [round(s["parse_s"], 4) for s in runs],
         }
@@ -110,7 +124,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['machine']['cpu_model']}, {report['machine']['cpu_count']} CPUs; median of "
         f"{report['repeats']} fresh interpreters per file; load before/after {report['load']}.",
         "",
-        "| DAG file | parse (median s) | above bare (s) | `airflow.sdk` import (s) | modules imported | heavy packages |",
+        "| DAG file | parse (median s) | above bare (s) | `airflow.sdk` import (s) | modules imported "
+        "| heavy packages |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in report["files"].items():
@@ -123,7 +138,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--label", default="current", help="names the results file, e.g. before/after")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "bench" / "results")

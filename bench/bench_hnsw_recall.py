@@ -93,7 +93,7 @@ DEFAULT_EFS: tuple[int | None, ...] = (None, 30, 64, 100, 128, 256, 512)
 # -- data and vectors ------------------------------------------------------------------------------
 def generate_data(root: Path, keywords: int, products: int) -> dict[str, Any]:
     """Clean generated Japanese keywords and products, one partition each."""
-    from embedding_pipeline.sample_data import generate
+    from embedding_pipeline.sample.generate import generate
 
     tables = generate(
         root,
@@ -112,7 +112,7 @@ def read_table(root: Path, table: Any) -> dict[str, list[Any]]:
     """Id, text and category columns of one generated partition, in file/row order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from embedding_pipeline.partitions import partition_dir, partition_files
+    from embedding_pipeline.runs.partitions import partition_dir, partition_files
 
     columns = [table.id_column, table.text_column, MATCH_FIELD]
     parts = [pq.read_table(p, columns=columns) for p in partition_files(partition_dir(root, table, DT))]
@@ -134,7 +134,7 @@ class InProcess:
     dim: int
 
     def embed(self, texts: Sequence[str], role: str, batch: int = EMBED_BATCH) -> np.ndarray:
-        from embedding_pipeline.onnx_export import OUTPUT_NAME
+        from embedding_pipeline.model.onnx_export import OUTPUT_NAME
 
         lengths = np.array(self.encoder.token_lengths(texts, role))
         order = np.argsort(lengths, kind="stable")
@@ -151,10 +151,10 @@ class InProcess:
 
 def in_process_model(repository: Path, name: str, threads: int) -> tuple[InProcess, dict[str, Any]]:
     """The published model in this process, and the role prefixes checked against ``model_registry``."""
-    from embedding_pipeline.model_publish import encoder_for
-    from embedding_pipeline.model_registry import ROLES, get_family
-    from embedding_pipeline.model_repository import latest_version
-    from embedding_pipeline.onnx_export import ort_session
+    from embedding_pipeline.model.onnx_export import ort_session
+    from embedding_pipeline.model.publish import encoder_for
+    from embedding_pipeline.model.registry import ROLES, get_family
+    from embedding_pipeline.model.repository import latest_version
 
     published = latest_version(repository, name)
     encoder = encoder_for(published.path, published.metadata)
@@ -560,9 +560,9 @@ def requests_warmup(queries: Sequence[Any]) -> list[Any]:
 def run_section(
     meter: Meter, scratch: Path, model: InProcess, n_keywords: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from embedding_pipeline.link_quality import SCORE_TOLERANCE
-    from embedding_pipeline.partitions import KEYWORDS, PRODUCTS
-    from embedding_pipeline.product_link import TIE_MARGIN
+    from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
+    from embedding_pipeline.stages.link_quality import SCORE_TOLERANCE
+    from embedding_pipeline.stages.product_link import TIE_MARGIN
 
     section = f"{n_keywords}kw"
     k = args.top_k
@@ -890,8 +890,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from embedding_pipeline.link_quality import SCORE_TOLERANCE
-    from embedding_pipeline.product_link import TIE_MARGIN
+    from embedding_pipeline.stages.link_quality import SCORE_TOLERANCE
+    from embedding_pipeline.stages.product_link import TIE_MARGIN
 
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()

@@ -316,8 +316,8 @@ def publish(kind: str, repository: Path, scratch: Path) -> dict[str, Any]:
     rows in seconds instead of ~10 minutes.
     """
     from embedding_pipeline.errors import RepositoryError
-    from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model, publish_model
-    from embedding_pipeline.model_repository import latest_version
+    from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model
+    from embedding_pipeline.model.repository import latest_version
 
     source, family, name = MODELS[kind]
     started = time.perf_counter()
@@ -347,7 +347,7 @@ def publish(kind: str, repository: Path, scratch: Path) -> dict[str, Any]:
 
 def generate_partition(root: Path, rows: int, dt: str, row_group_size: int) -> dict[str, Any]:
     """Clean generated keywords (no injected bad rows: every row must reach both sinks)."""
-    from embedding_pipeline.sample_data import generate
+    from embedding_pipeline.sample.generate import generate
 
     summary = generate(
         root,
@@ -362,8 +362,8 @@ def generate_partition(root: Path, rows: int, dt: str, row_group_size: int) -> d
 
 
 def plan_partition(root: Path, dt: str, run_dir: Path, chunk_rows: int, max_chunks: int) -> dict[str, Any]:
-    from embedding_pipeline import partition_runs
-    from embedding_pipeline.partitions import KEYWORDS
+    from embedding_pipeline.runs import plan as partition_runs
+    from embedding_pipeline.runs.partitions import KEYWORDS
 
     return partition_runs.plan(KEYWORDS, root, [dt], run_dir, chunk_rows, max_chunks)
 
@@ -401,7 +401,7 @@ class Bare:
         Sorted by token length over all ``texts`` (as ``EmbeddingClient.embed`` sorts each call's
         texts) so batches pad little; the passage prefix is applied as the stage applies it.
         """
-        from embedding_pipeline.onnx_export import OUTPUT_NAME
+        from embedding_pipeline.model.onnx_export import OUTPUT_NAME
 
         lengths = np.array(self.encoder.token_lengths(texts, "passage"))
         order = np.argsort(lengths, kind="stable")
@@ -467,13 +467,13 @@ def bench_embed(
     machine (neighbours, CPU frequency, the hypervisor) hits both sides alike; the staged vectors
     must match the in-process ones, or it is not the same computation.
     """
-    from embedding_pipeline import keyword_index as ki
-    from embedding_pipeline.embed_stage import embed_chunk
-    from embedding_pipeline.embedding_client import EmbeddingClient
-    from embedding_pipeline.model_publish import encoder_for
-    from embedding_pipeline.model_repository import latest_version
-    from embedding_pipeline.onnx_export import ort_session
+    from embedding_pipeline.model.onnx_export import ort_session
+    from embedding_pipeline.model.publish import encoder_for
+    from embedding_pipeline.model.repository import latest_version
+    from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
+    from embedding_pipeline.stages import keyword_index as ki
+    from embedding_pipeline.stages.embed import embed_chunk
 
     published = latest_version(repository, model["name"])
     bare = Bare(
@@ -580,7 +580,7 @@ def slice_staged(paths: Sequence[str], rows: int, segment: int, out_dir: Path) -
 
 def qdrant_points(path: Path, batch_size: int) -> list[list[Any]]:
     """The points ``upsert_chunk`` would send for a staged file, pre-built, in its batch size."""
-    from embedding_pipeline.staging import iter_staged, staged_metadata
+    from embedding_pipeline.runs.staging import iter_staged, staged_metadata
     from qdrant_client.http import models
 
     meta = staged_metadata(path)
@@ -617,7 +617,6 @@ def bench_qdrant(
     batch_size: int,
 ) -> dict[str, Any]:
     """``upsert_chunk`` vs raw ``client.upsert`` into sibling collections of one on-disk store."""
-    from embedding_pipeline.dead_letter import DeadLetterWriter
     from embedding_pipeline.qdrant_sink import (
         QdrantSettings,
         count_points,
@@ -625,6 +624,7 @@ def bench_qdrant(
         open_client,
         upsert_chunk,
     )
+    from embedding_pipeline.runs.dead_letter import DeadLetterWriter
     from qdrant_client import QdrantClient
     from qdrant_client.http import models
 
@@ -709,7 +709,6 @@ def bench_es(
 ) -> dict[str, Any]:
     """``index_keyword_chunk`` vs raw ``helpers.bulk`` into sibling indices, per staged chunk."""
     from elasticsearch import helpers
-    from embedding_pipeline.dead_letter import DeadLetterWriter
     from embedding_pipeline.es_sink import (
         EsSettings,
         begin_bulk_load,
@@ -720,7 +719,8 @@ def bench_es(
         keyword_document,
         make_client,
     )
-    from embedding_pipeline.staging import iter_staged
+    from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+    from embedding_pipeline.runs.staging import iter_staged
 
     es = make_client(EsSettings.from_env())
     pairs: list[tuple[Measurement, Measurement]] = []
@@ -805,8 +805,8 @@ def bench_dag(meter: Meter, conf: dict[str, Any], rows: int, plan_s: float) -> d
     the measured work (embedding client and tokenizer, re-opening the Qdrant local store).
     ``between_tasks`` (wall minus task-instance time) is the part that is Airflow's alone.
     """
-    from embedding_pipeline.airflow_runner import run_dag
-    from embedding_pipeline.partition_runs import run_dir_for
+    from embedding_pipeline.local.airflow_runner import run_dag
+    from embedding_pipeline.runs.plan import run_dir_for
 
     with meter.measure("keyword_index dag.test()", rows) as m:
         run = run_dag("keyword_index", conf)
@@ -873,7 +873,7 @@ def child_embed(spec_path: Path) -> int:
     and nothing else, so the high-water mark is the task's own.
     """
     import psutil
-    from embedding_pipeline import keyword_index as ki
+    from embedding_pipeline.stages import keyword_index as ki
 
     spec = json.loads(spec_path.read_text())
     before = psutil.Process().memory_info().rss
@@ -1207,7 +1207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.environ["EMBEDDING_PIPELINE_HOME"] = str(scratch / "work")
         repository = args.repository.resolve() if args.repository else scratch / "model_repository"
         os.environ["EMBEDDING_MODEL_REPOSITORY"] = str(repository)
-        from embedding_pipeline.airflow_runner import configure_airflow, migrate_db
+        from embedding_pipeline.local.airflow_runner import configure_airflow, migrate_db
 
         home = configure_airflow(scratch / "airflow")
         mark = time.perf_counter()
@@ -1220,8 +1220,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data_root = scratch / "data"
         data = generate_partition(data_root / "main", args.keywords, DT, max(1, args.chunk_rows // 4))
 
-        from embedding_pipeline.es_emulator import EsEmulator
-        from embedding_pipeline.server_process import LocalServer
+        from embedding_pipeline.local.es_emulator import EsEmulator
+        from embedding_pipeline.serving.process import LocalServer
 
         server = stack.enter_context(
             LocalServer(
@@ -1245,7 +1245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         noise = NoiseBudget(meter, args.noise_budget)
         phases["prepare_s"] = time.perf_counter() - t0
 
-        from embedding_pipeline.partition_runs import run_dir_for
+        from embedding_pipeline.runs.plan import run_dir_for
 
         log.info("1+2: bare ORT vs embed stage over %d rows", args.keywords)
         mark = time.perf_counter()

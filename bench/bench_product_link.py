@@ -141,7 +141,7 @@ def side(label: str, rows: int, seconds: float, around: Measurement) -> Measurem
 # -- data ------------------------------------------------------------------------------------------
 def generate_data(root: Path, keywords: int, products: int, row_group_size: int) -> dict[str, Any]:
     """Clean generated Japanese keywords and products, one partition each (every row must link)."""
-    from embedding_pipeline.sample_data import generate
+    from embedding_pipeline.sample.generate import generate
 
     tables = generate(
         root,
@@ -178,9 +178,9 @@ def index_keywords(
     meter: Meter, data_root: Path, model: dict[str, Any], qdrant: Any, es: Any, chunk_rows_: int
 ) -> dict[str, Any]:
     """The keyword_index DAG's task functions in DAG order (embed all chunks, then both sinks)."""
-    from embedding_pipeline import keyword_index as ki
-    from embedding_pipeline import partition_runs
-    from embedding_pipeline.partitions import KEYWORDS
+    from embedding_pipeline.runs import plan as partition_runs
+    from embedding_pipeline.runs.partitions import KEYWORDS
+    from embedding_pipeline.stages import keyword_index as ki
 
     targets = ki.Targets(qdrant_alias=KEYWORD_ALIAS, es_alias=KEYWORD_ALIAS)
     run_dir = partition_runs.run_dir_for("bench_keyword_index", "setup")
@@ -285,10 +285,11 @@ def link_products(
 
     Returns the summary, the staged chunk files and the keyword collection's name.
     """
-    from embedding_pipeline import partition_runs, product_link
     from embedding_pipeline.es_sink import begin_bulk_load, count_docs, end_bulk_load, ensure_index, open_es
-    from embedding_pipeline.partitions import PRODUCTS
-    from embedding_pipeline.product_documents import product_mappings
+    from embedding_pipeline.runs import plan as partition_runs
+    from embedding_pipeline.runs.partitions import PRODUCTS
+    from embedding_pipeline.stages import product_link
+    from embedding_pipeline.stages.product_documents import product_mappings
 
     options = product_link.LinkOptions(
         keyword_alias=KEYWORD_ALIAS, product_alias=PRODUCT_ALIAS, top_k=args.top_k
@@ -441,8 +442,8 @@ def build_documents(
     staged chunk and building every product document too; this repeats that work (hits rebuilt
     from the stored lists) without ES.
     """
-    from embedding_pipeline.product_documents import linked_keywords, product_document
-    from embedding_pipeline.staging import iter_staged
+    from embedding_pipeline.runs.staging import iter_staged
+    from embedding_pipeline.stages.product_documents import linked_keywords, product_document
 
     by_id = {d["product_id"]: d for d in docs}
     with meter.measure(f"read staged + build documents {name}", len(docs)) as m:
@@ -470,7 +471,7 @@ def build_documents(
 def raw_bulk(meter: Meter, es: Any, index: str, name: str, docs: list[dict[str, Any]]) -> Measurement:
     """``helpers.bulk`` of the stored documents, same external versions and bulk size as link_chunk."""
     from elasticsearch import helpers
-    from embedding_pipeline.product_documents import partition_version
+    from embedding_pipeline.stages.product_documents import partition_version
 
     actions = [
         {
@@ -573,11 +574,11 @@ def summarize_link(
 
 # -- 4: link quality ------------------------------------------------------------------------------
 def quality(meter: Meter, qdrant: Any, es_settings: Any, model_name: str, sample: int) -> dict[str, Any]:
-    from embedding_pipeline.embedding_client import EmbeddingClient
     from embedding_pipeline.es_sink import open_es
-    from embedding_pipeline.link_quality import check_link_quality, render_report
     from embedding_pipeline.qdrant_sink import make_client
+    from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
+    from embedding_pipeline.stages.link_quality import check_link_quality, render_report
 
     settings = ServerSettings.from_env().with_overrides(model_name=model_name)
     with ExitStack() as stack:
@@ -918,11 +919,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = generate_data(data_root, args.keywords, args.products, args.row_group_size)
         phases["generate_s"] = time.perf_counter() - mark
 
-        from embedding_pipeline.es_emulator import EsEmulator
         from embedding_pipeline.es_sink import EsSettings
-        from embedding_pipeline.partition_runs import model_info
+        from embedding_pipeline.local.es_emulator import EsEmulator
         from embedding_pipeline.qdrant_sink import QdrantSettings
-        from embedding_pipeline.server_process import LocalServer
+        from embedding_pipeline.runs.plan import model_info
+        from embedding_pipeline.serving.process import LocalServer
 
         mark = time.perf_counter()
         server = stack.enter_context(

@@ -58,13 +58,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(PROJECT_ROOT / "include"))  # works without `pip install -e .` too
 
-from embedding_pipeline.embedding_client import EmbeddingClient  # noqa: E402
 from embedding_pipeline.errors import RepositoryError  # noqa: E402
-from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model, publish_model  # noqa: E402
-from embedding_pipeline.onnx_export import OUTPUT_NAME, Precision, ort_session  # noqa: E402
-from embedding_pipeline.server_process import LocalServer  # noqa: E402
+from embedding_pipeline.model.onnx_export import OUTPUT_NAME, Precision, ort_session  # noqa: E402
+from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model  # noqa: E402
+from embedding_pipeline.serving.client import EmbeddingClient  # noqa: E402
+from embedding_pipeline.serving.process import LocalServer  # noqa: E402
+from embedding_pipeline.serving.tokenization import TextEncoder  # noqa: E402
 from embedding_pipeline.settings import ServerSettings  # noqa: E402
-from embedding_pipeline.tokenization import TextEncoder  # noqa: E402
 from harness import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
 
 log = logging.getLogger("bench_serving")
@@ -149,7 +149,7 @@ def prepare_models(
     Goes through the real publish path (parity gate included) so the benchmark serves exactly what
     the pipeline would; an existing published model in ``repository`` is reused (``--repository``).
     """
-    from embedding_pipeline.model_repository import latest_version
+    from embedding_pipeline.model.repository import latest_version
 
     models: dict[str, dict] = {}
     for precision in precisions:

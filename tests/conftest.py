@@ -21,7 +21,7 @@ for key in [k for k in os.environ if k.startswith(("EMBEDDING_SERVER_", "AIRFLOW
     del os.environ[key]
 sys.path.insert(0, str(Path(__file__).parent))
 
-from embedding_pipeline.airflow_runner import configure_airflow  # noqa: E402
+from embedding_pipeline.local.airflow_runner import configure_airflow  # noqa: E402
 
 configure_airflow(_SESSION_DIR / "airflow")
 
@@ -44,7 +44,7 @@ def tiny_models(session_dir: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def repository(session_dir: Path, tiny_models: dict[str, Path]) -> Path:
     """A model repository with every tiny architecture and the real MiniLM published (fp32)."""
-    from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model, publish_model
+    from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model
 
     root = session_dir / "model_repository"
     sources = {
@@ -62,7 +62,7 @@ def repository(session_dir: Path, tiny_models: dict[str, Path]) -> Path:
 @pytest.fixture(scope="session")
 def server(repository: Path):
     """A real local KServe v2 server process over ``repository`` (stopped by PID at the end)."""
-    from embedding_pipeline.server_process import LocalServer
+    from embedding_pipeline.serving.process import LocalServer
 
     with LocalServer(repository, threads=1, log_path=repository.parent / "server.log") as running:
         yield running
@@ -85,7 +85,7 @@ def settings_for(server, repository: Path, **overrides):
 @pytest.fixture(scope="session")
 def airflow_db(session_dir: Path) -> Path:
     """An Airflow home with a migrated SQLite metadata DB."""
-    from embedding_pipeline.airflow_runner import migrate_db
+    from embedding_pipeline.local.airflow_runner import migrate_db
 
     home = session_dir / "airflow"
     migrate_db(home)
@@ -98,7 +98,7 @@ def es_url(tmp_path_factory):
     if os.environ.get("ES_URL"):
         yield os.environ["ES_URL"]
         return
-    from embedding_pipeline.es_emulator import EsEmulator
+    from embedding_pipeline.local.es_emulator import EsEmulator
 
     with EsEmulator(tmp_path_factory.mktemp("es")) as emulator:
         yield emulator.url

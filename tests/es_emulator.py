@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from embedding_pipeline.es_emulator import EsEmulator, free_port  # noqa: F401 - re-exported for tests
+from embedding_pipeline.local.es_emulator import EsEmulator, free_port  # noqa: F401 - re-exported for tests
 
 # --------------------------------------------------------------------------------------------------
 # Fault-injecting proxy

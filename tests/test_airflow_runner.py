@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from embedding_pipeline.airflow_runner import run_dag_in_child
 from embedding_pipeline.errors import PipelineError
+from embedding_pipeline.local.airflow_runner import run_dag_in_child
 
 DAG = """
 import time

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from embedding_pipeline.partition_runs import run_dir_for
-from embedding_pipeline.sample_data import generate
-from embedding_pipeline.server_process import free_port
+from embedding_pipeline.runs.plan import run_dir_for
+from embedding_pipeline.sample.generate import generate
+from embedding_pipeline.serving.process import free_port
 from test_local_services import ENV_KEYS, live_pids_in_group
 
 DATES = ["2024-01-01", "2024-01-02"]
@@ -99,7 +99,7 @@ def test_standalone_runs_a_chain_backfill_and_leaves_no_process_behind(
         EMBEDDING_DATA_ROOT=str(tmp_path / "data"),
         PYTHONUNBUFFERED="1",
     )
-    command = [sys.executable, "-m", "embedding_pipeline.airflow_standalone", "--port", str(port)]
+    command = [sys.executable, "-m", "embedding_pipeline.local.airflow_standalone", "--port", str(port)]
     started = time.monotonic()
     runner = subprocess.Popen(
         [*command, "--free-ports"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from embedding_pipeline.airflow_runner import run_dag
+from embedding_pipeline.local.airflow_runner import run_dag
 
 DAG_ID = "embedding_model_publish"
 
@@ -102,8 +102,8 @@ def server_env(server, repository, monkeypatch):
 def test_dag_publishes_loads_and_emits_the_asset(airflow_db, server_env, repository, tiny_models):
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
-    from embedding_pipeline.embedding_client import EmbeddingClient
-    from embedding_pipeline.model_repository import list_versions
+    from embedding_pipeline.model.repository import list_versions
+    from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
 
     run = run_dag(

@@ -41,7 +41,7 @@ def _demo(tmp_path: Path, output: Path | None = None) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
-        "embedding_pipeline.cli",
+        "embedding_pipeline.cli.main",
         "demo",
         "--keywords",
         "800",

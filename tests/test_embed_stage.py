@@ -9,20 +9,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import settings_for
-from embedding_pipeline.accounting import StageResult
-from embedding_pipeline.dead_letter import read_dead_letters
-from embedding_pipeline.embed_stage import embed_chunk
-from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.partitions import (
+from embedding_pipeline.runs.accounting import StageResult
+from embedding_pipeline.runs.dead_letter import read_dead_letters
+from embedding_pipeline.runs.partitions import (
     KEYWORDS,
     SchemaError,
     partition_dir,
     partition_files,
     plan_chunks,
 )
-from embedding_pipeline.run_report import AccountingError, finalize
-from embedding_pipeline.staging import iter_staged, staged_metadata
+from embedding_pipeline.runs.report import AccountingError, finalize
+from embedding_pipeline.runs.staging import iter_staged, staged_metadata
+from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.stages.embed import embed_chunk
 
 DT = "2024-01-01"
 

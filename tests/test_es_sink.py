@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pytest
 from elasticsearch import Elasticsearch
-from embedding_pipeline.dead_letter import DeadLetterWriter, read_dead_letters
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.es_sink import (
     STAGE,
@@ -41,7 +40,8 @@ from embedding_pipeline.es_sink import (
     keyword_document,
     make_client,
 )
-from embedding_pipeline.staging import StagedChunkWriter
+from embedding_pipeline.runs.dead_letter import DeadLetterWriter, read_dead_letters
+from embedding_pipeline.runs.staging import StagedChunkWriter
 from es_emulator import (
     BulkFaultProxy,
     EsEmulator,

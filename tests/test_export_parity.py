@@ -9,14 +9,14 @@ import onnx
 import pytest
 from conftest import TINY
 from embedding_pipeline.errors import ParityGateError
-from embedding_pipeline.model_publish import (
+from embedding_pipeline.model.onnx_export import OUTPUT_NAME, ort_session, post_activation_matmuls
+from embedding_pipeline.model.publish import (
     ExportRequest,
     encoder_for,
     export_model,
     gate_model,
     read_metadata,
 )
-from embedding_pipeline.onnx_export import OUTPUT_NAME, ort_session, post_activation_matmuls
 
 
 @pytest.mark.parametrize("architecture", sorted(TINY))
@@ -55,8 +55,8 @@ def test_graph_has_dynamic_batch_and_sequence_and_normalises(tiny_models, tmp_pa
 
 def test_minilm_export_matches_sentence_transformers(tmp_path):
     """The in-graph mean pooling + normalisation reproduces sentence-transformers' own encode()."""
-    from embedding_pipeline.model_source import resolve_location
-    from embedding_pipeline.parity import run_onnx
+    from embedding_pipeline.model.parity import run_onnx
+    from embedding_pipeline.model.source import resolve_location
     from sentence_transformers import SentenceTransformer
 
     staging = export_model(ExportRequest("minilm", "fp32"), tmp_path)

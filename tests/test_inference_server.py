@@ -9,16 +9,16 @@ import time
 import numpy as np
 import pytest
 from conftest import settings_for
-from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import (
     ContractMismatchError,
     InvalidInputError,
     ModelNotReadyError,
     ServerUnavailableError,
 )
-from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model, publish_model
-from embedding_pipeline.parity import run_onnx
-from embedding_pipeline.server_process import LocalServer, free_port
+from embedding_pipeline.model.parity import run_onnx
+from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model
+from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.serving.process import LocalServer, free_port
 from embedding_pipeline.settings import ServerSettings
 
 MODELS = ["tiny_bert", "tiny_xlm_roberta", "tiny_modernbert", "minilm"]

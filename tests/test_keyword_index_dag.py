@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from embedding_pipeline.airflow_runner import run_dag
-from embedding_pipeline.dead_letter import read_dead_letters
-from embedding_pipeline.sample_data import generate
+from embedding_pipeline.local.airflow_runner import run_dag
+from embedding_pipeline.runs.dead_letter import read_dead_letters
+from embedding_pipeline.sample.generate import generate
 
 DAG_ID = "keyword_index"
 DATES = ["2024-01-01", "2024-01-02"]
@@ -103,7 +103,7 @@ def test_bad_rows_are_accounted_for_and_a_rerun_changes_nothing(pipeline_env):
 
 
 def first_run_dir(report: dict) -> str:
-    from embedding_pipeline.partition_runs import run_dir_for
+    from embedding_pipeline.runs.plan import run_dir_for
 
     return str(run_dir_for(DAG_ID, report["run_id"]))
 
@@ -169,7 +169,7 @@ def test_partitions_follow_params_data_interval_or_run_after():
     from datetime import UTC, datetime
 
     from embedding_pipeline.errors import ConfigError
-    from embedding_pipeline.partition_runs import resolve_partitions
+    from embedding_pipeline.runs.plan import resolve_partitions
 
     assert resolve_partitions("2024-01-30", "2024-02-02", None, None) == [
         "2024-01-30",
@@ -189,7 +189,7 @@ def test_partitions_follow_params_data_interval_or_run_after():
 def test_run_files_go_to_object_storage_when_a_staging_url_is_set(pipeline_env, tmp_path, monkeypatch):
     """Staged chunks, dead letters and the report through ObjectStoragePath (fsspec ``file://`` here;
     ``s3://``/``gs://`` take the same code path with a Connection for credentials)."""
-    from embedding_pipeline.partition_runs import run_dir_for
+    from embedding_pipeline.runs.plan import run_dir_for
 
     store = tmp_path / "object-store"
     monkeypatch.setenv("EMBEDDING_STAGING_URL", f"file://{store}")
@@ -214,7 +214,7 @@ def test_latest_partition_wins_in_both_sinks_whatever_order_dates_run_in(pipelin
     Qdrant; dt1's writes of those ids count as indexed and are reported as superseded."""
     from embedding_pipeline.es_sink import open_es
     from embedding_pipeline.qdrant_sink import open_client, resolve_alias
-    from embedding_pipeline.staging import point_id
+    from embedding_pipeline.runs.staging import point_id
 
     summary = generate(
         pipeline_env["data"], keywords=500, dates=DATES, seed=13, bad_rate=0.08, tables=("keywords",)

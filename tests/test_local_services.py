@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from embedding_pipeline import local_services
 from embedding_pipeline.errors import ServerUnavailableError
-from embedding_pipeline.es_emulator import EsEmulator
-from embedding_pipeline.local_services import LocalServices, es_emulator_dir
-from embedding_pipeline.server_process import free_port
+from embedding_pipeline.local import services as local_services
+from embedding_pipeline.local.es_emulator import EsEmulator
+from embedding_pipeline.local.services import LocalServices, es_emulator_dir
+from embedding_pipeline.serving.process import free_port
 
 ENV_KEYS = ("ES_URL", "EMBEDDING_MODEL_REPOSITORY", *local_services.SERVER_ENV_KEYS)
 
@@ -206,7 +206,7 @@ def taken_port() -> Iterator[int]:
 
 
 def test_register_adds_the_airflow_subcommand():
-    from embedding_pipeline.airflow_standalone import register
+    from embedding_pipeline.local.airflow_standalone import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command", required=True))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from embedding_pipeline.errors import RepositoryError
-from embedding_pipeline.model_publish import ExportRequest, export_model, gate_model
-from embedding_pipeline.model_repository import latest_version, list_versions, publish
-from embedding_pipeline.triton_model_config import ServingContract, parse_config, read_contract, render_config
+from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model
+from embedding_pipeline.model.repository import latest_version, list_versions, publish
+from embedding_pipeline.model.triton_config import ServingContract, parse_config, read_contract, render_config
 
 
 @pytest.fixture(scope="module")

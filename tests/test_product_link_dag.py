@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from embedding_pipeline.airflow_runner import run_dag
-from embedding_pipeline.partition_runs import run_dir_for
-from embedding_pipeline.sample_data import generate
+from embedding_pipeline.local.airflow_runner import run_dag
+from embedding_pipeline.runs.plan import run_dir_for
+from embedding_pipeline.sample.generate import generate
 
 DATES = ["2024-01-01", "2024-01-02"]
 
@@ -197,8 +197,6 @@ def _failed_at_prepare(run) -> None:
 
 def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
     from embedding_pipeline.es_sink import EsIndexError, open_es
-    from embedding_pipeline.partition_runs import model_info
-    from embedding_pipeline.product_link import LinkOptions, LinkSetupError, prepare
     from embedding_pipeline.qdrant_sink import (
         CollectionMismatchError,
         QdrantSettings,
@@ -206,7 +204,9 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
         ensure_collection,
         open_client,
     )
-    from embedding_pipeline.server_process import free_port
+    from embedding_pipeline.runs.plan import model_info
+    from embedding_pipeline.serving.process import free_port
+    from embedding_pipeline.stages.product_link import LinkOptions, LinkSetupError, prepare
 
     generate(env["data"], keywords=0, products=40, dates=[DATES[0]], seed=4, row_group_size=100)
     # No keyword collection yet.
@@ -280,7 +280,7 @@ def test_match_filters_take_the_products_value_and_skip_nulls():
     """Unit: the per-product filter (no services). A product value overrides a static filter on the
     same field; a null product value adds no condition, leaving the static one."""
     from embedding_pipeline.errors import ConfigError
-    from embedding_pipeline.product_link import LinkOptions, _filters
+    from embedding_pipeline.stages.product_link import LinkOptions, _filters
 
     options = LinkOptions(match_fields=("category", "lang"), keyword_filter={"lang": ["ja", "en"]})
     payloads = [{"category": "食品", "lang": "ja"}, {"category": None}, {}]

@@ -20,7 +20,6 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from embedding_pipeline.dead_letter import DeadLetterWriter, read_dead_letters
 from embedding_pipeline.errors import ConfigError, InvalidInputError
 from embedding_pipeline.qdrant_sink import (
     DEFAULT_PAYLOAD_INDEXES,
@@ -42,8 +41,9 @@ from embedding_pipeline.qdrant_sink import (
     search,
     upsert_chunk,
 )
+from embedding_pipeline.runs.dead_letter import DeadLetterWriter, read_dead_letters
+from embedding_pipeline.runs.staging import StagedChunkWriter, point_id
 from embedding_pipeline.settings import work_dir
-from embedding_pipeline.staging import StagedChunkWriter, point_id
 from qdrant_client import QdrantClient
 from qdrant_client.http import models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse

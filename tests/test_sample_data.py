@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from embedding_pipeline import sample_data as sd
 from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.sample import generate as sd
 
 DATES = ["2024-01-01", "2024-01-02", "2024-01-03"]
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
@@ -467,7 +467,7 @@ def test_cli_module_entry_point_prints_one_line_per_table(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "embedding_pipeline.sample_data",
+            "embedding_pipeline.sample.generate",
             "--out",
             str(tmp_path),
             "--keywords",

@@ -27,15 +27,15 @@ import pytest
 from conftest import settings_for
 from elasticsearch import Elasticsearch
 from embedding_pipeline import es_sink, qdrant_sink
-from embedding_pipeline.dead_letter import DeadLetterWriter
-from embedding_pipeline.embedding_client import EmbeddingClient
+from embedding_pipeline.cli.search import ProductNotFoundError, display_width, register
 from embedding_pipeline.errors import PipelineError
-from embedding_pipeline.link_quality import LinkQualityError, check_link_quality, render_report
-from embedding_pipeline.product_documents import linked_keywords, product_document, product_mappings
 from embedding_pipeline.qdrant_sink import QdrantSettings
-from embedding_pipeline.sample_data import generate
-from embedding_pipeline.search_cli import ProductNotFoundError, display_width, register
-from embedding_pipeline.staging import StagedChunkWriter, content_hash
+from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+from embedding_pipeline.runs.staging import StagedChunkWriter, content_hash
+from embedding_pipeline.sample.generate import generate
+from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.stages.link_quality import LinkQualityError, check_link_quality, render_report
+from embedding_pipeline.stages.product_documents import linked_keywords, product_document, product_mappings
 
 pytestmark = pytest.mark.es_live  # ES_URL=... pytest -m es_live runs this module against a real cluster
 

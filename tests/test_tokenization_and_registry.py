@@ -6,10 +6,10 @@ import json
 
 import pytest
 from embedding_pipeline.errors import ConfigError, InvalidInputError, ModelSourceError
-from embedding_pipeline.model_publish import ExportRequest, encoder_for, export_model, read_metadata
-from embedding_pipeline.model_registry import FAMILIES, get_family, infer_family
-from embedding_pipeline.model_source import resolve_location
-from embedding_pipeline.tokenization import validate_texts
+from embedding_pipeline.model.publish import ExportRequest, encoder_for, export_model, read_metadata
+from embedding_pipeline.model.registry import FAMILIES, get_family, infer_family
+from embedding_pipeline.model.source import resolve_location
+from embedding_pipeline.serving.tokenization import validate_texts
 
 
 @pytest.fixture(scope="module")

@@ -50,13 +50,13 @@ from elasticsearch import ConnectionError as EsConnectionError
 from elasticsearch.helpers import streaming_bulk
 from elasticsearch.serializer import JsonSerializer
 
-from embedding_pipeline.accounting import StageResult
-from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.errors import ConfigError, PipelineError
-from embedding_pipeline.partitions import partition_version
+from embedding_pipeline.runs.accounting import StageResult
+from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+from embedding_pipeline.runs.partitions import partition_version
+from embedding_pipeline.runs.staging import iter_staged_rows, staged_metadata
+from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.settings import redact_url
-from embedding_pipeline.staging import iter_staged_rows, staged_metadata
-from embedding_pipeline.storage import as_path
 
 log = logging.getLogger(__name__)
 

@@ -47,13 +47,13 @@ from qdrant_client import QdrantClient
 from qdrant_client.http import models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from embedding_pipeline.accounting import StageResult
-from embedding_pipeline.dead_letter import DeadLetterWriter
 from embedding_pipeline.errors import ConfigError, InvalidInputError, PipelineError
-from embedding_pipeline.partitions import partition_version
+from embedding_pipeline.runs.accounting import StageResult
+from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+from embedding_pipeline.runs.partitions import partition_version
+from embedding_pipeline.runs.staging import StagedBatch, iter_staged, staged_metadata
+from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.settings import work_dir
-from embedding_pipeline.staging import StagedBatch, iter_staged, staged_metadata
-from embedding_pipeline.storage import as_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

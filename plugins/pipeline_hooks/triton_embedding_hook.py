@@ -21,8 +21,8 @@ import logging
 from typing import Any
 
 from airflow.sdk import BaseHook
-from embedding_pipeline.embedding_client import EmbeddingClient
 from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ def no_retry_on_setup_errors() -> Iterator[None]:
     from airflow.sdk.exceptions import AirflowFailException
     from embedding_pipeline.errors import ConfigError
     from embedding_pipeline.es_sink import EsIndexError
-    from embedding_pipeline.product_link import LinkSetupError
     from embedding_pipeline.qdrant_sink import CollectionMismatchError
+    from embedding_pipeline.stages.product_link import LinkSetupError
 
     try:
         yield
@@ -43,7 +43,7 @@ def plan_stage(table: Any, stage: str) -> dict:
     from pathlib import Path
 
     from airflow.sdk import get_current_context
-    from embedding_pipeline import partition_runs
+    from embedding_pipeline.runs import plan as partition_runs
 
     context = get_current_context()
     params = context["params"]

@@ -4,7 +4,7 @@ finish_sinks -> finalize (emits the ``keyword_index`` Asset)."""
 from __future__ import annotations
 
 from airflow.sdk import Asset, get_current_context, task
-from embedding_pipeline.keyword_index import Targets
+from embedding_pipeline.stages.keyword_index import Targets
 
 from pipeline_stages.common import (
     QDRANT_TASK_CONCURRENCY,
@@ -27,7 +27,7 @@ def keyword_index_tasks() -> None:
 
     @task(retries=0)
     def plan() -> dict:
-        from embedding_pipeline.partitions import KEYWORDS
+        from embedding_pipeline.runs.partitions import KEYWORDS
 
         return plan_stage(KEYWORDS, STAGE)
 
@@ -37,8 +37,8 @@ def keyword_index_tasks() -> None:
 
     @task
     def prepare_sinks() -> dict:
-        from embedding_pipeline import keyword_index as ki
-        from embedding_pipeline.partition_runs import model_info
+        from embedding_pipeline.runs.plan import model_info
+        from embedding_pipeline.stages import keyword_index as ki
 
         params = get_current_context()["params"]
         qdrant, es = store_settings()
@@ -48,33 +48,33 @@ def keyword_index_tasks() -> None:
 
     @task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
-        from embedding_pipeline import keyword_index as ki
+        from embedding_pipeline.stages import keyword_index as ki
 
         return ki.embed(chunk, planned["run_dir"], prepared["model_name"])
 
     @task(max_active_tis_per_dag=QDRANT_TASK_CONCURRENCY)
     def qdrant_upsert(embedded: dict, planned: dict) -> dict:
-        from embedding_pipeline import keyword_index as ki
+        from embedding_pipeline.stages import keyword_index as ki
 
         params = get_current_context()["params"]
         return ki.write_qdrant(embedded, planned["run_dir"], _targets(params), store_settings()[0])
 
     @task
     def es_index(embedded: dict, planned: dict) -> dict:
-        from embedding_pipeline import keyword_index as ki
+        from embedding_pipeline.stages import keyword_index as ki
 
         params = get_current_context()["params"]
         return ki.write_es(embedded, planned["run_dir"], _targets(params), store_settings()[1])
 
     @task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
-        from embedding_pipeline import keyword_index as ki
+        from embedding_pipeline.stages import keyword_index as ki
 
         ki.finish_sinks(_targets(get_current_context()["params"]), prepared, store_settings()[1])
 
     @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
-        from embedding_pipeline import keyword_index as ki
+        from embedding_pipeline.stages import keyword_index as ki
 
         context = get_current_context()
         params = context["params"]

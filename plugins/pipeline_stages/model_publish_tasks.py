@@ -18,8 +18,8 @@ def model_publish_tasks() -> tuple[Any, Any]:
 
     @task
     def export() -> str:
-        from embedding_pipeline.model_publish import ExportRequest, export_model
-        from embedding_pipeline.model_repository import validate_model_name
+        from embedding_pipeline.model.publish import ExportRequest, export_model
+        from embedding_pipeline.model.repository import validate_model_name
         from embedding_pipeline.settings import work_dir
 
         context = get_current_context()
@@ -37,13 +37,13 @@ def model_publish_tasks() -> tuple[Any, Any]:
 
     @task(retries=0)
     def parity_gate(staging: str) -> dict:
-        from embedding_pipeline.model_publish import gate_model
+        from embedding_pipeline.model.publish import gate_model
 
         return gate_model(Path(staging))
 
     @task(retries=1, retry_delay=timedelta(seconds=10))
     def publish(staging: str, parity: dict) -> dict:
-        from embedding_pipeline.model_publish import publish_model
+        from embedding_pipeline.model.publish import publish_model
         from embedding_pipeline.settings import model_repository_path
 
         params = get_current_context()["params"]
@@ -104,7 +104,7 @@ def model_gate_tasks() -> None:
     def decide() -> str | None:
         from airflow.sdk.exceptions import AirflowFailException
         from embedding_pipeline.errors import RepositoryError
-        from embedding_pipeline.model_repository import latest_version
+        from embedding_pipeline.model.repository import latest_version
         from embedding_pipeline.settings import model_repository_path
 
         context = get_current_context()
@@ -127,7 +127,7 @@ def model_gate_tasks() -> None:
 
     @task(trigger_rule="none_failed", retries=3, retry_delay=timedelta(seconds=15))
     def model_ready() -> dict:
-        from embedding_pipeline.partition_runs import model_info
+        from embedding_pipeline.runs.plan import model_info
 
         params = get_current_context()["params"]
         model = model_info(None, params["model_name"])

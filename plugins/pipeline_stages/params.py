@@ -5,11 +5,11 @@ by ``dag.test(run_conf=...)`` before any task runs."""
 from __future__ import annotations
 
 from airflow.sdk import Param
-from embedding_pipeline.model_registry import FAMILIES
-from embedding_pipeline.model_source import DEFAULT_MODEL_SOURCE
-from embedding_pipeline.onnx_export import PRECISIONS
-from embedding_pipeline.product_link import DEFAULT_HNSW_EF, MATCHABLE_FIELDS, MAX_HNSW_EF, MAX_TOP_K
+from embedding_pipeline.model.onnx_export import PRECISIONS
+from embedding_pipeline.model.registry import FAMILIES
+from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.settings import data_root
+from embedding_pipeline.stages.product_link import DEFAULT_HNSW_EF, MATCHABLE_FIELDS, MAX_HNSW_EF, MAX_TOP_K
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ES_ALIAS = r"^[a-z0-9][a-z0-9_.-]{0,63}$"

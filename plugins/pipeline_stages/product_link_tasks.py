@@ -20,7 +20,7 @@ STAGE = "product_link"
 
 
 def _options(params: dict) -> Any:
-    from embedding_pipeline.product_link import LinkOptions
+    from embedding_pipeline.stages.product_link import LinkOptions
 
     with no_retry_on_setup_errors():
         return LinkOptions(
@@ -41,7 +41,7 @@ def product_link_tasks() -> None:
 
     @task(retries=0)
     def plan() -> dict:
-        from embedding_pipeline.partitions import PRODUCTS
+        from embedding_pipeline.runs.partitions import PRODUCTS
 
         _options(get_current_context()["params"])  # a bad option fails here, before any embedding
         return plan_stage(PRODUCTS, STAGE)
@@ -52,8 +52,8 @@ def product_link_tasks() -> None:
 
     @task
     def prepare(planned: dict) -> dict:
-        from embedding_pipeline import product_link
-        from embedding_pipeline.partition_runs import model_info
+        from embedding_pipeline.runs.plan import model_info
+        from embedding_pipeline.stages import product_link
 
         params = get_current_context()["params"]
         qdrant, es = store_settings()
@@ -65,14 +65,14 @@ def product_link_tasks() -> None:
 
     @task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
-        from embedding_pipeline import product_link
+        from embedding_pipeline.stages import product_link
 
         options = _options(get_current_context()["params"])
         return product_link.embed(chunk, planned["run_dir"], prepared["model_name"], options.role)
 
     @task(max_active_tis_per_dag=QDRANT_TASK_CONCURRENCY)
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:
-        from embedding_pipeline import product_link
+        from embedding_pipeline.stages import product_link
 
         options = _options(get_current_context()["params"])
         qdrant, es = store_settings()
@@ -81,14 +81,14 @@ def product_link_tasks() -> None:
 
     @task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
-        from embedding_pipeline import product_link
+        from embedding_pipeline.stages import product_link
 
         options = _options(get_current_context()["params"])
         product_link.finish(options, prepared, store_settings()[1])
 
     @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, linked: list) -> dict:
-        from embedding_pipeline import product_link
+        from embedding_pipeline.stages import product_link
 
         context = get_current_context()
         params = context["params"]

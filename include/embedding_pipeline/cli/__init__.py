@@ -1,0 +1,1 @@
+"""The ``embedding-pipeline`` command: the demo, search and quality commands, and the rest."""

@@ -1,0 +1,2 @@
+"""The model path: model families, sources, ONNX export, the parity gate, publishing into the
+Triton model repository and the ``config.pbtxt`` it serves from."""

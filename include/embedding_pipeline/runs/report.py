@@ -1,0 +1,166 @@
+"""Finalize: check the accounting identity per sink, write the run report, enforce the threshold.
+
+Identity, per sink S: ``rows_read == indexed_S + dead_lettered_embed + dead_lettered_S``, and every
+mapped task balanced on its own (``rows_in == indexed + dead_lettered``). A mismatch is silent
+loss somewhere: the run fails after writing the report, so the numbers are there to debug it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from embedding_pipeline.errors import PipelineError
+from embedding_pipeline.runs.accounting import StageResult
+from embedding_pipeline.runs.storage import StoragePath, as_path, write_text
+
+
+class AccountingError(PipelineError):
+    """Rows went missing between stages, or too many rows were dead-lettered."""
+
+
+def _rate(rows: int, seconds: float) -> float | None:
+    return round(rows / seconds, 1) if seconds > 0 else None
+
+
+def _sum_numeric_extras(results: list[StageResult]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for result in results:
+        for key, value in result.extra.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                totals[key] = round(totals.get(key, 0.0) + value, 3)
+    return totals
+
+
+def _stage_summary(results: list[StageResult]) -> dict[str, Any]:
+    reasons: Counter[str] = Counter()
+    for result in results:
+        reasons.update(result.dead_letters_by_reason)
+    seconds = sum(r.seconds for r in results)
+    indexed = sum(r.indexed for r in results)
+    return {
+        "tasks": len(results),
+        "rows_in": sum(r.rows_in for r in results),
+        "indexed": indexed,
+        "dead_lettered": sum(r.dead_lettered for r in results),
+        "dead_letters_by_reason": dict(reasons),
+        "task_seconds": round(seconds, 3),
+        "rows_per_task_second": _rate(indexed, seconds),
+        "unbalanced_tasks": [r.chunk for r in results if not r.balanced],
+        "extra": _sum_numeric_extras(results),
+    }
+
+
+def build_report(
+    embed: list[StageResult],
+    sinks: dict[str, list[StageResult]],
+    meta: dict[str, Any],
+    max_dead_letter_ratio: float,
+) -> dict[str, Any]:
+    embed_summary = _stage_summary(embed)
+    rows_read = embed_summary["rows_in"]
+    problems: list[str] = []
+    if embed_summary["unbalanced_tasks"]:
+        problems.append(f"embed tasks do not balance: {embed_summary['unbalanced_tasks']}")
+    sink_summaries = {}
+    for sink, results in sinks.items():
+        summary = _stage_summary(results)
+        if summary["unbalanced_tasks"]:
+            problems.append(f"{sink} tasks do not balance: {summary['unbalanced_tasks']}")
+        if summary["rows_in"] != embed_summary["indexed"]:
+            problems.append(
+                f"{sink} received {summary['rows_in']} rows but {embed_summary['indexed']} were embedded"
+            )
+        accounted = summary["indexed"] + summary["dead_lettered"] + embed_summary["dead_lettered"]
+        if accounted != rows_read:
+            problems.append(
+                f"{sink}: rows_read {rows_read} != indexed {summary['indexed']} + dead letters "
+                f"{summary['dead_lettered'] + embed_summary['dead_lettered']}"
+            )
+        dead = summary["dead_lettered"] + embed_summary["dead_lettered"]
+        summary["dead_letter_ratio"] = round(dead / rows_read, 6) if rows_read else 0.0
+        if rows_read and dead / rows_read > max_dead_letter_ratio:
+            problems.append(
+                f"{sink}: dead-letter ratio {dead / rows_read:.4f} exceeds the threshold "
+                f"{max_dead_letter_ratio}"
+            )
+        sink_summaries[sink] = summary
+    return {
+        **meta,
+        "finished_at": datetime.now(UTC).isoformat(),
+        "status": "failed" if problems else ("no_data" if rows_read == 0 else "ok"),
+        "problems": problems,
+        "rows_read": rows_read,
+        "embed": embed_summary,
+        "sinks": sink_summaries,
+        "max_dead_letter_ratio": max_dead_letter_ratio,
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Run report: {report.get('dag_id', '')} {report.get('partitions', '')}",
+        "",
+        f"status **{report['status']}**, rows read {report['rows_read']}, model "
+        f"{report.get('model_name')} v{report.get('model_version')}",
+        "",
+        "| stage | tasks | rows in | indexed | dead letters | task-seconds | rows/task-s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, summary in [("embed", report["embed"]), *report["sinks"].items()]:
+        lines.append(
+            f"| {name} | {summary['tasks']} | {summary['rows_in']} | {summary['indexed']} | "
+            f"{summary['dead_lettered']} | {summary['task_seconds']} | {summary['rows_per_task_second']} |"
+        )
+    reasons: Counter[str] = Counter(report["embed"]["dead_letters_by_reason"])
+    for summary in report["sinks"].values():
+        reasons.update(summary["dead_letters_by_reason"])
+    if reasons:
+        lines += ["", "Dead letters by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))]
+    if report["problems"]:
+        lines += ["", "Problems:", *[f"- {p}" for p in report["problems"]]]
+    return "\n".join(lines) + "\n"
+
+
+def finalize(
+    run_dir: str | StoragePath,
+    embed: list[StageResult],
+    sinks: dict[str, list[StageResult]],
+    meta: dict[str, Any],
+    max_dead_letter_ratio: float,
+) -> dict[str, Any]:
+    """Write ``report.json`` / ``report.md`` into ``run_dir``; raise ``AccountingError`` on problems."""
+    report = build_report(embed, sinks, meta, max_dead_letter_ratio)
+    run_dir = as_path(run_dir)
+    write_text(run_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+    write_text(run_dir / "report.md", render_markdown(report))
+    if report["problems"]:
+        raise AccountingError("; ".join(report["problems"]) + f" (report: {run_dir / 'report.json'})")
+    return report
+
+
+def finalize_run(
+    planned: dict[str, Any],
+    embedded: list[dict[str, Any]],
+    sinks: dict[str, list[dict[str, Any]]],
+    meta: dict[str, Any],
+    max_dead_letter_ratio: float,
+) -> dict[str, Any]:
+    """:func:`finalize` from what the tasks passed through XCom: the plan, the embed tasks' outputs
+    and each sink's ``StageResult`` dicts (the finalize task of every indexing stage)."""
+    meta = {
+        **meta,
+        "partitions": planned["partitions"],
+        "missing_partitions": planned["missing_partitions"],
+        "rejected_files": planned["rejected_files"],
+        "chunks": len(planned["chunks"]),
+    }
+    return finalize(
+        planned["run_dir"],
+        [StageResult.from_xcom(e["result"]) for e in embedded],
+        {name: [StageResult.from_xcom(r) for r in results] for name, results in sinks.items()},
+        meta,
+        max_dead_letter_ratio,
+    )

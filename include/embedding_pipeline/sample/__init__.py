@@ -1,0 +1,1 @@
+"""Deterministic sample data: partitioned keyword and product tables with injected bad rows."""

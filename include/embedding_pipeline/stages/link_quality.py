@@ -1,0 +1,469 @@
+"""Linking quality: how much of the exact nearest-keyword list each stored product document holds.
+
+The product link stage stores, per product, the top-K keywords Qdrant returned for its name. Qdrant
+local mode searches exhaustively, so there the stored lists are exact; a Qdrant server searches an
+HNSW graph and may miss neighbours. This check measures what that costs. For a reproducible sample
+of stored product documents it re-embeds each product name as the link stage did (model and role
+recorded in the document), computes the exact top-K by brute force over every keyword vector of
+the collection under the same score threshold and filters (recorded in the document's ``link``),
+and reports recall@K = mean over products of |stored ∩ exact| / |exact|.
+
+Memory stays flat in the number of keywords: vectors are streamed from Qdrant in blocks
+(:func:`~embedding_pipeline.qdrant_sink.iter_vectors`) and only a running top-K per sampled product
+is kept, never the keyword set.
+
+Scores here and in Qdrant differ by float rounding (and a re-embedded name by a little more), so
+boundaries get a tolerance of :data:`SCORE_TOLERANCE`: a stored keyword scoring within it of the
+K-th exact score is a tie, not a miss, and an exact keyword within it of the score threshold that
+was not stored is not a miss either.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from elasticsearch import Elasticsearch
+from qdrant_client import QdrantClient
+from qdrant_client.http import models
+
+from embedding_pipeline import es_sink, qdrant_sink
+from embedding_pipeline.errors import PipelineError
+from embedding_pipeline.model.registry import ROLES, Role
+from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.stages.product_documents import search_setting
+
+SCORE_TOLERANCE = 1e-6
+# Scores held per streamed block (products x keywords, float32: ~32 MB): the block size adapts to the
+# sample, because large blocks amortise each scroll request (local mode's scroll re-sorts every id).
+SCAN_CELLS = 8_000_000
+SCAN_BATCH_LIMITS = (256, 8192)
+MISSED_EXAMPLES = 3
+RENDERED_PRODUCTS = 10
+_SCALARS = (str, int, float, bool)
+
+
+class LinkQualityError(PipelineError):
+    """The stored links cannot be checked as asked (other model, other collection, bad ``link``)."""
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """How one stored list was made: the product document's ``link`` object, parsed."""
+
+    top_k: int
+    score_threshold: float | None
+    match_fields: tuple[str, ...]
+    keyword_filter: Mapping[str, frozenset[Any]]
+    role: Role | None
+    keyword_collection: str | None
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> LinkSpec:
+        link = doc.get("link") or {}
+        where = f"product {doc.get('product_id')!r}"
+        try:
+            top_k = int(link["top_k"])
+        except (KeyError, TypeError, ValueError):
+            raise LinkQualityError(f"{where} has no usable link.top_k ({link.get('top_k')!r})") from None
+        raw_filter = link.get("keyword_filter") or "{}"
+        try:
+            parsed = json.loads(raw_filter) if isinstance(raw_filter, str) else raw_filter
+        except json.JSONDecodeError as exc:
+            raise LinkQualityError(
+                f"{where}: link.keyword_filter is not JSON ({exc}): {raw_filter!r}"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise LinkQualityError(f"{where}: link.keyword_filter must be a JSON object, got {raw_filter!r}")
+        threshold, role = link.get("score_threshold"), link.get("role")
+        if role == "none":  # how the link stage records "no prefix"
+            role = None
+        if role is not None and role not in ROLES:
+            raise LinkQualityError(f"{where}: link.role {role!r} is not one of {ROLES}")
+        return cls(
+            top_k=top_k,
+            score_threshold=None if threshold is None else float(threshold),
+            match_fields=tuple(link.get("match_fields") or ()),
+            keyword_filter={
+                key: frozenset(value if isinstance(value, list) else [value]) for key, value in parsed.items()
+            },
+            role=role,
+            keyword_collection=link.get("keyword_collection"),
+        )
+
+
+@dataclass(frozen=True)
+class MissedKeyword:
+    """An exact neighbour the stored list lacks."""
+
+    keyword_id: str
+    keyword: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ProductRecall:
+    """One product whose stored list is not the exact one."""
+
+    product_id: str
+    product_name: str
+    recall: float
+    found: int
+    expected: int
+    not_exact: int  # stored keywords that the exact list (with its filters) does not hold
+    missed: tuple[MissedKeyword, ...]
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """What the check measured; ``below`` lists the products with recall < 1, worst first."""
+
+    sample_size: int
+    seed: int
+    ks: tuple[int, ...]  # the K values checked: one, unless products were linked with different top_k
+    recall_mean: float
+    recall_min: float
+    below: tuple[ProductRecall, ...]
+    keywords_scanned: int
+    keyword_collection: str
+    model: str
+    # Largest |stored score - exact score| of a right keyword: ~1e-6 is float noise; more means the
+    # names or vectors were embedded differently than at link time.
+    max_score_drift: float
+    seconds: float
+    embed_seconds: float
+    scan_seconds: float
+    # How the sampled lists were searched (the document's link.hnsw_ef / link.exact): "hnsw_ef 128",
+    # "exact", "server default" -> products. Local mode is exact whatever was asked.
+    searched_with: Mapping[str, int] = field(default_factory=dict)
+
+
+def _matches(value: Any, allowed: frozenset[Any]) -> bool:
+    """Qdrant's match semantics: the payload value, or any element of an array payload, is allowed."""
+    if isinstance(value, list):
+        return any(isinstance(v, _SCALARS) and v in allowed for v in value)
+    return isinstance(value, _SCALARS) and value in allowed
+
+
+class _RunningTopK:
+    """The best ``k`` eligible keywords per product seen so far, merged block by block."""
+
+    def __init__(self, products: int, k: int) -> None:
+        self.scores = np.full((products, k), -np.inf, dtype=np.float32)
+        self.ids = np.full((products, k), None, dtype=object)
+        self.texts = np.full((products, k), None, dtype=object)
+
+    def merge(self, scores: np.ndarray, ids: np.ndarray, texts: np.ndarray) -> None:
+        """Fold in one block: ``scores`` [products, block] (-inf = not eligible), ``ids``/``texts`` [block].
+
+        The block's own top-k is taken first on plain floats, so only 2k candidates per product
+        reach the (slower) object arrays.
+        """
+        k = self.scores.shape[1]
+        rows = np.arange(len(scores))[:, None]
+        if scores.shape[1] > k:
+            columns = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            scores = scores[rows, columns]
+        else:
+            columns = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        all_scores = np.concatenate([self.scores, scores], axis=1)
+        all_ids = np.concatenate([self.ids, ids[columns]], axis=1)
+        all_texts = np.concatenate([self.texts, texts[columns]], axis=1)
+        keep = np.argpartition(-all_scores, k - 1, axis=1)[:, :k]
+        self.scores, self.ids, self.texts = all_scores[rows, keep], all_ids[rows, keep], all_texts[rows, keep]
+
+    def ranked(self, row: int, k: int) -> list[tuple[str, str, float]]:
+        """(keyword_id, keyword, score) of the best ``k`` eligible keywords of one product, best first."""
+        order = np.argsort(-self.scores[row], kind="stable")[:k]
+        return [
+            (str(self.ids[row, i]), str(self.texts[row, i]), float(self.scores[row, i]))
+            for i in order
+            if np.isfinite(self.scores[row, i])
+        ]
+
+
+class _Sample:
+    """The sampled documents, their link specs and stored lists, and the per-block eligibility mask."""
+
+    def __init__(
+        self, docs: Sequence[Mapping[str, Any]], specs: Sequence[LinkSpec], ks: Sequence[int]
+    ) -> None:
+        self.docs, self.specs, self.ks = docs, specs, ks
+        self.thresholds = np.array(
+            [-np.inf if s.score_threshold is None else s.score_threshold for s in specs], dtype=np.float32
+        )
+        self.stored: list[dict[str, float]] = []  # per product: stored keyword_id -> stored score
+        self.rows_of_stored: dict[str, list[int]] = defaultdict(list)
+        for row, (doc, k) in enumerate(zip(docs, ks, strict=True)):
+            entries = sorted(doc.get("keywords") or [], key=lambda e: e.get("rank", 0))[:k]
+            stored = {str(e["keyword_id"]): float(e.get("score", np.nan)) for e in entries}
+            self.stored.append(stored)
+            for keyword_id in stored:
+                self.rows_of_stored[keyword_id].append(row)
+        # As the link stage builds its filters: the static keyword_filter, where a matched field with a
+        # value replaces the static condition on that field (it does not AND with it). Products with
+        # the same static part share one mask computation per block.
+        self.filter_groups: dict[frozenset[tuple[str, frozenset[Any]]], list[int]] = defaultdict(list)
+        # (field, the product's value) -> products whose match_fields ask for it
+        self.match_groups: dict[tuple[str, Any], list[int]] = defaultdict(list)
+        for row, (doc, spec) in enumerate(zip(docs, specs, strict=True)):
+            matched = {f for f in spec.match_fields if doc.get(f) is not None}
+            static = frozenset((f, v) for f, v in spec.keyword_filter.items() if f not in matched)
+            if static:
+                self.filter_groups[static].append(row)
+            for field_name in matched:
+                self.match_groups[(field_name, doc[field_name])].append(row)
+
+    @property
+    def payload_fields(self) -> list[str]:
+        wanted = {"keyword_id", "keyword"}
+        for spec in self.specs:
+            wanted.update(spec.match_fields, spec.keyword_filter)
+        return sorted(wanted)
+
+    def filter_mask(self, payloads: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """[products, block] True where the keyword passes the product's filters (threshold aside)."""
+        mask = np.ones((len(self.docs), len(payloads)), dtype=bool)
+        for static, rows in self.filter_groups.items():
+            ok = np.array(
+                [all(_matches(p.get(f), allowed) for f, allowed in static) for p in payloads], dtype=bool
+            )
+            mask[rows] &= ok
+        for (field_name, value), rows in self.match_groups.items():
+            allowed = frozenset([value])
+            mask[rows] &= np.array([_matches(p.get(field_name), allowed) for p in payloads], dtype=bool)
+        return mask
+
+
+def _check_models(
+    docs: Sequence[Mapping[str, Any]], client: EmbeddingClient, target: qdrant_sink.CollectionTarget
+) -> str:
+    """Refuse to compare vectors of different models; the client's model, as ``name vN``."""
+    name, version = client.settings.model_name, str(client.published.version)
+    ours = f"{name} v{version}"
+    others = sorted(
+        {
+            f"{d.get('model_name')} v{d.get('model_version')}"
+            for d in docs
+            if (str(d.get("model_name")), str(d.get("model_version"))) != (name, version)
+        }
+    )
+    if others:
+        raise LinkQualityError(
+            f"the sampled product documents were linked with {', '.join(others)}, but the embedding client "
+            f"serves {ours}: re-embedding with another model cannot reproduce their lists. Check with the "
+            "model they were linked with (e.g. --model), or re-link the products first"
+        )
+    qdrant_sink.check_model(
+        target,
+        dim=client.dim,
+        model_name=name,
+        model_version=version,
+        distance=models.Distance.COSINE,  # the check computes cosine
+        what=f"the embedding client's model for {target.alias!r}",
+    )
+    return ours
+
+
+def _check_collection(docs: Sequence[Mapping[str, Any]], specs: Sequence[LinkSpec], target_name: str) -> None:
+    recorded = sorted({s.keyword_collection for s in specs if s.keyword_collection != target_name}, key=str)
+    if recorded:
+        example = next(
+            d.get("product_id")
+            for d, s in zip(docs, specs, strict=True)
+            if s.keyword_collection != target_name
+        )
+        raise LinkQualityError(
+            f"product documents were linked against Qdrant collection(s) {recorded} (e.g. {example!r}), "
+            f"but the keyword alias now resolves to {target_name!r}: the exact lists would come from "
+            "other keywords. Pass that collection's name as the keyword alias, or re-link the products"
+        )
+
+
+def _product_recall(
+    sample: _Sample,
+    row: int,
+    exact: list[tuple[str, str, float]],
+    scores_of_stored: Mapping[str, tuple[float, bool]],
+) -> tuple[float, ProductRecall | None, float]:
+    """Recall of one product, the report entry when below 1, and its largest stored-vs-exact score drift."""
+    k, stored = sample.ks[row], sample.stored[row]
+    threshold = float(sample.thresholds[row])
+    kth = exact[-1][2] if len(exact) == k else -np.inf
+    boundary = max(threshold, kth) - SCORE_TOLERANCE
+    correct = [
+        keyword_id
+        for keyword_id in stored
+        if keyword_id in scores_of_stored
+        and scores_of_stored[keyword_id][1]
+        and scores_of_stored[keyword_id][0] >= boundary
+    ]
+    required = [e for e in exact if e[0] in stored or e[2] >= threshold + SCORE_TOLERANCE]
+    if required:
+        found = min(len(correct), len(required))
+        recall = found / len(required)
+    else:
+        found = 0
+        recall = 1.0 if len(correct) == len(stored) else 0.0
+    drift = max(
+        (abs(stored[i] - scores_of_stored[i][0]) for i in correct if np.isfinite(stored[i])), default=0.0
+    )
+    if recall >= 1.0:
+        return recall, None, drift
+    missed = [MissedKeyword(i, text, score) for i, text, score in required if i not in stored]
+    doc = sample.docs[row]
+    entry = ProductRecall(
+        product_id=str(doc.get("product_id")),
+        product_name=str(doc.get("product_name")),
+        recall=recall,
+        found=found,
+        expected=len(required),
+        not_exact=len(stored) - len(correct),
+        missed=tuple(missed[: min(MISSED_EXAMPLES, len(required) - found)]),
+    )
+    return recall, entry, drift
+
+
+def _embed_names(
+    client: EmbeddingClient, docs: Sequence[Mapping[str, Any]], specs: Sequence[LinkSpec]
+) -> np.ndarray:
+    """Product names embedded as the link stage did, each with its document's recorded role."""
+    queries = np.empty((len(docs), client.dim), dtype=np.float32)
+    rows_by_role: dict[Role | None, list[int]] = defaultdict(list)
+    for row, spec in enumerate(specs):
+        rows_by_role[spec.role].append(row)
+    for role, rows in rows_by_role.items():
+        queries[rows] = client.embed([str(docs[r].get("product_name")) for r in rows], role=role).vectors
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
+def _scan(
+    qdrant: QdrantClient, collection: str, run: _Sample, queries: np.ndarray, scan_batch: int
+) -> tuple[_RunningTopK, list[dict[str, tuple[float, bool]]], int]:
+    """One pass over every keyword vector: the running exact top-K per product, the exact score (and
+    whether the filters let it through) of every stored keyword, and how many keywords were seen."""
+    best = _RunningTopK(len(queries), max(run.ks))
+    scores_of_stored: list[dict[str, tuple[float, bool]]] = [{} for _ in range(len(queries))]
+    scanned = 0
+    for vectors, payloads in qdrant_sink.iter_vectors(qdrant, collection, scan_batch, run.payload_fields):
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        scores = queries @ vectors.T
+        allowed = run.filter_mask(payloads)
+        eligible = np.where(allowed & (scores >= run.thresholds[:, None]), scores, np.float32(-np.inf))
+        ids = np.array([str(p.get("keyword_id")) for p in payloads], dtype=object)
+        texts = np.array([p.get("keyword") for p in payloads], dtype=object)
+        best.merge(eligible, ids, texts)
+        for column, keyword_id in enumerate(ids):
+            for row in run.rows_of_stored.get(keyword_id, ()):
+                scores_of_stored[row][keyword_id] = (float(scores[row, column]), bool(allowed[row, column]))
+        scanned += len(payloads)
+    return best, scores_of_stored, scanned
+
+
+def check_link_quality(
+    es: Elasticsearch,
+    qdrant: QdrantClient,
+    client: EmbeddingClient,
+    product_alias: str = "products",
+    keyword_alias: str = "keywords",
+    sample: int = 200,
+    seed: int = 0,
+    top_k: int | None = None,
+    *,
+    scan_batch: int | None = None,
+) -> QualityReport:
+    """Recall@K of the stored product -> keyword lists against exact search, on a sample of products.
+
+    ``top_k`` None checks each list at the K it was linked with; a smaller K checks the first K
+    ranks. Memory: sample × (K + ``scan_batch``) scores, independent of the number of keywords;
+    ``scan_batch`` None sizes blocks to :data:`SCAN_CELLS` scores.
+    """
+    started = time.monotonic()
+    docs = es_sink.sample_documents(es, product_alias, sample, seed, id_field="product_id")
+    if not docs:
+        raise LinkQualityError(f"alias {product_alias!r} holds no product documents to check")
+    specs = [LinkSpec.from_document(d) for d in docs]
+    if top_k is not None:
+        if top_k < 1:
+            raise LinkQualityError(f"top_k must be >= 1, got {top_k}")
+        shortest = min(s.top_k for s in specs)
+        if top_k > shortest:
+            raise LinkQualityError(
+                f"top_k {top_k} is more than some stored lists were linked with (link.top_k {shortest}): "
+                "recall@K needs K <= the linked K"
+            )
+    ks = [top_k or s.top_k for s in specs]
+    target = qdrant_sink.collection_target_retrying(qdrant, keyword_alias)
+    model = _check_models(docs, client, target)
+    _check_collection(docs, specs, target.name)
+    run = _Sample(docs, specs, ks)
+
+    embed_started = time.monotonic()
+    queries = _embed_names(client, docs, specs)
+    embed_seconds = time.monotonic() - embed_started
+    scan_started = time.monotonic()
+    low, high = SCAN_BATCH_LIMITS
+    batch = scan_batch or min(high, max(low, SCAN_CELLS // len(docs)))
+    best, scores_of_stored, scanned = _scan(qdrant, target.name, run, queries, batch)
+    scan_seconds = time.monotonic() - scan_started
+
+    recalls, below, drift = [], [], 0.0
+    for row in range(len(docs)):
+        recall, entry, product_drift = _product_recall(
+            run, row, best.ranked(row, ks[row]), scores_of_stored[row]
+        )
+        recalls.append(recall)
+        drift = max(drift, product_drift)
+        if entry is not None:
+            below.append(entry)
+    below.sort(key=lambda e: (e.recall, e.product_id))
+    return QualityReport(
+        sample_size=len(docs),
+        seed=seed,
+        ks=tuple(sorted(set(ks))),
+        recall_mean=float(np.mean(recalls)),
+        recall_min=float(np.min(recalls)),
+        below=tuple(below),
+        keywords_scanned=scanned,
+        keyword_collection=target.name,
+        model=model,
+        max_score_drift=drift,
+        seconds=round(time.monotonic() - started, 3),
+        embed_seconds=round(embed_seconds, 3),
+        scan_seconds=round(scan_seconds, 3),
+        searched_with=dict(Counter(search_setting(d.get("link") or {}) for d in docs)),
+    )
+
+
+def render_report(report: QualityReport, max_products: int = RENDERED_PRODUCTS) -> str:
+    """A few readable lines: the numbers first, then the worst products with what they miss."""
+    k = "/".join(map(str, report.ks))
+    lines = [
+        f"link quality: recall@{k} of {report.sample_size} sampled products (seed {report.seed}) "
+        f"against {report.keyword_collection} ({report.keywords_scanned} keywords), model {report.model}",
+        f"  recall mean {report.recall_mean:.4f}  min {report.recall_min:.4f}  "
+        f"products below 1: {len(report.below)}",
+        f"  largest stored-vs-exact score difference {report.max_score_drift:.2e}; searched with "
+        + ", ".join(f"{how} ({n})" for how, n in sorted(report.searched_with.items())),
+    ]
+    for entry in report.below[:max_products]:
+        missed = ", ".join(f"{m.keyword} ({m.keyword_id}, {m.score:.4f})" for m in entry.missed)
+        lines.append(
+            f"  {entry.product_id} {entry.product_name}: recall {entry.recall:.3f} "
+            f"({entry.found} of {entry.expected} exact"
+            + (f", {entry.not_exact} stored not exact" if entry.not_exact else "")
+            + ")"
+            + (f", missed {missed}" if missed else "")
+        )
+    if len(report.below) > max_products:
+        lines.append(f"  ... and {len(report.below) - max_products} more")
+    lines.append(
+        f"  time {report.seconds:.2f} s (embedding {report.embed_seconds:.2f} s, "
+        f"scan {report.scan_seconds:.2f} s)"
+    )
+    return "\n".join(lines)

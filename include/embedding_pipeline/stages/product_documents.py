@@ -1,0 +1,141 @@
+"""Product documents with their linked keywords: the Elasticsearch mapping and the ``_source`` builder.
+
+Pure functions (no client here; :mod:`embedding_pipeline.es_sink` does the talking). One product
+document per ``product_id``::
+
+    product_id, product_name, description, category, brand, updated_at, dt
+    keywords: nested [{keyword_id, keyword, score, rank}]     best first, rank 1..K
+    keyword_count, top_score
+    model_name, model_version, content_hash, linked_at
+    link: {top_k, score_threshold, match_fields, keyword_filter (JSON text), role, keyword_collection,
+           hnsw_ef, exact}
+
+``_id`` is the ``product_id`` (stable, short, unique; a product name may be long or shared). A
+re-link writes the whole document again, so the nested list is replaced, never appended to; a
+product with no keyword above the threshold is stored with ``keywords: []`` (it was linked, and
+found nothing), not dropped. The ``link`` object records how the list was made, so the quality
+check (:mod:`embedding_pipeline.stages.link_quality`) can recompute it exactly.
+
+Across partitions the **latest ``dt`` wins**: documents are written with an external version
+derived from ``dt`` (:func:`partitions.partition_version`), so re-linking an older partition after a newer
+one leaves the newer document in place whatever order mapped tasks or backfills run in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from embedding_pipeline.es_sink import DEFAULT_ANALYZER, normalise_date
+
+PRODUCT_PAYLOAD_FIELDS = ("description", "category", "brand", "updated_at", "dt")
+
+
+def product_mappings(
+    *, model_name: str, model_version: int, dim: int, analyzer: str = DEFAULT_ANALYZER
+) -> dict[str, Any]:
+    """Explicit mapping of the product index (``dynamic: strict`` for the same reasons as keywords).
+
+    ``keywords`` is ``nested`` so a query can ask for one keyword object matching several
+    conditions at once (keyword text AND score >= x), which flattened objects cannot answer.
+    """
+    text = {"type": "text", "analyzer": analyzer, "fields": {"raw": {"type": "keyword", "ignore_above": 512}}}
+    return {
+        "dynamic": "strict",
+        "_meta": {
+            "kind": "product",
+            "model_name": model_name,
+            "model_version": int(model_version),
+            "dim": int(dim),
+        },
+        "properties": {
+            "product_id": {"type": "keyword"},
+            "product_name": text,
+            "description": {"type": "text", "analyzer": analyzer},
+            "category": {"type": "keyword"},
+            "brand": {"type": "keyword"},
+            "updated_at": {"type": "date"},
+            "dt": {"type": "keyword"},
+            "keywords": {
+                "type": "nested",
+                "properties": {
+                    "keyword_id": {"type": "keyword"},
+                    "keyword": text,
+                    "score": {"type": "float"},
+                    "rank": {"type": "integer"},
+                },
+            },
+            "keyword_count": {"type": "integer"},
+            "top_score": {"type": "float"},
+            "model_name": {"type": "keyword"},
+            "model_version": {"type": "integer"},
+            "content_hash": {"type": "keyword"},
+            "linked_at": {"type": "date"},
+            "link": {
+                "properties": {
+                    "top_k": {"type": "integer"},
+                    "score_threshold": {"type": "float"},
+                    "match_fields": {"type": "keyword"},
+                    "keyword_filter": {"type": "keyword"},
+                    "role": {"type": "keyword"},
+                    "keyword_collection": {"type": "keyword"},
+                    "hnsw_ef": {"type": "integer"},
+                    "exact": {"type": "boolean"},
+                }
+            },
+        },
+    }
+
+
+def linked_keywords(hits: Sequence[tuple[Mapping[str, Any], float]]) -> list[dict[str, Any]]:
+    """Nested keyword objects from search hits ``(payload, score)``, best first, ranked from 1."""
+    return [
+        {
+            "keyword_id": str(payload.get("keyword_id")),
+            "keyword": payload.get("keyword"),
+            "score": round(float(score), 6),
+            "rank": rank,
+        }
+        for rank, (payload, score) in enumerate(hits, start=1)
+    ]
+
+
+def product_document(
+    product_id: str,
+    product_name: str,
+    content_hash: str,
+    payload: Mapping[str, Any],
+    keywords: list[dict[str, Any]],
+    *,
+    model_name: str,
+    model_version: int,
+    linked_at: str,
+    link: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``_source`` of one product document; missing or None payload fields are left out."""
+    doc: dict[str, Any] = {
+        "product_id": product_id,
+        "product_name": product_name,
+        "keywords": keywords,
+        "keyword_count": len(keywords),
+        "model_name": model_name,
+        "model_version": int(model_version),
+        "content_hash": content_hash,
+        "linked_at": linked_at,
+        "link": dict(link),
+    }
+    if keywords:
+        doc["top_score"] = keywords[0]["score"]
+    for name in PRODUCT_PAYLOAD_FIELDS:
+        value = payload.get(name)
+        if value is not None:
+            doc[name] = normalise_date(value) if name == "updated_at" else value
+    return doc
+
+
+def search_setting(link: Mapping[str, Any]) -> str:
+    """How a stored list was searched, from its ``link`` object: "exact", "hnsw_ef N", or the
+    server's default ef (documents linked before ``hnsw_ef`` was recorded sent none)."""
+    if link.get("exact"):
+        return "exact"
+    return f"hnsw_ef {link['hnsw_ef']}" if link.get("hnsw_ef") is not None else "server default ef"

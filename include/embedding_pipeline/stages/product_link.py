@@ -1,0 +1,404 @@
+"""The product -> keyword link stage as plain functions, one per DAG task.
+
+    plan (partition_runs, products table) -> prepare -> embed (mapped) -> link (mapped) -> finish
+    -> finalize
+
+Products are chunked and embedded exactly like keywords (same planner, same embed task, same row
+validation and dead letters), with the role the model family gives queries (ruri-v3
+``検索クエリ: ``, e5 ``query: ``) while keywords were embedded as passages. Each ``link`` task
+streams its staged chunk, asks Qdrant for the top-K keywords of a batch of products at a time
+(optional score threshold, optional "same category" style filters), and writes one product
+document per product to Elasticsearch (:mod:`product_documents`). Products with no keyword above
+the threshold are stored with an empty list.
+
+Duplicates: within a partition the first occurrence of a ``product_id`` is kept and later ones are
+dead-lettered (``duplicate_id``), as for keywords. Across partitions the latest ``dt`` wins,
+enforced by ES external versions, so the outcome does not depend on task or backfill order; a
+write that loses to a newer partition counts as linked (``superseded`` in the report).
+
+Accounting, per run: ``rows_read == linked + dead-lettered (embed) + dead-lettered (link)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from embedding_pipeline.errors import ConfigError, PipelineError
+from embedding_pipeline.model.registry import ROLES, Role
+from embedding_pipeline.runs.accounting import StageResult
+from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+from embedding_pipeline.runs.partitions import PRODUCTS, Chunk, partition_version
+from embedding_pipeline.runs.report import finalize_run
+from embedding_pipeline.runs.staging import StagedBatch, iter_staged, staged_metadata
+from embedding_pipeline.runs.storage import as_path
+from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.settings import ServerSettings
+from embedding_pipeline.stages.embed import embed_chunk
+from embedding_pipeline.stages.product_documents import linked_keywords, product_document
+
+log = logging.getLogger(__name__)
+KIND = "product"
+STAGE = "link"
+MAX_TOP_K = 1000
+MAX_HNSW_EF = 4096
+# HNSW candidates per query on a Qdrant server. Its own default (ef_construct, 100) gave recall@30
+# 0.978 with 13 of 2000 products keeping less than half their list; 256 gave 0.995 for ~0.6 ms a
+# query, small next to embedding the product (bench/results/hnsw-recall-2026-12-01.md).
+DEFAULT_HNSW_EF = 256
+TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
+# Product fields a "match" filter may compare with the same keyword payload field (brand: keywords have none).
+MATCHABLE_FIELDS = ("category", "lang")  # fields both tables carry
+
+
+class LinkSetupError(PipelineError):
+    """The link stage cannot start: keyword collection missing, empty, or of another model."""
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """How products are linked; recorded in every product document's ``link`` object."""
+
+    keyword_alias: str = "keywords"
+    product_alias: str = "products"
+    top_k: int = 30
+    score_threshold: float | None = None
+    match_fields: tuple[str, ...] = ()
+    keyword_filter: Mapping[str, Any] = field(default_factory=dict)
+    role: Role | None = "query"
+    hnsw_ef: int | None = DEFAULT_HNSW_EF  # Qdrant server: HNSW candidates per query (None: its default)
+    exact: bool = False  # Qdrant server: search without the index (local mode is always exact)
+    write_batch: int = 512
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ConfigError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
+        if self.score_threshold is not None and not -1.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold is a cosine in [-1, 1], got {self.score_threshold}")
+        unknown = sorted(set(self.match_fields) - set(MATCHABLE_FIELDS))
+        if unknown:
+            raise ConfigError(f"match_fields {unknown} unknown; choose from {list(MATCHABLE_FIELDS)}")
+        if not isinstance(self.keyword_filter, Mapping) or not all(
+            isinstance(v, str | int | bool) or (isinstance(v, list) and v)
+            for v in self.keyword_filter.values()
+        ):
+            raise ConfigError(
+                'keyword_filter maps payload fields to a value or a non-empty list, e.g. {"lang": "ja"}; '
+                f"got {self.keyword_filter!r}"
+            )
+        if self.role is not None and self.role not in ROLES:
+            raise ConfigError(f"role must be one of {list(ROLES)} or None, got {self.role!r}")
+        if self.write_batch < 1:
+            raise ConfigError("write_batch must be >= 1")
+        if self.hnsw_ef is not None and not 1 <= self.hnsw_ef <= MAX_HNSW_EF:
+            raise ConfigError(f"hnsw_ef must be in 1..{MAX_HNSW_EF} or None, got {self.hnsw_ef}")
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "match_fields": list(self.match_fields),
+            "keyword_filter": dict(self.keyword_filter),
+        }
+
+    def link_record(self, keyword_collection: str) -> dict[str, Any]:
+        """The document's ``link`` object: enough to recompute the list exactly (quality check)."""
+        return {
+            "top_k": self.top_k,
+            "score_threshold": self.score_threshold,
+            "match_fields": list(self.match_fields),
+            "keyword_filter": json.dumps(dict(self.keyword_filter), ensure_ascii=False, sort_keys=True),
+            "role": self.role or "none",
+            "keyword_collection": keyword_collection,
+            "hnsw_ef": self.hnsw_ef,
+            "exact": self.exact,
+        }
+
+
+def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) -> Any:
+    """The keyword collection behind ``alias``, refused early if missing, empty or of another model.
+
+    Unreachable Qdrant: :class:`QdrantUnavailableError` after retries; another model or dimension:
+    :class:`CollectionMismatchError` naming both (the check every Qdrant write and search uses).
+    """
+    from embedding_pipeline import qdrant_sink
+
+    try:
+        target = qdrant_sink.collection_target_retrying(qdrant, alias)
+    except qdrant_sink.CollectionNotFoundError:
+        raise LinkSetupError(
+            f"Qdrant has no keyword collection {alias!r}: run keyword_index (or embedding_chain) for "
+            "the keyword partitions first, or set qdrant_alias to the collection's alias"
+        ) from None
+    qdrant_sink.check_model(
+        target,
+        dim=model["dim"],
+        model_name=model["model_name"],
+        model_version=model["model_version"],
+        distance=None,
+        what="the model products would be embedded with",
+    )
+    if qdrant_sink.count_points(qdrant, target.name) == 0:
+        raise LinkSetupError(
+            f"keyword collection {alias!r} -> {target.name!r} is empty: index keywords first"
+        )
+    return target
+
+
+def prepare(
+    options: LinkOptions,
+    model: dict[str, Any],
+    qdrant_settings: Any = None,
+    es_settings: Any = None,
+    *,
+    has_products: bool = True,
+) -> dict[str, Any]:
+    """Check the keyword collection, create the product index behind its alias, start the bulk load.
+
+    With no products to link (a missing partition under ``missing_partition=skip``) nothing is
+    checked or created: the run ends ``no_data``, as a nightly run before the first data must.
+    """
+    from embedding_pipeline.es_sink import begin_bulk_load, ensure_index, open_es
+    from embedding_pipeline.qdrant_sink import open_client
+    from embedding_pipeline.stages.product_documents import product_mappings
+
+    if not has_products:
+        return {**model, "keyword_collection": None, "es_index": None}
+    with open_client(qdrant_settings) as qdrant:
+        target = check_keyword_collection(qdrant, options.keyword_alias, model)
+    mappings = product_mappings(
+        model_name=model["model_name"], model_version=model["model_version"], dim=model["dim"]
+    )
+    with open_es(es_settings) as es:
+        index = ensure_index(es, options.product_alias, mappings)
+        previous = begin_bulk_load(es, options.product_alias)
+    return {
+        **model,
+        "keyword_collection": target.name,
+        "es_index": index.index,
+        "es_previous_settings": previous,
+    }
+
+
+def finish(options: LinkOptions, prepared: dict[str, Any] | None, es_settings: Any = None) -> None:
+    """Teardown: restore refresh/replicas of the product index (also when link tasks failed)."""
+    from embedding_pipeline.es_sink import end_bulk_load, open_es
+
+    if not (prepared or {}).get("es_index"):
+        return  # prepare failed before the bulk load began, or there was nothing to link
+    with open_es(es_settings) as es:
+        end_bulk_load(es, options.product_alias, prepared["es_previous_settings"])
+
+
+def embed(
+    chunk: dict, run_dir: str, model_name: str, role: Role | None, settings: ServerSettings | None = None
+) -> dict[str, Any]:
+    """Embed one product chunk (the keyword embed task with the products table and the query role)."""
+    settings = (settings or ServerSettings.from_env()).with_overrides(model_name=model_name)
+    with EmbeddingClient(settings) as client:
+        output = embed_chunk(Chunk.from_xcom(chunk), PRODUCTS, KIND, client, as_path(run_dir), role=role)
+    return {"result": output.result.to_xcom(), "staged": output.staged_path, "chunk": chunk["chunk_id"]}
+
+
+def _best(hits: list[Any], top_k: int) -> list[Any]:
+    """The top ``top_k`` hits in a stable order: by score as stored (6 decimals), then keyword id.
+
+    Engines order equal scores arbitrarily (Qdrant's may change when points are re-upserted), so
+    a re-link could swap tied keywords, or pick another of several tied at the cut. Asking for
+    ``TIE_MARGIN`` more and cutting here makes the list a function of the data unless more than
+    ``TIE_MARGIN`` keywords tie at the cut (duplicate keyword texts with different ids do tie).
+    """
+    ordered = sorted(hits, key=lambda hit: (-round(hit.score, 6), str(hit.payload.get("keyword_id"))))
+    return ordered[:top_k]
+
+
+def _filters(options: LinkOptions, payloads: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """Per product: the static keyword filter plus "same <field> as this product" (null: no condition)."""
+    filters = []
+    for payload in payloads:
+        conditions = dict(options.keyword_filter)
+        for name in options.match_fields:
+            if payload.get(name) is not None:
+                conditions[name] = payload[name]
+        filters.append(conditions or None)
+    return filters
+
+
+@dataclass
+class _LinkStats:
+    searched: int = 0
+    empty: int = 0
+    keywords: int = 0
+    search_seconds: float = 0.0
+
+
+def _documents(
+    batch: StagedBatch,
+    qdrant: Any,
+    options: LinkOptions,
+    prepared: Mapping[str, Any],
+    meta: Mapping[str, str],
+    linked_at: str,
+    dead: DeadLetterWriter,
+    stats: _LinkStats,
+    search_settings: Any,
+) -> list[tuple[str, dict[str, Any], int]]:
+    """Search the batch's top-K keywords and build its product documents (bad vectors dead-lettered)."""
+    from embedding_pipeline.qdrant_sink import search
+
+    finite = np.isfinite(batch.vectors).all(axis=1)
+    for i in np.flatnonzero(~finite):
+        dead.add(
+            batch.ids[i],
+            "invalid_vector",
+            "product vector has non-finite values (NaN or inf)",
+            {"product_id": batch.ids[i], "product_name": batch.texts[i], **batch.payloads[i]},
+        )
+    rows = np.flatnonzero(finite)
+    if len(rows) == 0:
+        return []
+    payloads = [batch.payloads[i] for i in rows]
+    started = time.monotonic()
+    hits = search(
+        qdrant,
+        prepared["keyword_collection"],
+        batch.vectors[rows],
+        options.top_k + TIE_MARGIN,
+        options.score_threshold,
+        query_filters=_filters(options, payloads) if options.match_fields or options.keyword_filter else None,
+        model_name=meta["model_name"],
+        model_version=meta["model_version"],
+        hnsw_ef=None if options.hnsw_ef is None else max(options.hnsw_ef, options.top_k + TIE_MARGIN),
+        exact=options.exact,
+        batch_size=search_settings.search_batch,
+        max_retries=search_settings.max_retries,
+        backoff_initial_s=search_settings.backoff_initial_s,
+        backoff_max_s=search_settings.backoff_max_s,
+    )
+    stats.search_seconds += time.monotonic() - started
+    stats.searched += len(rows)
+    link = options.link_record(prepared["keyword_collection"])
+    docs = []
+    for i, payload, product_hits in zip(rows, payloads, hits, strict=True):
+        keywords = linked_keywords(_best(product_hits, options.top_k))
+        stats.empty += not keywords
+        stats.keywords += len(keywords)
+        doc = product_document(
+            batch.ids[i],
+            batch.texts[i],
+            batch.content_hashes[i],
+            payload,
+            keywords,
+            model_name=meta["model_name"],
+            model_version=int(meta["model_version"]),
+            linked_at=linked_at,
+            link=link,
+        )
+        docs.append((batch.ids[i], doc, partition_version(payload["dt"])))
+    return docs
+
+
+def link_chunk(
+    embedded: dict,
+    run_dir: str,
+    options: LinkOptions,
+    prepared: Mapping[str, Any],
+    qdrant_settings: Any = None,
+    es_settings: Any = None,
+) -> dict[str, Any]:
+    """Link one staged product chunk: top-K keywords from Qdrant -> product documents in ES.
+
+    Streams the chunk ``write_batch`` products at a time (search, then bulk), so memory does not
+    grow with the chunk. Qdrant failing past its retries fails the task (Airflow retries it; the
+    re-run overwrites the same documents); ES item failures are dead-lettered with ES's reason.
+    """
+    from embedding_pipeline.es_sink import BulkOptions, EsSettings, bulk_index, open_es
+    from embedding_pipeline.qdrant_sink import QdrantSettings, open_client
+
+    if not embedded["staged"]:
+        return StageResult(STAGE, embedded["chunk"]).to_xcom()
+    started = time.monotonic()
+    path = as_path(embedded["staged"])
+    meta = staged_metadata(path)
+    if (meta["model_name"], meta["model_version"]) != (
+        prepared["model_name"],
+        str(prepared["model_version"]),
+    ):
+        raise LinkSetupError(
+            f"staged chunk {path} was embedded with {meta['model_name']} v{meta['model_version']}, "
+            f"but this run links with {prepared['model_name']} v{prepared['model_version']}"
+        )
+    qdrant_settings = qdrant_settings or QdrantSettings.from_env()
+    es_settings = es_settings or EsSettings.from_env()
+    dead = DeadLetterWriter(as_path(run_dir), STAGE, embedded["chunk"])
+    stats = _LinkStats()
+    linked_at = datetime.now(UTC).isoformat()
+    bulk = BulkOptions(
+        chunk_docs=es_settings.bulk_chunk_docs,
+        max_bytes=es_settings.bulk_max_bytes,
+        version_type="external_gte",
+    )
+    with open_client(qdrant_settings) as qdrant, open_es(es_settings) as es:
+
+        def batches() -> Iterator[list[tuple[str, dict[str, Any], int]]]:
+            for batch in iter_staged(path, options.write_batch):
+                yield _documents(
+                    batch, qdrant, options, prepared, meta, linked_at, dead, stats, qdrant_settings
+                )
+
+        es_started = time.monotonic()
+        counts = bulk_index(es, options.product_alias, batches(), dead, bulk)
+        # The generator runs inside bulk_index: take the search time out of the write time.
+        write_seconds = time.monotonic() - es_started - stats.search_seconds
+    invalid = len(dead) - counts.dead_lettered  # dead-lettered before ES saw them
+    result = StageResult(
+        stage=STAGE,
+        chunk=embedded["chunk"],
+        rows_in=counts.rows_in + invalid,
+        indexed=counts.indexed + counts.superseded,
+        dead_lettered=len(dead),
+        dead_letters_by_reason=dead.by_reason(),
+        dead_letter_path=dead.flush(),
+        seconds=round(time.monotonic() - started, 3),
+        extra={
+            "searched": stats.searched,
+            "written": counts.indexed,
+            "superseded": counts.superseded,
+            "empty_links": stats.empty,
+            "keywords_linked": stats.keywords,
+            "invalid_vectors": invalid,
+            "search_seconds": round(stats.search_seconds, 3),
+            "write_seconds": round(write_seconds, 3),
+            "retried_items": counts.retried_items,
+        },
+    )
+    if not result.balanced:  # a bug here, never data: fail loudly rather than report a wrong count
+        raise PipelineError(f"link accounting does not add up for {path}: {result.to_xcom()}")
+    log.info(
+        "link %s: %d products, %d written, %d superseded, %d without keywords, %d dead-lettered in %.1fs",
+        embedded["chunk"],
+        result.rows_in,
+        counts.indexed,
+        counts.superseded,
+        stats.empty,
+        result.dead_lettered,
+        result.seconds,
+    )
+    return result.to_xcom()
+
+
+def finalize(
+    planned: dict,
+    embedded: list[dict],
+    linked: list[dict],
+    meta: dict[str, Any],
+    max_dead_letter_ratio: float,
+) -> dict[str, Any]:
+    """The accounting identity over embed + link, the run report, and the dead-letter threshold."""
+    return finalize_run(planned, embedded, {STAGE: linked}, meta, max_dead_letter_ratio)
