@@ -22,7 +22,7 @@ from embedding_pipeline.runs.partitions import (
 from embedding_pipeline.runs.report import AccountingError, finalize
 from embedding_pipeline.runs.staging import iter_staged, staged_metadata
 from embedding_pipeline.serving.client import EmbeddingClient
-from embedding_pipeline.stages.embed import embed_chunk
+from embedding_pipeline.stages.embed import EmbedLimits, embed_chunk
 
 DT = "2024-01-01"
 
@@ -106,7 +106,9 @@ def test_embed_chunk_stages_valid_rows_and_dead_letters_the_rest(server, reposit
     )
     (chunk,) = plan_chunks(partition_files(part), KEYWORDS, DT, 100, 10)
     with EmbeddingClient(settings_for(server, repository, model_name="tiny_bert", batch_size=2)) as client:
-        output = embed_chunk(chunk, KEYWORDS, "keyword", client, tmp_path / "run", embed_batch_rows=3)
+        output = embed_chunk(
+            chunk, KEYWORDS, "keyword", client, tmp_path / "run", limits=EmbedLimits(embed_batch_rows=3)
+        )
         result = output.result
         assert (result.rows_in, result.indexed, result.dead_lettered) == (9, 4, 5) and result.balanced
         assert result.dead_letters_by_reason == {

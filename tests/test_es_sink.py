@@ -23,25 +23,23 @@ import numpy as np
 import pytest
 from elasticsearch import Elasticsearch
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.es_sink import (
-    STAGE,
-    EsIndexError,
-    EsSettings,
-    EsUnavailableError,
-    begin_bulk_load,
-    bulk_load_settings,
-    count_docs,
-    end_bulk_load,
-    ensure_index,
-    ensure_keyword_index,
-    get_bulk_settings,
-    index_keyword_chunk,
-    item_failure_reason,
-    keyword_document,
-    make_client,
-)
+from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter, read_dead_letters
 from embedding_pipeline.runs.staging import StagedChunkWriter
+from embedding_pipeline.stages.keyword_documents import ensure_keyword_index, keyword_document
+from embedding_pipeline.stages.keyword_index import ES_STAGE as STAGE
+from embedding_pipeline.stages.keyword_index import index_keyword_chunk
+from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions, item_failure_reason
+from embedding_pipeline.stores.elasticsearch.bulk_load import (
+    begin_bulk_load,
+    bulk_load_settings,
+    end_bulk_load,
+    get_bulk_settings,
+)
+from embedding_pipeline.stores.elasticsearch.client import make_client
+from embedding_pipeline.stores.elasticsearch.errors import EsIndexError, EsUnavailableError
+from embedding_pipeline.stores.elasticsearch.indices import count_docs, ensure_index
+from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 from es_emulator import (
     BulkFaultProxy,
     EsEmulator,
@@ -54,7 +52,6 @@ from es_emulator import (
 
 LIVE = bool(os.environ.get("ES_URL"))
 MODEL, VERSION, DIM = "tiny_bert", 1, 8
-FAST = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
 live = pytest.mark.es_live
 
 Row = tuple[str, str, dict[str, Any]]
@@ -144,10 +141,11 @@ def stage(path: Path, rows: list[Row], *, model_name: str = MODEL, dim: int = DI
     return writer.close()
 
 
-def index_chunk(es: Elasticsearch, alias: str, path: Path, run_dir: Path, **kwargs: Any):
+def index_chunk(es: Elasticsearch, alias: str, path: Path, run_dir: Path, max_retries: int = 5):
+    """Bulks of 100 documents and fast retries (the waits are not what these tests measure)."""
     dead = DeadLetterWriter(run_dir, STAGE, path.stem)
-    kwargs = {"chunk_docs": 100, **FAST, **kwargs}
-    return index_keyword_chunk(es, alias, path, dead, **kwargs)
+    retry = RetryPolicy(max_retries=max_retries, backoff_initial_s=0.01, backoff_max_s=0.05)
+    return index_keyword_chunk(es, alias, path, dead, BulkOptions(chunk_docs=100, retry=retry))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -49,8 +49,11 @@ def _report(run) -> dict:
 
 
 def _sink_counts(alias: str) -> tuple[int, int]:
-    from embedding_pipeline.es_sink import EsSettings, count_docs, make_client
-    from embedding_pipeline.qdrant_sink import count_points, open_client
+    from embedding_pipeline.stores.elasticsearch.client import make_client
+    from embedding_pipeline.stores.elasticsearch.indices import count_docs
+    from embedding_pipeline.stores.elasticsearch.settings import EsSettings
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.collections import count_points
 
     with open_client() as client:
         points = count_points(client, alias)
@@ -212,9 +215,10 @@ def test_run_files_go_to_object_storage_when_a_staging_url_is_set(pipeline_env, 
 def test_latest_partition_wins_in_both_sinks_whatever_order_dates_run_in(pipeline_env):
     """A keyword id on two dates: indexing dt2, then dt1 (a late backfill) keeps dt2's text in ES and
     Qdrant; dt1's writes of those ids count as indexed and are reported as superseded."""
-    from embedding_pipeline.es_sink import open_es
-    from embedding_pipeline.qdrant_sink import open_client, resolve_alias
     from embedding_pipeline.runs.staging import point_id
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.collections import resolve_alias
 
     summary = generate(
         pipeline_env["data"], keywords=500, dates=DATES, seed=13, bad_rate=0.08, tables=("keywords",)

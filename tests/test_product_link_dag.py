@@ -54,7 +54,7 @@ def _report(run, stage: str) -> dict:
 def _sources(alias: str) -> dict[str, dict]:
     """Every document behind ``alias`` after a refresh, ``_id`` -> ``_source``."""
     from elasticsearch.helpers import scan
-    from embedding_pipeline.es_sink import open_es
+    from embedding_pipeline.stores.elasticsearch.client import open_es
 
     with open_es() as es:
         es.indices.refresh(index=alias)
@@ -196,17 +196,15 @@ def _failed_at_prepare(run) -> None:
 
 
 def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
-    from embedding_pipeline.es_sink import EsIndexError, open_es
-    from embedding_pipeline.qdrant_sink import (
-        CollectionMismatchError,
-        QdrantSettings,
-        QdrantUnavailableError,
-        ensure_collection,
-        open_client,
-    )
     from embedding_pipeline.runs.plan import model_info
     from embedding_pipeline.serving.process import free_port
     from embedding_pipeline.stages.product_link import LinkOptions, LinkSetupError, prepare
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.elasticsearch.errors import EsIndexError
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.collections import ensure_collection
+    from embedding_pipeline.stores.qdrant.errors import CollectionMismatchError, QdrantUnavailableError
+    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
     generate(env["data"], keywords=0, products=40, dates=[DATES[0]], seed=4, row_group_size=100)
     # No keyword collection yet.

@@ -21,29 +21,30 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from embedding_pipeline.errors import ConfigError, InvalidInputError
-from embedding_pipeline.qdrant_sink import (
-    DEFAULT_PAYLOAD_INDEXES,
-    METADATA_KEY,
-    REASON_EXHAUSTED,
-    REASON_INVALID,
-    CollectionMismatchError,
-    CollectionNotFoundError,
-    QdrantLockedError,
-    QdrantSettings,
-    QdrantSinkError,
-    QdrantUnavailableError,
-    count_points,
-    ensure_collection,
-    ensure_collection_for_chunk,
-    make_client,
-    open_client,
-    resolve_alias,
-    search,
-    upsert_chunk,
-)
+from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter, read_dead_letters
 from embedding_pipeline.runs.staging import StagedChunkWriter, point_id
 from embedding_pipeline.settings import work_dir
+from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS
+from embedding_pipeline.stores.qdrant import upsert as qdrant_upsert
+from embedding_pipeline.stores.qdrant.client import make_client, open_client
+from embedding_pipeline.stores.qdrant.collections import (
+    METADATA_KEY,
+    count_points,
+    ensure_collection,
+    ensure_collection_for_chunk,
+    resolve_alias,
+)
+from embedding_pipeline.stores.qdrant.errors import (
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    QdrantLockedError,
+    QdrantSinkError,
+    QdrantUnavailableError,
+)
+from embedding_pipeline.stores.qdrant.search import SearchOptions, search
+from embedding_pipeline.stores.qdrant.settings import QdrantSettings
+from embedding_pipeline.stores.qdrant.upsert import REASON_EXHAUSTED, REASON_INVALID, upsert_chunk
 from qdrant_client import QdrantClient
 from qdrant_client.http import models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -202,7 +203,7 @@ def test_local_storage_locked_by_another_process_gives_clear_error(tmp_path: Pat
             make_client(settings)
         message = str(info.value)
         assert str(storage) in message and "another process" in message
-        assert "one-slot Airflow pool" in message and "QDRANT_URL" in message
+        assert "one at a time" in message and "QDRANT_URL" in message
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
@@ -221,13 +222,17 @@ def test_ensure_collection_on_disk_creates_generation_indexes_then_alias(monkeyp
     settings = QdrantSettings.from_env()
     with open_client(settings) as real:
         proxy = FaultProxy(real, lambda *_: None)
-        target = ensure_collection(proxy, ALIAS, dim=DIM, model_name="minilm", model_version=3)  # type: ignore[arg-type]
+        target = ensure_collection(
+            proxy, ALIAS, dim=DIM, model_name="minilm", model_version=3, schema=KEYWORD_POINTS
+        )  # type: ignore[arg-type]
         assert target.created and target.name == "keywords-g1" and target.alias == ALIAS
         created = proxy.calls.index("create_collection")
         indexed = [i for i, call in enumerate(proxy.calls) if call == "create_payload_index"]
         aliased = proxy.calls.index("update_collection_aliases")
         assert (
-            len(indexed) == len(DEFAULT_PAYLOAD_INDEXES) and created < min(indexed) and max(indexed) < aliased
+            len(indexed) == len(KEYWORD_POINTS.payload_indexes())
+            and created < min(indexed)
+            and max(indexed) < aliased
         )
 
     assert (tmp_path / "qdrant" / "collection" / "keywords-g1").is_dir()
@@ -248,7 +253,9 @@ def test_ensure_collection_on_disk_creates_generation_indexes_then_alias(monkeyp
             "model_version": "integer",
         }
         proxy = FaultProxy(client, lambda *_: None)
-        again = ensure_collection(proxy, ALIAS, dim=DIM, model_name="minilm", model_version=3)  # type: ignore[arg-type]
+        again = ensure_collection(
+            proxy, ALIAS, dim=DIM, model_name="minilm", model_version=3, schema=KEYWORD_POINTS
+        )  # type: ignore[arg-type]
         assert not again.created and again.name == "keywords-g1"
         assert not {"create_collection", "create_payload_index", "update_collection_aliases"} & set(
             proxy.calls
@@ -298,11 +305,11 @@ def test_upsert_is_idempotent_and_points_carry_their_payload(
     settings = QdrantSettings(path=":memory:" if where == "memory" else tmp_path / "qdrant")
     with open_client(settings) as client:
         ensure_collection_for_chunk(client, ALIAS, staged)
-        first = upsert_chunk(client, ALIAS, staged, dead, batch_size=256)
+        first = upsert_chunk(client, ALIAS, staged, dead, schema=KEYWORD_POINTS, batch_size=256)
         assert (first.rows_in, first.indexed, first.dead_lettered) == (n, n, 0) and first.balanced
         assert first.stage == "qdrant_upsert" and first.extra["collection"] == "keywords-g1"
         assert count_points(client, ALIAS) == n == client.count("keywords-g1").count
-        second = upsert_chunk(client, ALIAS, staged, dead, batch_size=100)
+        second = upsert_chunk(client, ALIAS, staged, dead, schema=KEYWORD_POINTS, batch_size=100)
         assert second.indexed == n and count_points(client, ALIAS) == n
 
         (point,) = client.retrieve(ALIAS, [point_id("keywords", "k00007")], with_vectors=True)
@@ -329,18 +336,16 @@ def test_an_older_date_never_overwrites_a_newer_one_even_when_it_read_first(
     writes them. Simulated by making the read see nothing; the conditional upsert (the engine's
     ``update_filter``) must still keep dt2's points, insert ids dt2 lacks, and overwrite points
     written before ``dt_version`` existed."""
-    from embedding_pipeline import qdrant_sink
-
     newer, newer_vectors = stage_chunk(tmp_path / "d2.parquet", 40, seed=2, dt="2024-05-02")
     older, older_vectors = stage_chunk(tmp_path / "d1.parquet", 60, seed=1, dt="2024-05-01")
     ensure_minilm(memory_client)
-    upsert_chunk(memory_client, ALIAS, newer, dead)
+    upsert_chunk(memory_client, ALIAS, newer, dead, schema=KEYWORD_POINTS)
     legacy = point_id("keywords", "k00030")  # as stored by a version without dt_version
     memory_client.set_payload("keywords-g1", {"dt": "2024-06-01"}, points=[legacy])
     memory_client.delete_payload("keywords-g1", ["dt_version"], points=[legacy])
 
-    monkeypatch.setattr(qdrant_sink, "_drop_superseded", lambda _c, _n, _r, pts, rows: (pts, rows, 0))
-    result = upsert_chunk(memory_client, ALIAS, older, dead)
+    monkeypatch.setattr(qdrant_upsert, "_drop_superseded", lambda _c, _n, _r, pts, rows: (pts, rows, 0))
+    result = upsert_chunk(memory_client, ALIAS, older, dead, schema=KEYWORD_POINTS)
     assert result.balanced and result.indexed == 60  # counted as indexed: the read saw no newer point
 
     stored = {
@@ -364,14 +369,14 @@ def test_chunk_of_another_model_is_refused_before_writing(
     ensure_minilm(memory_client)
     other_dim, _ = stage_chunk(tmp_path / "e5.parquet", 10, dim=768, model="multilingual-e5", version=2)
     with pytest.raises(CollectionMismatchError) as info:
-        upsert_chunk(memory_client, ALIAS, other_dim, dead)
+        upsert_chunk(memory_client, ALIAS, other_dim, dead, schema=KEYWORD_POINTS)
     message = str(info.value)
     assert (
         "minilm v1" in message and "384" in message and "multilingual-e5 v2" in message and "768" in message
     )
     same_dim, _ = stage_chunk(tmp_path / "v2.parquet", 10, model="minilm", version=2)
     with pytest.raises(CollectionMismatchError, match="minilm v2"):
-        upsert_chunk(memory_client, ALIAS, same_dim, dead)
+        upsert_chunk(memory_client, ALIAS, same_dim, dead, schema=KEYWORD_POINTS)
     assert count_points(memory_client, ALIAS) == 0
 
 
@@ -379,7 +384,7 @@ def test_non_finite_vectors_are_dead_lettered_and_the_rest_indexed(memory_client
     bad = {3: np.nan, 150: np.nan, 299: np.nan, 77: np.inf}
     staged, _ = stage_chunk(tmp_path / "c.parquet", 300, bad_rows=bad)
     ensure_minilm(memory_client)
-    result = upsert_chunk(memory_client, ALIAS, staged, dead, batch_size=64)
+    result = upsert_chunk(memory_client, ALIAS, staged, dead, schema=KEYWORD_POINTS, batch_size=64)
     assert (result.rows_in, result.indexed, result.dead_lettered) == (300, 296, 4) and result.balanced
     assert result.dead_letters_by_reason == {REASON_INVALID: 4}
     assert count_points(memory_client, ALIAS) == 296
@@ -395,7 +400,7 @@ def test_points_the_engine_rejects_are_isolated_by_bisection(memory_client, tmp_
     corrupt_point_ids(staged, [5, 300, 301])
     ensure_minilm(memory_client)
     proxy = FaultProxy(memory_client, lambda *_: None)
-    result = upsert_chunk(proxy, ALIAS, staged, dead, batch_size=128)  # type: ignore[arg-type]
+    result = upsert_chunk(proxy, ALIAS, staged, dead, schema=KEYWORD_POINTS, batch_size=128)  # type: ignore[arg-type]
     assert (result.indexed, result.dead_lettered) == (509, 3) and result.balanced
     assert result.dead_letters_by_reason == {REASON_INVALID: 3}
     letters = {letter.record_id: letter for letter in dead.letters}
@@ -428,11 +433,9 @@ def test_transient_errors_are_retried_with_exponential_backoff(fault, memory_cli
         ALIAS,
         staged,
         dead,
+        schema=KEYWORD_POINTS,
         batch_size=200,
-        max_retries=4,
-        backoff_initial_s=0.1,
-        backoff_max_s=10,
-        sleep=sleeps.append,
+        retry=RetryPolicy(max_retries=4, backoff_initial_s=0.1, backoff_max_s=10, sleep=sleeps.append),
     )
     assert (result.indexed, result.dead_lettered, result.extra["retries"]) == (600, 0, 3)
     assert count_points(memory_client, ALIAS) == 600
@@ -457,9 +460,9 @@ def test_points_that_keep_failing_transiently_are_dead_lettered(memory_client, t
         ALIAS,
         staged,
         dead,
+        schema=KEYWORD_POINTS,
         batch_size=128,
-        max_retries=2,
-        sleep=lambda _: None,
+        retry=RetryPolicy(max_retries=2, sleep=lambda _: None),
     )
     assert (result.indexed, result.dead_lettered) == (253, 3) and result.balanced
     assert result.dead_letters_by_reason == {REASON_EXHAUSTED: 3}
@@ -474,7 +477,15 @@ def test_an_outage_fails_the_task_instead_of_dead_lettering_everything(memory_cl
     ensure_minilm(memory_client)
     proxy = FaultProxy(memory_client, lambda *_: http_error(503))
     with pytest.raises(QdrantUnavailableError, match="kept failing transiently"):
-        upsert_chunk(proxy, ALIAS, staged, dead, batch_size=64, max_retries=1, sleep=lambda _: None)  # type: ignore[arg-type]
+        upsert_chunk(
+            proxy,
+            ALIAS,
+            staged,
+            dead,
+            schema=KEYWORD_POINTS,
+            batch_size=64,
+            retry=RetryPolicy(max_retries=1, sleep=lambda _: None),
+        )  # type: ignore[arg-type]
     assert len(proxy.upsert_sizes) < 30
     assert not (tmp_path / "run" / "dead_letters").exists()
 
@@ -485,7 +496,14 @@ def test_a_permanent_request_error_is_raised_not_bisected(memory_client, tmp_pat
     ensure_minilm(memory_client)
     proxy = FaultProxy(memory_client, lambda *_: http_error(401))
     with pytest.raises(QdrantSinkError, match="not retryable"):
-        upsert_chunk(proxy, ALIAS, staged, dead, sleep=lambda _: pytest.fail("must not retry"))  # type: ignore[arg-type]
+        upsert_chunk(
+            proxy,
+            ALIAS,
+            staged,
+            dead,
+            schema=KEYWORD_POINTS,
+            retry=RetryPolicy(sleep=lambda _: pytest.fail("must not retry")),
+        )  # type: ignore[arg-type]
     assert proxy.upsert_sizes == [64] and len(dead) == 0
 
 
@@ -494,7 +512,7 @@ def test_a_permanent_request_error_is_raised_not_bisected(memory_client, tmp_pat
 def indexed(memory_client: QdrantClient, tmp_path: Path, dead: DeadLetterWriter) -> np.ndarray:
     staged, vectors = stage_chunk(tmp_path / "c.parquet", 2000, seed=1)
     ensure_minilm(memory_client)
-    upsert_chunk(memory_client, ALIAS, staged, dead)
+    upsert_chunk(memory_client, ALIAS, staged, dead, schema=KEYWORD_POINTS)
     return vectors
 
 
@@ -513,7 +531,7 @@ def test_search_returns_exact_nearest_neighbours(memory_client, indexed: np.ndar
     queries = np.vstack(
         [indexed[:10] + 0.3 / np.sqrt(DIM) * rng.standard_normal((10, DIM)), rng.standard_normal((10, DIM))]
     )
-    hits = search(memory_client, ALIAS, queries.astype(np.float32), top_k=5, batch_size=8)
+    hits = search(memory_client, ALIAS, queries.astype(np.float32), SearchOptions(top_k=5, batch_size=8))
     scores = brute_force(indexed, queries)
     assert len(hits) == 20 and all(len(h) == 5 for h in hits)
     for q, query_hits in enumerate(hits):
@@ -527,7 +545,7 @@ def test_search_honours_score_threshold_and_payload_filter(memory_client, indexe
     queries = indexed[[0, 1, 2]] + 0.05
     scores = brute_force(indexed, queries)
     threshold = float(np.sort(scores[0])[-3])  # exactly 3 points reach it for query 0
-    hits = search(memory_client, ALIAS, queries, top_k=10, score_threshold=threshold - 1e-6)
+    hits = search(memory_client, ALIAS, queries, SearchOptions(top_k=10, score_threshold=threshold - 1e-6))
     for q, query_hits in enumerate(hits):
         expected = [i for i in np.argsort(-scores[q]) if scores[q, i] >= threshold - 1e-6][:10]
         assert [h.payload["keyword_id"] for h in query_hits] == [f"k{i:05d}" for i in expected]
@@ -539,7 +557,7 @@ def test_search_honours_score_threshold_and_payload_filter(memory_client, indexe
         {"category": "travel"},
         models.Filter(must=[models.FieldCondition(key="category", match=models.MatchValue(value="travel"))]),
     ):
-        hits = search(memory_client, ALIAS, queries, top_k=7, query_filter=query_filter)
+        hits = search(memory_client, ALIAS, queries, SearchOptions(top_k=7, query_filter=query_filter))
         for q, query_hits in enumerate(hits):
             assert {h.payload["category"] for h in query_hits} == {"travel"}
             expected = np.argsort(-masked[q])[:7]
@@ -560,13 +578,13 @@ def test_search_passes_hnsw_ef_and_exact_to_the_engine(memory_client, indexed: n
             return memory_client.query_batch_points(collection_name, requests=requests, **kwargs)
 
     queries = indexed[:5] + 0.05
-    plain = search(Recording(), ALIAS, queries, top_k=4, batch_size=2)  # type: ignore[arg-type]
+    plain = search(Recording(), ALIAS, queries, SearchOptions(top_k=4, batch_size=2))  # type: ignore[arg-type]
     assert seen == [None] * 5
     seen.clear()
-    tuned = search(Recording(), ALIAS, queries, top_k=4, hnsw_ef=128, batch_size=2)  # type: ignore[arg-type]
+    tuned = search(Recording(), ALIAS, queries, SearchOptions(top_k=4, hnsw_ef=128, batch_size=2))  # type: ignore[arg-type]
     assert [(p.hnsw_ef, p.exact) for p in seen] == [(128, False)] * 5
     seen.clear()
-    exact = search(Recording(), ALIAS, queries, top_k=4, exact=True, batch_size=2)  # type: ignore[arg-type]
+    exact = search(Recording(), ALIAS, queries, SearchOptions(top_k=4, exact=True, batch_size=2))  # type: ignore[arg-type]
     assert [(p.hnsw_ef, p.exact) for p in seen] == [(None, True)] * 5
 
     def ids_scores(hits: list[list[Any]]) -> tuple[list[list[str]], np.ndarray]:
@@ -577,21 +595,31 @@ def test_search_passes_hnsw_ef_and_exact_to_the_engine(memory_client, indexed: n
         assert ids_scores(hits)[0] == ids_scores(plain)[0]
         np.testing.assert_allclose(ids_scores(hits)[1], ids_scores(plain)[1])
     with pytest.raises(InvalidInputError, match="hnsw_ef must be >= 1"):
-        search(memory_client, ALIAS, queries, top_k=4, hnsw_ef=0)
+        search(memory_client, ALIAS, queries, SearchOptions(top_k=4, hnsw_ef=0))
 
 
 def test_search_refuses_query_vectors_of_another_model(memory_client, indexed: np.ndarray) -> None:
     with pytest.raises(CollectionMismatchError, match=r"minilm v1 \(dim 384.*dim 768"):
-        search(memory_client, ALIAS, np.ones((2, 768), dtype=np.float32), top_k=3)
+        search(memory_client, ALIAS, np.ones((2, 768), dtype=np.float32), SearchOptions(top_k=3))
     with pytest.raises(CollectionMismatchError, match="e5 v1"):
-        search(memory_client, ALIAS, indexed[:2], top_k=3, model_name="e5", model_version=1)
-    assert len(search(memory_client, ALIAS, indexed[:2], top_k=3, model_name="minilm", model_version=1)) == 2
+        search(memory_client, ALIAS, indexed[:2], SearchOptions(top_k=3, model_name="e5", model_version=1))
+    assert (
+        len(
+            search(
+                memory_client,
+                ALIAS,
+                indexed[:2],
+                SearchOptions(top_k=3, model_name="minilm", model_version=1),
+            )
+        )
+        == 2
+    )
 
 
 def test_dead_letter_rows_are_replayable_json(memory_client, tmp_path, dead) -> None:
     staged, _ = stage_chunk(tmp_path / "c.parquet", 20, bad_rows={4: np.nan})
     ensure_minilm(memory_client)
-    result = upsert_chunk(memory_client, ALIAS, staged, dead)
+    result = upsert_chunk(memory_client, ALIAS, staged, dead, schema=KEYWORD_POINTS)
     (line,) = Path(result.dead_letter_path).read_text(encoding="utf-8").splitlines()
     row = json.loads(line)["row"]
     assert row["id"] == "k00004" and row["keyword"] == "キーワード k00004"
@@ -613,6 +641,8 @@ def test_search_retries_a_transient_error(memory_client, indexed: np.ndarray) ->
             return memory_client.query_batch_points(collection_name, requests=requests, **kwargs)
 
     sleeps: list[float] = []
-    hits = search(FlakySearch(), ALIAS, indexed[:3], top_k=2, sleep=sleeps.append)  # type: ignore[arg-type]
+    hits = search(
+        FlakySearch(), ALIAS, indexed[:3], SearchOptions(top_k=2), retry=RetryPolicy(sleep=sleeps.append)
+    )  # type: ignore[arg-type]
     assert [h[0].payload["keyword_id"] for h in hits] == ["k00000", "k00001", "k00002"]
     assert calls == [3, 3] and len(sleeps) == 1

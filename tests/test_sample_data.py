@@ -21,6 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.sample import generate as sd
+from embedding_pipeline.sample.compose import KEYWORDS_SCHEMA, PRODUCTS_SCHEMA, TABLE_SPECS
+from embedding_pipeline.sample.defects import DEFECT_BY_KIND, DEFECTS, EXTRA_COLUMN, row_ids
+from embedding_pipeline.sample.layout import EPOCH, ID_STRIDE, LANGS, LONG_TEXT_CHARS, MANIFEST_NAME
+from embedding_pipeline.sample.vocabulary import category_heads
 
 DATES = ["2024-01-01", "2024-01-02", "2024-01-03"]
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
@@ -67,8 +71,8 @@ def test_partition_layout_schemas_and_hive_discovery(tmp_path: Path) -> None:
     summary = sd.generate(tmp_path, keywords=3000, products=600, dates=DATES, row_group_size=400)
     assert set(summary["tables"]) == {"keywords", "products"}
     for table, schema, per_day in (
-        ("keywords", sd.KEYWORDS_SCHEMA, 1000),
-        ("products", sd.PRODUCTS_SCHEMA, 200),
+        ("keywords", KEYWORDS_SCHEMA, 1000),
+        ("products", PRODUCTS_SCHEMA, 200),
     ):
         parts = sorted(p.name for p in (tmp_path / table).iterdir() if p.is_dir())
         assert parts == [f"dt={d}" for d in DATES]
@@ -80,7 +84,7 @@ def test_partition_layout_schemas_and_hive_discovery(tmp_path: Path) -> None:
         # The manifest must not be picked up as data: hive discovery over the table sees only rows.
         dataset = ds.dataset(tmp_path / table, format="parquet", partitioning="hive")
         assert dataset.count_rows() == 3 * per_day
-        assert (tmp_path / table / sd.MANIFEST_NAME).is_file()
+        assert (tmp_path / table / MANIFEST_NAME).is_file()
     updated = pq.read_table(tmp_path / "keywords" / "dt=2024-01-02").column("updated_at")
     assert updated.type == pa.timestamp("us", tz="UTC")
     days = {v.date() for v in updated.to_pylist()}
@@ -155,8 +159,8 @@ def test_ids_unique_across_partitions_without_injected_duplicates(tmp_path: Path
         assert len(ids) == len(set(ids))
         for d in DATES:
             day = pq.read_table(tmp_path / table / f"dt={d}").column(id_column).to_pylist()
-            days = (date.fromisoformat(d) - sd.EPOCH).days
-            assert all(days * sd.ID_STRIDE < i < (days + 1) * sd.ID_STRIDE for i in day), "ids derive from dt"
+            days = (date.fromisoformat(d) - EPOCH).days
+            assert all(days * ID_STRIDE < i < (days + 1) * ID_STRIDE for i in day), "ids derive from dt"
 
 
 def test_bad_rate_within_tolerance_with_every_kind(tmp_path: Path) -> None:
@@ -165,11 +169,11 @@ def test_bad_rate_within_tolerance_with_every_kind(tmp_path: Path) -> None:
     )
     entry = sd.read_manifest(tmp_path, "keywords")["partitions"]["2024-03-01"]
     counts = {kind: rec["count"] for kind, rec in entry["injected"].items()}
-    assert set(counts) == {d.kind for d in sd.DEFECTS}
+    assert set(counts) == {d.kind for d in DEFECTS}
     assert 850 <= sum(counts.values()) <= 1150, counts  # binomial(20000, 0.05): sd ~31
     assert all(60 <= n <= 170 for n in counts.values()), counts  # equal mix of 9 kinds
     expected = entry["expected"]
-    dead = {k: n for k, n in counts.items() if sd.DEFECT_BY_KIND[k].expect == "dead_letter"}
+    dead = {k: n for k, n in counts.items() if DEFECT_BY_KIND[k].expect == "dead_letter"}
     assert expected["dead_letter"] == dead
     assert expected["indexed"] + expected["dead_lettered"] == expected["rows_in"] == 20000
     total = sum(f["rows"] for f in entry["files"])
@@ -192,7 +196,7 @@ def test_manifest_inline_defects_match_the_data(dirty: Path) -> None:
             "null_text": lambda v: v is None,
             "empty_text": lambda v: v == "",
             "whitespace_text": lambda v: isinstance(v, str) and v != "" and v.strip() == "",
-            "text_too_long": lambda v: isinstance(v, str) and len(v) == sd.LONG_TEXT_CHARS,
+            "text_too_long": lambda v: isinstance(v, str) and len(v) == LONG_TEXT_CHARS,
         }
         for kind, check in checks.items():
             rec = entry["injected"][kind]
@@ -221,7 +225,7 @@ def test_manifest_duplicates_match_the_data(dirty: Path) -> None:
         ids = tables[d].column("keyword_id").to_pylist()
         texts = dict(zip(ids, tables[d].column("keyword").to_pylist(), strict=True))
         dup = entry["injected"]["duplicate_id"]
-        expected_ids = sd.row_ids(date.fromisoformat(d), dup["duplicate_of_positions"]).tolist()
+        expected_ids = row_ids(date.fromisoformat(d), dup["duplicate_of_positions"]).tolist()
         assert dup["ids"] == expected_ids
         repeated = {i for i, n in Counter(ids).items() if n > 1}
         assert repeated == set(dup["ids"]), "ids repeat within a partition exactly where the manifest says"
@@ -236,7 +240,7 @@ def test_manifest_duplicates_match_the_data(dirty: Path) -> None:
             strict=True,
         )
     )
-    assert cross["ids"] == sd.row_ids(date.fromisoformat(first), cross["original_positions"]).tolist()
+    assert cross["ids"] == row_ids(date.fromisoformat(first), cross["original_positions"]).tolist()
     assert all(_text_ok(first_rows.get(i)) for i in cross["ids"]), (
         "cross-partition original is clean, present"
     )
@@ -250,7 +254,7 @@ def test_manifest_duplicates_match_the_data(dirty: Path) -> None:
 def test_manifest_schema_variant_rows_match_the_data(dirty: Path) -> None:
     for table in ("keywords", "products"):
         manifest = sd.read_manifest(dirty, table)
-        spec = sd.TABLE_SPECS[table]
+        spec = TABLE_SPECS[table]
         part = dirty / table / f"dt={DATES[0]}"
         entry = manifest["partitions"][DATES[0]]
         for kind, stem in (
@@ -265,7 +269,7 @@ def test_manifest_schema_variant_rows_match_the_data(dirty: Path) -> None:
                 if kind == "wrong_type":
                     assert schema.field(spec.text_column).type == pa.int64()
                 elif kind == "extra_column":
-                    assert sd.EXTRA_COLUMN in schema.names
+                    assert EXTRA_COLUMN in schema.names
                 else:
                     assert spec.optional_column not in schema.names
             ids = pq.read_table(part / rec["files"][0]).column(spec.id_column).to_pylist()
@@ -286,7 +290,7 @@ def test_injection_leaves_clean_rows_unchanged(tmp_path: Path) -> None:
     diverted = {
         p
         for k, rec in entry["injected"].items()
-        if sd.DEFECT_BY_KIND[k].placement != "inline"
+        if DEFECT_BY_KIND[k].placement != "inline"
         for p in rec["positions"]
     }
     main_positions = [p for p in range(3000) if p not in diverted]
@@ -299,7 +303,7 @@ def test_injection_leaves_clean_rows_unchanged(tmp_path: Path) -> None:
 
 def test_bad_files_are_present_and_broken_as_described(dirty: Path) -> None:
     for table in ("keywords", "products"):
-        spec = sd.TABLE_SPECS[table]
+        spec = TABLE_SPECS[table]
         part = dirty / table / f"dt={DATES[1]}"
         entry = sd.read_manifest(dirty, table)["partitions"][DATES[1]]
         kinds = {b["kind"]: b for b in entry["bad_files"]}
@@ -350,10 +354,10 @@ def test_english_mode_is_ascii(tmp_path: Path) -> None:
     assert all(not JAPANESE.search(r["keyword"]) for r in keywords)
 
 
-@pytest.mark.parametrize("lang", sd.LANGS)
+@pytest.mark.parametrize("lang", LANGS)
 def test_keyword_and_product_categories_share_head_nouns(tmp_path: Path, lang: str) -> None:
     sd.generate(tmp_path, keywords=3000, products=1500, dates=["2024-06-01"], lang=lang)
-    heads = sd.category_heads(lang)
+    heads = category_heads(lang)
     keywords = pq.read_table(tmp_path / "keywords").to_pylist()
     products = pq.read_table(tmp_path / "products").to_pylist()
     product_categories = {p["category"] for p in products}
@@ -370,7 +374,7 @@ def test_keyword_and_product_categories_share_head_nouns(tmp_path: Path, lang: s
         assert any(w.lower() in kw and w.lower() in pn for w in words), label
 
 
-@pytest.mark.parametrize("lang", sd.LANGS)
+@pytest.mark.parametrize("lang", LANGS)
 def test_100k_keywords_are_mostly_distinct(tmp_path: Path, lang: str) -> None:
     summary = sd.generate(
         tmp_path, keywords=100_000, products=0, dates=["2024-07-01"], lang=lang, row_group_size=50_000
@@ -411,7 +415,7 @@ def test_small_totals_leave_empty_but_valid_partitions(tmp_path: Path) -> None:
     summary = sd.generate(tmp_path, keywords=2, products=0, dates=DATES)
     assert summary["tables"]["keywords"]["partitions"] == {DATES[0]: 1, DATES[1]: 1, DATES[2]: 0}
     empty = pq.ParquetFile(tmp_path / "keywords" / f"dt={DATES[2]}" / "part-00000.parquet")
-    assert empty.metadata.num_rows == 0 and empty.schema_arrow == sd.KEYWORDS_SCHEMA
+    assert empty.metadata.num_rows == 0 and empty.schema_arrow == KEYWORDS_SCHEMA
 
 
 @pytest.mark.parametrize(
@@ -462,7 +466,7 @@ def test_cli_rejects_bad_arguments_with_exit_2(
 
 
 def test_cli_module_entry_point_prints_one_line_per_table(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(sd.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(sd.__file__).parents[2])}
     result = subprocess.run(
         [
             sys.executable,

@@ -3,7 +3,7 @@
 A few hundred sample keywords are embedded by the real local inference server (MiniLM), staged
 and written the way production writes them (Qdrant local mode on disk via ``upsert_chunk``, the
 noida-db ES emulator - or a real cluster named by ``ES_URL`` - via ``index_keyword_chunk``).
-Product documents are linked as the link stage does (``qdrant_sink.search`` with the product's
+Product documents are linked as the link stage does (``search`` with the product's
 filters and threshold, ``product_document``, ``bulk_index``). Every expectation about exact lists
 is recomputed here independently with NumPy over the vectors the test embedded itself.
 """
@@ -26,16 +26,33 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import settings_for
 from elasticsearch import Elasticsearch
-from embedding_pipeline import es_sink, qdrant_sink
 from embedding_pipeline.cli.search import ProductNotFoundError, display_width, register
 from embedding_pipeline.errors import PipelineError
-from embedding_pipeline.qdrant_sink import QdrantSettings
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.staging import StagedChunkWriter, content_hash
 from embedding_pipeline.sample.generate import generate
 from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_keyword_index, search_keywords
+from embedding_pipeline.stages.keyword_index import index_keyword_chunk
 from embedding_pipeline.stages.link_quality import LinkQualityError, check_link_quality, render_report
-from embedding_pipeline.stages.product_documents import linked_keywords, product_document, product_mappings
+from embedding_pipeline.stages.product_documents import (
+    LinkStamp,
+    linked_keywords,
+    product_document,
+    product_mappings,
+)
+from embedding_pipeline.stores.elasticsearch.bulk import bulk_index
+from embedding_pipeline.stores.elasticsearch.client import make_client
+from embedding_pipeline.stores.elasticsearch.errors import EsIndexError
+from embedding_pipeline.stores.elasticsearch.indices import count_docs, ensure_index
+from embedding_pipeline.stores.elasticsearch.read import get_document, sample_documents
+from embedding_pipeline.stores.elasticsearch.settings import EsSettings
+from embedding_pipeline.stores.qdrant.client import open_client
+from embedding_pipeline.stores.qdrant.collections import ensure_collection, ensure_collection_for_chunk
+from embedding_pipeline.stores.qdrant.errors import CollectionNotFoundError
+from embedding_pipeline.stores.qdrant.search import SearchOptions, iter_vectors, search
+from embedding_pipeline.stores.qdrant.settings import QdrantSettings
+from embedding_pipeline.stores.qdrant.upsert import upsert_chunk
 
 pytestmark = pytest.mark.es_live  # ES_URL=... pytest -m es_live runs this module against a real cluster
 
@@ -120,19 +137,17 @@ def _delete_alias_indices(es: Elasticsearch, alias: str) -> None:
 def write_products(es: Elasticsearch, alias: str, docs: dict[str, dict[str, Any]], run_dir: Path) -> None:
     """Product documents into ``alias`` as the link stage writes them (mapping, bulk, refresh)."""
     version = next(iter(docs.values()))["model_version"]
-    es_sink.ensure_index(es, alias, product_mappings(model_name=MODEL, model_version=version, dim=384))
+    ensure_index(es, alias, product_mappings(model_name=MODEL, model_version=version, dim=384))
     dead = DeadLetterWriter(run_dir, "product_link", alias)
-    counts = es_sink.bulk_index(es, alias, [list(docs.items())], dead)
+    counts = bulk_index(es, alias, [list(docs.items())], dead)
     assert counts.indexed == len(docs) and counts.dead_lettered == 0, dead.letters
-    assert es_sink.count_docs(es, alias) == len(docs)
+    assert count_docs(es, alias) == len(docs)
 
 
 @pytest.fixture(scope="module")
 def es(es_url: str) -> Iterator[Elasticsearch]:
-    settings = (
-        es_sink.EsSettings.from_env() if os.environ.get("ES_URL") else es_sink.EsSettings(hosts=(es_url,))
-    )
-    client = es_sink.make_client(settings)
+    settings = EsSettings.from_env() if os.environ.get("ES_URL") else EsSettings(hosts=(es_url,))
+    client = make_client(settings)
     yield client
     client.close()
 
@@ -209,9 +224,11 @@ def corpus(
     cut = next(i for i in range(3, 9) if ranked[i] - ranked[i + 1] > 2e-3)
     threshold = round(float(ranked[cut] + ranked[cut + 1]) / 2, 4)
 
-    with qdrant_sink.open_client(QdrantSettings(path=corpus.qdrant_path)) as qdrant:
-        target = qdrant_sink.ensure_collection_for_chunk(qdrant, QDRANT_ALIAS, staged)
-        result = qdrant_sink.upsert_chunk(qdrant, QDRANT_ALIAS, staged, DeadLetterWriter(work, "q", "0"))
+    with open_client(QdrantSettings(path=corpus.qdrant_path)) as qdrant:
+        target = ensure_collection_for_chunk(qdrant, QDRANT_ALIAS, staged, KEYWORD_POINTS)
+        result = upsert_chunk(
+            qdrant, QDRANT_ALIAS, staged, DeadLetterWriter(work, "q", "0"), schema=KEYWORD_POINTS
+        )
         assert result.indexed == len(ids), result
         for row, product in enumerate(products):
             match_fields = ["category"] if row in MATCHED or row == OVERLAP else []
@@ -220,15 +237,11 @@ def corpus(
             )
             score_threshold = threshold if row in THRESHOLD else None
             flt = {**keyword_filter, **{f: product[f] for f in match_fields if product[f] is not None}}
-            hits = qdrant_sink.search(
+            hits = search(
                 qdrant,
                 QDRANT_ALIAS,
                 queries[row : row + 1],
-                K,
-                score_threshold,
-                flt or None,
-                model_name=MODEL,
-                model_version=version,
+                SearchOptions(K, score_threshold, flt or None, model_name=MODEL, model_version=version),
             )[0]
             link = {
                 "top_k": K,
@@ -245,20 +258,17 @@ def corpus(
                 content_hash(product["product_name"], MODEL, version),
                 product,
                 linked_keywords([(h.payload, h.score) for h in hits]),
-                model_name=MODEL,
-                model_version=version,
-                linked_at="2024-01-02T01:00:00+00:00",
-                link=link,
+                LinkStamp(MODEL, version, "2024-01-02T01:00:00+00:00", link),
             )
             # Qdrant local mode is exact: its list is the independent exact list (scores, allowing ties).
             expected = corpus.exact(row)
             assert len(hits) == len(expected)
             assert np.allclose([h.score for h in hits], [s for _, s in expected], atol=1e-5)
 
-    es_sink.ensure_keyword_index(es, keyword_alias, model_name=MODEL, model_version=version, dim=embedder.dim)
-    indexed = es_sink.index_keyword_chunk(es, keyword_alias, staged, DeadLetterWriter(work, "e", "0"))
+    ensure_keyword_index(es, keyword_alias, model_name=MODEL, model_version=version, dim=embedder.dim)
+    indexed = index_keyword_chunk(es, keyword_alias, staged, DeadLetterWriter(work, "e", "0"))
     assert indexed.indexed == len(ids), indexed
-    assert es_sink.count_docs(es, keyword_alias) == len(ids)
+    assert count_docs(es, keyword_alias) == len(ids)
     write_products(es, product_alias, corpus.docs, work)
 
     # The filters and the threshold must change the lists, or the tests below could not tell
@@ -275,7 +285,7 @@ def corpus(
 
 @pytest.fixture
 def qdrant(corpus: Corpus) -> Iterator[Any]:
-    with qdrant_sink.open_client(QdrantSettings(path=corpus.qdrant_path)) as client:
+    with open_client(QdrantSettings(path=corpus.qdrant_path)) as client:
         yield client
 
 
@@ -293,7 +303,7 @@ def product_alias(es: Elasticsearch) -> Iterator[str]:
 
 
 def test_iter_vectors_streams_every_point_once_in_bounded_blocks(corpus: Corpus, qdrant: Any) -> None:
-    blocks = list(qdrant_sink.iter_vectors(qdrant, QDRANT_ALIAS, batch_size=64, with_payload=["keyword_id"]))
+    blocks = list(iter_vectors(qdrant, QDRANT_ALIAS, batch_size=64, with_payload=["keyword_id"]))
     assert all(1 <= len(payloads) <= 64 for _, payloads in blocks)
     assert all(vectors.shape == (len(payloads), 384) for vectors, payloads in blocks)
     assert all(vectors.dtype == np.float32 for vectors, _ in blocks)
@@ -304,8 +314,8 @@ def test_iter_vectors_streams_every_point_once_in_bounded_blocks(corpus: Corpus,
     for vectors, payloads in blocks:
         expected = corpus.keyword_vectors[[position[p["keyword_id"]] for p in payloads]]
         assert np.allclose(vectors, expected, atol=1e-6)
-    with pytest.raises(qdrant_sink.CollectionNotFoundError, match="no-such-alias"):
-        next(qdrant_sink.iter_vectors(qdrant, "no-such-alias"))
+    with pytest.raises(CollectionNotFoundError, match="no-such-alias"):
+        next(iter_vectors(qdrant, "no-such-alias"))
 
 
 def test_search_keywords_and_get_document(es: Elasticsearch, corpus: Corpus) -> None:
@@ -313,21 +323,21 @@ def test_search_keywords_and_get_document(es: Elasticsearch, corpus: Corpus) -> 
     words = [w for text in corpus.keywords for w in text.split() if re.fullmatch(r"[ァ-ヴー]{4,}", w)]
     word = next(w for w in sorted(set(words)) if 2 <= sum(w in t.split() for t in corpus.keywords) <= 8)
     holding = {i for i, t in zip(corpus.keyword_ids, corpus.keywords, strict=True) if word in t.split()}
-    found = es_sink.search_keywords(es, corpus.keyword_alias, word, size=50)
+    found = search_keywords(es, corpus.keyword_alias, word, size=50)
     assert holding <= {d["keyword_id"] for d in found}
     assert word in found[0]["keyword"]
     assert [d["_score"] for d in found] == sorted((d["_score"] for d in found), reverse=True)
 
-    doc = es_sink.get_document(es, corpus.keyword_alias, corpus.keyword_ids[5])
+    doc = get_document(es, corpus.keyword_alias, corpus.keyword_ids[5])
     assert doc is not None and doc["keyword"] == corpus.keywords[5] and doc["model_name"] == MODEL
-    assert es_sink.get_document(es, corpus.keyword_alias, "no-such-keyword") is None
+    assert get_document(es, corpus.keyword_alias, "no-such-keyword") is None
 
     for call in (
-        lambda: es_sink.search_keywords(es, "t-sq-missing", word),
-        lambda: es_sink.get_document(es, "t-sq-missing", "1"),
-        lambda: es_sink.sample_documents(es, "t-sq-missing", 5, seed=0),
+        lambda: search_keywords(es, "t-sq-missing", word),
+        lambda: get_document(es, "t-sq-missing", "1"),
+        lambda: sample_documents(es, "t-sq-missing", 5, seed=0, id_field="product_id"),
     ):
-        with pytest.raises(es_sink.EsIndexError, match="alias 't-sq-missing' does not exist"):
+        with pytest.raises(EsIndexError, match="alias 't-sq-missing' does not exist"):
             call()
 
 
@@ -335,19 +345,22 @@ def test_sample_documents_is_reproducible_and_seeded(es: Elasticsearch, corpus: 
     def ids(docs: list[dict[str, Any]]) -> list[str]:
         return [d["product_id"] for d in docs]
 
-    first = ids(es_sink.sample_documents(es, corpus.product_alias, 10, seed=1))
+    first = ids(sample_documents(es, corpus.product_alias, 10, seed=1, id_field="product_id"))
     assert len(set(first)) == 10 and set(first) <= set(corpus.docs)
-    assert ids(es_sink.sample_documents(es, corpus.product_alias, 10, seed=1)) == first
-    assert ids(es_sink.sample_documents(es, corpus.product_alias, 10, seed=1, page_size=7)) == first
-    other = ids(es_sink.sample_documents(es, corpus.product_alias, 10, seed=2))
+    assert ids(sample_documents(es, corpus.product_alias, 10, seed=1, id_field="product_id")) == first
+    assert (
+        ids(sample_documents(es, corpus.product_alias, 10, seed=1, page_size=7, id_field="product_id"))
+        == first
+    )
+    other = ids(sample_documents(es, corpus.product_alias, 10, seed=2, id_field="product_id"))
     assert set(other) != set(first)
-    everything = ids(es_sink.sample_documents(es, corpus.product_alias, 1000, seed=1))
+    everything = ids(sample_documents(es, corpus.product_alias, 1000, seed=1, id_field="product_id"))
     assert sorted(everything) == sorted(corpus.docs) and everything[:10] == first
     # The same mechanism samples keywords by their id field.
-    keywords = es_sink.sample_documents(es, corpus.keyword_alias, 25, seed=3, id_field="keyword_id")
+    keywords = sample_documents(es, corpus.keyword_alias, 25, seed=3, id_field="keyword_id")
     assert len({d["keyword_id"] for d in keywords}) == 25
     with pytest.raises(PipelineError, match="sample size"):
-        es_sink.sample_documents(es, corpus.product_alias, 0, seed=1)
+        sample_documents(es, corpus.product_alias, 0, seed=1, id_field="product_id")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,13 +511,13 @@ def test_quality_refuses_other_models_collections_and_empty_aliases(
     ):
         check_link_quality(es, qdrant, tiny, corpus.product_alias, QDRANT_ALIAS)
 
-    qdrant_sink.ensure_collection(
+    ensure_collection(
         qdrant, "other-keywords", dim=embedder.dim, model_name=MODEL, model_version=corpus.model_version
     )
     with pytest.raises(LinkQualityError, match=r"\['keywords-g1'\].*'other-keywords-g1'"):
         check_link_quality(es, qdrant, embedder, corpus.product_alias, "other-keywords")
 
-    es_sink.ensure_index(es, product_alias, product_mappings(model_name=MODEL, model_version=1, dim=384))
+    ensure_index(es, product_alias, product_mappings(model_name=MODEL, model_version=1, dim=384))
     with pytest.raises(LinkQualityError, match="holds no product documents"):
         check_link_quality(es, qdrant, embedder, product_alias, QDRANT_ALIAS)
 
@@ -655,9 +668,9 @@ def test_cli_errors_are_clear(cli, corpus: Corpus) -> None:
         ("search", "text", "東京", "--alias", "t-sq-missing"),
         ("quality", "--product-alias", "t-sq-missing", "--model", MODEL),
     ):
-        with pytest.raises(es_sink.EsIndexError, match="alias 't-sq-missing' does not exist"):
+        with pytest.raises(EsIndexError, match="alias 't-sq-missing' does not exist"):
             cli(*argv)
-    with pytest.raises(qdrant_sink.CollectionNotFoundError, match="t-sq-missing"):
+    with pytest.raises(CollectionNotFoundError, match="t-sq-missing"):
         cli("search", "meaning", "東京", "--alias", "t-sq-missing", "--model", MODEL)
     with pytest.raises(SystemExit):  # argparse refuses it before any service is touched
         cli("search", "text", "東京", "--size", "0")

@@ -9,7 +9,12 @@ class PipelineError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
-class ConfigError(PipelineError):
+class SetupError(PipelineError):
+    """The run cannot start as configured, and retrying cannot change that (another model in the
+    collection, a conflicting index mapping, a bad setting): the DAGs fail such tasks at once."""
+
+
+class ConfigError(SetupError):
     """A setting, Param or Connection is missing or invalid."""
 
 

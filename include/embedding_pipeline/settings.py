@@ -14,6 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.retry import RetryPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +67,11 @@ class ServerSettings:
             raise ConfigError("max_retries must be >= 0 and timeout_s > 0")
 
     @property
+    def retry(self) -> RetryPolicy:
+        """Full jitter: one client against one server, where spreading the retries matters most."""
+        return RetryPolicy(self.max_retries, self.backoff_initial_s, self.backoff_max_s, jitter="full")
+
+    @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
@@ -90,9 +96,7 @@ class ServerSettings:
             current = getattr(self, key)
             try:
                 if isinstance(current, bool):
-                    coerced[key] = (
-                        value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-                    )
+                    coerced[key] = truthy(value)
                 elif isinstance(current, Path):
                     coerced[key] = Path(value)
                 else:
@@ -117,6 +121,14 @@ class ServerSettings:
 def data_root() -> Path:
     """Root of the partitioned input tables (``EMBEDDING_DATA_ROOT``, default ``<project>/data/sample``)."""
     return Path(os.environ.get("EMBEDDING_DATA_ROOT", PROJECT_ROOT / "data" / "sample"))
+
+
+def truthy(value: object) -> bool:
+    """A flag from an environment variable or a Connection extra: ``1``/``true``/``yes``/``on``
+    (any case) or a real bool; anything else is False."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def redact_url(url: str) -> str:

@@ -24,8 +24,9 @@ from dataclasses import replace
 
 from airflow.sdk import BaseHook
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.es_sink import EsSettings
-from embedding_pipeline.qdrant_sink import QdrantSettings
+from embedding_pipeline.settings import truthy
+from embedding_pipeline.stores.elasticsearch.settings import EsSettings
+from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ def _connection(conn_id: str):
         if type(exc).__name__ != "AirflowNotFoundException":
             raise
         return None
-
-
-def _bool(value: object) -> bool:
-    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
 
 
 class QdrantStoreHook(BaseHook):
@@ -67,9 +64,9 @@ class QdrantStoreHook(BaseHook):
                 host=conn.host,
                 port=int(conn.port or 6333),
                 grpc_port=int(extra.get("grpc_port", 6334)),
-                prefer_grpc=_bool(extra.get("prefer_grpc", False)),
+                prefer_grpc=truthy(extra.get("prefer_grpc", False)),
                 api_key=conn.password or extra.get("api_key") or None,
-                https=_bool(extra["https"]) if "https" in extra else None,
+                https=truthy(extra["https"]) if "https" in extra else None,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"connection {self.qdrant_conn_id!r}: {exc}") from exc
@@ -111,7 +108,7 @@ class ElasticsearchStoreHook(BaseHook):
             api_key=extra.get("api_key") or None,
             ca_certs=extra.get("ca_certs") or None,
             ssl_assert_fingerprint=extra.get("ssl_assert_fingerprint") or None,
-            verify_certs=_bool(extra.get("verify_certs", True)),
+            verify_certs=truthy(extra.get("verify_certs", True)),
         )
         log.info("connection %r -> %r", self.elasticsearch_conn_id, settings)
         return settings

@@ -22,7 +22,6 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -90,5 +89,8 @@ class TritonEmbeddingHook(BaseHook):
         )
         return settings
 
-    def get_conn(self) -> EmbeddingClient:
+    def get_conn(self) -> Any:
+        """An ``EmbeddingClient`` (imported here: tritonclient and numpy stay out of DAG parsing)."""
+        from embedding_pipeline.serving.client import EmbeddingClient
+
         return EmbeddingClient(self.get_settings())

@@ -3,15 +3,30 @@ turning configuration errors into failures that Airflow does not retry."""
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-# Embedded Qdrant (local mode) keeps its storage folder locked by one process: tasks that open it
-# run one at a time. With a Qdrant server (QDRANT_URL or a qdrant_default Connection) they fan out.
-QDRANT_LOCAL = not (os.environ.get("QDRANT_URL") or os.environ.get("AIRFLOW_CONN_QDRANT_DEFAULT"))
-QDRANT_TASK_CONCURRENCY = 1 if QDRANT_LOCAL else 16
+log = logging.getLogger(__name__)
+
+
+def qdrant_task_concurrency() -> int:
+    """How many mapped tasks that open Qdrant may run at once, from the resolved settings: 1 for
+    local mode (its storage folder is locked by one process), more for a Qdrant server.
+
+    Resolved when the DAG file is parsed, through the same hook the tasks use, so a
+    ``qdrant_default`` Connection stored in the metadata DB counts as much as one in the
+    environment (the dag-processor serves Connection look-ups to parsing processes). A Connection
+    that cannot be read or is malformed gives 1 here; the tasks then fail with the clear error.
+    """
+    from pipeline_hooks.store_hooks import QdrantStoreHook
+
+    try:
+        return QdrantStoreHook().get_settings().task_concurrency
+    except Exception as exc:
+        log.warning("Qdrant settings unresolved at parse time (%s); Qdrant tasks run one at a time", exc)
+        return 1
 
 
 def store_settings() -> tuple[Any, Any]:
@@ -23,18 +38,15 @@ def store_settings() -> tuple[Any, Any]:
 
 @contextmanager
 def no_retry_on_setup_errors() -> Iterator[None]:
-    """Raise ``AirflowFailException`` for errors a retry cannot fix (wrong model, mapping conflict,
-    bad configuration), so the run fails at once with the message instead of after its retries.
-    Transient errors (a server down) pass through unchanged and are retried."""
+    """Raise ``AirflowFailException`` for a ``SetupError`` (wrong model, mapping conflict, bad
+    configuration): a retry cannot fix it, so the run fails at once with the message instead of
+    after its retries. Transient errors (a server down) pass through unchanged and are retried."""
     from airflow.sdk.exceptions import AirflowFailException
-    from embedding_pipeline.errors import ConfigError
-    from embedding_pipeline.es_sink import EsIndexError
-    from embedding_pipeline.qdrant_sink import CollectionMismatchError
-    from embedding_pipeline.stages.product_link import LinkSetupError
+    from embedding_pipeline.errors import SetupError
 
     try:
         yield
-    except (ConfigError, EsIndexError, LinkSetupError, CollectionMismatchError) as exc:
+    except SetupError as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -72,3 +84,37 @@ def summary(report: dict) -> dict:
             for name, s in report["sinks"].items()
         },
     }
+
+
+def finalize_stage(
+    stage: str,
+    asset: Any,
+    planned: dict,
+    prepared: dict,
+    embedded: list,
+    sinks: dict[str, list],
+    extra: dict | None = None,
+) -> dict:
+    """The finalize task of every stage: the accounting identity over the embed tasks and each
+    store's mapped results, the run report (with ``extra`` in its metadata), the dead-letter
+    threshold, and the stage's Asset event (partitions and rows read). XCom gets the summary; the
+    full report is a file in the run dir."""
+    from airflow.sdk import get_current_context
+    from embedding_pipeline.runs.report import finalize_run
+
+    context = get_current_context()
+    params = context["params"]
+    run = {"dag_id": context["dag"].dag_id, "stage": stage, "run_id": context["run_id"]}
+    report = finalize_run(
+        planned,
+        {**prepared, **(extra or {})},
+        list(embedded or []),
+        {name: list(results or []) for name, results in sinks.items()},
+        run,
+        params["max_dead_letter_ratio"],
+    )
+    context["outlet_events"][asset].extra = {
+        "partitions": report["partitions"],
+        "rows_read": report["rows_read"],
+    }
+    return summary(report)

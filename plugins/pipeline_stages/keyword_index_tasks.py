@@ -3,22 +3,25 @@ finish_sinks -> finalize (emits the ``keyword_index`` Asset)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk import Asset, get_current_context, task
-from embedding_pipeline.stages.keyword_index import Targets
 
 from pipeline_stages.common import (
-    QDRANT_TASK_CONCURRENCY,
+    finalize_stage,
     no_retry_on_setup_errors,
     plan_stage,
+    qdrant_task_concurrency,
     store_settings,
-    summary,
 )
 
 KEYWORD_INDEX = Asset("keyword_index")
 STAGE = "keyword_index"
 
 
-def _targets(params: dict) -> Targets:
+def _targets(params: dict) -> Any:
+    from embedding_pipeline.stages.keyword_index import Targets
+
     return Targets(params["write_qdrant"], params["write_es"], params["qdrant_alias"], params["es_alias"])
 
 
@@ -52,7 +55,7 @@ def keyword_index_tasks() -> None:
 
         return ki.embed(chunk, planned["run_dir"], prepared["model_name"])
 
-    @task(max_active_tis_per_dag=QDRANT_TASK_CONCURRENCY)
+    @task(max_active_tis_per_dag=qdrant_task_concurrency())
     def qdrant_upsert(embedded: dict, planned: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
@@ -74,26 +77,11 @@ def keyword_index_tasks() -> None:
 
     @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
-        from embedding_pipeline.stages import keyword_index as ki
-
-        context = get_current_context()
-        params = context["params"]
-        meta = {"dag_id": context["dag"].dag_id, "stage": STAGE, "run_id": context["run_id"], **prepared}
-        meta.pop("es_previous_settings", None)
-        report = ki.finalize(
-            planned,
-            list(embedded or []),
-            list(qdrant or []),
-            list(es or []),
-            _targets(params),
-            meta,
-            params["max_dead_letter_ratio"],
-        )
-        context["outlet_events"][KEYWORD_INDEX].extra = {
-            "partitions": report["partitions"],
-            "rows_read": report["rows_read"],
+        targets = _targets(get_current_context()["params"])
+        sinks = {
+            name: results for name, results in (("qdrant", qdrant), ("es", es)) if getattr(targets, name)
         }
-        return summary(report)
+        return finalize_stage(STAGE, KEYWORD_INDEX, planned, prepared, embedded, sinks)
 
     planned = plan()
     prepared = prepare_sinks()

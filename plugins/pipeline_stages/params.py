@@ -5,11 +5,11 @@ by ``dag.test(run_conf=...)`` before any task runs."""
 from __future__ import annotations
 
 from airflow.sdk import Param
-from embedding_pipeline.model.onnx_export import PRECISIONS
-from embedding_pipeline.model.registry import FAMILIES
+from embedding_pipeline.model.registry import FAMILIES, PRECISIONS
 from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.settings import data_root
-from embedding_pipeline.stages.product_link import DEFAULT_HNSW_EF, MATCHABLE_FIELDS, MAX_HNSW_EF, MAX_TOP_K
+from embedding_pipeline.stages.link_options import DEFAULT_HNSW_EF, MATCHABLE_FIELDS, MAX_HNSW_EF, MAX_TOP_K
+from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ES_ALIAS = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -71,19 +71,19 @@ def keyword_params() -> dict[str, Param]:
         "write_qdrant": Param(True, type="boolean"),
         "write_es": Param(True, type="boolean"),
         "qdrant_alias": Param(
-            "keywords", type="string", pattern=NAME, description="Keyword collection alias."
+            KEYWORD_ALIAS, type="string", pattern=NAME, description="Keyword collection alias."
         ),
-        "es_alias": Param("keywords", type="string", pattern=ES_ALIAS, description="Keyword index alias."),
+        "es_alias": Param(KEYWORD_ALIAS, type="string", pattern=ES_ALIAS, description="Keyword index alias."),
     }
 
 
 def product_params() -> dict[str, Param]:
     return {
         "qdrant_alias": Param(
-            "keywords", type="string", pattern=NAME, description="Keyword collection alias to search."
+            KEYWORD_ALIAS, type="string", pattern=NAME, description="Keyword collection alias to search."
         ),
         "product_alias": Param(
-            "products", type="string", pattern=ES_ALIAS, description="Product index alias."
+            PRODUCT_ALIAS, type="string", pattern=ES_ALIAS, description="Product index alias."
         ),
         "top_k": Param(30, type="integer", minimum=1, maximum=MAX_TOP_K, description="Keywords per product."),
         "score_threshold": Param(

@@ -8,11 +8,11 @@ from typing import Any
 from airflow.sdk import Asset, get_current_context, task
 
 from pipeline_stages.common import (
-    QDRANT_TASK_CONCURRENCY,
+    finalize_stage,
     no_retry_on_setup_errors,
     plan_stage,
+    qdrant_task_concurrency,
     store_settings,
-    summary,
 )
 
 PRODUCT_LINKS = Asset("product_links")
@@ -20,7 +20,7 @@ STAGE = "product_link"
 
 
 def _options(params: dict) -> Any:
-    from embedding_pipeline.stages.product_link import LinkOptions
+    from embedding_pipeline.stages.link_options import LinkOptions
 
     with no_retry_on_setup_errors():
         return LinkOptions(
@@ -70,7 +70,7 @@ def product_link_tasks() -> None:
         options = _options(get_current_context()["params"])
         return product_link.embed(chunk, planned["run_dir"], prepared["model_name"], options.role)
 
-    @task(max_active_tis_per_dag=QDRANT_TASK_CONCURRENCY)
+    @task(max_active_tis_per_dag=qdrant_task_concurrency())
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import product_link
 
@@ -88,21 +88,12 @@ def product_link_tasks() -> None:
 
     @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, linked: list) -> dict:
-        from embedding_pipeline.stages import product_link
+        from embedding_pipeline.stages.product_link import STAGE as LINK
 
-        context = get_current_context()
-        params = context["params"]
-        meta = {"dag_id": context["dag"].dag_id, "stage": STAGE, "run_id": context["run_id"], **prepared}
-        meta.pop("es_previous_settings", None)
-        meta["link"] = _options(params).to_xcom()
-        report = product_link.finalize(
-            planned, list(embedded or []), list(linked or []), meta, params["max_dead_letter_ratio"]
+        link = _options(get_current_context()["params"]).to_xcom()
+        return finalize_stage(
+            STAGE, PRODUCT_LINKS, planned, prepared, embedded, {LINK: linked}, {"link": link}
         )
-        context["outlet_events"][PRODUCT_LINKS].extra = {
-            "partitions": report["partitions"],
-            "rows_read": report["rows_read"],
-        }
-        return summary(report)
 
     planned = plan()
     prepared = prepare(planned)

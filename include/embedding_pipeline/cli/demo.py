@@ -141,15 +141,18 @@ def _print_reports(run: RunOutcome, injected: dict[str, int]) -> None:
 
 def _show_products(top_k: int) -> None:
     from embedding_pipeline.cli.search import show_product
-    from embedding_pipeline.es_sink import open_es, sample_documents
+    from embedding_pipeline.stages.names import PRODUCT_ALIAS
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.elasticsearch.indices import refresh
+    from embedding_pipeline.stores.elasticsearch.read import sample_documents
 
     print(
         f"      {SHOWN_PRODUCTS} products, top {SHOWN_KEYWORDS} of their {top_k} keywords, read back from ES:"
     )
     with open_es() as es:
-        es.indices.refresh(index="products")
-        for doc in sample_documents(es, "products", SHOWN_PRODUCTS, seed=0):
-            text = show_product(es, str(doc["product_id"]), alias="products", top=SHOWN_KEYWORDS)
+        refresh(es, PRODUCT_ALIAS)
+        for doc in sample_documents(es, PRODUCT_ALIAS, SHOWN_PRODUCTS, seed=0, id_field="product_id"):
+            text = show_product(es, str(doc["product_id"]), alias=PRODUCT_ALIAS, top=SHOWN_KEYWORDS)
             print("        " + text.replace("\n", "\n        "))
     print(
         "      look further: embedding-pipeline search text|meaning|product|keyword ...,"

@@ -23,8 +23,7 @@ from pathlib import Path
 from embedding_pipeline.cli import search as search_cli
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local import airflow_standalone
-from embedding_pipeline.model.onnx_export import PRECISIONS
-from embedding_pipeline.model.registry import FAMILIES
+from embedding_pipeline.model.registry import FAMILIES, PRECISIONS
 from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.sample import generate as sample_data
 from embedding_pipeline.settings import ServerSettings, model_repository_path, work_dir

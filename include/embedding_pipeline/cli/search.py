@@ -30,14 +30,20 @@ from typing import Any
 from elasticsearch import Elasticsearch
 from qdrant_client import QdrantClient
 
-from embedding_pipeline import es_sink, qdrant_sink
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model.registry import ROLES, Role
-from embedding_pipeline.qdrant_sink import QdrantSettings
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
+from embedding_pipeline.stages.keyword_documents import search_keywords
 from embedding_pipeline.stages.link_quality import check_link_quality, render_report
-from embedding_pipeline.stages.product_documents import search_setting
+from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
+from embedding_pipeline.stages.product_documents import products_linked_to, search_setting
+from embedding_pipeline.stores.elasticsearch.client import open_es
+from embedding_pipeline.stores.elasticsearch.read import MAX_RESULT_WINDOW, get_document
+from embedding_pipeline.stores.qdrant.client import open_client
+from embedding_pipeline.stores.qdrant.collections import collection_target_retrying
+from embedding_pipeline.stores.qdrant.search import SearchOptions, search
+from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
 CELL_WIDTH = 48  # display columns; longer keywords are cut with "…" so the table stays readable
 
@@ -57,12 +63,12 @@ class Services:
 
     @contextmanager
     def elasticsearch(self) -> Iterator[Elasticsearch]:
-        with _local(need_es=True), es_sink.open_es() as client:
+        with _local(need_es=True), open_es() as client:
             yield client
 
     @contextmanager
     def qdrant(self) -> Iterator[QdrantClient]:
-        with qdrant_sink.open_client(QdrantSettings.from_env()) as client:
+        with open_client(QdrantSettings.from_env()) as client:
             yield client
 
     @contextmanager
@@ -144,9 +150,9 @@ def _keyword_table(hits: Sequence[tuple[Mapping[str, Any], float]]) -> list[str]
 # --------------------------------------------------------------------------------------------------
 
 
-def search_text(es: Elasticsearch, query: str, *, alias: str = "keywords", size: int = 10) -> str:
+def search_text(es: Elasticsearch, query: str, *, alias: str = KEYWORD_ALIAS, size: int = 10) -> str:
     """Keywords whose text matches ``query`` (Elasticsearch, ``cjk`` analyzer), best first."""
-    docs = es_sink.search_keywords(es, alias, query, size=size)
+    docs = search_keywords(es, alias, query, size=size)
     if not docs:
         return f"no keyword in {alias!r} matches {query!r}"
     title = f"{len(docs)} keyword(s) in {alias!r} matching {query!r} (Elasticsearch score):"
@@ -158,7 +164,7 @@ def search_meaning(
     embedder: EmbeddingClient,
     query: str,
     *,
-    alias: str = "keywords",
+    alias: str = KEYWORD_ALIAS,
     top_k: int = 10,
     role: Role = "query",
 ) -> str:
@@ -167,17 +173,13 @@ def search_meaning(
     The collection is resolved before embedding so a missing alias fails fast, and the search
     passes the client's model so vectors of another model are refused rather than compared.
     """
-    target = qdrant_sink.collection_target_retrying(qdrant, alias)
+    target = collection_target_retrying(qdrant, alias)
     vectors = embedder.embed([query], role=role).vectors
     model = f"{embedder.settings.model_name} v{embedder.published.version}"
-    hits = qdrant_sink.search(
-        qdrant,
-        alias,
-        vectors,
-        top_k,
-        model_name=embedder.settings.model_name,
-        model_version=embedder.published.version,
-    )[0]
+    options = SearchOptions(
+        top_k, model_name=embedder.settings.model_name, model_version=embedder.published.version
+    )
+    hits = search(qdrant, alias, vectors, options)[0]
     title = (
         f"{len(hits)} keyword(s) nearest to {query!r} in {alias!r} -> {target.name} ({model}, role {role}):"
     )
@@ -200,9 +202,9 @@ def _link_summary(doc: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def show_product(es: Elasticsearch, product_id: str, *, alias: str = "products", top: int = 10) -> str:
+def show_product(es: Elasticsearch, product_id: str, *, alias: str = PRODUCT_ALIAS, top: int = 10) -> str:
     """One product document: its fields, how it was linked, and its first ``top`` keywords."""
-    doc = es_sink.get_document(es, alias, product_id)
+    doc = get_document(es, alias, product_id)
     if doc is None:
         raise ProductNotFoundError(f"no product {product_id!r} in {alias!r}")
     keywords = sorted(doc.get("keywords") or [], key=lambda k: k.get("rank", 0))
@@ -231,13 +233,13 @@ def show_keyword_products(
     es: Elasticsearch,
     keyword_id: str,
     *,
-    product_alias: str = "products",
-    keyword_alias: str = "keywords",
+    product_alias: str = PRODUCT_ALIAS,
+    keyword_alias: str = KEYWORD_ALIAS,
     size: int = 10,
 ) -> str:
     """A keyword and the products linked to it (the reverse of ``search product``), best link first."""
-    keyword = es_sink.get_document(es, keyword_alias, keyword_id)
-    total, products = es_sink.products_linked_to(es, product_alias, keyword_id, size=size)
+    keyword = get_document(es, keyword_alias, keyword_id)
+    total, products = products_linked_to(es, product_alias, keyword_id, size=size)
     if keyword:
         name = f"{keyword_id}  {clip(keyword.get('keyword', ''), 80)}"
     else:  # links may outlive a keyword (its index rebuilt without it): still show them
@@ -279,7 +281,7 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-_COUNT = _bounded_int(1, es_sink.MAX_RESULT_WINDOW)
+_COUNT = _bounded_int(1, MAX_RESULT_WINDOW)
 
 
 def _text(services: Services, args: argparse.Namespace) -> int:
@@ -345,27 +347,27 @@ def register(subparsers: argparse._SubParsersAction, services: Services | None =
     p = kinds.add_parser("text", help="keywords whose text matches QUERY (Elasticsearch)")
     p.add_argument("query")
     p.add_argument("--size", type=_COUNT, default=10)
-    p.add_argument("--alias", default="keywords", help="Elasticsearch keyword alias")
+    p.add_argument("--alias", default=KEYWORD_ALIAS, help="Elasticsearch keyword alias")
     p.set_defaults(func=partial(_text, services))
 
     p = kinds.add_parser("meaning", help="keywords nearest in meaning to QUERY (embedding + Qdrant)")
     p.add_argument("query")
     p.add_argument("--top-k", type=_COUNT, default=10)
     p.add_argument("--role", choices=ROLES, default="query", help="prefix role the query is embedded with")
-    p.add_argument("--alias", default="keywords", help="Qdrant keyword alias")
+    p.add_argument("--alias", default=KEYWORD_ALIAS, help="Qdrant keyword alias")
     p.add_argument("--model", default=None, help=model_help)
     p.set_defaults(func=partial(_meaning, services))
 
     p = kinds.add_parser("product", help="a product document and its linked keywords")
     p.add_argument("product_id")
-    p.add_argument("--alias", default="products", help="Elasticsearch product alias")
+    p.add_argument("--alias", default=PRODUCT_ALIAS, help="Elasticsearch product alias")
     p.add_argument("--top", type=_COUNT, default=10, help="keywords to show")
     p.set_defaults(func=partial(_product, services))
 
     p = kinds.add_parser("keyword", help="a keyword and the products linked to it, best link first")
     p.add_argument("keyword_id")
-    p.add_argument("--alias", default="products", help="Elasticsearch product alias")
-    p.add_argument("--keyword-alias", default="keywords", help="Elasticsearch keyword alias")
+    p.add_argument("--alias", default=PRODUCT_ALIAS, help="Elasticsearch product alias")
+    p.add_argument("--keyword-alias", default=KEYWORD_ALIAS, help="Elasticsearch keyword alias")
     p.add_argument("--size", type=_COUNT, default=10, help="products to show")
     p.set_defaults(func=partial(_keyword, services))
 
@@ -375,7 +377,7 @@ def register(subparsers: argparse._SubParsersAction, services: Services | None =
     p.add_argument("--sample", type=_COUNT, default=200, help="product documents to check")
     p.add_argument("--seed", type=int, default=0, help="the same seed checks the same products")
     p.add_argument("--top-k", type=_COUNT, default=None, help="K (default: each product's linked top_k)")
-    p.add_argument("--product-alias", default="products")
-    p.add_argument("--keyword-alias", default="keywords", help="Qdrant keyword alias or collection")
+    p.add_argument("--product-alias", default=PRODUCT_ALIAS)
+    p.add_argument("--keyword-alias", default=KEYWORD_ALIAS, help="Qdrant keyword alias or collection")
     p.add_argument("--model", default=None, help=model_help)
     p.set_defaults(func=partial(_quality, services))

@@ -27,10 +27,10 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit
 
-from embedding_pipeline.es_sink import EsSettings
 from embedding_pipeline.local.es_emulator import EsEmulator
 from embedding_pipeline.serving.process import LocalServer
 from embedding_pipeline.settings import ServerSettings, model_repository_path, redact_url, work_dir
+from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 
 PortsMode = Literal["fixed", "free"]
 Action = Literal["started", "reused", "configured"]

@@ -17,17 +17,14 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from embedding_pipeline.errors import ExportError
-from embedding_pipeline.model.registry import Pooling
+from embedding_pipeline.model.registry import PRECISIONS, Pooling, Precision
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "int8", "fp16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
 ONNX_OPSET = 17

@@ -14,6 +14,10 @@ from typing import Literal
 
 from embedding_pipeline.errors import ConfigError
 
+# Export variants: fp32 (default), int8 (CPU, dynamic quantisation), fp16 (GPU serving).
+Precision = Literal["fp32", "int8", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")
+
 Pooling = Literal["mean", "cls"]
 Role = Literal["query", "passage"]
 ROLES: tuple[Role, ...] = ("query", "passage")

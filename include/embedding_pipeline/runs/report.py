@@ -141,17 +141,24 @@ def finalize(
     return report
 
 
+# What a stage's prepare task hands its teardown, not a result: kept out of the report.
+TEARDOWN_STATE = ("es_previous_settings",)
+
+
 def finalize_run(
     planned: dict[str, Any],
+    prepared: dict[str, Any],
     embedded: list[dict[str, Any]],
     sinks: dict[str, list[dict[str, Any]]],
     meta: dict[str, Any],
     max_dead_letter_ratio: float,
 ) -> dict[str, Any]:
-    """:func:`finalize` from what the tasks passed through XCom: the plan, the embed tasks' outputs
-    and each sink's ``StageResult`` dicts (the finalize task of every indexing stage)."""
+    """:func:`finalize` from what the tasks passed through XCom: the plan, what the prepare task
+    set up (model, physical index and collection names), the embed tasks' outputs and each sink's
+    ``StageResult`` dicts. The finalize task of every stage calls it."""
     meta = {
         **meta,
+        **{key: value for key, value in prepared.items() if key not in TEARDOWN_STATE},
         "partitions": planned["partitions"],
         "missing_partitions": planned["missing_partitions"],
         "rejected_files": planned["rejected_files"],

@@ -10,7 +10,6 @@ everything else becomes a typed error with a message that says what to fix.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -33,6 +32,7 @@ from embedding_pipeline.model.publish import encoder_for
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.model.repository import PublishedModel, latest_version
 from embedding_pipeline.model.triton_config import ServingContract, read_contract
+from embedding_pipeline.retry import RetriesExhausted
 from embedding_pipeline.serving.tokenization import TextEncoder, validate_texts
 from embedding_pipeline.settings import ServerSettings
 
@@ -52,7 +52,7 @@ class EmbeddingResult:
     requests: int
 
 
-def is_transient(exc: Exception) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """Whether a tritonclient/network error is worth retrying."""
     status = str(getattr(exc, "status", lambda: None)() or "")
     if status in _RETRYABLE_GRPC or status in _RETRYABLE_HTTP:
@@ -102,20 +102,12 @@ class EmbeddingClient:
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         s = self.settings
-        for attempt in range(s.max_retries + 1):
-            try:
-                return call()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                if attempt == s.max_retries:
-                    raise ServerUnavailableError(
-                        f"{what} failed after {attempt + 1} attempts against {s.protocol}://{s.url}: {exc}"
-                    ) from exc
-                delay = random.uniform(0, min(s.backoff_max_s, s.backoff_initial_s * 2**attempt))
-                log.warning("%s: transient error (%s); retry %d in %.2fs", what, exc, attempt + 1, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        try:
+            return s.retry.call(what, call, is_transient)
+        except RetriesExhausted as exc:
+            raise ServerUnavailableError(
+                f"{what} failed after {exc.attempts} attempts against {s.protocol}://{s.url}: {exc.last}"
+            ) from exc.last
 
     # -- checks ------------------------------------------------------------------------------
     def check_ready(self) -> None:

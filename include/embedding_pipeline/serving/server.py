@@ -18,6 +18,7 @@ import logging
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,44 @@ from embedding_pipeline.model.repository import PublishedModel, latest_version
 from embedding_pipeline.model.triton_config import ServingContract, read_contract
 
 log = logging.getLogger("embedding_pipeline.serving.server")
+
+
+def _check_graph(name: str, published: PublishedModel, contract: ServingContract, session: Any) -> int:
+    """The graph's embedding dim, after checking its inputs and dim against ``config.pbtxt``."""
+    graph_inputs = sorted(i.name for i in session.get_inputs())
+    if graph_inputs != sorted(contract.input_names):
+        raise PipelineError(
+            f"{name} v{published.version}: graph inputs {graph_inputs} differ from "
+            f"config.pbtxt {sorted(contract.input_names)}"
+        )
+    dim = int(published.metadata["dim"])
+    if dim != contract.dim:
+        raise PipelineError(
+            f"{name} v{published.version}: graph dim {dim} differs from config.pbtxt dims [{contract.dim}]"
+        )
+    return dim
+
+
+def _request_arrays(name: str, max_batch_size: int, tensors: list[Any]) -> dict[str, np.ndarray]:
+    """The request's INT64 [batch, sequence] inputs by name; ValueError says what is wrong."""
+    names = sorted(tensor.name for tensor in tensors)
+    if names != sorted(INPUT_NAMES):
+        raise ValueError(f"{name} expects inputs {list(INPUT_NAMES)}, got {names}")
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in tensors:
+        if tensor.datatype != "INT64":
+            raise ValueError(f"input {tensor.name!r} must be INT64, got {tensor.datatype}")
+        array = tensor.as_numpy()
+        if array.ndim != 2:
+            raise ValueError(f"input {tensor.name!r} must be [batch, sequence], got {list(array.shape)}")
+        arrays[tensor.name] = array.astype(np.int64, copy=False)
+    shapes = {array.shape for array in arrays.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"inputs differ in shape: {sorted(shapes)}")
+    batch = next(iter(shapes))[0]
+    if batch > max_batch_size:
+        raise ValueError(f"batch size {batch} exceeds max_batch_size {max_batch_size} of {name}")
+    return arrays
 
 
 def build_server_classes():
@@ -50,18 +89,7 @@ def build_server_classes():
             self.contract = read_contract(self.root / self.name)
             self.published = latest_version(self.root, self.name)
             self.session = ort_session(self.published.path / "model.onnx", threads=self.threads)
-            graph_inputs = sorted(i.name for i in self.session.get_inputs())
-            if graph_inputs != sorted(self.contract.input_names):
-                raise PipelineError(
-                    f"{self.name} v{self.published.version}: graph inputs {graph_inputs} differ from "
-                    f"config.pbtxt {sorted(self.contract.input_names)}"
-                )
-            dim = int(self.published.metadata["dim"])
-            if dim != self.contract.dim:
-                raise PipelineError(
-                    f"{self.name} v{self.published.version}: graph dim {dim} differs from config.pbtxt "
-                    f"dims [{self.contract.dim}]"
-                )
+            dim = _check_graph(self.name, self.published, self.contract, self.session)
             self.ready = True
             log.info("loaded %s version %s (dim %s)", self.name, self.published.version, dim)
             return self.ready
@@ -75,28 +103,10 @@ def build_server_classes():
 
         def _check(self, payload: InferRequest) -> dict[str, np.ndarray]:
             assert self.contract is not None
-            names = sorted(tensor.name for tensor in payload.inputs)
-            if names != sorted(INPUT_NAMES):
-                raise InvalidInput(f"{self.name} expects inputs {list(INPUT_NAMES)}, got {names}")
-            arrays: dict[str, np.ndarray] = {}
-            for tensor in payload.inputs:
-                if tensor.datatype != "INT64":
-                    raise InvalidInput(f"input {tensor.name!r} must be INT64, got {tensor.datatype}")
-                array = tensor.as_numpy()
-                if array.ndim != 2:
-                    raise InvalidInput(
-                        f"input {tensor.name!r} must be [batch, sequence], got {list(array.shape)}"
-                    )
-                arrays[tensor.name] = array.astype(np.int64, copy=False)
-            shapes = {array.shape for array in arrays.values()}
-            if len(shapes) != 1:
-                raise InvalidInput(f"inputs differ in shape: {sorted(shapes)}")
-            batch = next(iter(shapes))[0]
-            if batch > self.contract.max_batch_size:
-                raise InvalidInput(
-                    f"batch size {batch} exceeds max_batch_size {self.contract.max_batch_size} of {self.name}"
-                )
-            return arrays
+            try:
+                return _request_arrays(self.name, self.contract.max_batch_size, payload.inputs)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
 
         async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
             arrays = self._check(payload)

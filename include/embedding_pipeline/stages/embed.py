@@ -36,6 +36,16 @@ _REASONS = {"text is null": "null_text", "text is empty or whitespace": "empty_t
 
 
 @dataclass(frozen=True)
+class EmbedLimits:
+    """Sizes of the embed task: rows read per Parquet batch, rows embedded per client call (the
+    client sorts by length within it, so larger slices pad less), and the longest text accepted."""
+
+    read_batch_rows: int = 4096
+    embed_batch_rows: int = 4096
+    max_text_chars: int = 2000
+
+
+@dataclass(frozen=True)
 class EmbedOutput:
     result: StageResult
     staged_path: str | None
@@ -79,9 +89,7 @@ def embed_chunk(
     client: EmbeddingClient,
     run_dir: str | StoragePath,
     role: Role | None = "passage",
-    read_batch_rows: int = 4096,
-    embed_batch_rows: int = 4096,
-    max_text_chars: int = 2000,
+    limits: EmbedLimits = EmbedLimits(),
 ) -> EmbedOutput:
     """Embed one chunk into ``<run_dir>/staged/<chunk_id>.parquet``; return counts and the path."""
     started = time.monotonic()
@@ -124,7 +132,7 @@ def embed_chunk(
             # Row groups of a segment are consecutive: rows are numbered from the first one's offset.
             row = sum(parquet.metadata.row_group(i).num_rows for i in range(segment.row_groups[0]))
             for batch in parquet.iter_batches(
-                batch_size=read_batch_rows, row_groups=segment.row_groups, columns=columns
+                batch_size=limits.read_batch_rows, row_groups=segment.row_groups, columns=columns
             ):
                 records = batch.to_pylist()
                 rows_in += len(records)
@@ -132,7 +140,7 @@ def embed_chunk(
                     row_id, text = record.get(table.id_column), record.get(table.text_column)
                     position = (segment.path, row)
                     row += 1
-                    problem = row_problem(row_id, text, seen, max_text_chars, position, first_seen)
+                    problem = row_problem(row_id, text, seen, limits.max_text_chars, position, first_seen)
                     if problem:
                         dead.add(
                             row_id, problem[0], problem[1], {**record, "dt": chunk.dt, "source": segment.path}
@@ -149,7 +157,7 @@ def embed_chunk(
                     pending_ids.append(str(row_id))
                     pending_texts.append(text)
                     pending_payloads.append(payload)
-                    if len(pending_ids) >= embed_batch_rows:
+                    if len(pending_ids) >= limits.embed_batch_rows:
                         flush()
         flush()
         path = writer.close()

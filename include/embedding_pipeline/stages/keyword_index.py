@@ -1,48 +1,56 @@
-"""The keyword-index pipeline as plain functions, one per DAG task.
+"""The keyword-index stage as plain functions, one per DAG task.
 
-    plan (partition_runs) -> prepare_sinks -> embed (mapped) -> qdrant / es (mapped, in parallel)
+    plan (runs.plan) -> prepare_sinks -> embed (mapped) -> qdrant / es (mapped, in parallel)
                -> finish_sinks (teardown) -> finalize
 
 Everything a task passes on is small: chunk specs, file paths, and ``StageResult`` counts. The run
-directory (``<work_dir>/runs/<dag_id>/<run_id>``, see :mod:`partition_runs`) holds staged vectors,
-dead letters and the report.
+directory (``<work_dir>/runs/<dag_id>/<run_id>``, see :mod:`embedding_pipeline.runs.plan`) holds
+staged vectors, dead letters and the report. Store clients are imported inside the functions that
+use them, so a run that writes only one store never loads the other's client.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.runs.accounting import StageResult
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
-from embedding_pipeline.runs.partitions import KEYWORDS, Chunk
-from embedding_pipeline.runs.report import finalize_run
+from embedding_pipeline.runs.partitions import KEYWORDS, Chunk, partition_version
+from embedding_pipeline.runs.staging import iter_staged_rows, staged_metadata
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_chunk
+from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_keyword_index, keyword_document
+from embedding_pipeline.stages.names import KEYWORD_ALIAS
+from embedding_pipeline.stores.elasticsearch.bulk import BulkDoc, BulkOptions, bulk_index
+from embedding_pipeline.stores.elasticsearch.indices import check_meta
 
 log = logging.getLogger(__name__)
 KIND = "keyword"
+ES_STAGE = "es_index"
 
 
 @dataclass(frozen=True)
 class Targets:
+    """Which stores a run writes, and the alias of each."""
+
     qdrant: bool = True
     es: bool = True
-    qdrant_alias: str = "keywords"
-    es_alias: str = "keywords"
+    qdrant_alias: str = KEYWORD_ALIAS
+    es_alias: str = KEYWORD_ALIAS
 
 
 def _client(settings: ServerSettings | None, model_name: str) -> EmbeddingClient:
     return EmbeddingClient((settings or ServerSettings.from_env()).with_overrides(model_name=model_name))
-
-
-def _es_client(es_settings: Any) -> Any:
-    from embedding_pipeline.es_sink import open_es
-
-    return open_es(es_settings)
 
 
 def prepare_sinks(
@@ -51,7 +59,8 @@ def prepare_sinks(
     """Create collection/index behind their aliases (if missing) and switch ES to bulk-load settings."""
     prepared: dict[str, Any] = {}
     if targets.qdrant:
-        from embedding_pipeline.qdrant_sink import ensure_collection, open_client
+        from embedding_pipeline.stores.qdrant.client import open_client
+        from embedding_pipeline.stores.qdrant.collections import ensure_collection
 
         with open_client(qdrant_settings) as client:
             target = ensure_collection(
@@ -60,12 +69,14 @@ def prepare_sinks(
                 dim=model["dim"],
                 model_name=model["model_name"],
                 model_version=model["model_version"],
+                schema=KEYWORD_POINTS,
             )
         prepared["qdrant_collection"] = target.name
     if targets.es:
-        from embedding_pipeline.es_sink import begin_bulk_load, ensure_keyword_index
+        from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
+        from embedding_pipeline.stores.elasticsearch.client import open_es
 
-        with _es_client(es_settings) as es:
+        with open_es(es_settings) as es:
             target = ensure_keyword_index(
                 es,
                 targets.es_alias,
@@ -81,9 +92,11 @@ def prepare_sinks(
 def finish_sinks(targets: Targets, prepared: dict[str, Any] | None, es_settings: Any = None) -> None:
     """Teardown: restore ES refresh/replica settings (also when loads failed)."""
     if targets.es:
-        from embedding_pipeline.es_sink import end_bulk_load, write_index
+        from embedding_pipeline.stores.elasticsearch.bulk_load import end_bulk_load
+        from embedding_pipeline.stores.elasticsearch.client import open_es
+        from embedding_pipeline.stores.elasticsearch.indices import write_index
 
-        with _es_client(es_settings) as es:
+        with open_es(es_settings) as es:
             if prepared is None and write_index(es, targets.es_alias) is None:
                 return  # setup failed before the index existed: nothing to restore
             end_bulk_load(es, targets.es_alias, (prepared or {}).get("es_previous_settings"))
@@ -104,7 +117,9 @@ def _empty(stage: str, embedded: dict) -> dict:
 def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings: Any = None) -> dict:
     if not targets.qdrant or not embedded["staged"]:
         return _empty("qdrant_upsert", embedded)
-    from embedding_pipeline.qdrant_sink import QdrantSettings, open_client, upsert_chunk
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
+    from embedding_pipeline.stores.qdrant.upsert import upsert_chunk
 
     settings = qdrant_settings or QdrantSettings.from_env()
     dead = DeadLetterWriter(as_path(run_dir), "qdrant", embedded["chunk"])
@@ -114,45 +129,102 @@ def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings
             targets.qdrant_alias,
             embedded["staged"],
             dead,
+            schema=KEYWORD_POINTS,
             batch_size=settings.upsert_batch,
-            max_retries=settings.max_retries,
-            backoff_initial_s=settings.backoff_initial_s,
-            backoff_max_s=settings.backoff_max_s,
+            retry=settings.retry,
         )
     return result.to_xcom()
 
 
 def write_es(embedded: dict, run_dir: str, targets: Targets, es_settings: Any = None) -> dict:
     if not targets.es or not embedded["staged"]:
-        return _empty("es_index", embedded)
-    from embedding_pipeline.es_sink import EsSettings, index_keyword_chunk
+        return _empty(ES_STAGE, embedded)
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 
     settings = es_settings or EsSettings.from_env()
     dead = DeadLetterWriter(as_path(run_dir), "es", embedded["chunk"])
-    with _es_client(settings) as es:
-        result = index_keyword_chunk(
-            es,
-            targets.es_alias,
-            embedded["staged"],
-            dead,
-            chunk_docs=settings.bulk_chunk_docs,
-            max_bytes=settings.bulk_max_bytes,
-        )
+    options = BulkOptions(chunk_docs=settings.bulk_chunk_docs, max_bytes=settings.bulk_max_bytes)
+    with open_es(settings) as es:
+        result = index_keyword_chunk(es, targets.es_alias, embedded["staged"], dead, options)
     return result.to_xcom()
 
 
-def finalize(
-    planned: dict,
-    embedded: list[dict],
-    qdrant: list[dict],
-    es: list[dict],
-    targets: Targets,
-    meta: dict[str, Any],
-    max_dead_letter_ratio: float,
-) -> dict[str, Any]:
-    sinks: dict[str, list[dict]] = {}
-    if targets.qdrant:
-        sinks["qdrant"] = qdrant
-    if targets.es:
-        sinks["es"] = es
-    return finalize_run(planned, embedded, sinks, meta, max_dead_letter_ratio)
+def index_keyword_chunk(
+    es: Any,
+    alias: str,
+    staged_path: Path | str,
+    dead_letters: DeadLetterWriter,
+    options: BulkOptions = BulkOptions(),
+) -> StageResult:
+    """Index one staged keyword chunk into ``alias``; flush the dead letters; return the accounting.
+
+    The chunk's model (staged metadata) must match the index ``_meta``: documents of another model
+    belong in another generation. ``_id`` is the keyword id, so a re-run overwrites; the version is
+    the row's ``dt`` (:func:`partition_version`), so a keyword id found on several dates keeps its
+    latest date's document whatever order chunks are written in (the older write counts as indexed,
+    ``superseded``). ``options.version_type`` is always ``external_gte``.
+    """
+    started = time.monotonic()
+    path = as_path(str(staged_path))
+    metadata = staged_metadata(path)
+    check_meta(es, alias, metadata, f"staged chunk {path.name}")
+    model_name, model_version = metadata["model_name"], int(metadata["model_version"])
+    indexed_at = datetime.now(UTC).isoformat()
+
+    version_of = functools.cache(partition_version)  # a chunk holds one dt: parse it once, not per row
+
+    def batches() -> Iterator[list[BulkDoc]]:
+        for staged in iter_staged_rows(path, options.chunk_docs):  # ES stores no vectors: not read
+            yield [
+                (
+                    doc_id,
+                    keyword_document(
+                        doc_id,
+                        text,
+                        chash,
+                        payload,
+                        model_name=model_name,
+                        model_version=model_version,
+                        indexed_at=indexed_at,
+                    ),
+                    version_of(payload["dt"]),
+                )
+                for doc_id, text, chash, payload in zip(
+                    staged.ids, staged.texts, staged.content_hashes, staged.payloads, strict=True
+                )
+            ]
+
+    options = replace(options, version_type="external_gte")
+    counts = bulk_index(es, alias, batches(), dead_letters, options)
+    result = StageResult(
+        stage=ES_STAGE,
+        chunk=path.stem,
+        rows_in=counts.rows_in,
+        indexed=counts.indexed + counts.superseded,
+        dead_lettered=counts.dead_lettered,
+        dead_letters_by_reason=dict(counts.by_reason),
+        dead_letter_path=dead_letters.flush(),
+        seconds=round(time.monotonic() - started, 3),
+        extra={
+            "created": counts.created,
+            "updated": counts.updated,
+            "superseded": counts.superseded,
+            "bulk_rounds": counts.rounds,
+            "retried_items": counts.retried_items,
+            "connection_retries": counts.connection_retries,
+        },
+    )
+    if not result.balanced:  # a bug here, never data: fail loudly rather than report a wrong count
+        raise PipelineError(f"ES accounting does not add up for {path.name}: {result.to_xcom()}")
+    log.info(
+        "es_index %s: %d in, %d indexed (%d created), %d dead-lettered %s in %.1fs",
+        path.stem,
+        result.rows_in,
+        result.indexed,
+        counts.created,
+        result.dead_lettered,
+        result.dead_letters_by_reason,
+        result.seconds,
+    )
+    return result

@@ -9,7 +9,7 @@ the collection under the same score threshold and filters (recorded in the docum
 and reports recall@K = mean over products of |stored ∩ exact| / |exact|.
 
 Memory stays flat in the number of keywords: vectors are streamed from Qdrant in blocks
-(:func:`~embedding_pipeline.qdrant_sink.iter_vectors`) and only a running top-K per sampled product
+(:func:`~embedding_pipeline.stores.qdrant.search.iter_vectors`) and only a running top-K per sampled product
 is kept, never the keyword set.
 
 Scores here and in Qdrant differ by float rounding (and a re-embedded name by a little more), so
@@ -32,11 +32,18 @@ from elasticsearch import Elasticsearch
 from qdrant_client import QdrantClient
 from qdrant_client.http import models
 
-from embedding_pipeline import es_sink, qdrant_sink
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 from embedding_pipeline.stages.product_documents import search_setting
+from embedding_pipeline.stores.elasticsearch.read import sample_documents
+from embedding_pipeline.stores.qdrant.collections import (
+    CollectionTarget,
+    check_model,
+    collection_target_retrying,
+)
+from embedding_pipeline.stores.qdrant.search import iter_vectors
 
 SCORE_TOLERANCE = 1e-6
 # Scores held per streamed block (products x keywords, float32: ~32 MB): the block size adapts to the
@@ -241,7 +248,7 @@ class _Sample:
 
 
 def _check_models(
-    docs: Sequence[Mapping[str, Any]], client: EmbeddingClient, target: qdrant_sink.CollectionTarget
+    docs: Sequence[Mapping[str, Any]], client: EmbeddingClient, target: CollectionTarget
 ) -> str:
     """Refuse to compare vectors of different models; the client's model, as ``name vN``."""
     name, version = client.settings.model_name, str(client.published.version)
@@ -259,7 +266,7 @@ def _check_models(
             f"serves {ours}: re-embedding with another model cannot reproduce their lists. Check with the "
             "model they were linked with (e.g. --model), or re-link the products first"
         )
-    qdrant_sink.check_model(
+    check_model(
         target,
         dim=client.dim,
         model_name=name,
@@ -350,7 +357,7 @@ def _scan(
     best = _RunningTopK(len(queries), max(run.ks))
     scores_of_stored: list[dict[str, tuple[float, bool]]] = [{} for _ in range(len(queries))]
     scanned = 0
-    for vectors, payloads in qdrant_sink.iter_vectors(qdrant, collection, scan_batch, run.payload_fields):
+    for vectors, payloads in iter_vectors(qdrant, collection, scan_batch, run.payload_fields):
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         scores = queries @ vectors.T
         allowed = run.filter_mask(payloads)
@@ -369,22 +376,20 @@ def check_link_quality(
     es: Elasticsearch,
     qdrant: QdrantClient,
     client: EmbeddingClient,
-    product_alias: str = "products",
-    keyword_alias: str = "keywords",
+    product_alias: str = PRODUCT_ALIAS,
+    keyword_alias: str = KEYWORD_ALIAS,
     sample: int = 200,
     seed: int = 0,
     top_k: int | None = None,
-    *,
-    scan_batch: int | None = None,
 ) -> QualityReport:
     """Recall@K of the stored product -> keyword lists against exact search, on a sample of products.
 
     ``top_k`` None checks each list at the K it was linked with; a smaller K checks the first K
-    ranks. Memory: sample × (K + ``scan_batch``) scores, independent of the number of keywords;
-    ``scan_batch`` None sizes blocks to :data:`SCAN_CELLS` scores.
+    ranks. Memory: sample × K scores plus one block of :data:`SCAN_CELLS` scores, independent of
+    the number of keywords.
     """
     started = time.monotonic()
-    docs = es_sink.sample_documents(es, product_alias, sample, seed, id_field="product_id")
+    docs = sample_documents(es, product_alias, sample, seed, id_field="product_id")
     if not docs:
         raise LinkQualityError(f"alias {product_alias!r} holds no product documents to check")
     specs = [LinkSpec.from_document(d) for d in docs]
@@ -398,7 +403,7 @@ def check_link_quality(
                 "recall@K needs K <= the linked K"
             )
     ks = [top_k or s.top_k for s in specs]
-    target = qdrant_sink.collection_target_retrying(qdrant, keyword_alias)
+    target = collection_target_retrying(qdrant, keyword_alias)
     model = _check_models(docs, client, target)
     _check_collection(docs, specs, target.name)
     run = _Sample(docs, specs, ks)
@@ -408,7 +413,7 @@ def check_link_quality(
     embed_seconds = time.monotonic() - embed_started
     scan_started = time.monotonic()
     low, high = SCAN_BATCH_LIMITS
-    batch = scan_batch or min(high, max(low, SCAN_CELLS // len(docs)))
+    batch = min(high, max(low, SCAN_CELLS // len(docs)))
     best, scores_of_stored, scanned = _scan(qdrant, target.name, run, queries, batch)
     scan_seconds = time.monotonic() - scan_started
 

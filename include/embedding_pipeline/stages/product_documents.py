@@ -1,6 +1,6 @@
 """Product documents with their linked keywords: the Elasticsearch mapping and the ``_source`` builder.
 
-Pure functions (no client here; :mod:`embedding_pipeline.es_sink` does the talking). One product
+Pure functions (no client here; :mod:`embedding_pipeline.stores.elasticsearch` does the talking). One product
 document per ``product_id``::
 
     product_id, product_name, description, category, brand, updated_at, dt
@@ -24,9 +24,9 @@ one leaves the newer document in place whatever order mapped tasks or backfills 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from embedding_pipeline.es_sink import DEFAULT_ANALYZER, normalise_date
+from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, normalise_date
 
 PRODUCT_PAYLOAD_FIELDS = ("description", "category", "brand", "updated_at", "dt")
 
@@ -100,17 +100,22 @@ def linked_keywords(hits: Sequence[tuple[Mapping[str, Any], float]]) -> list[dic
     ]
 
 
+class LinkStamp(NamedTuple):
+    """How and when a product's list was made: the same for every product of a link task."""
+
+    model_name: str
+    model_version: int
+    linked_at: str
+    link: Mapping[str, Any]  # LinkOptions.link_record: enough to recompute the list
+
+
 def product_document(
     product_id: str,
     product_name: str,
     content_hash: str,
     payload: Mapping[str, Any],
     keywords: list[dict[str, Any]],
-    *,
-    model_name: str,
-    model_version: int,
-    linked_at: str,
-    link: Mapping[str, Any],
+    stamp: LinkStamp,
 ) -> dict[str, Any]:
     """The ``_source`` of one product document; missing or None payload fields are left out."""
     doc: dict[str, Any] = {
@@ -118,11 +123,11 @@ def product_document(
         "product_name": product_name,
         "keywords": keywords,
         "keyword_count": len(keywords),
-        "model_name": model_name,
-        "model_version": int(model_version),
+        "model_name": stamp.model_name,
+        "model_version": int(stamp.model_version),
         "content_hash": content_hash,
-        "linked_at": linked_at,
-        "link": dict(link),
+        "linked_at": stamp.linked_at,
+        "link": dict(stamp.link),
     }
     if keywords:
         doc["top_score"] = keywords[0]["score"]
@@ -139,3 +144,15 @@ def search_setting(link: Mapping[str, Any]) -> str:
     if link.get("exact"):
         return "exact"
     return f"hnsw_ef {link['hnsw_ef']}" if link.get("hnsw_ef") is not None else "server default ef"
+
+
+def products_linked_to(
+    es: Any, alias: str, keyword_id: str, size: int = 10
+) -> tuple[int, list[dict[str, Any]]]:
+    """Products whose nested ``keywords`` hold ``keyword_id``, best link score first, and how many:
+    the reverse of a product's list, and what the nested mapping is for. Each result is the
+    product's ``_source`` without its list, plus ``score`` and ``rank`` of the link."""
+    from embedding_pipeline.stores.elasticsearch.read import NestedRef, referencing
+
+    total, found = referencing(es, alias, NestedRef("keywords", "keyword_id", "score"), keyword_id, size)
+    return total, [{**source, "score": link.get("score"), "rank": link.get("rank")} for source, link in found]

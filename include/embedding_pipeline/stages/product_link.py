@@ -21,104 +21,38 @@ Accounting, per run: ``rows_read == linked + dead-lettered (embed) + dead-letter
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from embedding_pipeline.errors import ConfigError, PipelineError
-from embedding_pipeline.model.registry import ROLES, Role
+from embedding_pipeline.errors import PipelineError, SetupError
+from embedding_pipeline.model.registry import Role
+from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.accounting import StageResult
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.partitions import PRODUCTS, Chunk, partition_version
-from embedding_pipeline.runs.report import finalize_run
 from embedding_pipeline.runs.staging import StagedBatch, iter_staged, staged_metadata
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_chunk
-from embedding_pipeline.stages.product_documents import linked_keywords, product_document
+from embedding_pipeline.stages.link_options import LinkOptions
+from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
+from embedding_pipeline.stores.qdrant.search import SearchOptions, search
 
 log = logging.getLogger(__name__)
 KIND = "product"
 STAGE = "link"
-MAX_TOP_K = 1000
-MAX_HNSW_EF = 4096
-# HNSW candidates per query on a Qdrant server. Its own default (ef_construct, 100) gave recall@30
-# 0.978 with 13 of 2000 products keeping less than half their list; 256 gave 0.995 for ~0.6 ms a
-# query, small next to embedding the product (bench/results/hnsw-recall-2026-12-01.md).
-DEFAULT_HNSW_EF = 256
 TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
-# Product fields a "match" filter may compare with the same keyword payload field (brand: keywords have none).
-MATCHABLE_FIELDS = ("category", "lang")  # fields both tables carry
 
 
-class LinkSetupError(PipelineError):
+class LinkSetupError(SetupError):
     """The link stage cannot start: keyword collection missing, empty, or of another model."""
-
-
-@dataclass(frozen=True)
-class LinkOptions:
-    """How products are linked; recorded in every product document's ``link`` object."""
-
-    keyword_alias: str = "keywords"
-    product_alias: str = "products"
-    top_k: int = 30
-    score_threshold: float | None = None
-    match_fields: tuple[str, ...] = ()
-    keyword_filter: Mapping[str, Any] = field(default_factory=dict)
-    role: Role | None = "query"
-    hnsw_ef: int | None = DEFAULT_HNSW_EF  # Qdrant server: HNSW candidates per query (None: its default)
-    exact: bool = False  # Qdrant server: search without the index (local mode is always exact)
-    write_batch: int = 512
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.top_k <= MAX_TOP_K:
-            raise ConfigError(f"top_k must be in 1..{MAX_TOP_K}, got {self.top_k}")
-        if self.score_threshold is not None and not -1.0 <= self.score_threshold <= 1.0:
-            raise ConfigError(f"score_threshold is a cosine in [-1, 1], got {self.score_threshold}")
-        unknown = sorted(set(self.match_fields) - set(MATCHABLE_FIELDS))
-        if unknown:
-            raise ConfigError(f"match_fields {unknown} unknown; choose from {list(MATCHABLE_FIELDS)}")
-        if not isinstance(self.keyword_filter, Mapping) or not all(
-            isinstance(v, str | int | bool) or (isinstance(v, list) and v)
-            for v in self.keyword_filter.values()
-        ):
-            raise ConfigError(
-                'keyword_filter maps payload fields to a value or a non-empty list, e.g. {"lang": "ja"}; '
-                f"got {self.keyword_filter!r}"
-            )
-        if self.role is not None and self.role not in ROLES:
-            raise ConfigError(f"role must be one of {list(ROLES)} or None, got {self.role!r}")
-        if self.write_batch < 1:
-            raise ConfigError("write_batch must be >= 1")
-        if self.hnsw_ef is not None and not 1 <= self.hnsw_ef <= MAX_HNSW_EF:
-            raise ConfigError(f"hnsw_ef must be in 1..{MAX_HNSW_EF} or None, got {self.hnsw_ef}")
-
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "match_fields": list(self.match_fields),
-            "keyword_filter": dict(self.keyword_filter),
-        }
-
-    def link_record(self, keyword_collection: str) -> dict[str, Any]:
-        """The document's ``link`` object: enough to recompute the list exactly (quality check)."""
-        return {
-            "top_k": self.top_k,
-            "score_threshold": self.score_threshold,
-            "match_fields": list(self.match_fields),
-            "keyword_filter": json.dumps(dict(self.keyword_filter), ensure_ascii=False, sort_keys=True),
-            "role": self.role or "none",
-            "keyword_collection": keyword_collection,
-            "hnsw_ef": self.hnsw_ef,
-            "exact": self.exact,
-        }
 
 
 def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) -> Any:
@@ -127,16 +61,21 @@ def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) 
     Unreachable Qdrant: :class:`QdrantUnavailableError` after retries; another model or dimension:
     :class:`CollectionMismatchError` naming both (the check every Qdrant write and search uses).
     """
-    from embedding_pipeline import qdrant_sink
+    from embedding_pipeline.stores.qdrant.collections import (
+        check_model,
+        collection_target_retrying,
+        count_points,
+    )
+    from embedding_pipeline.stores.qdrant.errors import CollectionNotFoundError
 
     try:
-        target = qdrant_sink.collection_target_retrying(qdrant, alias)
-    except qdrant_sink.CollectionNotFoundError:
+        target = collection_target_retrying(qdrant, alias)
+    except CollectionNotFoundError:
         raise LinkSetupError(
             f"Qdrant has no keyword collection {alias!r}: run keyword_index (or embedding_chain) for "
             "the keyword partitions first, or set qdrant_alias to the collection's alias"
         ) from None
-    qdrant_sink.check_model(
+    check_model(
         target,
         dim=model["dim"],
         model_name=model["model_name"],
@@ -144,7 +83,7 @@ def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) 
         distance=None,
         what="the model products would be embedded with",
     )
-    if qdrant_sink.count_points(qdrant, target.name) == 0:
+    if count_points(qdrant, target.name) == 0:
         raise LinkSetupError(
             f"keyword collection {alias!r} -> {target.name!r} is empty: index keywords first"
         )
@@ -164,9 +103,11 @@ def prepare(
     With no products to link (a missing partition under ``missing_partition=skip``) nothing is
     checked or created: the run ends ``no_data``, as a nightly run before the first data must.
     """
-    from embedding_pipeline.es_sink import begin_bulk_load, ensure_index, open_es
-    from embedding_pipeline.qdrant_sink import open_client
     from embedding_pipeline.stages.product_documents import product_mappings
+    from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.elasticsearch.indices import ensure_index
+    from embedding_pipeline.stores.qdrant.client import open_client
 
     if not has_products:
         return {**model, "keyword_collection": None, "es_index": None}
@@ -188,7 +129,8 @@ def prepare(
 
 def finish(options: LinkOptions, prepared: dict[str, Any] | None, es_settings: Any = None) -> None:
     """Teardown: restore refresh/replicas of the product index (also when link tasks failed)."""
-    from embedding_pipeline.es_sink import end_bulk_load, open_es
+    from embedding_pipeline.stores.elasticsearch.bulk_load import end_bulk_load
+    from embedding_pipeline.stores.elasticsearch.client import open_es
 
     if not (prepared or {}).get("es_index"):
         return  # prepare failed before the bulk load began, or there was nothing to link
@@ -238,70 +180,74 @@ class _LinkStats:
     search_seconds: float = 0.0
 
 
-def _documents(
-    batch: StagedBatch,
-    qdrant: Any,
-    options: LinkOptions,
-    prepared: Mapping[str, Any],
-    meta: Mapping[str, str],
-    linked_at: str,
-    dead: DeadLetterWriter,
-    stats: _LinkStats,
-    search_settings: Any,
-) -> list[tuple[str, dict[str, Any], int]]:
-    """Search the batch's top-K keywords and build its product documents (bad vectors dead-lettered)."""
-    from embedding_pipeline.qdrant_sink import search
+@dataclass
+class _Linker:
+    """Turns staged product batches into product documents: top-K keywords searched in Qdrant."""
 
-    finite = np.isfinite(batch.vectors).all(axis=1)
-    for i in np.flatnonzero(~finite):
-        dead.add(
-            batch.ids[i],
-            "invalid_vector",
-            "product vector has non-finite values (NaN or inf)",
-            {"product_id": batch.ids[i], "product_name": batch.texts[i], **batch.payloads[i]},
+    qdrant: Any
+    options: LinkOptions
+    collection: str
+    search: SearchOptions
+    retry: RetryPolicy
+    stamp: LinkStamp
+    dead: DeadLetterWriter
+    stats: _LinkStats = field(default_factory=_LinkStats)
+
+    def documents(self, batch: StagedBatch) -> list[tuple[str, dict[str, Any], int]]:
+        """Search the batch's top-K keywords and build its documents (bad vectors dead-lettered)."""
+        finite = np.isfinite(batch.vectors).all(axis=1)
+        for i in np.flatnonzero(~finite):
+            self.dead.add(
+                batch.ids[i],
+                "invalid_vector",
+                "product vector has non-finite values (NaN or inf)",
+                {"product_id": batch.ids[i], "product_name": batch.texts[i], **batch.payloads[i]},
+            )
+        rows = np.flatnonzero(finite)
+        if len(rows) == 0:
+            return []
+        payloads = [batch.payloads[i] for i in rows]
+        options = self.options
+        filtered = options.match_fields or options.keyword_filter
+        started = time.monotonic()
+        hits = search(
+            self.qdrant,
+            self.collection,
+            batch.vectors[rows],
+            self.search,
+            query_filters=_filters(options, payloads) if filtered else None,
+            retry=self.retry,
         )
-    rows = np.flatnonzero(finite)
-    if len(rows) == 0:
-        return []
-    payloads = [batch.payloads[i] for i in rows]
-    started = time.monotonic()
-    hits = search(
-        qdrant,
-        prepared["keyword_collection"],
-        batch.vectors[rows],
-        options.top_k + TIE_MARGIN,
-        options.score_threshold,
-        query_filters=_filters(options, payloads) if options.match_fields or options.keyword_filter else None,
+        self.stats.search_seconds += time.monotonic() - started
+        self.stats.searched += len(rows)
+        docs = []
+        for i, payload, product_hits in zip(rows, payloads, hits, strict=True):
+            keywords = linked_keywords(_best(product_hits, options.top_k))
+            self.stats.empty += not keywords
+            self.stats.keywords += len(keywords)
+            doc = product_document(
+                batch.ids[i],
+                batch.texts[i],
+                batch.content_hashes[i],
+                payload,
+                keywords,
+                self.stamp,
+            )
+            docs.append((batch.ids[i], doc, partition_version(payload["dt"])))
+        return docs
+
+
+def _search_options(options: LinkOptions, meta: Mapping[str, str], batch_size: int) -> SearchOptions:
+    fetch = options.top_k + TIE_MARGIN
+    return SearchOptions(
+        top_k=fetch,
+        score_threshold=options.score_threshold,
+        hnsw_ef=None if options.hnsw_ef is None else max(options.hnsw_ef, fetch),
+        exact=options.exact,
+        batch_size=batch_size,
         model_name=meta["model_name"],
         model_version=meta["model_version"],
-        hnsw_ef=None if options.hnsw_ef is None else max(options.hnsw_ef, options.top_k + TIE_MARGIN),
-        exact=options.exact,
-        batch_size=search_settings.search_batch,
-        max_retries=search_settings.max_retries,
-        backoff_initial_s=search_settings.backoff_initial_s,
-        backoff_max_s=search_settings.backoff_max_s,
     )
-    stats.search_seconds += time.monotonic() - started
-    stats.searched += len(rows)
-    link = options.link_record(prepared["keyword_collection"])
-    docs = []
-    for i, payload, product_hits in zip(rows, payloads, hits, strict=True):
-        keywords = linked_keywords(_best(product_hits, options.top_k))
-        stats.empty += not keywords
-        stats.keywords += len(keywords)
-        doc = product_document(
-            batch.ids[i],
-            batch.texts[i],
-            batch.content_hashes[i],
-            payload,
-            keywords,
-            model_name=meta["model_name"],
-            model_version=int(meta["model_version"]),
-            linked_at=linked_at,
-            link=link,
-        )
-        docs.append((batch.ids[i], doc, partition_version(payload["dt"])))
-    return docs
 
 
 def link_chunk(
@@ -318,8 +264,11 @@ def link_chunk(
     grow with the chunk. Qdrant failing past its retries fails the task (Airflow retries it; the
     re-run overwrites the same documents); ES item failures are dead-lettered with ES's reason.
     """
-    from embedding_pipeline.es_sink import BulkOptions, EsSettings, bulk_index, open_es
-    from embedding_pipeline.qdrant_sink import QdrantSettings, open_client
+    from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions, bulk_index
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.elasticsearch.settings import EsSettings
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
     if not embedded["staged"]:
         return StageResult(STAGE, embedded["chunk"]).to_xcom()
@@ -337,23 +286,30 @@ def link_chunk(
     qdrant_settings = qdrant_settings or QdrantSettings.from_env()
     es_settings = es_settings or EsSettings.from_env()
     dead = DeadLetterWriter(as_path(run_dir), STAGE, embedded["chunk"])
-    stats = _LinkStats()
-    linked_at = datetime.now(UTC).isoformat()
     bulk = BulkOptions(
         chunk_docs=es_settings.bulk_chunk_docs,
         max_bytes=es_settings.bulk_max_bytes,
         version_type="external_gte",
     )
     with open_client(qdrant_settings) as qdrant, open_es(es_settings) as es:
-
-        def batches() -> Iterator[list[tuple[str, dict[str, Any], int]]]:
-            for batch in iter_staged(path, options.write_batch):
-                yield _documents(
-                    batch, qdrant, options, prepared, meta, linked_at, dead, stats, qdrant_settings
-                )
-
+        linker = _Linker(
+            qdrant,
+            options,
+            prepared["keyword_collection"],
+            _search_options(options, meta, qdrant_settings.search_batch),
+            qdrant_settings.retry,
+            LinkStamp(
+                meta["model_name"],
+                int(meta["model_version"]),
+                datetime.now(UTC).isoformat(),
+                options.link_record(prepared["keyword_collection"]),
+            ),
+            dead,
+        )
+        stats = linker.stats
+        batches = (linker.documents(batch) for batch in iter_staged(path, options.write_batch))
         es_started = time.monotonic()
-        counts = bulk_index(es, options.product_alias, batches(), dead, bulk)
+        counts = bulk_index(es, options.product_alias, batches, dead, bulk)
         # The generator runs inside bulk_index: take the search time out of the write time.
         write_seconds = time.monotonic() - es_started - stats.search_seconds
     invalid = len(dead) - counts.dead_lettered  # dead-lettered before ES saw them
@@ -391,14 +347,3 @@ def link_chunk(
         result.seconds,
     )
     return result.to_xcom()
-
-
-def finalize(
-    planned: dict,
-    embedded: list[dict],
-    linked: list[dict],
-    meta: dict[str, Any],
-    max_dead_letter_ratio: float,
-) -> dict[str, Any]:
-    """The accounting identity over embed + link, the run report, and the dead-letter threshold."""
-    return finalize_run(planned, embedded, {STAGE: linked}, meta, max_dead_letter_ratio)
