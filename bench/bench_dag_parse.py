@@ -22,9 +22,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from harness import machine_info, write_results
+from harness import PROJECT_ROOT as ROOT
+from harness import machine_info, md_table, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
 HEAVY = (
     "numpy",
     "pyarrow",
@@ -118,22 +118,32 @@ def measure(repeats: int) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            f"{row['parse_s_median']:.3f}",
+            f"{row['above_bare_s']:+.3f}",
+            f"{row['sdk_import_s_median']:.3f}",
+            row["modules_imported"],
+            ", ".join(row["heavy_packages"]) or "-",
+        ]
+        for name, row in report["files"].items()
+    ]
+    headers = [
+        "DAG file",
+        "parse (median s)",
+        "above bare (s)",
+        "`airflow.sdk` import (s)",
+        "modules imported",
+    ]
     lines = [
         f"# DAG parse cost ({report['label']}, {report['date']})",
         "",
         f"{report['machine']['cpu_model']}, {report['machine']['cpu_count']} CPUs; median of "
         f"{report['repeats']} fresh interpreters per file; load before/after {report['load']}.",
         "",
-        "| DAG file | parse (median s) | above bare (s) | `airflow.sdk` import (s) | modules imported "
-        "| heavy packages |",
-        "|---|---|---|---|---|---|",
+        *md_table([*headers, "heavy packages"], rows),
     ]
-    for name, row in report["files"].items():
-        lines.append(
-            f"| {name} | {row['parse_s_median']:.3f} | {row['above_bare_s']:+.3f} | "
-            f"{row['sdk_import_s_median']:.3f} | {row['modules_imported']} | "
-            f"{', '.join(row['heavy_packages']) or '-'} |"
-        )
     return "\n".join(lines) + "\n"
 
 

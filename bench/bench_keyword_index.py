@@ -12,9 +12,10 @@ partition (100k keywords by default), so the numbers share one machine state:
 2. ``stage``: ``keyword_index.embed`` (the mapped task's function: read Parquet, validate rows,
    tokenize, KServe v2 over gRPC to the local server, stage vectors to Parquet) on the same planned
    chunks. Target ``stage / bare >= 0.9``.
-3. Sinks against their raw client on the same store: ``qdrant_sink.upsert_chunk`` vs
+3. Sinks against their raw client on the same store: ``stores.qdrant.upsert.upsert_chunk`` vs
    ``client.upsert`` of the same points in the same batch size into a sibling collection (local
-   mode on disk), and ``es_sink.index_keyword_chunk`` vs ``elasticsearch.helpers.bulk`` of the same
+   mode on disk), and ``stages.keyword_index.index_keyword_chunk`` vs ``elasticsearch.helpers.bulk`` of
+   the same
    documents into a sibling index (the noida-db emulator). Target ratio >= 0.9 each. The raw side
    gets its points/documents pre-built, so the ratio charges the sink with everything it does
    (reading the staged file, building payloads, alias checks, accounting).
@@ -39,7 +40,6 @@ Run: ``.venv/bin/python bench/bench_keyword_index.py`` (see bench/README.md); ``
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -48,9 +48,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,12 +62,21 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 import numpy as np
-
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCH_DIR.parent
-sys.path.insert(0, str(PROJECT_ROOT / "include"))  # works without `pip install -e .` too
-
-from harness import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
+from harness import (
+    BENCH_DIR,
+    Measurement,
+    Meter,
+    NoiseBudget,
+    alternate,
+    ints,
+    load_cell,
+    loadavg,
+    pair_summary,
+    pipeline_machine_info,
+    publish,
+    scratch_dir,
+    write_results,
+)
 
 log = logging.getLogger("bench_keyword_index")
 
@@ -86,265 +95,7 @@ MODELS = {"minilm": ("minilm", None, "minilm_fp32"), "tiny": (None, "generic", "
 
 
 # -- machine and noise ---------------------------------------------------------------------------
-def machine_busy() -> tuple[float, float]:
-    """(busy, steal) CPU-seconds of the whole machine so far (steal: the hypervisor took the core)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-    return float(busy), float(getattr(t, "steal", 0.0))
-
-
-def tree_cpu(pid: int | None) -> float:
-    """User+system CPU-seconds of ``pid`` and its live descendants (this process when None).
-
-    The ES emulator may run under a wrapper process, so helpers are counted as process trees.
-    """
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        total = 0.0
-        for proc in [root, *(root.children(recursive=True) if pid is not None else [])]:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-    except psutil.NoSuchProcess:
-        return 0.0
-
-
-def keyword_machine_info() -> dict[str, Any]:
-    packages = (
-        "onnxruntime",
-        "tokenizers",
-        "tritonclient",
-        "grpcio",
-        "kserve",
-        "qdrant-client",
-        "elasticsearch",
-        "noida-db",
-        "apache-airflow",
-        "apache-airflow-task-sdk",
-        "pyarrow",
-    )
-    return {**machine_info(packages), "memory_gb": round(_total_memory() / 2**30, 1)}
-
-
-def _total_memory() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().total)
-
-
-@dataclass
-class Measurement:
-    """One timed run and the machine state around it (the noise next to the number)."""
-
-    label: str
-    rows: int
-    seconds: float = 0.0
-    own_cpu_s: float = 0.0
-    helper_cpu_s: dict[str, float] = field(default_factory=dict)
-    other_cores: float = 0.0
-    loadavg_before: list[float] | None = None
-    loadavg_after: list[float] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "rows": self.rows,
-            "seconds": round(self.seconds, 3),
-            "rows_per_s": round(self.rate, 1),
-            "own_cpu_s": round(self.own_cpu_s, 2),
-            "helper_cpu_s": {k: round(v, 2) for k, v in self.helper_cpu_s.items()},
-            "other_cores": round(self.other_cores, 2),
-            "loadavg_before": self.loadavg_before,
-            "loadavg_after": self.loadavg_after,
-            **({"extra": self.extra} if self.extra else {}),
-        }
-
-
-@dataclass
-class Meter:
-    """Times a block and attributes the machine's CPU to us, our helpers, and everybody else.
-
-    ``helpers`` are the child processes doing our work elsewhere (inference server, ES emulator):
-    their CPU is ours, not noise. What remains of the machine's busy time is other processes.
-    """
-
-    helpers: dict[str, int] = field(default_factory=dict)
-    runs: list[Measurement] = field(default_factory=list)
-
-    @contextmanager
-    def measure(self, label: str, rows: int) -> Iterator[Measurement]:
-        m = Measurement(label, rows, loadavg_before=loadavg())
-        own0, helpers0 = tree_cpu(None), {k: tree_cpu(p) for k, p in self.helpers.items()}
-        busy0, steal0 = machine_busy()
-        t0 = time.perf_counter()
-        yield m
-        m.seconds = time.perf_counter() - t0
-        busy1, steal1 = machine_busy()
-        m.own_cpu_s = tree_cpu(None) - own0
-        m.helper_cpu_s = {k: tree_cpu(p) - helpers0[k] for k, p in self.helpers.items()}
-        ours = m.own_cpu_s + sum(m.helper_cpu_s.values())
-        other = max(0.0, (busy1 - busy0) - ours) + (steal1 - steal0)
-        m.other_cores = other / m.seconds if m.seconds > 0 else 0.0
-        m.loadavg_after = loadavg()
-        self.runs.append(m)
-        log.info(
-            "%s: %d rows in %.1fs = %.0f rows/s (other cores %.2f, load %s)",
-            label,
-            rows,
-            m.seconds,
-            m.rate,
-            m.other_cores,
-            m.loadavg_after,
-        )
-
-
-@dataclass
-class NoiseBudget:
-    """Bounded waiting for other processes to go quiet before a timed comparison starts.
-
-    One busy neighbour on 2 cores slows a 2-thread ONNX Runtime session up to 3x, which no
-    statistic fixes afterwards; waiting is cheap next to a 40-second pair. The total wait is
-    bounded so a busy machine still finishes (its pairs are then marked noisy).
-    """
-
-    meter: Meter
-    budget_s: float
-    waited_s: float = 0.0
-    started_busy: int = 0
-
-    def other_cores(self, window_s: float = 2.0) -> float:
-        own0 = tree_cpu(None) + sum(tree_cpu(p) for p in self.meter.helpers.values())
-        busy0, steal0 = machine_busy()
-        time.sleep(window_s)
-        own1 = tree_cpu(None) + sum(tree_cpu(p) for p in self.meter.helpers.values())
-        busy1, steal1 = machine_busy()
-        return (max(0.0, (busy1 - busy0) - (own1 - own0)) + (steal1 - steal0)) / window_s
-
-    def wait(self, what: str) -> None:
-        started = time.perf_counter()
-        while (load := self.other_cores()) > QUIET_CORES:
-            if self.waited_s + (time.perf_counter() - started) >= self.budget_s:
-                self.started_busy += 1
-                log.info("%s starts busy (other cores %.2f): noise budget used up", what, load)
-                break
-        self.waited_s += time.perf_counter() - started
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "budget_s": self.budget_s,
-            "waited_s": round(self.waited_s, 1),
-            "started_busy": self.started_busy,
-            "quiet_cores": QUIET_CORES,
-        }
-
-
-def is_quiet(pair: tuple[Measurement, Measurement]) -> bool:
-    """Both sides ran while other processes took at most ``QUIET_CORES`` cores."""
-    return max(pair[0].other_cores, pair[1].other_cores) <= QUIET_CORES
-
-
-def median_ratio(pairs: Sequence[tuple[Measurement, Measurement]]) -> float:
-    """Median of per-pair rate ratios (top/bottom): both sides of a pair saw the same machine."""
-    return statistics.median(a.rate / b.rate for a, b in pairs) if pairs else float("nan")
-
-
-def total_ratio(pairs: Sequence[tuple[Measurement, Measurement]]) -> float:
-    """Ratio of total throughputs (all rows / all seconds per side), next to the median for context."""
-    top = sum(a.rows for a, _ in pairs) / sum(a.seconds for a, _ in pairs)
-    bottom = sum(b.rows for _, b in pairs) / sum(b.seconds for _, b in pairs)
-    return top / bottom
-
-
-def pair_summary(name: str, pairs: Sequence[tuple[Measurement, Measurement]]) -> dict[str, Any]:
-    """Medians over the quiet pairs when there are at least ``MIN_QUIET`` of them, else over all.
-
-    A neighbour's burst lands on one side of a pair far more often than on both, so noisy pairs
-    are left out rather than averaged in; the JSON keeps every pair and the all-pairs median.
-    """
-    quiet = [p for p in pairs if is_quiet(p)]
-    used = quiet if len(quiet) >= min(MIN_QUIET, len(pairs)) else list(pairs)
-    return {
-        "name": name,
-        "pairs": len(pairs),
-        "quiet_pairs": len(quiet),
-        "statistic_over": "quiet pairs" if used is quiet else "all pairs (too few quiet ones)",
-        "rows_per_side": sum(a.rows for a, _ in pairs),
-        "median_rows_per_s": {
-            "pipeline": round(statistics.median(a.rate for a, _ in used), 1),
-            "reference": round(statistics.median(b.rate for _, b in used), 1),
-        },
-        "ratio_median": round(median_ratio(used), 3),
-        "ratio_median_all_pairs": round(median_ratio(pairs), 3),
-        "ratio_total": round(total_ratio(pairs), 3),
-        "per_pair_ratio": [round(a.rate / b.rate, 3) for a, b in pairs],
-        "per_pair_quiet": [is_quiet(p) for p in pairs],
-        "other_cores_max": round(max(max(a.other_cores, b.other_cores) for a, b in pairs), 2),
-        "loadavg_first": pairs[0][0].loadavg_before,
-        "loadavg_last": pairs[-1][1].loadavg_after,
-        "runs": [[a.to_dict(), b.to_dict()] for a, b in pairs],
-    }
-
-
-def alternate(i: int, first: Callable[[], Measurement], second: Callable[[], Measurement]) -> None:
-    """Run the two sides of pair ``i`` back to back, swapping who goes first on odd pairs."""
-    if i % 2:
-        second()
-        first()
-    else:
-        first()
-        second()
-
-
 # -- models, data, processes -----------------------------------------------------------------------
-def publish(kind: str, repository: Path, scratch: Path) -> dict[str, Any]:
-    """Export -> parity gate -> publish one model (the publish DAG's path), reusing a published one.
-
-    ``tiny`` is a random 2-layer BERT built like the tests' (tests/tiny_models.py): the RSS runs use
-    it because an embed task's memory does not hold the model (the server does) and it embeds 300k
-    rows in seconds instead of ~10 minutes.
-    """
-    from embedding_pipeline.errors import RepositoryError
-    from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model
-    from embedding_pipeline.model.repository import latest_version
-
-    source, family, name = MODELS[kind]
-    started = time.perf_counter()
-    try:
-        published = latest_version(repository, name)
-        log.info("reusing %s v%s from %s", name, published.version, repository)
-    except RepositoryError:
-        if kind == "tiny":
-            sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-            from tiny_models import build_tiny_model
-
-            source = str(build_tiny_model("bert", scratch / "tiny-bert-source"))
-        assert source is not None
-        stage = export_model(ExportRequest(source, "fp32", family), scratch / f"stage-{name}")
-        gate_model(stage)
-        published = publish_model(stage, repository, name, max_batch_size=128)
-    return {
-        "name": name,
-        "version": published.version,
-        "dim": int(published.metadata["dim"]),
-        "sha256": published.metadata.get("sha256"),
-        "size_bytes": (published.path / "model.onnx").stat().st_size,
-        "parity_passed": (published.metadata.get("parity") or {}).get("passed"),
-        "prepare_s": round(time.perf_counter() - started, 1),
-    }
-
-
 def generate_partition(root: Path, rows: int, dt: str, row_group_size: int) -> dict[str, Any]:
     """Clean generated keywords (no injected bad rows: every row must reach both sinks)."""
     from embedding_pipeline.sample.generate import generate
@@ -473,7 +224,7 @@ def bench_embed(
     from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
     from embedding_pipeline.stages import keyword_index as ki
-    from embedding_pipeline.stages.embed import embed_chunk
+    from embedding_pipeline.stages.embed import EmbedLimits
 
     published = latest_version(repository, model["name"])
     bare = Bare(
@@ -493,7 +244,7 @@ def bench_embed(
     diffs: list[float] = []
     real_tokens = pad_bare = pad_stage = 0
     # The stage sorts by length within the slices it embeds at once (embed_chunk's embed_batch_rows).
-    slice_rows = int(inspect.signature(embed_chunk).parameters["embed_batch_rows"].default)
+    slice_rows = EmbedLimits().embed_batch_rows
     for chunk in planned["chunks"]:
         texts = chunk_texts(chunk)
         half = (len(texts) + 1) // 2
@@ -617,14 +368,12 @@ def bench_qdrant(
     batch_size: int,
 ) -> dict[str, Any]:
     """``upsert_chunk`` vs raw ``client.upsert`` into sibling collections of one on-disk store."""
-    from embedding_pipeline.qdrant_sink import (
-        QdrantSettings,
-        count_points,
-        ensure_collection,
-        open_client,
-        upsert_chunk,
-    )
     from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+    from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.collections import count_points, ensure_collection
+    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
+    from embedding_pipeline.stores.qdrant.upsert import upsert_chunk
     from qdrant_client import QdrantClient
     from qdrant_client.http import models
 
@@ -634,7 +383,12 @@ def bench_qdrant(
     with open_client(settings) as client:
         targets = {
             alias: ensure_collection(
-                client, alias, dim=model["dim"], model_name=model["name"], model_version=model["version"]
+                client,
+                alias,
+                dim=model["dim"],
+                model_name=model["name"],
+                model_version=model["version"],
+                schema=KEYWORD_POINTS,
             ).name
             for alias in ("bench_sink", "bench_raw")
         }
@@ -646,7 +400,9 @@ def bench_qdrant(
             def sink(path: Path = path, n: int = n, got: dict[str, Measurement] = got) -> Measurement:
                 dead = DeadLetterWriter(scratch / "sink-run", "qdrant", path.stem)
                 with meter.measure(f"qdrant upsert_chunk {path.stem}", n) as m:
-                    result = upsert_chunk(client, "bench_sink", path, dead, batch_size=batch_size)
+                    result = upsert_chunk(
+                        client, "bench_sink", path, dead, schema=KEYWORD_POINTS, batch_size=batch_size
+                    )
                 if result.indexed != n:
                     raise RuntimeError(f"upsert_chunk indexed {result.to_xcom()} of {n}")
                 got["sink"] = m
@@ -709,18 +465,15 @@ def bench_es(
 ) -> dict[str, Any]:
     """``index_keyword_chunk`` vs raw ``helpers.bulk`` into sibling indices, per staged chunk."""
     from elasticsearch import helpers
-    from embedding_pipeline.es_sink import (
-        EsSettings,
-        begin_bulk_load,
-        count_docs,
-        end_bulk_load,
-        ensure_keyword_index,
-        index_keyword_chunk,
-        keyword_document,
-        make_client,
-    )
     from embedding_pipeline.runs.dead_letter import DeadLetterWriter
     from embedding_pipeline.runs.staging import iter_staged
+    from embedding_pipeline.stages.keyword_documents import ensure_keyword_index, keyword_document
+    from embedding_pipeline.stages.keyword_index import index_keyword_chunk
+    from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions
+    from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load, end_bulk_load
+    from embedding_pipeline.stores.elasticsearch.client import make_client
+    from embedding_pipeline.stores.elasticsearch.indices import count_docs
+    from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 
     es = make_client(EsSettings.from_env())
     pairs: list[tuple[Measurement, Measurement]] = []
@@ -759,7 +512,9 @@ def bench_es(
             ) -> Measurement:
                 dead = DeadLetterWriter(scratch / "sink-run", "es", path.stem)
                 with meter.measure(f"es index_keyword_chunk {path.stem}", n) as m:
-                    result = index_keyword_chunk(es, "bench_sink", path, dead, chunk_docs=chunk_docs)
+                    result = index_keyword_chunk(
+                        es, "bench_sink", path, dead, BulkOptions(chunk_docs=chunk_docs)
+                    )
                 if result.indexed != n:
                     raise RuntimeError(f"index_keyword_chunk indexed {result.to_xcom()} of {n}")
                 got["sink"] = m
@@ -997,10 +752,6 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-def load_cell(a: list[float] | None, b: list[float] | None) -> str:
-    return f"{a[0] if a else '?'}→{b[0] if b else '?'}"
-
-
 def markdown(report: dict[str, Any]) -> str:
     """The compact table reviewers read; the JSON holds every run with its load."""
     cfg, mach, res, noise = report["config"], report["machine"], report["results"], report["noise"]
@@ -1130,10 +881,6 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- main ------------------------------------------------------------------------------------------
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keywords", type=int, default=100_000, help="rows in the benchmarked partition")
@@ -1185,18 +932,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextmanager
-def scratch_dir(keep: bool, prefix: str = "bench-keyword-index-") -> Iterator[Path]:
-    """A temporary work directory, removed afterwards unless ``keep`` (then its path is logged)."""
-    if keep:
-        path = Path(tempfile.mkdtemp(prefix=prefix))
-        log.info("scratch directory kept at %s", path)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        yield Path(tmp)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -1242,7 +977,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             QDRANT_PATH=str(scratch / "qdrant-dag"),
         )
         meter = Meter({"server": server.process.pid, "es_emulator": emulator.process.pid})
-        noise = NoiseBudget(meter, args.noise_budget)
+        noise = NoiseBudget(args.noise_budget, helpers=meter.helpers)
         phases["prepare_s"] = time.perf_counter() - t0
 
         from embedding_pipeline.runs.plan import run_dir_for
@@ -1307,7 +1042,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": round(time.perf_counter() - t0, 1),
         "phases_s": {k: round(v, 1) for k, v in phases.items()},
         "noise": noise.to_dict(),
-        "machine": {**keyword_machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
+        "machine": {**pipeline_machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
         "config": {
             "keywords": args.keywords,
             "chunk_rows": args.chunk_rows,

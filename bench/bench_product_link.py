@@ -40,10 +40,10 @@ import logging
 import os
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,22 +53,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np
-
-BENCH_DIR = Path(__file__).resolve().parent
-from bench_keyword_index import (  # noqa: E402 - bench/ is sys.path[0]; also puts include/ on sys.path
+from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
+from harness import (
+    BENCH_DIR,
     MIN_QUIET,
     MODELS,
     QUIET_CORES,
+    LoadSampler,
     Measurement,
     Meter,
     NoiseBudget,
-    keyword_machine_info,
     load_cell,
+    loadavg,
     pair_summary,
+    pipeline_machine_info,
     publish,
     scratch_dir,
+    write_results,
 )
-from harness import loadavg, write_results  # noqa: E402
 
 log = logging.getLogger("bench_product_link")
 
@@ -79,49 +81,10 @@ ES_CHUNK_DOCS = 1000  # EsSettings.bulk_chunk_docs default
 ES_MAX_BYTES = 10 * 2**20
 MGET_BATCH = 500
 SCORE_TIE = 1e-5  # stored scores are rounded to 6 digits
-KEYWORD_ALIAS = "keywords"
-PRODUCT_ALIAS = "products"
 RAW_PRODUCT_ALIAS = "products_raw"
 
 
 # -- machine state ---------------------------------------------------------------------------------
-class LoadSampler:
-    """Samples the 1-minute load average every ``interval_s`` in a daemon thread, all run long."""
-
-    def __init__(self, interval_s: float = 5.0) -> None:
-        self.interval_s = interval_s
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._started = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, name="load-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((round(time.perf_counter() - self._started, 1), os.getloadavg()[0]))
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> LoadSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def summary(self) -> dict[str, Any]:
-        loads = [load for _, load in self.samples]
-        if not loads:
-            return {}
-        return {
-            "interval_s": self.interval_s,
-            "samples": len(loads),
-            "load1_min": round(min(loads), 2),
-            "load1_median": round(statistics.median(loads), 2),
-            "load1_max": round(max(loads), 2),
-            "series": [[t, round(load, 2)] for t, load in self.samples],
-        }
-
-
 def rate(rows: float, seconds: float) -> float:
     return round(rows / seconds, 1) if seconds > 0 else 0.0
 
@@ -180,6 +143,7 @@ def index_keywords(
     """The keyword_index DAG's task functions in DAG order (embed all chunks, then both sinks)."""
     from embedding_pipeline.runs import plan as partition_runs
     from embedding_pipeline.runs.partitions import KEYWORDS
+    from embedding_pipeline.runs.report import finalize_run
     from embedding_pipeline.stages import keyword_index as ki
 
     targets = ki.Targets(qdrant_alias=KEYWORD_ALIAS, es_alias=KEYWORD_ALIAS)
@@ -207,9 +171,8 @@ def index_keywords(
     seconds["write_es"] = m.seconds
     with meter.measure("keywords finish_sinks + finalize", rows) as m:
         ki.finish_sinks(targets, prepared, es)
-        report = ki.finalize(
-            planned, embedded, upserted, indexed, targets, {"stage": "keyword_index", **model}, 0.0
-        )
+        sinks = {"qdrant": upserted, "es": indexed}
+        report = finalize_run(planned, prepared, embedded, sinks, {"stage": "keyword_index"}, 0.0)
     seconds["finish_finalize"] = m.seconds
     for name, results in (("qdrant", upserted), ("es", indexed)):
         done = sum(r["indexed"] for r in results)
@@ -229,7 +192,7 @@ def index_keywords(
 
 # -- 2 + 3: product linking and its references -----------------------------------------------------
 def raw_requests(vectors: np.ndarray, top_k: int) -> list[list[Any]]:
-    """The ``query_batch_points`` request batches ``qdrant_sink.search`` would send, pre-built."""
+    """The ``query_batch_points`` request batches ``stores.qdrant.search.search`` would send, pre-built."""
     from qdrant_client.http import models
 
     requests = [models.QueryRequest(query=v.tolist(), limit=top_k, with_payload=True) for v in vectors]
@@ -285,15 +248,17 @@ def link_products(
 
     Returns the summary, the staged chunk files and the keyword collection's name.
     """
-    from embedding_pipeline.es_sink import begin_bulk_load, count_docs, end_bulk_load, ensure_index, open_es
     from embedding_pipeline.runs import plan as partition_runs
     from embedding_pipeline.runs.partitions import PRODUCTS
+    from embedding_pipeline.runs.report import finalize_run
     from embedding_pipeline.stages import product_link
+    from embedding_pipeline.stages.link_options import LinkOptions
     from embedding_pipeline.stages.product_documents import product_mappings
+    from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load, end_bulk_load
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.elasticsearch.indices import count_docs, ensure_index
 
-    options = product_link.LinkOptions(
-        keyword_alias=KEYWORD_ALIAS, product_alias=PRODUCT_ALIAS, top_k=args.top_k
-    )
+    options = LinkOptions(keyword_alias=KEYWORD_ALIAS, product_alias=PRODUCT_ALIAS, top_k=args.top_k)
     run_dir = str(partition_runs.run_dir_for("bench_product_link", "link"))
     steps: dict[str, Measurement] = {}
     with meter.measure("products plan", 0) as steps["plan"]:
@@ -304,7 +269,10 @@ def link_products(
         prepared = product_link.prepare(options, model, qdrant, es_settings)
 
     # embed (mapped): every chunk first, as in the DAG's task graph
-    embedded, embeds = [], []
+    embedded = []
+    runs = LinkRuns()
+    embeds, links, search_pairs, es_pairs = runs.embeds, runs.links, runs.search_pairs, runs.es_pairs
+    opens, builds = runs.opens, runs.builds
     for chunk in chunks:
         n = chunk_rows(chunk)
         noise.wait(f"embed {chunk['chunk_id']}")
@@ -319,11 +287,6 @@ def link_products(
 
     # link (mapped), each chunk next to its references
     linked: list[dict[str, Any]] = []
-    links: list[Measurement] = []
-    search_pairs: list[tuple[Measurement, Measurement]] = []
-    es_pairs: list[tuple[Measurement, Measurement]] = []
-    opens: list[Measurement] = []
-    builds: list[Measurement] = []
     checked = reordered = 0
     with open_es(es_settings) as es:
         # The raw bulk's target: a sibling index with the same mapping and bulk-load settings.
@@ -374,18 +337,15 @@ def link_products(
         with meter.measure("product_link.finish", 0) as steps["finish"]:
             product_link.finish(options, prepared, es_settings)
         end_bulk_load(es, RAW_PRODUCT_ALIAS, raw_previous)
-        meta = {"stage": "product_link", **prepared, "link": options.to_xcom()}
-        meta.pop("es_previous_settings", None)
+        meta = {"stage": "product_link", "link": options.to_xcom()}
         with meter.measure("product_link.finalize", 0) as steps["finalize"]:
-            report = product_link.finalize(planned, embedded, linked, meta, 0.0)
+            report = finalize_run(planned, prepared, embedded, {product_link.STAGE: linked}, meta, 0.0)
         counts = {alias: count_docs(es, alias) for alias in (PRODUCT_ALIAS, RAW_PRODUCT_ALIAS)}
     if set(counts.values()) != {rows} or report["rows_read"] != rows:
         raise RuntimeError(
             f"product indices hold {counts}, report read {report['rows_read']}; expected {rows}"
         )
-    summary = summarize_link(
-        rows, steps, embeds, links, search_pairs, es_pairs, opens, builds, checked, counts
-    )
+    summary = summarize_link(rows, steps, runs, checked, counts)
     summary["raw_search_lists_with_tied_scores_reordered"] = reordered
     return summary, [o["staged"] for o in embedded], prepared["keyword_collection"]
 
@@ -419,7 +379,7 @@ def raw_search(
     opens: list[Measurement],
 ) -> tuple[Measurement, list[list[tuple[str, float]]]]:
     """Raw ``query_batch_points`` of pre-built requests; the store's open is timed apart (not charged)."""
-    from embedding_pipeline.qdrant_sink import make_client
+    from embedding_pipeline.stores.qdrant.client import make_client
 
     with meter.measure(f"open local store {name}", 0) as opened:
         client = make_client(qdrant)  # local mode: one process at a time, so opened per use like a task
@@ -443,7 +403,7 @@ def build_documents(
     from the stored lists) without ES.
     """
     from embedding_pipeline.runs.staging import iter_staged
-    from embedding_pipeline.stages.product_documents import linked_keywords, product_document
+    from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
 
     by_id = {d["product_id"]: d for d in docs}
     with meter.measure(f"read staged + build documents {name}", len(docs)) as m:
@@ -460,10 +420,9 @@ def build_documents(
                     batch.content_hashes[i],
                     batch.payloads[i],
                     linked_keywords(hits),
-                    model_name=stored["model_name"],
-                    model_version=stored["model_version"],
-                    linked_at=stored["linked_at"],
-                    link=stored["link"],
+                    LinkStamp(
+                        stored["model_name"], stored["model_version"], stored["linked_at"], stored["link"]
+                    ),
                 )
     return m
 
@@ -471,7 +430,7 @@ def build_documents(
 def raw_bulk(meter: Meter, es: Any, index: str, name: str, docs: list[dict[str, Any]]) -> Measurement:
     """``helpers.bulk`` of the stored documents, same external versions and bulk size as link_chunk."""
     from elasticsearch import helpers
-    from embedding_pipeline.stages.product_documents import partition_version
+    from embedding_pipeline.runs.partitions import partition_version
 
     actions = [
         {
@@ -491,18 +450,23 @@ def raw_bulk(meter: Meter, es: Any, index: str, name: str, docs: list[dict[str, 
     return m
 
 
+@dataclass
+class LinkRuns:
+    """Every timed run of the link benchmark, by kind (chunks in order)."""
+
+    embeds: list[Measurement] = field(default_factory=list)
+    links: list[Measurement] = field(default_factory=list)
+    search_pairs: list[tuple[Measurement, Measurement]] = field(default_factory=list)
+    es_pairs: list[tuple[Measurement, Measurement]] = field(default_factory=list)
+    opens: list[Measurement] = field(default_factory=list)
+    builds: list[Measurement] = field(default_factory=list)
+
+
 def summarize_link(
-    rows: int,
-    steps: dict[str, Measurement],
-    embeds: list[Measurement],
-    links: list[Measurement],
-    search_pairs: list[tuple[Measurement, Measurement]],
-    es_pairs: list[tuple[Measurement, Measurement]],
-    opens: list[Measurement],
-    builds: list[Measurement],
-    checked: int,
-    counts: dict[str, int],
+    rows: int, steps: dict[str, Measurement], runs: LinkRuns, checked: int, counts: dict[str, int]
 ) -> dict[str, Any]:
+    embeds, links, search_pairs, es_pairs = runs.embeds, runs.links, runs.search_pairs, runs.es_pairs
+    opens, builds = runs.opens, runs.builds
     embed_s = sum(m.seconds for m in embeds)
     link_s = sum(m.seconds for m in links)
     search_s = sum(m.extra["search_seconds"] for m in links)
@@ -574,11 +538,11 @@ def summarize_link(
 
 # -- 4: link quality ------------------------------------------------------------------------------
 def quality(meter: Meter, qdrant: Any, es_settings: Any, model_name: str, sample: int) -> dict[str, Any]:
-    from embedding_pipeline.es_sink import open_es
-    from embedding_pipeline.qdrant_sink import make_client
     from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
     from embedding_pipeline.stages.link_quality import check_link_quality, render_report
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.qdrant.client import make_client
 
     settings = ServerSettings.from_env().with_overrides(model_name=model_name)
     with ExitStack() as stack:
@@ -623,7 +587,7 @@ def memory_vs_disk(
     segments: int,
 ) -> dict[str, Any]:
     """The same pre-built raw requests against the on-disk store and an in-memory copy of it."""
-    from embedding_pipeline.qdrant_sink import make_client
+    from embedding_pipeline.stores.qdrant.client import make_client
     from qdrant_client import QdrantClient
     from qdrant_client.http import models
 
@@ -919,11 +883,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = generate_data(data_root, args.keywords, args.products, args.row_group_size)
         phases["generate_s"] = time.perf_counter() - mark
 
-        from embedding_pipeline.es_sink import EsSettings
         from embedding_pipeline.local.es_emulator import EsEmulator
-        from embedding_pipeline.qdrant_sink import QdrantSettings
         from embedding_pipeline.runs.plan import model_info
         from embedding_pipeline.serving.process import LocalServer
+        from embedding_pipeline.stores.elasticsearch.settings import EsSettings
+        from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
         mark = time.perf_counter()
         server = stack.enter_context(
@@ -944,7 +908,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         es_settings = EsSettings.from_env()
         model = model_info(None, published["name"])
         meter = Meter({"server": server.process.pid, "es_emulator": emulator.process.pid})
-        noise = NoiseBudget(meter, args.noise_budget)
+        noise = NoiseBudget(args.noise_budget, helpers=meter.helpers)
 
         with meter.measure("whole run after set-up", args.products) as whole:
             log.info("1: keyword collection (%d keywords)", args.keywords)
@@ -990,7 +954,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "noise": noise.to_dict(),
         "other_cores_run": round(whole.other_cores, 2),
         "load_sampled": sampler.summary(),
-        "machine": {**keyword_machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
+        "machine": {**pipeline_machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
         "config": {
             "products": args.products,
             "keywords": args.keywords,

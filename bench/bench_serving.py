@@ -40,7 +40,6 @@ import logging
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,19 +52,15 @@ from typing import Any, cast
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled MiniLM needs no network; never try the Hub
 
 import numpy as np
-
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCH_DIR.parent
-sys.path.insert(0, str(PROJECT_ROOT / "include"))  # works without `pip install -e .` too
-
-from embedding_pipeline.errors import RepositoryError  # noqa: E402
-from embedding_pipeline.model.onnx_export import OUTPUT_NAME, Precision, ort_session  # noqa: E402
-from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model  # noqa: E402
-from embedding_pipeline.serving.client import EmbeddingClient  # noqa: E402
-from embedding_pipeline.serving.process import LocalServer  # noqa: E402
-from embedding_pipeline.serving.tokenization import TextEncoder  # noqa: E402
-from embedding_pipeline.settings import ServerSettings  # noqa: E402
-from harness import loadavg, machine_info, write_results  # noqa: E402 - bench/ is sys.path[0]
+from embedding_pipeline.errors import RepositoryError
+from embedding_pipeline.model.onnx_export import OUTPUT_NAME, ort_session
+from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model
+from embedding_pipeline.model.registry import Precision
+from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.serving.process import LocalServer
+from embedding_pipeline.serving.tokenization import TextEncoder
+from embedding_pipeline.settings import ServerSettings
+from harness import BENCH_DIR, NoiseBudget, loadavg, machine_busy, machine_info, tree_cpu, write_results
 
 log = logging.getLogger("bench_serving")
 
@@ -177,27 +172,6 @@ def prepare_models(
             "parity_passed": parity.get("passed"),
         }
     return models
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User+system CPU seconds of ``pid`` (this process when None), to see who burns the cores."""
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine so far.
-
-    On a shared box, busy minus what this process and the server used is other people's load; steal
-    is the hypervisor taking the cores away. Both are recorded per run so a noisy cell is visible.
-    """
-    import psutil
-
-    t = psutil.cpu_times()
-    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-    return float(busy), float(getattr(t, "steal", 0.0))
 
 
 # -- measurement -------------------------------------------------------------------------------
@@ -322,12 +296,12 @@ class Runner:
 
     def measure(self, cell: Cell, variant: str) -> None:
         run = self.call(cell, variant)
-        cpu0, srv0, (busy0, steal0) = cpu_seconds(None), cpu_seconds(self.server_pid), machine_cpu()
+        cpu0, srv0, (busy0, steal0) = tree_cpu(None), tree_cpu(self.server_pid), machine_busy()
         started = time.perf_counter()
         run()
         elapsed = time.perf_counter() - started
-        client, server = cpu_seconds(None) - cpu0, cpu_seconds(self.server_pid) - srv0
-        busy, steal = (now - before for now, before in zip(machine_cpu(), (busy0, steal0), strict=True))
+        client, server = tree_cpu(None) - cpu0, tree_cpu(self.server_pid) - srv0
+        busy, steal = (now - before for now, before in zip(machine_busy(), (busy0, steal0), strict=True))
         cell.runs[variant].append(cell.sentences / elapsed)
         cell.client_cpu[variant].append(client)
         cell.server_cpu[variant].append(server)
@@ -347,55 +321,6 @@ class Runner:
         self.check_same_answer(cell)
         for variant in VARIANTS:
             self.call(cell, variant, batches=1)()
-
-
-def other_load_now(sample_s: float = 0.5) -> float:
-    """Cores busy (plus steal) over ``sample_s`` while this benchmark is idle: everyone else's load."""
-    busy0, steal0 = machine_cpu()
-    time.sleep(sample_s)
-    busy, steal = machine_cpu()
-    return (busy - busy0 + steal - steal0) / sample_s
-
-
-@dataclass
-class NoiseBudget:
-    """Seconds the run may spend fighting other people's load: waiting for quiet, re-running rounds.
-
-    On a shared 2-core box one busy neighbour takes a whole core, and ORT with 2 threads then runs
-    up to 3x slower; numbers taken in such a burst say nothing about serving. Before each cell's
-    round the run waits for quiet, and after the planned repeats it re-runs cells that lack quiet
-    pairs. Both draw on one bounded budget so a permanently busy machine still finishes, with the
-    load recorded beside every number.
-    """
-
-    threshold_cores: float
-    budget_s: float
-    waited_s: float = 0.0
-    extra_rounds_s: float = 0.0
-    extra_rounds: int = 0
-    started_busy: int = 0
-
-    @property
-    def left_s(self) -> float:
-        return self.budget_s - self.waited_s - self.extra_rounds_s
-
-    def wait(self) -> None:
-        started = time.perf_counter()
-        while other_load_now() > self.threshold_cores:
-            if time.perf_counter() - started >= self.left_s:
-                self.started_busy += 1
-                break
-        self.waited_s += time.perf_counter() - started
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "quiet_threshold_cores": self.threshold_cores,
-            "budget_s": self.budget_s,
-            "waited_s": round(self.waited_s, 1),
-            "extra_rounds": self.extra_rounds,
-            "extra_rounds_s": round(self.extra_rounds_s, 1),
-            "rounds_started_busy": self.started_busy,
-        }
 
 
 def rotated(items: Sequence[str], by: int) -> list[str]:
@@ -428,14 +353,14 @@ def markdown(report: dict[str, Any]) -> str:
         "the server; `embed` = `EmbeddingClient.embed` incl. tokenization (in-flight 1); `if2` = "
         "in-flight 2; `tok` = client tokenization alone. Ratios are medians of per-repeat paired "
         f"ratios (target `embed/bare` >= {TARGET_RATIO} at batch >= {TARGET_MIN_BATCH}). `quiet` = "
-        f"repeats in which other processes took <= {noise['quiet_threshold_cores']} cores during both "
+        f"repeats in which other processes took <= {noise['quiet_cores']} cores during both "
         f"`embed` and `bare` / all repeats; statistics use only quiet repeats when there are >= "
         f"{MIN_QUIET}."
     )
     lines.append("")
     lines.append(
         f"Noise: waited {noise['waited_s']:.0f}s for quiet, {noise['extra_rounds']} extra rounds "
-        f"({noise['extra_rounds_s']:.0f}s) for noisy cells, {noise['rounds_started_busy']} rounds started "
+        f"({noise['extra_rounds_s']:.0f}s) for noisy cells, {noise['started_busy']} rounds started "
         f"busy; median other load {noise['other_load_cores_median']} cores; load average "
         f"{report['machine']['loadavg_start']} at start."
     )
@@ -559,6 +484,43 @@ def workspace(repository: Path | None) -> Iterator[tuple[Path, Path]]:
         yield (repository.resolve() if repository else scratch / "model_repository"), scratch
 
 
+def checked_token_stats(encoder: TextEncoder, texts: dict[int, list[str]]) -> dict[str, Any]:
+    """Token lengths of each synthetic set, refusing a set that is not exactly its nominal length."""
+    stats = {}
+    for t, xs in texts.items():
+        lengths = encoder.token_lengths(xs)
+        stats[str(t)] = {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)}
+        if min(lengths) != t or max(lengths) != t:
+            raise RuntimeError(f"synthetic {t}-token texts tokenize to {stats[str(t)]}")
+    return stats
+
+
+def measure_cells(runner: Runner, cells: list[Cell], noise: NoiseBudget, repeats: int) -> None:
+    """The planned repeats (variants rotated, each round after waiting for quiet), then extra
+    rounds for cells short of quiet pairs while the noise budget lasts."""
+    started_all = time.perf_counter()
+
+    def round_of(cell: Cell, rotation: int) -> None:
+        noise.wait()
+        for variant in rotated(VARIANTS, rotation):
+            runner.measure(cell, variant)
+
+    for repeat in range(repeats):
+        for index, cell in enumerate(cells):
+            round_of(cell, repeat + index)
+        log.info("repeat %d/%d done after %.0fs", repeat + 1, repeats, time.perf_counter() - started_all)
+    rotation = repeats * len(cells)
+    while noise.left_s > 0 and (noisy := [c for c in cells if c.needs_more()]):
+        for cell in noisy:
+            if noise.left_s <= 0:
+                break
+            started = time.perf_counter()
+            round_of(cell, rotation := rotation + 1)
+            noise.extra_rounds += 1
+            noise.extra_rounds_s += time.perf_counter() - started
+        log.info("extra rounds for noisy cells; %.0fs of the noise budget left", max(0.0, noise.left_s))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -575,11 +537,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
         assert server.process is not None
-        clients: dict[tuple[str, int, int], EmbeddingClient] = {}
-        for precision, model in models.items():
-            for batch in args.batch_sizes:
-                for in_flight in (1, 2):
-                    settings = ServerSettings(
+        clients = {
+            (precision, batch, in_flight): stack.enter_context(
+                EmbeddingClient(
+                    ServerSettings(
                         grpc_port=server.grpc_port,
                         http_port=server.http_port,
                         protocol=args.protocol,
@@ -588,19 +549,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         batch_size=batch,
                         max_in_flight=in_flight,
                     )
-                    clients[(precision, batch, in_flight)] = stack.enter_context(EmbeddingClient(settings))
+                )
+            )
+            for precision, model in models.items()
+            for batch in args.batch_sizes
+            for in_flight in (1, 2)
+        }
         encoder = next(iter(clients.values())).encoder
         texts = {t: synthetic_texts(encoder, t, sentences_for(args, t)) for t in args.tokens}
-        token_stats = {}
-        for t, xs in texts.items():
-            lengths = encoder.token_lengths(xs)
-            token_stats[str(t)] = {
-                "min": min(lengths),
-                "median": statistics.median(lengths),
-                "max": max(lengths),
-            }
-            if min(lengths) != t or max(lengths) != t:
-                raise RuntimeError(f"synthetic {t}-token texts tokenize to {token_stats[str(t)]}")
+        token_stats = checked_token_stats(encoder, texts)
         runner = Runner(
             sessions={p: ort_session(Path(m["path"]), threads=args.threads) for p, m in models.items()},
             clients=clients,
@@ -616,27 +573,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
         for cell in cells:
             runner.warm_up(cell)
-        noise = NoiseBudget(args.quiet_threshold, args.noise_budget)
-
-        def round_of(cell: Cell, rotation: int) -> None:
-            noise.wait()
-            for variant in rotated(VARIANTS, rotation):
-                runner.measure(cell, variant)
-
-        for repeat in range(args.repeats):
-            for index, cell in enumerate(cells):
-                round_of(cell, repeat + index)
-            log.info("repeat %d/%d done after %.0fs", repeat + 1, args.repeats, time.perf_counter() - t0)
-        rotation = args.repeats * len(cells)
-        while noise.left_s > 0 and (noisy := [c for c in cells if c.needs_more()]):
-            for cell in noisy:
-                if noise.left_s <= 0:
-                    break
-                started = time.perf_counter()
-                round_of(cell, rotation := rotation + 1)
-                noise.extra_rounds += 1
-                noise.extra_rounds_s += time.perf_counter() - started
-            log.info("extra rounds for noisy cells; %.0fs of the noise budget left", max(0.0, noise.left_s))
+        noise = NoiseBudget(
+            args.noise_budget,
+            threshold_cores=args.quiet_threshold,
+            helpers={"server": server.process.pid},
+            window_s=0.5,
+        )
+        measure_cells(runner, cells, noise, args.repeats)
         measured = time.perf_counter()
 
     below = [

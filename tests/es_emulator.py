@@ -144,68 +144,72 @@ class BulkFaultProxy:
             return fault
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        proxy = self
+        return type("Handler", (_ProxyHandler,), {"proxy": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # quiet test output
-                pass
 
-            def _relay(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                is_bulk = self.command in ("POST", "PUT") and urlsplit(self.path).path.endswith("/_bulk")
-                fault = proxy._next_bulk_fault() if is_bulk else None
-                if fault is None:
-                    self._answer(*proxy.forward(self.command, self.path, headers, body))
-                elif fault[0] == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                elif fault[0] == "status":
-                    error = {
-                        "error": {"type": "injected_fault", "reason": f"{fault[1]} injected"},
-                        "status": fault[1],
-                    }
-                    self._answer_json(fault[1], error)
-                else:
-                    self._partial(fault[1], body or b"", headers)
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """Relays requests to the emulator, injecting the proxy's planned faults into bulk requests."""
 
-            def _partial(
-                self, predicate: Callable[[int], bool], body: bytes, headers: dict[str, str]
-            ) -> None:
-                ops = _split_bulk(body)
-                keep = [i for i in range(len(ops)) if not predicate(i)]
-                forwarded: list[dict[str, Any]] = []
-                took = 0
-                if keep:
-                    sub = b"".join(
-                        ops[i][0] + b"\n" + (ops[i][1] + b"\n" if ops[i][1] is not None else b"")
-                        for i in keep
-                    )
-                    status, _, raw = proxy.forward(self.command, self.path, headers, sub)
-                    if status != 200:
-                        self._answer_json(status, json.loads(raw))
-                        return
-                    answer = json.loads(raw)
-                    forwarded, took = answer["items"], answer.get("took", 0)
-                answers, kept = iter(forwarded), set(keep)
-                items = [next(answers) if i in kept else _rejected_item(ops[i][0]) for i in range(len(ops))]
-                self._answer_json(200, {"took": took, "errors": True, "items": items})
+    proxy: BulkFaultProxy
 
-            def _answer_json(self, status: int, payload: dict[str, Any]) -> None:
-                headers = [("Content-Type", "application/json"), ("X-Elastic-Product", "Elasticsearch")]
-                self._answer(status, headers, json.dumps(payload).encode())
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
 
-            def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-                self.send_response(status)
-                for key, value in headers:
-                    if key.lower() not in _HOP_BY_HOP:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+    def _relay(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        is_bulk = self.command in ("POST", "PUT") and urlsplit(self.path).path.endswith("/_bulk")
+        fault = self.proxy._next_bulk_fault() if is_bulk else None
+        if fault is None:
+            self._answer(*self.proxy.forward(self.command, self.path, headers, body))
+        else:
+            self._inject(fault, body or b"", headers)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _relay
+    def _inject(self, fault: Any, body: bytes, headers: dict[str, str]) -> None:
+        if fault[0] == "drop":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        elif fault[0] == "status":
+            error = {
+                "error": {"type": "injected_fault", "reason": f"{fault[1]} injected"},
+                "status": fault[1],
+            }
+            self._answer_json(fault[1], error)
+        else:
+            self._partial(fault[1], body, headers)
 
-        return Handler
+    def _partial(self, predicate: Callable[[int], bool], body: bytes, headers: dict[str, str]) -> None:
+        ops = _split_bulk(body)
+        keep = [i for i in range(len(ops)) if not predicate(i)]
+        forwarded: list[dict[str, Any]] = []
+        took = 0
+        if keep:
+            sub = b"".join(
+                ops[i][0] + b"\n" + (ops[i][1] + b"\n" if ops[i][1] is not None else b"") for i in keep
+            )
+            status, _, raw = self.proxy.forward(self.command, self.path, headers, sub)
+            if status != 200:
+                self._answer_json(status, json.loads(raw))
+                return
+            answer = json.loads(raw)
+            forwarded, took = answer["items"], answer.get("took", 0)
+        answers, kept = iter(forwarded), set(keep)
+        items = [next(answers) if i in kept else _rejected_item(ops[i][0]) for i in range(len(ops))]
+        self._answer_json(200, {"took": took, "errors": True, "items": items})
+
+    def _answer_json(self, status: int, payload: dict[str, Any]) -> None:
+        headers = [("Content-Type", "application/json"), ("X-Elastic-Product", "Elasticsearch")]
+        self._answer(status, headers, json.dumps(payload).encode())
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.send_response(status)
+        for key, value in headers:
+            if key.lower() not in _HOP_BY_HOP:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _relay

@@ -778,28 +778,34 @@ def _secret_from_environment(value: str) -> bool:
     return item.is_required or (item.has_default and item.argument == "")
 
 
+def _literal_secrets(where: str, key: str, value: str) -> list[str]:
+    """What is wrong with one environment entry: a literal secret, password or connection password."""
+    problems = []
+    if SECRET_KEY_RE.search(key) and not _secret_from_environment(value):
+        problems.append(f"{where} holds a literal secret; use ${{VAR:?message}}")
+    for candidate in re.findall(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", value):
+        password = urlsplit(candidate).password
+        if password and not _secret_from_environment(password):
+            problems.append(f"{where}: URL {candidate!r} carries a literal password")
+    if key.startswith("AIRFLOW_CONN_"):
+        try:
+            conn = json.loads(resolved(value))
+        except json.JSONDecodeError:
+            return problems  # reported by test_airflow_connections_are_json_and_name_services
+        if conn.get("password"):
+            raw = re.search(r'"password"\s*:\s*"((?:[^"\\]|\\.)*)"', value)
+            if not raw or not _secret_from_environment(raw.group(1)):
+                problems.append(f"{where}: the connection password is not taken from .env")
+    return problems
+
+
 def test_no_literal_secrets(compose: dict[str, Any]) -> None:
     blocks: dict[str, dict[str, Any]] = {"x-airflow-common": compose["x-airflow-common"]}
     blocks.update(compose["services"])
     problems: list[str] = []
     for name, block in blocks.items():
         for key, value in environment(block).items():
-            where = f"{name}.environment.{key}"
-            if SECRET_KEY_RE.search(key) and not _secret_from_environment(value):
-                problems.append(f"{where} holds a literal secret; use ${{VAR:?message}}")
-            for candidate in re.findall(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", value):
-                password = urlsplit(candidate).password
-                if password and not _secret_from_environment(password):
-                    problems.append(f"{where}: URL {candidate!r} carries a literal password")
-            if key.startswith("AIRFLOW_CONN_"):
-                try:
-                    conn = json.loads(resolved(value))
-                except json.JSONDecodeError:
-                    continue  # reported by test_airflow_connections_are_json_and_name_services
-                if conn.get("password"):
-                    raw = re.search(r'"password"\s*:\s*"((?:[^"\\]|\\.)*)"', value)
-                    if not raw or not _secret_from_environment(raw.group(1)):
-                        problems.append(f"{where}: the connection password is not taken from .env")
+            problems += _literal_secrets(f"{name}.environment.{key}", key, value)
     for path, text in iter_strings(compose):
         for user, password in CURL_USER_RE.findall(text):
             if not password.startswith("$"):

@@ -32,8 +32,8 @@ from embedding_pipeline.stores.qdrant.collections import (
     METADATA_KEY,
     count_points,
     ensure_collection,
-    ensure_collection_for_chunk,
     resolve_alias,
+    staged_model,
 )
 from embedding_pipeline.stores.qdrant.errors import (
     CollectionMismatchError,
@@ -304,7 +304,7 @@ def test_upsert_is_idempotent_and_points_carry_their_payload(
     staged, vectors = stage_chunk(tmp_path / "staged" / "c0.parquet", n)
     settings = QdrantSettings(path=":memory:" if where == "memory" else tmp_path / "qdrant")
     with open_client(settings) as client:
-        ensure_collection_for_chunk(client, ALIAS, staged)
+        ensure_collection(client, ALIAS, **staged_model(staged))
         first = upsert_chunk(client, ALIAS, staged, dead, schema=KEYWORD_POINTS, batch_size=256)
         assert (first.rows_in, first.indexed, first.dead_lettered) == (n, n, 0) and first.balanced
         assert first.stage == "qdrant_upsert" and first.extra["collection"] == "keywords-g1"

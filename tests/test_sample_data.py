@@ -24,7 +24,7 @@ from embedding_pipeline.sample import generate as sd
 from embedding_pipeline.sample.compose import KEYWORDS_SCHEMA, PRODUCTS_SCHEMA, TABLE_SPECS
 from embedding_pipeline.sample.defects import DEFECT_BY_KIND, DEFECTS, EXTRA_COLUMN, row_ids
 from embedding_pipeline.sample.layout import EPOCH, ID_STRIDE, LANGS, LONG_TEXT_CHARS, MANIFEST_NAME
-from embedding_pipeline.sample.vocabulary import category_heads
+from embedding_pipeline.sample.vocabulary import vocabulary
 
 DATES = ["2024-01-01", "2024-01-02", "2024-01-03"]
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
@@ -65,6 +65,17 @@ def dirty(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows_per_file=1500,
     )
     return root
+
+
+def category_heads(lang: str) -> dict[str, frozenset[str]]:
+    """Category label (as written in the data of ``lang``) -> head nouns of every language that may
+    appear under it; in Japanese mode a few English queries carry the Japanese category label."""
+    own = vocabulary(lang)
+    heads = {c.label: set(c.heads) for c in own.categories}
+    for other in LANGS:
+        for c in vocabulary(other).categories:
+            heads[own.category(c.key).label] |= set(c.heads) | {h.lower() for h in c.heads}
+    return {label: frozenset(words) for label, words in heads.items()}
 
 
 def test_partition_layout_schemas_and_hive_discovery(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from embedding_pipeline.stores.elasticsearch.indices import count_docs, ensure_i
 from embedding_pipeline.stores.elasticsearch.read import get_document, sample_documents
 from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 from embedding_pipeline.stores.qdrant.client import open_client
-from embedding_pipeline.stores.qdrant.collections import ensure_collection, ensure_collection_for_chunk
+from embedding_pipeline.stores.qdrant.collections import ensure_collection, staged_model
 from embedding_pipeline.stores.qdrant.errors import CollectionNotFoundError
 from embedding_pipeline.stores.qdrant.search import SearchOptions, iter_vectors, search
 from embedding_pipeline.stores.qdrant.settings import QdrantSettings
@@ -225,7 +225,7 @@ def corpus(
     threshold = round(float(ranked[cut] + ranked[cut + 1]) / 2, 4)
 
     with open_client(QdrantSettings(path=corpus.qdrant_path)) as qdrant:
-        target = ensure_collection_for_chunk(qdrant, QDRANT_ALIAS, staged, KEYWORD_POINTS)
+        target = ensure_collection(qdrant, QDRANT_ALIAS, **staged_model(staged), schema=KEYWORD_POINTS)
         result = upsert_chunk(
             qdrant, QDRANT_ALIAS, staged, DeadLetterWriter(work, "q", "0"), schema=KEYWORD_POINTS
         )

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from embedding_pipeline.errors import ConfigError
 
@@ -78,6 +78,22 @@ class RetryPolicy:
     def call(self, what: str, fn: Callable[[], T], is_transient: Callable[[BaseException], bool]) -> T:
         """``fn()``, retried while it raises what ``is_transient`` accepts; see :class:`Retrier`."""
         return self.retrier(is_transient).call(what, fn)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """The retry fields of a client's settings (Connection extras or environment variables), and
+    the policy they make. ``JITTER`` is the client's choice (see :class:`RetryPolicy`)."""
+
+    JITTER: ClassVar[Jitter] = "equal"
+
+    max_retries: int = 5
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self.max_retries, self.backoff_initial_s, self.backoff_max_s, jitter=self.JITTER)
 
 
 @dataclass

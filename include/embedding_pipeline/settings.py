@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.retry import RetryPolicy
+from embedding_pipeline.retry import Jitter, RetrySettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +33,12 @@ Protocol = Literal["grpc", "http"]
 
 
 @dataclass(frozen=True)
-class ServerSettings:
-    """How the embedding client reaches a KServe v2 server (Triton or the local server)."""
+class ServerSettings(RetrySettings):
+    """How the embedding client reaches a KServe v2 server (Triton or the local server).
+
+    Full jitter on retries: one client against one server, where spreading them matters most."""
+
+    JITTER: ClassVar[Jitter] = "full"
 
     host: str = "127.0.0.1"
     grpc_port: int = 8001
@@ -44,9 +48,6 @@ class ServerSettings:
     model_repository: Path = field(default_factory=model_repository_path)
     ssl: bool = False
     timeout_s: float = 60.0
-    max_retries: int = 5
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 10.0
     # 1 on small CPU boxes: two concurrent requests oversubscribe a 2-core server (measured 0.8x,
     # bench/results). Raise it (Connection extra) for Triton on GPUs or several instances.
     max_in_flight: int = 1
@@ -65,11 +66,6 @@ class ServerSettings:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_retries < 0 or self.timeout_s <= 0:
             raise ConfigError("max_retries must be >= 0 and timeout_s > 0")
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """Full jitter: one client against one server, where spreading the retries matters most."""
-        return RetryPolicy(self.max_retries, self.backoff_initial_s, self.backoff_max_s, jitter="full")
 
     @property
     def grpc_url(self) -> str:

@@ -174,7 +174,3 @@ def _json_objects(texts: list[str]) -> list[dict]:
     """``[json.loads(t) for t in texts]`` for the JSON objects the writer stores, in one parse
     (~2.5x faster: one decoder call per batch instead of one per row)."""
     return json.loads("[" + ",".join(texts) + "]") if texts else []
-
-
-def staged_rows(path: str | StoragePath) -> int:
-    return parquet_file(path).metadata.num_rows

@@ -67,14 +67,3 @@ def vocabulary(lang: str) -> Vocabulary:
     data = json.loads(resources.files(__package__).joinpath("words", f"{lang}.json").read_text("utf-8"))
     categories = tuple(Category(**_tuples(c)) for c in data.pop("categories"))
     return Vocabulary(lang=lang, categories=categories, **_tuples(data))
-
-
-def category_heads(lang: str) -> dict[str, frozenset[str]]:
-    """Category label (as written in the data of ``lang``) -> head nouns of every language that may
-    appear under it; in Japanese mode a few English queries carry the Japanese category label."""
-    own = vocabulary(lang)
-    heads = {c.label: set(c.heads) for c in own.categories}
-    for other in LANGS:
-        for c in vocabulary(other).categories:
-            heads[own.category(c.key).label] |= set(c.heads) | {h.lower() for h in c.heads}
-    return {label: frozenset(words) for label, words in heads.items()}

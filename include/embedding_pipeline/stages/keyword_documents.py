@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, normalise_date
+from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, payload_fields
 from embedding_pipeline.stores.qdrant.schema import PointSchema
 
 KEYWORD_PAYLOAD_FIELDS = ("category", "lang", "updated_at", "dt")
@@ -78,11 +78,7 @@ def keyword_document(
         "content_hash": content_hash,
         "indexed_at": indexed_at,
     }
-    for name in KEYWORD_PAYLOAD_FIELDS:
-        value = payload.get(name)
-        if value is not None:
-            doc[name] = normalise_date(value) if name == "updated_at" else value
-    return doc
+    return {**doc, **payload_fields(payload, KEYWORD_PAYLOAD_FIELDS)}
 
 
 def ensure_keyword_index(

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, normalise_date
+from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, payload_fields
 
 PRODUCT_PAYLOAD_FIELDS = ("description", "category", "brand", "updated_at", "dt")
 
@@ -131,11 +131,7 @@ def product_document(
     }
     if keywords:
         doc["top_score"] = keywords[0]["score"]
-    for name in PRODUCT_PAYLOAD_FIELDS:
-        value = payload.get(name)
-        if value is not None:
-            doc[name] = normalise_date(value) if name == "updated_at" else value
-    return doc
+    return {**doc, **payload_fields(payload, PRODUCT_PAYLOAD_FIELDS)}
 
 
 def search_setting(link: Mapping[str, Any]) -> str:

@@ -265,24 +265,3 @@ def _action(alias: str, pending: _Pending, version_type: str | None) -> dict[str
 def _is_missing_alias(error: Any) -> bool:
     kind, reason = error_type_reason(error)
     return kind == "index_not_found_exception" or ("require_alias" in reason)
-
-
-# The client's own JSON options and fallbacks (dates, numpy, ...), but one encoder for every
-# document: the client's json.dumps(..., default=...) builds a new encoder per call. The bulk
-# helpers send a bytes ``_source`` as it is; ``pending.source`` stays a dict for the dead letter.
-_encode_source = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), default=JsonSerializer().default
-).encode
-
-
-def _action(alias: str, pending: _Pending, version_type: str | None) -> dict[str, Any]:
-    source = _encode_source(pending.source).encode("utf-8", "surrogatepass")
-    action = {"_op_type": "index", "_index": alias, "_id": pending.doc_id, "_source": source}
-    if version_type:
-        action.update(version=pending.version, version_type=version_type)
-    return action
-
-
-def _is_missing_alias(error: Any) -> bool:
-    kind, reason = error_type_reason(error)
-    return kind == "index_not_found_exception" or ("require_alias" in reason)

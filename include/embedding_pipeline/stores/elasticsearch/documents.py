@@ -3,6 +3,7 @@ accepts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -22,3 +23,14 @@ def normalise_date(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def payload_fields(payload: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The ``names`` a document takes from a row's payload; missing or None fields are left out (an
+    explicit mapping has no use for nulls) and ``updated_at`` is normalised to ISO 8601."""
+    fields = {}
+    for name in names:
+        value = payload.get(name)
+        if value is not None:
+            fields[name] = normalise_date(value) if name == "updated_at" else value
+    return fields

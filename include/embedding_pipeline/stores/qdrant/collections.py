@@ -278,13 +278,6 @@ def staged_model(staged_path: str | Path) -> dict[str, Any]:
     return {"model_name": meta["model_name"], "model_version": meta["model_version"], "dim": int(meta["dim"])}
 
 
-def ensure_collection_for_chunk(
-    client: QdrantClient, alias: str, staged_path: str | Path, schema: PointSchema | None = None
-) -> CollectionTarget:
-    """``ensure_collection`` with dim and model read from a staged chunk's metadata."""
-    return ensure_collection(client, alias, **staged_model(staged_path), schema=schema)
-
-
 def count_points(client: QdrantClient, alias: str) -> int:
     """Exact number of points behind ``alias``."""
     return client.count(_resolve(client, alias), exact=True).count

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.retry import RetryPolicy
+from embedding_pipeline.retry import RetrySettings
 from embedding_pipeline.settings import redact_url, truthy, work_dir
 
 MEMORY = ":memory:"
@@ -18,7 +18,7 @@ SERVER_TASK_CONCURRENCY = 16
 
 
 @dataclass(frozen=True)
-class QdrantSettings:
+class QdrantSettings(RetrySettings):
     """Local mode unless ``url`` or ``host`` is set.
 
     ``path`` is the local storage folder (``":memory:"`` for a throwaway in-process store); left
@@ -37,9 +37,6 @@ class QdrantSettings:
     timeout: int = 60
     upsert_batch: int = 256
     search_batch: int = 64
-    max_retries: int = 5
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 10.0
     lock_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -73,11 +70,6 @@ class QdrantSettings:
         if self.path is None:
             return str(work_dir() / "qdrant")
         return str(self.path)
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """Equal jitter: a floor under every wait gives a struggling server real relief."""
-        return RetryPolicy(self.max_retries, self.backoff_initial_s, self.backoff_max_s, jitter="equal")
 
     def __repr__(self) -> str:
         if self.is_local:
