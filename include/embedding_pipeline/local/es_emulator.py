@@ -50,7 +50,7 @@ class EsEmulator:
     ``with EsEmulator(tmp_dir) as emulator: emulator.url`` - stopped by PID (its own process group:
     SIGTERM, then SIGKILL after a grace period) when the block ends. A fresh ``work_dir`` gives an
     empty cluster (tests); a reused one keeps its indices, as noida-db restarts on an existing data
-    dir (``local_services`` uses one persistent dir). noida-db refuses a second process on one dir.
+    dir (``local.services`` uses one persistent dir). noida-db refuses a second process on one dir.
     """
 
     def __init__(self, work_dir: Path, port: int | None = None, start_timeout_s: float = 30.0) -> None:

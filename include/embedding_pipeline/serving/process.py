@@ -1,7 +1,7 @@
 """Start and stop the local inference server as a child process, by PID.
 
 Used by the CLI, the main job and the tests. The server always runs in its own process because
-``kserve`` and ``tritonclient.grpc`` cannot share one (see ``inference_server``).
+``kserve`` and ``tritonclient.grpc`` cannot share one (see ``serving.server``).
 """
 
 from __future__ import annotations

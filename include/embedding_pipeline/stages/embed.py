@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from embedding_pipeline.model.registry import Role
-from embedding_pipeline.runs.accounting import StageResult
+from embedding_pipeline.runs.accounting import StageResult, chunk_result
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.partitions import Chunk, TableSpec
 from embedding_pipeline.runs.staging import StagedChunkWriter
@@ -164,15 +164,6 @@ def embed_chunk(
     except BaseException:
         writer.abort()
         raise
-    result = StageResult(
-        stage=STAGE,
-        chunk=chunk.chunk_id,
-        rows_in=rows_in,
-        indexed=embedded,
-        dead_lettered=len(dead),
-        dead_letters_by_reason=dead.by_reason(),
-        dead_letter_path=dead.flush(),
-        seconds=round(time.monotonic() - started, 3),
-        extra={"truncated": truncated, "embed_seconds": round(embed_seconds, 3)},
-    )
+    extra = {"truncated": truncated, "embed_seconds": round(embed_seconds, 3)}
+    result = chunk_result(STAGE, chunk.chunk_id, rows_in, embedded, dead, started, extra)
     return EmbedOutput(result, str(path) if embedded else None)
