@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw clean
+.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -37,6 +37,9 @@ bench-link: setup
 
 bench-hnsw: setup
 	$(PY) bench/bench_hnsw_recall.py
+
+bench-parse: setup
+	$(PY) bench/bench_dag_parse.py
 
 clean:
 	rm -rf var .pytest_cache
