@@ -88,11 +88,11 @@ def product_link_tasks() -> None:
 
     @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, linked: list) -> dict:
-        from embedding_pipeline.stages.product_link import STAGE as LINK
+        from embedding_pipeline.stages.link_options import LINK_STAGE
 
         link = _options(get_current_context()["params"]).to_xcom()
         return finalize_stage(
-            STAGE, PRODUCT_LINKS, planned, prepared, embedded, {LINK: linked}, {"link": link}
+            STAGE, PRODUCT_LINKS, planned, prepared, embedded, {LINK_STAGE: linked}, {"link": link}
         )
 
     planned = plan()

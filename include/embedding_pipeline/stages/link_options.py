@@ -12,6 +12,7 @@ from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 
+LINK_STAGE = "link"  # the link task: its results and dead letters are reported under this name
 MAX_TOP_K = 1000
 MAX_HNSW_EF = 4096
 # HNSW candidates per query on a Qdrant server. Its own default (ef_construct, 100) gave recall@30

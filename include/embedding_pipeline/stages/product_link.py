@@ -41,13 +41,13 @@ from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_chunk
-from embedding_pipeline.stages.link_options import LinkOptions
+from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
 from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
 from embedding_pipeline.stores.qdrant.search import SearchOptions, search
 
 log = logging.getLogger(__name__)
 KIND = "product"
-STAGE = "link"
+STAGE = LINK_STAGE
 TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
 
 
