@@ -175,6 +175,60 @@ def test_client_retries_until_a_starting_server_is_up(repository, tmp_path):
         late.stop()
 
 
+@pytest.mark.slow
+def test_a_server_restart_mid_run_costs_seconds_inside_the_call_with_the_default_budget(repository, tmp_path):
+    """The server process is killed between two requests of one ``embed`` call and started again
+    8 s later on the same ports. With the default retry settings (a time budget, not a handful of
+    attempts) the same call carries on and returns every vector: the task does not fail, so no
+    Airflow retry re-embeds the chunk. Before the budget, the client gave up after ~1.5 s."""
+    server = LocalServer(repository, threads=1, log_path=tmp_path / "first.log", models=["tiny_bert"]).start()
+    again = LocalServer(
+        repository,
+        threads=1,
+        log_path=tmp_path / "again.log",
+        models=["tiny_bert"],
+        grpc_port=server.grpc_port,
+        http_port=server.http_port,
+    )
+    defaults = ServerSettings()
+    settings = ServerSettings(
+        grpc_port=server.grpc_port,
+        http_port=server.http_port,
+        model_repository=repository,
+        model_name="tiny_bert",
+        batch_size=8,
+    )
+    assert (settings.max_retries, settings.retry_deadline_s) == (defaults.max_retries, 120.0)
+    texts = [f"keyword {i}" for i in range(64)]  # 8 requests of 8
+    restarted = threading.Event()
+    try:
+        with EmbeddingClient(settings) as client:
+            expected = client.embed(texts).vectors
+            sent = 0
+            real_infer = client.infer_arrays
+
+            def infer_then_kill(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+                nonlocal sent
+                sent += 1
+                if sent == 3:  # the server dies (SIGKILL, by PID) while the call is half done
+                    assert server.process is not None
+                    server.process.kill()
+                    server.process.wait(timeout=30)
+                    threading.Timer(8.0, lambda: (again.start(), restarted.set())).start()
+                return real_infer(ids, mask)
+
+            client.infer_arrays = infer_then_kill  # type: ignore[method-assign]
+            started = time.monotonic()
+            vectors = client.embed(texts).vectors
+            took = time.monotonic() - started
+        assert restarted.is_set() and np.allclose(vectors, expected, atol=1e-5)
+        assert 8 <= took < 120, took  # waited for the restart, well inside the budget
+    finally:
+        restarted.wait(timeout=150)
+        again.stop()
+        server.stop()
+
+
 def test_reload_serves_the_new_version_and_sigterm_stops_cleanly(tiny_models, tmp_path):
     repo = tmp_path / "repo"
     staging = export_model(ExportRequest(str(tiny_models["bert"]), "fp32", "generic"), tmp_path / "bert")

@@ -83,17 +83,25 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class RetrySettings:
     """The retry fields of a client's settings (Connection extras or environment variables), and
-    the policy they make. ``JITTER`` is the client's choice (see :class:`RetryPolicy`)."""
+    the policy they make. ``JITTER`` is the client's choice (see :class:`RetryPolicy`);
+    ``retry_deadline_s`` (None: attempts only) bounds the time one call may spend retrying."""
 
     JITTER: ClassVar[Jitter] = "equal"
 
     max_retries: int = 5
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
+    retry_deadline_s: float | None = None
 
     @property
     def retry(self) -> RetryPolicy:
-        return RetryPolicy(self.max_retries, self.backoff_initial_s, self.backoff_max_s, jitter=self.JITTER)
+        return RetryPolicy(
+            self.max_retries,
+            self.backoff_initial_s,
+            self.backoff_max_s,
+            jitter=self.JITTER,
+            deadline_s=self.retry_deadline_s,
+        )
 
 
 @dataclass

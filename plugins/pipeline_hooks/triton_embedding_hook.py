@@ -9,7 +9,8 @@ Connection ``triton_default`` (type ``triton``, or any generic type)::
     port      8001                      the port of ``extra.protocol`` (default gRPC 8001)
     extra     {"protocol": "grpc", "http_port": 8000, "model_name": "minilm",
                "model_repository": "/models", "timeout_s": 60, "max_in_flight": 4,
-               "batch_size": 64, "max_retries": 5, "ssl": false}
+               "batch_size": 64, "max_retries": 100, "retry_deadline_s": 120,
+               "ssl": false}
 
 With no such Connection the hook falls back to ``ServerSettings.from_env()`` (the embedded default:
 the local server on 127.0.0.1:8001/8000), so a fresh install runs without any setup.
@@ -33,6 +34,7 @@ _EXTRA_FIELDS = (
     "max_in_flight",
     "batch_size",
     "max_retries",
+    "retry_deadline_s",
     "backoff_initial_s",
     "backoff_max_s",
     "ready_timeout_s",

@@ -26,7 +26,7 @@ from embedding_pipeline.local import airflow_standalone
 from embedding_pipeline.model.registry import FAMILIES, PRECISIONS
 from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.sample import generate as sample_data
-from embedding_pipeline.settings import ServerSettings, model_repository_path, work_dir
+from embedding_pipeline.settings import model_repository_path, work_dir
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -76,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from embedding_pipeline.serving.client import EmbeddingClient
 
-    settings = ServerSettings.from_env().with_overrides(model_name=args.model, protocol=args.protocol)
+    settings = search_cli.interactive_server_settings(args.model, protocol=args.protocol)
     with EmbeddingClient(settings) as client:
         result = client.embed(args.texts, role=None if args.role == "none" else args.role)
     for text, vector in zip(args.texts, result.vectors, strict=True):

@@ -20,6 +20,7 @@ measurement, not an error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,6 +49,19 @@ from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 CELL_WIDTH = 48  # display columns; longer keywords are cut with "…" so the table stays readable
 
 
+# A person waits on these commands: a down server should say so in seconds, not after the tasks'
+# two-minute retry budget (EMBEDDING_SERVER_RETRY_DEADLINE_S still wins when set).
+INTERACTIVE_RETRY_DEADLINE_S = 15.0
+
+
+def interactive_server_settings(model: str | None = None, **overrides: Any) -> ServerSettings:
+    """Server settings from the environment with the interactive retry budget."""
+    settings = ServerSettings.from_env().with_overrides(model_name=model, **overrides)
+    if "EMBEDDING_SERVER_RETRY_DEADLINE_S" in os.environ:
+        return settings
+    return settings.with_overrides(retry_deadline_s=INTERACTIVE_RETRY_DEADLINE_S)
+
+
 class ProductNotFoundError(PipelineError):
     """No product document with the requested id behind the alias."""
 
@@ -73,10 +87,8 @@ class Services:
 
     @contextmanager
     def embedding(self, model: str | None) -> Iterator[EmbeddingClient]:
-        with _local(need_server=True):
-            settings = ServerSettings.from_env().with_overrides(model_name=model)
-            with EmbeddingClient(settings) as client:
-                yield client
+        with _local(need_server=True), EmbeddingClient(interactive_server_settings(model)) as client:
+            yield client
 
 
 def _local(need_es: bool = False, need_server: bool = False) -> Any:

@@ -105,8 +105,10 @@ class EmbeddingClient:
         try:
             return s.retry.call(what, call, is_transient)
         except RetriesExhausted as exc:
+            budget = f" (retry budget {s.retry_deadline_s:g} s)" if s.retry_deadline_s else ""
             raise ServerUnavailableError(
-                f"{what} failed after {exc.attempts} attempts against {s.protocol}://{s.url}: {exc.last}"
+                f"{what} failed after {exc.attempts} attempts{budget} against {s.protocol}://{s.url}: "
+                f"{exc.last}"
             ) from exc.last
 
     # -- checks ------------------------------------------------------------------------------
