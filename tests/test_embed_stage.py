@@ -133,6 +133,26 @@ def test_embed_chunk_stages_valid_rows_and_dead_letters_the_rest(server, reposit
     assert all(letter["row"]["dt"] == DT and letter["timestamp"] for letter in letters)
 
 
+def test_ids_a_store_would_refuse_are_dead_lettered_before_any_store_is_written(server, repository, tmp_path):
+    """Elasticsearch refuses an ``_id`` over 512 bytes; Qdrant would take it (its point id is a
+    uuid5). Caught when embedding, such a row is staged for no store, so the stores never disagree
+    on which keywords exist. Bytes count, not characters: 300 x "é" is 600 bytes."""
+    part = partition_dir(tmp_path, KEYWORDS, DT)
+    part.mkdir(parents=True)
+    ids = ["k1", "x" * 600, "k3", "é" * 300, "y" * 512]
+    pq.write_table(
+        pa.table({"keyword_id": ids, "keyword": ["東京", "大阪", "札幌", "福岡", "那覇"]}), part / "p.parquet"
+    )
+    (chunk,) = plan_chunks(partition_files(part), KEYWORDS, DT, 100, 10)
+    with EmbeddingClient(settings_for(server, repository, model_name="tiny_bert")) as client:
+        output = embed_chunk(chunk, KEYWORDS, "keyword", client, tmp_path / "run")
+    assert output.result.dead_letters_by_reason == {"id_too_long": 2} and output.result.balanced
+    assert [i for b in iter_staged(output.staged_path, 100) for i in b.ids] == ["k1", "k3", "y" * 512]
+    letters = read_dead_letters(tmp_path / "run", "embed")
+    assert sorted(len(letter["record_id"]) for letter in letters) == [300, 600]
+    assert all("600 bytes" in letter["error"] for letter in letters)
+
+
 def _result(stage, rows_in, indexed, dead, chunk="c0"):
     return StageResult(stage, chunk, rows_in, indexed, dead, {"x": dead} if dead else {}, None, 1.0)
 

@@ -10,6 +10,8 @@ Every row read ends either in the staged chunk or in the dead letter with a reas
                   the plan task finds duplicates across chunks, a chunk alone only within itself)
     text_too_long the text exceeds ``max_text_chars`` characters (garbage, not a query); texts
                   merely over the model's token limit are truncated by the tokenizer and counted
+    id_too_long   the id is longer than a store accepts (Elasticsearch ``_id``: 512 bytes); caught
+                  here so that no store holds a row another store refused
 
 Memory stays flat: record batches are read row group by row group and embedded in fixed-size
 slices; duplicates are resolved with the partition-wide map the plan task writes.
@@ -30,6 +32,7 @@ from embedding_pipeline.runs.staging import StagedChunkWriter
 from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.serving.tokenization import text_problem
+from embedding_pipeline.stores.elasticsearch.documents import MAX_ID_BYTES
 
 STAGE = "embed"
 _REASONS = {"text is null": "null_text", "text is empty or whitespace": "empty_text"}
@@ -68,12 +71,15 @@ def row_problem(
     """(reason, error) for a row that cannot be embedded, or None."""
     if row_id is None:
         return "missing_id", "id is null"
+    key = str(row_id)
+    id_bytes = len(key.encode("utf-8", "surrogatepass"))
+    if id_bytes > MAX_ID_BYTES:  # checked before any store is written: a row is in every store or none
+        return "id_too_long", f"id is {id_bytes} bytes; Elasticsearch takes at most {MAX_ID_BYTES}"
     problem = text_problem(text)
     if problem:
         return _REASONS.get(problem, "wrong_type"), problem
     if len(text) > max_text_chars:  # type: ignore[arg-type]
         return "text_too_long", f"text has {len(text)} characters, more than max_text_chars={max_text_chars}"  # type: ignore[arg-type]
-    key = str(row_id)
     first = first_seen.get(key)
     if first is not None and tuple(first) != position:
         return "duplicate_id", f"id {row_id} first occurs at {first[0]} row {first[1]}; that row is kept"

@@ -23,8 +23,10 @@ from elasticsearch import ConnectionError as EsConnectionError
 from elasticsearch import Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 from elasticsearch.serializer import JsonSerializer
+
 from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+from embedding_pipeline.stores.elasticsearch.documents import MAX_ID_BYTES
 from embedding_pipeline.stores.elasticsearch.errors import (
     EsIndexError,
     EsUnavailableError,
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 RETRYABLE_ERROR_TYPES = frozenset({"es_rejected_execution_exception"})
-MAX_ID_BYTES = 512  # ES refuses longer _ids (a real cluster fails the whole bulk request, not one item)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from elasticsearch import Elasticsearch
+
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.stores.elasticsearch.errors import EsIndexError, raise_clear
 from embedding_pipeline.stores.elasticsearch.indices import index_mapping, write_index

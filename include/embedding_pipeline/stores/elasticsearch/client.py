@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from elasticsearch import Elasticsearch
+
 from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+# ES refuses longer _ids (a real cluster fails the whole bulk request, not one item). Rows are checked
+# against it before any store is written, so a row is in every store or in none.
+MAX_ID_BYTES = 512
 # Stock Elasticsearch ships it (kuromoji and icu need plugins); bigrams serve Japanese fragments.
 DEFAULT_ANALYZER = "cjk"
 

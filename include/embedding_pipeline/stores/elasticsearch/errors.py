@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from elastic_transport import TlsError
 from elasticsearch import ApiError
 from elasticsearch import ConnectionError as EsConnectionError
+
 from embedding_pipeline.errors import PipelineError, SetupError
 
 

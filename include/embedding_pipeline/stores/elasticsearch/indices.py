@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch
+
 from embedding_pipeline.stores.elasticsearch.errors import EsIndexError, error_type_reason, raise_clear
 
 log = logging.getLogger(__name__)

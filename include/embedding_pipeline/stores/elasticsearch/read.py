@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch
+
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.stores.elasticsearch.errors import error_type_reason, raise_read_error
 
