@@ -66,6 +66,7 @@ from harness import (
     ints,
     loadavg,
     machine_info,
+    md_table,
     publish,
     scratch_dir,
     total_memory,
@@ -708,13 +709,10 @@ def section_markdown(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
             )
         ),
         "",
-        f"| hnsw_ef | recall@{k} | at 1.0 | min | p50 ms | p95 ms "
-        f"| filtered recall@{k} | at 1.0 | min | p50 ms | p95 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def row(label: str, ef: int | None, exact: bool = False) -> str:
-        cells = []
+    def row(label: str, ef: int | None, exact: bool = False) -> list[str]:
+        cells = [label]
         for filtered in (False, True):
             got = [find(b, ef, filtered, "top_k", exact) for b in builds]
             cells += [
@@ -724,37 +722,41 @@ def section_markdown(sec: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
                 per_build(got, lambda c: c and c["latency"]["p50_ms"], ".2f"),
                 per_build(got, lambda c: c and c["latency"]["p95_ms"], ".2f"),
             ]
-        return f"| {label} | " + " | ".join(cells) + " |"
+        return cells
 
-    for ef in cfg["efs"]:
-        lines.append(row(ef_label(ef), ef))
-    lines.append(row("engine `exact=True`", None, exact=True))
     npq = ex["numpy_one_query"]
+    rows = [row(ef_label(ef), ef) for ef in cfg["efs"]]
+    rows.append(row("engine `exact=True`", None, exact=True))
+    rows.append(["NumPy brute force, 1 query, 1 BLAS thread", "", "", "", f"{npq['p50_ms']:.2f}"])
+    rows[-1] += [f"{npq['p95_ms']:.2f}", "", "", "", "", ""]
+    side = [f"recall@{k}", "at 1.0", "min", "p50 ms", "p95 ms"]
+    lines += md_table(["hnsw_ef", *side, f"filtered {side[0]}", *side[1:]], rows, "l" + "r" * 10)
     margin = cfg["tie_margin"]
     lines += [
-        f"| NumPy brute force, 1 query, 1 BLAS thread | | | | {npq['p50_ms']:.2f} | {npq['p95_ms']:.2f} "
-        "| | | | | |",
         "",
         f"As `link_chunk` asks (limit {k}+{margin}, `hnsw_ef` raised to >= {k + margin}, "
         f"cut to {k} by score then keyword id):",
         "",
-        f"| hnsw_ef set | recall@{k} | at 1.0 | min | filtered recall@{k} | at 1.0 | min "
-        "| p50 ms | filtered p50 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    link_rows = []
     for ef in cfg["efs"]:
         un = [find(b, ef, False, "link") for b in builds]
         fi = [find(b, ef, True, "link") for b in builds]
-        lines.append(
-            f"| {ef_label(ef)} | {per_build(un, lambda c: c and c['recall'], '.4f')} "
-            f"| {per_build(un, share_pct, '.1f')}% "
-            f"| {per_build(un, lambda c: c and c['min'], '.2f')} "
-            f"| {per_build(fi, lambda c: c and c['recall'], '.4f')} "
-            f"| {per_build(fi, share_pct, '.1f')}% "
-            f"| {per_build(fi, lambda c: c and c['min'], '.2f')} "
-            f"| {per_build(un, lambda c: c and c['latency']['p50_ms'], '.2f')} "
-            f"| {per_build(fi, lambda c: c and c['latency']['p50_ms'], '.2f')} |"
+        link_rows.append(
+            [
+                ef_label(ef),
+                per_build(un, lambda c: c and c["recall"], ".4f"),
+                per_build(un, share_pct, ".1f") + "%",
+                per_build(un, lambda c: c and c["min"], ".2f"),
+                per_build(fi, lambda c: c and c["recall"], ".4f"),
+                per_build(fi, share_pct, ".1f") + "%",
+                per_build(fi, lambda c: c and c["min"], ".2f"),
+                per_build(un, lambda c: c and c["latency"]["p50_ms"], ".2f"),
+                per_build(fi, lambda c: c and c["latency"]["p50_ms"], ".2f"),
+            ]
         )
+    headers = ["hnsw_ef set", f"recall@{k}", "at 1.0", "min", f"filtered recall@{k}", "at 1.0", "min"]
+    lines += md_table([*headers, "p50 ms", "filtered p50 ms"], link_rows, "l" + "r" * 8)
     half = "; ".join(
         f"{ef_label(ef)} {per_build([find(b, ef, False) for b in builds], lambda c: below(c, 0.5), 'd')}"
         for ef in cfg["efs"]

@@ -71,6 +71,8 @@ from harness import (
     ints,
     load_cell,
     loadavg,
+    md_table,
+    pair_cells,
     pair_summary,
     pipeline_machine_info,
     publish,
@@ -775,27 +777,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"Waited {noise['waited_s']:.0f}s of a {noise['budget_s']:.0f}s noise budget for quiet; "
         f"{noise['started_busy']} comparisons started busy.",
         "",
-        "| what | pipeline rows/s | reference rows/s | ratio median / total | target | quiet pairs "
-        "| load | other |",
-        "|---|---:|---:|---:|---|---:|---|---:|",
     ]
 
-    def row(label: str, s: dict[str, Any], target: str) -> str:
-        m = s["median_rows_per_s"]
+    def row(label: str, s: dict[str, Any], target: str) -> list[str]:
+        cells = pair_cells(label, s)
         ok = "✅" if s["ratio_median"] >= TARGET_RATIO else "❌"
-        return (
-            f"| {label} | {m['pipeline']:.0f} | {m['reference']:.0f} | **{s['ratio_median']:.2f}** / "
-            f"{s['ratio_total']:.2f} | {target} {ok} | {s['quiet_pairs']}/{s['pairs']} | "
-            f"{load_cell(s['loadavg_first'], s['loadavg_last'])} | {s['other_cores_max']:.2f} |"
-        )
+        return [*cells[:4], f"{target} {ok}", *cells[4:]]
 
-    lines.append(row("1+2 embed stage (`keyword_index.embed`) / bare ORT", emb, ">= 0.9"))
-    lines.append(
-        row(f"3 Qdrant `upsert_chunk` / raw `upsert` ({qd['rows_per_side']} pts, disk)", qd, ">= 0.9")
-    )
-    lines.append(
-        row(f"3 ES `index_keyword_chunk` / raw `helpers.bulk` ({es['rows_per_side']} docs)", es, ">= 0.9")
-    )
+    headers = ["what", "pipeline rows/s", "reference rows/s", "ratio median / total", "target"]
+    rows = [
+        row("1+2 embed stage (`keyword_index.embed`) / bare ORT", emb, ">= 0.9"),
+        row(f"3 Qdrant `upsert_chunk` / raw `upsert` ({qd['rows_per_side']} pts, disk)", qd, ">= 0.9"),
+        row(f"3 ES `index_keyword_chunk` / raw `helpers.bulk` ({es['rows_per_side']} docs)", es, ">= 0.9"),
+    ]
+    lines += md_table([*headers, "quiet pairs", "load", "other"], rows, "lrrrlrlr")
     run, split = dag["run"], emb["stage_seconds_split"]
     overhead_ok = "✅" if dag["overhead_pct"] < 100 * TARGET_OVERHEAD else "❌"
     by_task = ", ".join(f"{k} {v:.1f}" for k, v in dag["ti_seconds_by_task"].items())
@@ -816,31 +811,52 @@ def markdown(report: dict[str, Any]) -> str:
         "commits every point to SQLite. Re-opening the store (every Qdrant task does) with "
         f"{qd['reopen_store']['rows']} points took {qd['reopen_store']['seconds']:.1f}s.",
         "",
-        "| end to end (`dag.test()`) | value |",
-        "|---|---:|",
-        f"| rows/s (wall) | **{dag['rows_per_s']:.0f}** ({run['rows']} rows in {run['seconds']:.0f}s, "
-        f"load {load_cell(run['loadavg_before'], run['loadavg_after'])}, other {run['other_cores']:.2f}) |",
-        f"| task instances / TI run time (sum) | {dag['task_instances']} / {dag['ti_seconds_sum']:.0f}s |",
-        f"| overhead = wall − Σ work (target < 10%) | **{dag['overhead_s']:.1f}s = "
-        f"{dag['overhead_pct']:.1f}%** {overhead_ok} |",
-        f"| … of which between task instances (Airflow alone) | {dag['between_tasks_s']:.1f}s = "
-        f"{dag['between_tasks_pct']:.1f}% |",
-        f"| … of which inside task instances, outside measured work | "
-        f"{dag['inside_tasks_not_work_s']:.1f}s |",
-        f"| TI seconds by task | {by_task} |",
-        f"| work (report.json task-seconds; plan timed alone) | {work} |",
+        *md_table(
+            ["end to end (`dag.test()`)", "value"],
+            [
+                [
+                    "rows/s (wall)",
+                    f"**{dag['rows_per_s']:.0f}** ({run['rows']} rows in {run['seconds']:.0f}s, load "
+                    f"{load_cell(run['loadavg_before'], run['loadavg_after'])}, "
+                    f"other {run['other_cores']:.2f})",
+                ],
+                [
+                    "task instances / TI run time (sum)",
+                    f"{dag['task_instances']} / {dag['ti_seconds_sum']:.0f}s",
+                ],
+                [
+                    "overhead = wall − Σ work (target < 10%)",
+                    f"**{dag['overhead_s']:.1f}s = {dag['overhead_pct']:.1f}%** {overhead_ok}",
+                ],
+                [
+                    "… of which between task instances (Airflow alone)",
+                    f"{dag['between_tasks_s']:.1f}s = {dag['between_tasks_pct']:.1f}%",
+                ],
+                [
+                    "… of which inside task instances, outside measured work",
+                    f"{dag['inside_tasks_not_work_s']:.1f}s",
+                ],
+                ["TI seconds by task", by_task],
+                ["work (report.json task-seconds; plan timed alone)", work],
+            ],
+            "lr",
+        ),
         "",
-        f"| embed task peak RSS ({rss['model']}, one chunk, own process) | rows/s | peak (VmHWM) "
-        "| sampled | before embed | id set alone | load |",
-        "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in rss["runs"]:
-        lines.append(
-            f"| {r['chunk_rows']} rows | {r['rows_per_s']:.0f} | {mib(r['peak_rss_bytes'])} | "
-            f"{mib(r['sampled_peak_rss_bytes'])} | {mib(r['rss_before_embed_bytes'])} | "
-            f"{mib(r['id_set_bytes'])} | "
-            f"{load_cell(r['loadavg_before'], r['loadavg_after'])} |"
-        )
+    rss_rows = [
+        [
+            f"{r['chunk_rows']} rows",
+            f"{r['rows_per_s']:.0f}",
+            mib(r["peak_rss_bytes"]),
+            mib(r["sampled_peak_rss_bytes"]),
+            mib(r["rss_before_embed_bytes"]),
+            mib(r["id_set_bytes"]),
+            load_cell(r["loadavg_before"], r["loadavg_after"]),
+        ]
+        for r in rss["runs"]
+    ]
+    rss_headers = [f"embed task peak RSS ({rss['model']}, one chunk, own process)", "rows/s", "peak (VmHWM)"]
+    lines += md_table([*rss_headers, "sampled", "before embed", "id set alone", "load"], rss_rows, "lrrrrrl")
     flat_ok = (
         rss["growth_largest_vs_smallest"] <= TARGET_RSS_FLAT and rss["max_peak_bytes"] < TARGET_RSS_BYTES
     )

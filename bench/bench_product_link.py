@@ -63,8 +63,9 @@ from harness import (
     Measurement,
     Meter,
     NoiseBudget,
-    load_cell,
     loadavg,
+    md_table,
+    pair_cells,
     pair_summary,
     pipeline_machine_info,
     publish,
@@ -718,53 +719,70 @@ def markdown(report: dict[str, Any]) -> str:
         "Everything runs through the library functions the DAG tasks call, one after another in this "
         "process (no Airflow).",
         "",
-        "| product linking | products/s | seconds | note |",
-        "|---|---:|---:|---|",
-        f"| embed (`product_link.embed`, all chunks) | {emb['rows_per_s']:.0f} | {emb['seconds']:.1f} | "
-        f"median chunk {emb['median_chunk_rows_per_s']:.0f}/s; {emb['client_embed_seconds']:.0f}s in "
-        "`EmbeddingClient.embed` |",
-        f"| link (`product_link.link_chunk`, all chunks) | {li['rows_per_s']:.0f} | {li['seconds']:.1f} | "
-        f"median chunk {li['median_chunk_rows_per_s']:.0f}/s |",
-        f"| … search (`search_seconds`) | {li['search_rows_per_s']:.0f} | {li['search_seconds']:.1f} | "
-        f"{srch['ms_per_query']['pipeline']:.1f} ms/product |",
-        f"| … ES write (`write_seconds`) | {li['write_rows_per_s']:.0f} | {li['write_seconds']:.1f} | "
-        f"includes reading the staged chunk + building documents "
-        f"({li['read_build_seconds_timed_apart']:.1f}s timed apart); without them "
-        f"{li['write_net_of_read_build_rows_per_s']:.0f}/s |",
-        f"| … other (opening the local store, setup) | | {li['other_seconds']:.1f} | opening the local "
-        f"store alone: {li['open_local_store_s_median']:.1f}s (median) per link task |",
-        f"| **end to end: embed + search + ES write** | **{e2e['embed_search_write_rows_per_s']:.0f}** | "
-        f"{e2e['embed_search_write_s']:.1f} | |",
-        f"| all task functions (plan … finalize) | {e2e['all_task_functions_rows_per_s']:.0f} | "
-        f"{e2e['all_task_functions_s']:.1f} | shares: "
-        + ", ".join(f"{k} {100 * v:.0f}%" for k, v in e2e["share_of_task_time"].items())
-        + " |",
-        "",
-        "| same run, back to back per chunk | pipeline /s | raw /s | ratio median / total | quiet pairs "
-        "| load | other |",
-        "|---|---:|---:|---:|---:|---|---:|",
     ]
-
-    def row(label: str, s: dict[str, Any]) -> str:
-        m = s["median_rows_per_s"]
-        return (
-            f"| {label} | {m['pipeline']:.0f} | {m['reference']:.0f} | **{s['ratio_median']:.2f}** / "
-            f"{s['ratio_total']:.2f} | {s['quiet_pairs']}/{s['pairs']} | "
-            f"{load_cell(s['loadavg_first'], s['loadavg_last'])} | {s['other_cores_max']:.2f} |"
-        )
-
-    lines.append(
-        row(
-            f"search: `link_chunk` / raw `query_batch_points` (batch {SEARCH_BATCH}, "
-            f"{srch['reference_queries']} raw queries)",
-            srch,
-        )
+    shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in e2e["share_of_task_time"].items())
+    steps = [
+        [
+            "embed (`product_link.embed`, all chunks)",
+            f"{emb['rows_per_s']:.0f}",
+            f"{emb['seconds']:.1f}",
+            f"median chunk {emb['median_chunk_rows_per_s']:.0f}/s; {emb['client_embed_seconds']:.0f}s in "
+            "`EmbeddingClient.embed`",
+        ],
+        [
+            "link (`product_link.link_chunk`, all chunks)",
+            f"{li['rows_per_s']:.0f}",
+            f"{li['seconds']:.1f}",
+            f"median chunk {li['median_chunk_rows_per_s']:.0f}/s",
+        ],
+        [
+            "… search (`search_seconds`)",
+            f"{li['search_rows_per_s']:.0f}",
+            f"{li['search_seconds']:.1f}",
+            f"{srch['ms_per_query']['pipeline']:.1f} ms/product",
+        ],
+        [
+            "… ES write (`write_seconds`)",
+            f"{li['write_rows_per_s']:.0f}",
+            f"{li['write_seconds']:.1f}",
+            "includes reading the staged chunk + building documents "
+            f"({li['read_build_seconds_timed_apart']:.1f}s timed apart); without them "
+            f"{li['write_net_of_read_build_rows_per_s']:.0f}/s",
+        ],
+        [
+            "… other (opening the local store, setup)",
+            "",
+            f"{li['other_seconds']:.1f}",
+            f"opening the local store alone: {li['open_local_store_s_median']:.1f}s (median) per link task",
+        ],
+        [
+            "**end to end: embed + search + ES write**",
+            f"**{e2e['embed_search_write_rows_per_s']:.0f}**",
+            f"{e2e['embed_search_write_s']:.1f}",
+            "",
+        ],
+        [
+            "all task functions (plan … finalize)",
+            f"{e2e['all_task_functions_rows_per_s']:.0f}",
+            f"{e2e['all_task_functions_s']:.1f}",
+            f"shares: {shares}",
+        ],
+    ]
+    lines += [*md_table(["product linking", "products/s", "seconds", "note"], steps, "lrrl"), ""]
+    search_label = (
+        f"search: `link_chunk` / raw `query_batch_points` (batch {SEARCH_BATCH}, "
+        f"{srch['reference_queries']} raw queries)"
     )
-    lines.append(row(f"ES write: `link_chunk` / raw `helpers.bulk` ({es['rows_per_side']} docs)", es))
+    rows = [
+        pair_cells(search_label, srch),
+        pair_cells(f"ES write: `link_chunk` / raw `helpers.bulk` ({es['rows_per_side']} docs)", es),
+    ]
     if mem:
-        lines.append(
-            row(f"raw search, local mode on disk / `:memory:` ({mem['rows_per_side']} queries)", mem)
+        rows.append(
+            pair_cells(f"raw search, local mode on disk / `:memory:` ({mem['rows_per_side']} queries)", mem)
         )
+    headers = ["same run, back to back per chunk", "pipeline /s", "raw /s", "ratio median / total"]
+    lines += md_table([*headers, "quiet pairs", "load", "other"], rows, "lrrrrlr")
     lines += [
         "",
         f"Search: {srch['ms_per_query']['pipeline']:.1f} ms/product in `link_chunk` vs "

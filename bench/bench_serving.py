@@ -60,7 +60,16 @@ from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.serving.process import LocalServer
 from embedding_pipeline.serving.tokenization import TextEncoder
 from embedding_pipeline.settings import ServerSettings
-from harness import BENCH_DIR, NoiseBudget, loadavg, machine_busy, machine_info, tree_cpu, write_results
+from harness import (
+    BENCH_DIR,
+    NoiseBudget,
+    loadavg,
+    machine_busy,
+    machine_info,
+    md_table,
+    tree_cpu,
+    write_results,
+)
 
 log = logging.getLogger("bench_serving")
 
@@ -365,20 +374,28 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['machine']['loadavg_start']} at start."
     )
     lines.append("")
-    lines.append(
-        "| precision | tokens | batch | bare | arrays | embed | if2 | tok "
-        "| arrays/bare | embed/bare | if2/bare | quiet |"
-    )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    headers = ["precision", "tokens", "batch", "bare", "arrays", "embed", "if2", "tok", "arrays/bare"]
+    rows = []
     for c in report["cells"]:
         m, r = c["median_sentences_per_s"], c["ratio"]
         flag = " ⚠" if c["batch"] >= TARGET_MIN_BATCH and r[HEADLINE_RATIO] < TARGET_RATIO else ""
-        lines.append(
-            f"| {c['precision']} | {c['tokens']} | {c['batch']} | {m['bare']:.0f} | {m['arrays']:.0f} | "
-            f"{m['embed']:.0f} | {m['embed_if2']:.0f} | {m['tokenize']:.0f} | {r['arrays/bare']:.2f} | "
-            f"**{r['embed/bare']:.2f}**{flag} | {r['embed_if2/bare']:.2f} | "
-            f"{c['quiet_pairs'][HEADLINE_RATIO]}/{c['repeats']} |"
+        rows.append(
+            [
+                c["precision"],
+                c["tokens"],
+                c["batch"],
+                f"{m['bare']:.0f}",
+                f"{m['arrays']:.0f}",
+                f"{m['embed']:.0f}",
+                f"{m['embed_if2']:.0f}",
+                f"{m['tokenize']:.0f}",
+                f"{r['arrays/bare']:.2f}",
+                f"**{r['embed/bare']:.2f}**{flag}",
+                f"{r['embed_if2/bare']:.2f}",
+                f"{c['quiet_pairs'][HEADLINE_RATIO]}/{c['repeats']}",
+            ]
         )
+    lines += md_table([*headers, "embed/bare", "if2/bare", "quiet"], rows, "l" + "r" * 11)
     target = report["target"]
     lines.append("")
     if target["met"]:

@@ -419,8 +419,31 @@ def load_cell(a: list[float] | None, b: list[float] | None) -> str:
     return f"{a[0] if a else '?'}→{b[0] if b else '?'}"
 
 
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A markdown table as lines: the one table writer of every benchmark's report."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines
+def pair_cells(label: str, summary: dict[str, Any]) -> list[str]:
+    """One table row of a :func:`pair_summary`: label, both medians, ratio median / total, quiet
+    pairs, load before -> after, the most cores other processes took."""
+    m = summary["median_rows_per_s"]
+    return [
+        label,
+        f"{m['pipeline']:.0f}",
+        f"{m['reference']:.0f}",
+        f"**{summary['ratio_median']:.2f}** / {summary['ratio_total']:.2f}",
+        f"{summary['quiet_pairs']}/{summary['pairs']}",
+        load_cell(summary["loadavg_first"], summary["loadavg_last"]),
+        f"{summary['other_cores_max']:.2f}",
+    ]
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
+    """A markdown table as lines: the one table writer of every benchmark's report.
+
+    ``align`` has one letter per column, ``l`` or ``r`` (numbers); missing letters mean ``l``.
+    """
+    if len(align) > len(headers) or set(align) - {"l", "r"}:
+        raise ValueError(f"align {align!r} does not fit {len(headers)} columns")
+    marks = ["---:" if kind == "r" else "---" for kind in align.ljust(len(headers), "l")]
+
+    def line(cells: Sequence[Any]) -> str:
+        return "|" + "|".join(f" {cell} " if str(cell) else " " for cell in cells) + "|"
+
+    return [line(headers), "|" + "|".join(marks) + "|", *(line(row) for row in rows)]
