@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +20,7 @@ from embedding_pipeline.runs.partitions import (
     partition_files,
     plan_chunks,
 )
-from embedding_pipeline.runs.report import AccountingError, finalize
+from embedding_pipeline.runs.report import AccountingError, finalize, summary
 from embedding_pipeline.runs.staging import iter_staged, staged_metadata
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.stages.embed import EmbedLimits, embed_chunk
@@ -157,7 +158,8 @@ def _result(stage, rows_in, indexed, dead, chunk="c0"):
     return StageResult(stage, chunk, rows_in, indexed, dead, {"x": dead} if dead else {}, None, 1.0)
 
 
-def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path):
+def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="embedding_pipeline.runs.report")
     embed = [_result("embed", 100, 95, 5)]
     report = finalize(
         tmp_path,
@@ -169,6 +171,14 @@ def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path):
     assert report["status"] == "ok" and report["sinks"]["es"]["dead_letter_ratio"] == 0.06
     assert json.loads((tmp_path / "report.json").read_text())["rows_read"] == 100
     assert "| es | 1 | 95 | 94 | 1 |" in (tmp_path / "report.md").read_text()
+    # What XCom gets: the identity reads off it, embed dead letters included.
+    small = summary(report, tmp_path)
+    assert small["embed"] == {"dead_lettered": 5, "dead_letters_by_reason": {"x": 5}}
+    for store in ("es", "qdrant"):
+        part = small["sinks"][store]
+        assert part["indexed"] + small["embed"]["dead_lettered"] + part["dead_lettered"] == small["rows_read"]
+    assert small["sinks"]["es"]["dead_letters_by_reason"] == {"x": 1}
+    assert small["report"] == str(tmp_path / "report.md")
     with pytest.raises(AccountingError, match="es received 90 rows but 95 were embedded"):
         finalize(tmp_path, embed, {"es": [_result("es", 90, 90, 0)]}, {}, 0.1)
     with pytest.raises(AccountingError, match="es tasks do not balance"):
@@ -176,3 +186,7 @@ def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path):
     with pytest.raises(AccountingError, match=r"dead-letter ratio 0\.0600 exceeds the threshold 0\.05"):
         finalize(tmp_path, embed, {"es": [_result("es", 95, 94, 1)]}, {}, 0.05)
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "failed"
+    # The Markdown report is in the log too (the task log, in a DAG run), with its path.
+    assert (
+        f"run report ({tmp_path / 'report.md'})" in caplog.text and "| es | 1 | 95 | 94 | 1 |" in caplog.text
+    )

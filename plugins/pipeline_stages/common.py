@@ -76,16 +76,6 @@ def plan_stage(table: Any, stage: str) -> dict:
         )
 
 
-def summary(report: dict) -> dict:
-    """The small part of a run report that goes to XCom (the full report is a file)."""
-    return {k: report[k] for k in ("status", "rows_read", "partitions", "missing_partitions")} | {
-        "sinks": {
-            name: {"indexed": s["indexed"], "dead_lettered": s["dead_lettered"]}
-            for name, s in report["sinks"].items()
-        },
-    }
-
-
 def finalize_stage(
     stage: str,
     asset: Any,
@@ -100,7 +90,7 @@ def finalize_stage(
     threshold, and the stage's Asset event (partitions and rows read). XCom gets the summary; the
     full report is a file in the run dir."""
     from airflow.sdk import get_current_context
-    from embedding_pipeline.runs.report import finalize_run
+    from embedding_pipeline.runs.report import finalize_run, summary
 
     context = get_current_context()
     params = context["params"]
@@ -117,4 +107,4 @@ def finalize_stage(
         "partitions": report["partitions"],
         "rows_read": report["rows_read"],
     }
-    return summary(report)
+    return summary(report, planned["run_dir"])

@@ -8,6 +8,7 @@ loss somewhere: the run fails after writing the report, so the numbers are there
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.runs.accounting import StageResult
 from embedding_pipeline.runs.storage import StoragePath, as_path, write_text
+
+log = logging.getLogger(__name__)
 
 
 class AccountingError(PipelineError):
@@ -131,14 +134,35 @@ def finalize(
     meta: dict[str, Any],
     max_dead_letter_ratio: float,
 ) -> dict[str, Any]:
-    """Write ``report.json`` / ``report.md`` into ``run_dir``; raise ``AccountingError`` on problems."""
+    """Write ``report.json`` / ``report.md`` into ``run_dir`` and the Markdown into the log (the
+    task log, where operators look first); raise ``AccountingError`` on problems."""
     report = build_report(embed, sinks, meta, max_dead_letter_ratio)
     run_dir = as_path(run_dir)
+    markdown = render_markdown(report)
     write_text(run_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
-    write_text(run_dir / "report.md", render_markdown(report))
+    write_text(run_dir / "report.md", markdown)
+    log.info("run report (%s):\n%s", run_dir / "report.md", markdown)
     if report["problems"]:
         raise AccountingError("; ".join(report["problems"]) + f" (report: {run_dir / 'report.json'})")
     return report
+
+
+def summary(report: dict[str, Any], run_dir: str | StoragePath) -> dict[str, Any]:
+    """The part of a report that goes to XCom: enough that the identity reads off it - per store,
+    ``rows_read == indexed + embed.dead_lettered + dead_lettered`` - with every dead letter's
+    reason, and where the full report is."""
+
+    def dead(part: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "dead_lettered": part["dead_lettered"],
+            "dead_letters_by_reason": part["dead_letters_by_reason"],
+        }
+
+    return {k: report.get(k) for k in ("status", "rows_read", "partitions", "missing_partitions")} | {
+        "embed": dead(report["embed"]),
+        "sinks": {name: {"indexed": s["indexed"], **dead(s)} for name, s in report["sinks"].items()},
+        "report": str(as_path(run_dir) / "report.md"),
+    }
 
 
 # What a stage's prepare task hands its teardown, not a result: kept out of the report.
