@@ -88,3 +88,20 @@ def test_permanent_errors_pass_through_at_once() -> None:
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ConfigError):
         RetryPolicy(**bad)
+
+
+def test_each_caller_gets_its_retry_budget_and_the_environment_wins(monkeypatch) -> None:
+    """Tasks wait up to two minutes for a restarting server; the interactive commands 15 s; an
+    ``EMBEDDING_SERVER_RETRY_DEADLINE_S`` (or a Connection extra) overrides either."""
+    from embedding_pipeline.cli.search import INTERACTIVE_RETRY_DEADLINE_S, interactive_server_settings
+    from embedding_pipeline.settings import ServerSettings
+
+    monkeypatch.delenv("EMBEDDING_SERVER_RETRY_DEADLINE_S", raising=False)
+    assert ServerSettings.from_env().retry.deadline_s == 120.0
+    assert interactive_server_settings("m").retry.deadline_s == INTERACTIVE_RETRY_DEADLINE_S == 15.0
+    assert interactive_server_settings("m").model_name == "m"
+    monkeypatch.setenv("EMBEDDING_SERVER_RETRY_DEADLINE_S", "42")
+    assert ServerSettings.from_env().retry.deadline_s == 42.0
+    assert interactive_server_settings().retry.deadline_s == 42.0
+    with pytest.raises(ConfigError, match="retry_deadline_s must be > 0"):
+        ServerSettings(retry_deadline_s=0)

@@ -112,14 +112,15 @@ class ServerSettings(RetrySettings):
         return replace(self, **coerced)
 
     @classmethod
-    def from_env(cls) -> ServerSettings:
-        """Defaults overridden by ``EMBEDDING_SERVER_<FIELD>`` environment variables."""
+    def from_env(cls, **defaults: Any) -> ServerSettings:
+        """Defaults (the class's, then the caller's ``defaults``) overridden by
+        ``EMBEDDING_SERVER_<FIELD>`` environment variables."""
         prefix = "EMBEDDING_SERVER_"
         overrides = {
             key[len(prefix) :].lower(): value for key, value in os.environ.items() if key.startswith(prefix)
         }
         overrides = {key: value for key, value in overrides.items() if key in {f.name for f in fields(cls)}}
-        return cls().with_overrides(**overrides)
+        return cls().with_overrides(**defaults).with_overrides(**overrides)
 
 
 def data_root() -> Path:

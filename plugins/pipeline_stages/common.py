@@ -1,5 +1,5 @@
-"""What every stage's tasks share: store settings from Connections, the local-Qdrant rule, and
-turning configuration errors into failures that Airflow does not retry."""
+"""What every stage's tasks share: store settings from Connections, the Qdrant task concurrency,
+turning setup errors into failures that Airflow does not retry, planning and finalizing a stage."""
 
 from __future__ import annotations
 

@@ -20,7 +20,6 @@ measurement, not an error.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -55,11 +54,9 @@ INTERACTIVE_RETRY_DEADLINE_S = 15.0
 
 
 def interactive_server_settings(model: str | None = None, **overrides: Any) -> ServerSettings:
-    """Server settings from the environment with the interactive retry budget."""
-    settings = ServerSettings.from_env().with_overrides(model_name=model, **overrides)
-    if "EMBEDDING_SERVER_RETRY_DEADLINE_S" in os.environ:
-        return settings
-    return settings.with_overrides(retry_deadline_s=INTERACTIVE_RETRY_DEADLINE_S)
+    """Server settings from the environment, with the interactive retry budget as the default."""
+    settings = ServerSettings.from_env(retry_deadline_s=INTERACTIVE_RETRY_DEADLINE_S)
+    return settings.with_overrides(model_name=model, **overrides)
 
 
 class ProductNotFoundError(PipelineError):
