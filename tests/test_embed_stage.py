@@ -170,16 +170,17 @@ def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path, caplo
     )
     assert report["status"] == "ok" and report["sinks"]["es"]["dead_letter_ratio"] == 0.06
     assert json.loads((tmp_path / "report.json").read_text())["rows_read"] == 100
-    assert "| es | 1 | 95 | 94 | 1 |" in (tmp_path / "report.md").read_text()
+    assert "| es | 1 | 95 | 94 | 0 | 0 | 1 |" in (tmp_path / "report.md").read_text()
     # What XCom gets: the identity reads off it, embed dead letters included.
     small = summary(report, tmp_path)
-    assert small["embed"] == {"dead_lettered": 5, "dead_letters_by_reason": {"x": 5}}
+    assert small["embed"] == {"unchanged": 0, "dead_lettered": 5, "dead_letters_by_reason": {"x": 5}}
     for store in ("es", "qdrant"):
         part = small["sinks"][store]
-        assert part["indexed"] + small["embed"]["dead_lettered"] + part["dead_lettered"] == small["rows_read"]
+        written_or_kept = part["indexed"] + small["embed"]["unchanged"] + part["deleted"]
+        assert written_or_kept + small["embed"]["dead_lettered"] + part["dead_lettered"] == small["rows_read"]
     assert small["sinks"]["es"]["dead_letters_by_reason"] == {"x": 1}
     assert small["report"] == str(tmp_path / "report.md")
-    with pytest.raises(AccountingError, match="es received 90 rows but 95 were embedded"):
+    with pytest.raises(AccountingError, match="es received 90 rows but 95 were staged"):
         finalize(tmp_path, embed, {"es": [_result("es", 90, 90, 0)]}, {}, 0.1)
     with pytest.raises(AccountingError, match="es tasks do not balance"):
         finalize(tmp_path, embed, {"es": [_result("es", 95, 90, 1)]}, {}, 0.1)
@@ -188,5 +189,5 @@ def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path, caplo
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "failed"
     # The Markdown report is in the log too (the task log, in a DAG run), with its path.
     assert (
-        f"run report ({tmp_path / 'report.md'})" in caplog.text and "| es | 1 | 95 | 94 | 1 |" in caplog.text
+        f"run report ({tmp_path / 'report.md'})" in caplog.text and "| es | 1 | 95 | 94 | 0 | 0 | 1 |" in caplog.text
     )

@@ -100,8 +100,10 @@ def test_bad_rows_are_accounted_for_and_a_rerun_changes_nothing(pipeline_env):
     assert counts == (len(staged_ids),) * 2
     assert first["sinks"]["es"]["indexed"] == 900 - expected_dead
 
+    # The same dates again: every valid row is unchanged (incremental), nothing is written.
     second = _report(run_dag(DAG_ID, _conf(pipeline_env)))
-    assert second["sinks"]["qdrant"]["indexed"] == first["sinks"]["qdrant"]["indexed"]
+    assert second["embed"]["unchanged"] == 900 - expected_dead and second["embed"]["indexed"] == 0
+    assert second["sinks"]["qdrant"]["indexed"] == second["sinks"]["es"]["indexed"] == 0
     assert _sink_counts(pipeline_env["alias"]) == counts
 
 
@@ -214,7 +216,8 @@ def test_run_files_go_to_object_storage_when_a_staging_url_is_set(pipeline_env, 
 
 def test_latest_partition_wins_in_both_sinks_whatever_order_dates_run_in(pipeline_env):
     """A keyword id on two dates: indexing dt2, then dt1 (a late backfill) keeps dt2's text in ES and
-    Qdrant; dt1's writes of those ids count as indexed and are reported as superseded."""
+    Qdrant; dt1's rows of those ids are not even embedded (the state knows dt2 spoke later): they
+    count as unchanged and are reported as superseded."""
     from embedding_pipeline.runs.staging import point_id
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.qdrant.client import open_client
@@ -229,9 +232,10 @@ def test_latest_partition_wins_in_both_sinks_whatever_order_dates_run_in(pipelin
     conf = _conf(pipeline_env, dt_end=None, max_dead_letter_ratio=0.5)
     _report(run_dag(DAG_ID, {**conf, "dt": DATES[1]}))
     older = _report(run_dag(DAG_ID, {**conf, "dt": DATES[0]}))
+    assert older["embed"]["extra"]["superseded"] == older["embed"]["unchanged"] == len(recurring)
     for sink in ("qdrant", "es"):
-        assert older["sinks"][sink]["extra"]["superseded"] == len(recurring)
-        assert older["sinks"][sink]["indexed"] + older["embed"]["dead_lettered"] == older["rows_read"]
+        written = older["sinks"][sink]["indexed"] + older["embed"]["unchanged"]
+        assert written + older["embed"]["dead_lettered"] == older["rows_read"]
     alias = pipeline_env["alias"]
     with open_es() as es:
         docs = es.mget(index=alias, ids=[str(i) for i in recurring])["docs"]

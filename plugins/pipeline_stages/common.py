@@ -50,8 +50,17 @@ def no_retry_on_setup_errors() -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+def input_spec(params: dict) -> Any:
+    """How partitions are read and how much a run may delete (Params; runs.changes)."""
+    from embedding_pipeline.runs.input_kinds import InputSpec
+
+    with no_retry_on_setup_errors():
+        return InputSpec(params["input_kind"], params["tombstone_column"] or None, params["max_delete_ratio"])
+
+
 def plan_stage(table: Any, stage: str) -> dict:
     """The plan task of a stage: this run's partitions of ``table`` in bounded chunks (Params)."""
+    from dataclasses import replace
     from pathlib import Path
 
     from airflow.sdk import get_current_context
@@ -59,20 +68,20 @@ def plan_stage(table: Any, stage: str) -> dict:
 
     context = get_current_context()
     params = context["params"]
+    spec = input_spec(params)
     dts = partition_runs.resolve_partitions(
         params["dt"], params["dt_end"], context.get("data_interval_start"), context["dag_run"].run_after
     )
     run_dir = partition_runs.run_dir_for(context["dag"].dag_id, context["run_id"], stage)
     with no_retry_on_setup_errors():
         return partition_runs.plan(
-            table,
+            replace(table, tombstone_column=spec.tombstone_column),
             Path(params["input_root"]),
             dts,
             run_dir,
             params["chunk_rows"],
             params["max_chunks"],
-            params["missing_partition"],
-            params["bad_files"],
+            partition_runs.PlanRules(params["missing_partition"], params["bad_files"], spec.kind),
         )
 
 
@@ -87,9 +96,10 @@ def finalize_stage(
 ) -> dict:
     """The finalize task of every stage: the accounting identity over the embed tasks and each
     store's mapped results, the run report (with ``extra`` in its metadata), the dead-letter
-    threshold, and the stage's Asset event (partitions and rows read). XCom gets the summary; the
-    full report is a file in the run dir."""
+    threshold, the state commit of incremental runs, and the stage's Asset event (partitions and
+    rows read). XCom gets the summary; the full report is a file in the run dir."""
     from airflow.sdk import get_current_context
+    from embedding_pipeline.runs.changes import commit_changes
     from embedding_pipeline.runs.report import finalize_run, summary
 
     context = get_current_context()
@@ -103,6 +113,7 @@ def finalize_stage(
         run,
         params["max_dead_letter_ratio"],
     )
+    commit_changes(prepared, list(embedded or []), planned["run_dir"])
     context["outlet_events"][asset].extra = {
         "partitions": report["partitions"],
         "rows_read": report["rows_read"],

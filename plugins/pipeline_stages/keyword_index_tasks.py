@@ -1,5 +1,6 @@
-"""The keyword index stage: plan -> prepare_sinks -> embed[] -> qdrant_upsert[] + es_index[] ->
-finish_sinks -> finalize (emits the ``keyword_index`` Asset)."""
+"""The keyword index stage: plan -> prepare_sinks (state, deletes, guard) -> embed[] ->
+qdrant_upsert[] + es_index[] -> finish_sinks -> finalize (commits the state; emits the
+``keyword_index`` Asset)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from airflow.sdk import Asset, get_current_context, task
 
 from pipeline_stages.common import (
     finalize_stage,
+    input_spec,
     no_retry_on_setup_errors,
     plan_stage,
     qdrant_task_concurrency,
@@ -35,11 +37,11 @@ def keyword_index_tasks() -> None:
         return plan_stage(KEYWORDS, STAGE)
 
     @task
-    def chunks(planned: dict) -> list[dict]:
-        return planned["chunks"]
+    def chunks(planned: dict, prepared: dict) -> list[dict]:
+        return planned["chunks"] + prepared["delete_chunks"]
 
     @task
-    def prepare_sinks() -> dict:
+    def prepare_sinks(planned: dict) -> dict:
         from embedding_pipeline.runs.plan import model_info
         from embedding_pipeline.stages import keyword_index as ki
 
@@ -47,13 +49,14 @@ def keyword_index_tasks() -> None:
         qdrant, es = store_settings()
         with no_retry_on_setup_errors():
             model = model_info(None, params["model_name"])
-            return {**model, **ki.prepare_sinks(_targets(params), model, qdrant, es)}
+            spec = input_spec(params)
+            return {**model, **ki.prepare_sinks(_targets(params), model, planned, spec, qdrant, es)}
 
     @task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
-        return ki.embed(chunk, planned["run_dir"], prepared["model_name"])
+        return ki.embed(chunk, planned["run_dir"], prepared)
 
     @task(max_active_tis_per_dag=qdrant_task_concurrency())
     def qdrant_upsert(embedded: dict, planned: dict) -> dict:
@@ -84,8 +87,8 @@ def keyword_index_tasks() -> None:
         return finalize_stage(STAGE, KEYWORD_INDEX, planned, prepared, embedded, sinks)
 
     planned = plan()
-    prepared = prepare_sinks()
-    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned))
+    prepared = prepare_sinks(planned)
+    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned, prepared))
     qdrant = qdrant_upsert.partial(planned=planned).expand(embedded=embedded)
     es = es_index.partial(planned=planned).expand(embedded=embedded)
     done = finish_sinks(prepared)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from airflow.sdk import Param
 from embedding_pipeline.model.registry import FAMILIES, PRECISIONS
 from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
+from embedding_pipeline.runs.input_kinds import DEFAULT_MAX_DELETE_RATIO, INPUT_KINDS
 from embedding_pipeline.settings import data_root
 from embedding_pipeline.stages.link_options import DEFAULT_HNSW_EF, MATCHABLE_FIELDS, MAX_HNSW_EF, MAX_TOP_K
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
@@ -63,6 +64,26 @@ def partition_params() -> dict[str, Param]:
         "max_dead_letter_ratio": Param(0.05, type="number", minimum=0, maximum=1),
         "missing_partition": Param("skip", enum=["skip", "fail"]),
         "bad_files": Param("fail", enum=["fail", "dead_letter"]),
+        "input_kind": Param(
+            "delta",
+            enum=list(INPUT_KINDS),
+            description="delta: a partition holds new/changed rows (and tombstones); snapshot: a "
+            "partition is the whole table, ids absent from it are deleted.",
+        ),
+        "tombstone_column": Param(
+            "",
+            type="string",
+            pattern=r"^$|^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+            description="delta only: column marking deletions (true, or delete/deleted/d); empty: none.",
+        ),
+        "max_delete_ratio": Param(
+            DEFAULT_MAX_DELETE_RATIO,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Fail before deleting anything if a run would delete more than this share of "
+            "the stored ids (a truncated export must not wipe the index).",
+        ),
     }
 
 

@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding_pipeline.errors import ConfigError, PipelineError
@@ -31,10 +32,18 @@ class TableSpec:
     id_column: str
     text_column: str
     optional_columns: tuple[str, ...]
+    # Marks deletions in ``delta`` partitions (``runs.changes``); read when present, never stored.
+    tombstone_column: str | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return (self.id_column, self.text_column, *self.optional_columns)
+        tombstone = (self.tombstone_column,) if self.tombstone_column else ()
+        return (self.id_column, self.text_column, *self.optional_columns, *tombstone)
+
+    @property
+    def stored_columns(self) -> tuple[str, ...]:
+        """Columns that become payload fields (everything but the id, the text and the tombstone)."""
+        return self.optional_columns
 
 
 KEYWORDS = TableSpec("keywords", "keyword_id", "keyword", ("category", "lang", "updated_at"))
@@ -54,12 +63,15 @@ class Segment:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A unit of mapped work: whole row groups of one or more files of one partition."""
+    """A unit of mapped work: whole row groups of one or more files of one partition, or (with
+    ``deletes_path``) the ids a snapshot no longer holds."""
 
     chunk_id: str
     dt: str
     segments: list[Segment] = field(default_factory=list)
     duplicates_path: str | None = None  # JSON {id: [file, row]} of first occurrences (see first_occurrences)
+    superseded_path: str | None = None  # Parquet of ids a later partition of the same run also holds
+    deletes_path: str | None = None  # Parquet of ids to delete (runs.changes.plan_deletes)
 
     @property
     def rows(self) -> int:
@@ -71,7 +83,14 @@ class Chunk:
     @classmethod
     def from_xcom(cls, data: dict) -> Chunk:
         segments = [Segment(**s) for s in data["segments"]]
-        return cls(data["chunk_id"], data["dt"], segments, data.get("duplicates_path"))
+        return cls(
+            data["chunk_id"],
+            data["dt"],
+            segments,
+            data.get("duplicates_path"),
+            data.get("superseded_path"),
+            data.get("deletes_path"),
+        )
 
 
 def parse_dt(value: str) -> str:
@@ -118,6 +137,8 @@ def _compatible(actual: pa.DataType, column: str, table: TableSpec) -> bool:
             or pa.types.is_floating(actual)
             or pa.types.is_null(actual)
         )
+    if column == table.tombstone_column:
+        return pa.types.is_boolean(actual) or pa.types.is_string(actual) or pa.types.is_large_string(actual)
     if column == "updated_at":
         return pa.types.is_timestamp(actual) or pa.types.is_date(actual) or pa.types.is_null(actual)
     return pa.types.is_string(actual) or pa.types.is_large_string(actual) or pa.types.is_null(actual)
@@ -185,34 +206,62 @@ def plan_chunks(
     return chunks
 
 
-def first_occurrences(files: list[Path], table: TableSpec) -> dict[str, tuple[str, int]]:
-    """For ids that occur more than once in a partition: the (file, row) of their first occurrence.
+def read_keys(files: list[Path], table: TableSpec) -> pa.Table:
+    """Every row's id (as text), file index, row number and tombstone flag, for a partition's
+    ``files``: 8-20 bytes a row, read once by the plan task for duplicates, deletes and the guard."""
+    from embedding_pipeline.runs.changes import tombstone_mask
 
-    Computed once per partition by the plan task from the id column alone (8 bytes a row for
-    int64 ids), so every embed task can keep exactly the first occurrence even when the copies
-    fall into different chunks: re-runs then index the same row for a duplicated id every time.
+    parts = []
+    for index, path in enumerate(files):
+        names = pq.read_schema(path).names
+        columns = [table.id_column]
+        if table.tombstone_column and table.tombstone_column in names:
+            columns.append(table.tombstone_column)
+        data = pq.read_table(path, columns=columns)
+        ids = data.column(table.id_column).cast(pa.string())
+        tombstone = (
+            tombstone_mask(data.column(table.tombstone_column))
+            if len(columns) > 1
+            else pa.array([False] * data.num_rows, pa.bool_())
+        )
+        parts.append(
+            pa.table(
+                {
+                    "id": ids,
+                    "file": pa.array([index] * data.num_rows, pa.int32()),
+                    "row": pa.array(range(data.num_rows), pa.int64()),
+                    "tombstone": tombstone,
+                }
+            )
+        )
+    schema = pa.schema(
+        [("id", pa.string()), ("file", pa.int32()), ("row", pa.int64()), ("tombstone", pa.bool_())]
+    )
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def first_occurrences(files: list[Path], keys: pa.Table) -> dict[str, tuple[str, int]]:
+    """For ids that occur more than once in a partition: the (file, row) of the row that is kept.
+
+    The kept row is the first tombstone of the id if it has one (a deletion wins over upserts of
+    the same partition), else its first occurrence. Computed once per partition by the plan task
+    from :func:`read_keys`, so every embed task keeps exactly that row even when the copies fall
+    into different chunks: re-runs then index the same row for a duplicated id every time.
     """
     import numpy as np
 
-    ids, file_index, rows = [], [], []
-    for index, path in enumerate(files):
-        column = pq.read_table(path, columns=[table.id_column]).column(0)
-        values = column.cast(pa.string()).to_numpy(zero_copy_only=False)
-        ids.append(values)
-        file_index.append(np.full(len(values), index, dtype=np.int32))
-        rows.append(np.arange(len(values), dtype=np.int64))
-    if not ids:
+    keys = keys.filter(pc.is_valid(keys["id"]))
+    if keys.num_rows == 0:
         return {}
-    all_ids = np.concatenate(ids)
-    present = np.array([value is not None for value in all_ids])
-    all_ids, files_of, rows_of = (
-        all_ids[present],
-        np.concatenate(file_index)[present],
-        np.concatenate(rows)[present],
-    )
-    unique, first, counts = np.unique(all_ids.astype(str), return_index=True, return_counts=True)
-    duplicated = counts > 1
-    return {
-        str(value): (str(files[files_of[position]]), int(rows_of[position]))
-        for value, position in zip(unique[duplicated], first[duplicated], strict=True)
-    }
+    ids = keys["id"].to_numpy(zero_copy_only=False).astype(str)
+    files_of = keys["file"].to_numpy()
+    rows_of = keys["row"].to_numpy()
+    upsert = ~keys["tombstone"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((rows_of, files_of, upsert, ids))  # by id, tombstones first, then position
+    ids, files_of, rows_of = ids[order], files_of[order], rows_of[order]
+    starts = np.ones(len(ids), dtype=bool)
+    starts[1:] = ids[1:] != ids[:-1]
+    group = np.cumsum(starts) - 1
+    counts = np.bincount(group)
+    kept = np.flatnonzero(starts)[counts > 1]
+    return {str(ids[i]): (str(files[files_of[i]]), int(rows_of[i])) for i in kept}

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedding_pipeline.errors import ConfigError, PipelineError
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
@@ -26,9 +29,10 @@ from embedding_pipeline.runs.partitions import (
     parse_dt,
     partition_dir,
     partition_files,
+    read_keys,
 )
 from embedding_pipeline.runs.partitions import plan_chunks as plan_partition
-from embedding_pipeline.runs.storage import StoragePath, runs_root, write_text
+from embedding_pipeline.runs.storage import StoragePath, runs_root, write_parquet, write_text
 from embedding_pipeline.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,44 @@ def resolve_partitions(
     return [(run_after.date() - timedelta(days=1)).isoformat()]
 
 
+@dataclass(frozen=True)
+class PlanRules:
+    """How the plan treats its inputs: a missing partition (``skip``/``fail``), an unreadable file
+    (``fail``/``dead_letter``), and what a partition means (``delta``/``snapshot``, runs.changes)."""
+
+    missing_partition: str = "skip"
+    bad_files: str = "fail"
+    input_kind: str = "delta"
+
+    def __post_init__(self) -> None:
+        if self.missing_partition not in ("skip", "fail") or self.bad_files not in ("fail", "dead_letter"):
+            raise ConfigError("missing_partition must be skip|fail and bad_files fail|dead_letter")
+        if self.input_kind not in ("delta", "snapshot"):
+            raise ConfigError(f"input_kind must be delta|snapshot, got {self.input_kind!r}")
+
+
+def _usable_files(
+    table: TableSpec, directory: Path, dt: str, rules: PlanRules, dead: DeadLetterWriter
+) -> list[Path] | None:
+    """The partition's readable files; None when it is missing (or ``MissingPartitionError``)."""
+    files = partition_files(directory)
+    if not files:
+        if rules.missing_partition == "fail":
+            raise MissingPartitionError(f"partition {directory} has no data files")
+        log.warning("partition %s is missing or empty: nothing to do for %s", directory, dt)
+        return None
+    usable = []
+    for path in files:
+        try:
+            plan_partition([path], table, dt, 1, 1)  # validates the schema, cheap
+            usable.append(path)
+        except SchemaError as exc:
+            if rules.bad_files == "fail":
+                raise
+            dead.add(str(path), "bad_file", str(exc), {"dt": dt, "path": str(path)})
+    return usable
+
+
 def plan(
     table: TableSpec,
     input_root: Path,
@@ -80,48 +122,66 @@ def plan(
     run_dir: StoragePath,
     chunk_rows: int,
     max_chunks: int,
-    missing_partition: str = "skip",
-    bad_files: str = "fail",
+    rules: PlanRules = PlanRules(),
 ) -> dict[str, Any]:
-    """Plan chunks of ``table`` over all partitions (``max_chunks`` in all); record bad/missing inputs."""
-    if missing_partition not in ("skip", "fail") or bad_files not in ("fail", "dead_letter"):
-        raise ConfigError("missing_partition must be skip|fail and bad_files fail|dead_letter")
+    """Plan chunks of ``table`` over all partitions (``max_chunks`` in all); record bad/missing inputs.
+
+    Per partition it also writes the ids it holds (``partition_ids/<dt>.parquet``: id, tombstone),
+    which the prepare task compares with the state to plan deletes, and the ids a later partition
+    of this run deletes (``superseded/<dt>.parquet``): a store applies writes of one id in any
+    order with the latest ``dt`` winning, but a delete cannot carry a date, so an earlier upsert
+    must not reach the stores at all. A snapshot run over several dates plans only the latest
+    present one: it alone says what the table is.
+    """
     dead = DeadLetterWriter(run_dir, "plan", "files")
-    chunks: list[Chunk] = []
+    found: dict[str, list[Path]] = {}
     missing: list[str] = []
-    per_partition = max(1, max_chunks // max(1, len(dts)))
     for dt in dts:
-        directory = partition_dir(input_root, table, dt)
-        files = partition_files(directory)
-        if not files:
-            if missing_partition == "fail":
-                raise MissingPartitionError(f"partition {directory} has no data files")
-            log.warning("partition %s is missing or empty: nothing to do for %s", directory, dt)
+        usable = _usable_files(table, partition_dir(input_root, table, dt), dt, rules, dead)
+        if usable is None:
             missing.append(dt)
-            continue
-        usable = []
-        for path in files:
-            try:
-                plan_partition([path], table, dt, chunk_rows, 1)  # validates the schema, cheap
-                usable.append(path)
-            except SchemaError as exc:
-                if bad_files == "fail":
-                    raise
-                dead.add(str(path), "bad_file", str(exc), {"dt": dt, "path": str(path)})
+        else:
+            found[dt] = usable
+    superseded_partitions: list[str] = []
+    if rules.input_kind == "snapshot" and len(found) > 1:
+        superseded_partitions = sorted(found)[:-1]
+        found = {max(found): found[max(found)]}
+    chunks: list[Chunk] = []
+    partition_ids: dict[str, str] = {}
+    later_deletes = pa.array([], pa.string())
+    per_partition = max(1, max_chunks // max(1, len(found)))
+    for dt in sorted(found, reverse=True):  # latest first: each partition learns what later ones delete
+        usable = found[dt]
+        keys = read_keys(usable, table)
         # Always written (even empty): with it, embed tasks need no per-chunk set of seen ids, so
         # their memory does not grow with the chunk size.
         duplicates_path = run_dir / "duplicates" / f"{dt}.json"
-        write_text(duplicates_path, json.dumps(first_occurrences(usable, table)))
+        write_text(duplicates_path, json.dumps(first_occurrences(usable, keys)))
+        ids = pa.table({"id": keys["id"], "tombstone": keys["tombstone"]}).filter(pc.is_valid(keys["id"]))
+        ids = ids.group_by("id").aggregate([("tombstone", "any")]).rename_columns(["id", "tombstone"])
+        partition_ids[dt] = write_parquet(run_dir / "partition_ids" / f"{dt}.parquet", ids)
+        superseded_path = None
+        if len(later_deletes):
+            superseded = ids["id"].filter(pc.is_in(ids["id"], value_set=later_deletes))
+            if len(superseded):
+                superseded_path = write_parquet(
+                    run_dir / "superseded" / f"{dt}.parquet", pa.table({"id": superseded})
+                )
+        deleted_here = ids.filter(ids["tombstone"])["id"].combine_chunks()
+        later_deletes = pa.concat_arrays([later_deletes, deleted_here]).unique()
         chunks.extend(
-            replace(chunk, duplicates_path=str(duplicates_path))
+            replace(chunk, duplicates_path=str(duplicates_path), superseded_path=superseded_path)
             for chunk in plan_partition(usable, table, dt, chunk_rows, per_partition)
         )
+    chunks.sort(key=lambda chunk: chunk.chunk_id)
     return {
         "run_dir": str(run_dir),
         "partitions": dts,
         "missing_partitions": missing,
+        "superseded_partitions": superseded_partitions,
         "rejected_files": len(dead),
         "rejected_files_path": dead.flush(),
+        "partition_ids": partition_ids,
         "chunks": [chunk.to_xcom() for chunk in chunks],
     }
 

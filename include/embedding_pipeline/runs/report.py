@@ -1,7 +1,8 @@
 """Finalize: check the accounting identity per sink, write the run report, enforce the threshold.
 
-Identity, per sink S: ``rows_read == indexed_S + dead_lettered_embed + dead_lettered_S``, and every
-mapped task balanced on its own (``rows_in == indexed + dead_lettered``). A mismatch is silent
+Identity, per sink S: ``rows_read == written_S + unchanged + deleted_S + dead_lettered_embed +
+dead_lettered_S`` (``unchanged``: rows an incremental run had nothing to write for), and every
+mapped task balanced on its own (``rows_in == indexed + unchanged + deleted + dead_lettered``). A mismatch is silent
 loss somewhere: the run fails after writing the report, so the numbers are there to debug it.
 """
 
@@ -47,6 +48,8 @@ def _stage_summary(results: list[StageResult]) -> dict[str, Any]:
         "tasks": len(results),
         "rows_in": sum(r.rows_in for r in results),
         "indexed": indexed,
+        "unchanged": sum(r.unchanged for r in results),
+        "deleted": sum(r.deleted for r in results),
         "dead_lettered": sum(r.dead_lettered for r in results),
         "dead_letters_by_reason": dict(reasons),
         "task_seconds": round(seconds, 3),
@@ -72,14 +75,21 @@ def build_report(
         summary = _stage_summary(results)
         if summary["unbalanced_tasks"]:
             problems.append(f"{sink} tasks do not balance: {summary['unbalanced_tasks']}")
-        if summary["rows_in"] != embed_summary["indexed"]:
-            problems.append(
-                f"{sink} received {summary['rows_in']} rows but {embed_summary['indexed']} were embedded"
-            )
-        accounted = summary["indexed"] + summary["dead_lettered"] + embed_summary["dead_lettered"]
+        staged = embed_summary["indexed"] + embed_summary["deleted"]
+        if summary["rows_in"] != staged:
+            problems.append(f"{sink} received {summary['rows_in']} rows but {staged} were staged")
+        # Per store: rows_read == written + unchanged + deleted + dead-lettered (embed's and the store's)
+        accounted = (
+            summary["indexed"]
+            + embed_summary["unchanged"]
+            + summary["deleted"]
+            + summary["dead_lettered"]
+            + embed_summary["dead_lettered"]
+        )
         if accounted != rows_read:
             problems.append(
-                f"{sink}: rows_read {rows_read} != indexed {summary['indexed']} + dead letters "
+                f"{sink}: rows_read {rows_read} != written {summary['indexed']} + unchanged "
+                f"{embed_summary['unchanged']} + deleted {summary['deleted']} + dead letters "
                 f"{summary['dead_lettered'] + embed_summary['dead_lettered']}"
             )
         dead = summary["dead_lettered"] + embed_summary["dead_lettered"]
@@ -109,14 +119,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"status **{report['status']}**, rows read {report['rows_read']}, model "
         f"{report.get('model_name')} v{report.get('model_version')}",
         "",
-        "| stage | tasks | rows in | indexed | dead letters | task-seconds | rows/task-s |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | tasks | rows in | written | unchanged | deleted | dead letters | task-seconds "
+        "| rows/task-s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, summary in [("embed", report["embed"]), *report["sinks"].items()]:
         lines.append(
             f"| {name} | {summary['tasks']} | {summary['rows_in']} | {summary['indexed']} | "
-            f"{summary['dead_lettered']} | {summary['task_seconds']} | {summary['rows_per_task_second']} |"
+            f"{summary['unchanged']} | {summary['deleted']} | {summary['dead_lettered']} | "
+            f"{summary['task_seconds']} | {summary['rows_per_task_second']} |"
         )
+    extra = report["embed"]["extra"]
+    if report.get("input_kind"):
+        lines += [
+            "",
+            f"Incremental ({report['input_kind']}): embedded {int(extra.get('embedded', 0))}, fields "
+            f"updated {int(extra.get('fields_updated', 0))}, unchanged {report['embed']['unchanged']} "
+            f"(superseded by a later date {int(extra.get('superseded', 0))}, tombstones for unknown ids "
+            f"{int(extra.get('unknown_deletes', 0))}), deleted {report['embed']['deleted']} of "
+            f"{report.get('live_before', 0)} stored ids.",
+        ]
     reasons: Counter[str] = Counter(report["embed"]["dead_letters_by_reason"])
     for summary in report["sinks"].values():
         reasons.update(summary["dead_letters_by_reason"])
@@ -149,8 +171,8 @@ def finalize(
 
 def summary(report: dict[str, Any], run_dir: str | StoragePath) -> dict[str, Any]:
     """The part of a report that goes to XCom: enough that the identity reads off it - per store,
-    ``rows_read == indexed + embed.dead_lettered + dead_lettered`` - with every dead letter's
-    reason, and where the full report is."""
+    ``rows_read == indexed + embed.unchanged + deleted + embed.dead_lettered + dead_lettered`` -
+    with every dead letter's reason, and where the full report is."""
 
     def dead(part: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -159,8 +181,11 @@ def summary(report: dict[str, Any], run_dir: str | StoragePath) -> dict[str, Any
         }
 
     return {k: report.get(k) for k in ("status", "rows_read", "partitions", "missing_partitions")} | {
-        "embed": dead(report["embed"]),
-        "sinks": {name: {"indexed": s["indexed"], **dead(s)} for name, s in report["sinks"].items()},
+        "embed": {"unchanged": report["embed"]["unchanged"], **dead(report["embed"])},
+        "sinks": {
+            name: {"indexed": s["indexed"], "deleted": s["deleted"], **dead(s)}
+            for name, s in report["sinks"].items()
+        },
         "report": str(as_path(run_dir) / "report.md"),
     }
 

@@ -9,6 +9,8 @@ counts. Columns (keywords)::
     text          string   the embedded text (keyword)
     content_hash  string   sha256(text + model name + model version): drives incremental reindex
     payload       string   JSON of the remaining business fields (category, lang, updated_at, dt, ...)
+    op            string   upsert (embedded: write all) | update (fields only: the vector is zeros
+                           and is not written) | delete (runs.changes)
 
 File metadata holds ``model_name``, ``model_version``, ``dim`` and ``kind`` so a sink can refuse a
 chunk embedded with another model than its collection.
@@ -51,20 +53,25 @@ def staged_schema(dim: int) -> pa.Schema:
             ("text", pa.string()),
             ("content_hash", pa.string()),
             ("payload", pa.string()),
+            ("op", pa.string()),
         ]
     )
+
+
+UPSERT, UPDATE, DELETE = "upsert", "update", "delete"
 
 
 @dataclass(frozen=True)
 class StagedRows:
     """A slice of a staged chunk without its vectors: what a sink that stores no vectors (ES) reads."""
 
-    COLUMNS: ClassVar[tuple[str, ...]] = ("id", "text", "content_hash", "payload")
+    COLUMNS: ClassVar[tuple[str, ...]] = ("id", "text", "content_hash", "payload", "op")
 
     ids: list[str]
     texts: list[str]
     content_hashes: list[str]
     payloads: list[dict]
+    ops: list[str]
 
 
 @dataclass(frozen=True)
@@ -100,9 +107,19 @@ class StagedChunkWriter:
             self.writer = pq.ParquetWriter(self.handle, self.schema)
         self.rows = 0
 
-    def write(self, ids: list[str], vectors: np.ndarray, texts: list[str], payloads: list[dict]) -> None:
+    def write(
+        self,
+        ids: list[str],
+        vectors: np.ndarray | None,
+        texts: list[str],
+        payloads: list[dict],
+        op: str = UPSERT,
+    ) -> None:
+        """Append rows of one ``op``; ``vectors`` is None for updates and deletes (stored as zeros)."""
         if not ids:
             return
+        if vectors is None:
+            vectors = np.zeros((len(ids), self.schema.field("vector").type.list_size), np.float32)
         dim = vectors.shape[1]
         table = pa.table(
             {
@@ -114,6 +131,7 @@ class StagedChunkWriter:
                 "text": texts,
                 "content_hash": [content_hash(t, self.model_name, self.model_version) for t in texts],
                 "payload": [json.dumps(p, ensure_ascii=False, default=str) for p in payloads],
+                "op": [op] * len(ids),
             },
             schema=self.schema,
         )
@@ -167,6 +185,7 @@ def _rows(record_batch: pa.RecordBatch) -> StagedRows:
         texts=record_batch.column("text").to_pylist(),
         content_hashes=record_batch.column("content_hash").to_pylist(),
         payloads=_json_objects(record_batch.column("payload").to_pylist()),
+        ops=record_batch.column("op").to_pylist(),
     )
 
 

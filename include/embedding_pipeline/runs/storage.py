@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedding_pipeline.settings import work_dir
@@ -57,6 +58,24 @@ def write_text(path: StoragePath, text: str) -> None:
 def remove(path: StoragePath) -> None:
     if path.exists():
         path.unlink()
+
+
+def write_parquet(path: StoragePath, table: pa.Table) -> str:
+    """Write a small whole Parquet file (id lists, state); return its path as text."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_local(path):
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    else:
+        with path.open("wb") as handle:
+            pq.write_table(table, handle)
+    return str(path)
+
+
+def read_parquet(path: str | StoragePath, columns: list[str] | None = None) -> pa.Table:
+    path = as_path(path)
+    return pq.read_table(str(path) if is_local(path) else path.open("rb"), columns=columns)
 
 
 def parquet_file(path: str | StoragePath) -> pq.ParquetFile:

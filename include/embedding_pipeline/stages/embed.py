@@ -13,6 +13,9 @@ Every row read ends either in the staged chunk or in the dead letter with a reas
     id_too_long   the id is longer than a store accepts (Elasticsearch ``_id``: 512 bytes); caught
                   here so that no store holds a row another store refused
 
+Incremental runs (``state`` given) decide per row what to do with it (``runs.changes``): only new
+and changed texts are embedded.
+
 Memory stays flat: record batches are read row group by row group and embedded in fixed-size
 slices; duplicates are resolved with the partition-wide map the plan task writes.
 """
@@ -23,13 +26,19 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
+
+import pyarrow as pa
 
 from embedding_pipeline.model.registry import Role
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
+from embedding_pipeline.runs.changes import decide
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
-from embedding_pipeline.runs.partitions import Chunk, TableSpec
-from embedding_pipeline.runs.staging import StagedChunkWriter
-from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file
+from embedding_pipeline.runs.input_kinds import is_tombstone
+from embedding_pipeline.runs.partitions import Chunk, TableSpec, partition_version
+from embedding_pipeline.runs.staging import DELETE, UPDATE, StagedChunkWriter, content_hash
+from embedding_pipeline.runs.state import IndexState, delta_table, fields_hash, text_hash
+from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file, read_parquet, write_parquet
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.serving.tokenization import text_problem
 from embedding_pipeline.stores.elasticsearch.documents import MAX_ID_BYTES
@@ -52,6 +61,15 @@ class EmbedLimits:
 class EmbedOutput:
     result: StageResult
     staged_path: str | None
+    state_delta: str | None = None  # this chunk's rows for the state (runs.state), committed at finalize
+
+    def to_xcom(self, chunk_id: str) -> dict[str, Any]:
+        return {
+            "result": self.result.to_xcom(),
+            "staged": self.staged_path,
+            "state_delta": self.state_delta,
+            "chunk": chunk_id,
+        }
 
 
 def _plain(value: object) -> object:
@@ -67,25 +85,104 @@ def row_problem(
     max_text_chars: int,
     position: tuple[str, int],
     first_seen: dict[str, list],
+    *,
+    tombstone: bool = False,
 ) -> tuple[str, str] | None:
-    """(reason, error) for a row that cannot be embedded, or None."""
+    """(reason, error) for a row that cannot be embedded (or, a tombstone, deleted), or None."""
     if row_id is None:
         return "missing_id", "id is null"
     key = str(row_id)
     id_bytes = len(key.encode("utf-8", "surrogatepass"))
     if id_bytes > MAX_ID_BYTES:  # checked before any store is written: a row is in every store or none
         return "id_too_long", f"id is {id_bytes} bytes; Elasticsearch takes at most {MAX_ID_BYTES}"
-    problem = text_problem(text)
+    problem = None if tombstone else text_problem(text)  # a deletion needs no text
     if problem:
         return _REASONS.get(problem, "wrong_type"), problem
-    if len(text) > max_text_chars:  # type: ignore[arg-type]
+    if not tombstone and len(text) > max_text_chars:  # type: ignore[arg-type]
         return "text_too_long", f"text has {len(text)} characters, more than max_text_chars={max_text_chars}"  # type: ignore[arg-type]
     first = first_seen.get(key)
     if first is not None and tuple(first) != position:
-        return "duplicate_id", f"id {row_id} first occurs at {first[0]} row {first[1]}; that row is kept"
+        return "duplicate_id", (
+            f"id {row_id} is kept at {first[0]} row {first[1]} (a tombstone wins over upserts of the "
+            "same partition, else the first occurrence)"
+        )
     if seen is not None and key in seen:
         return "duplicate_id", f"id {row_id} appeared earlier in this chunk; the first occurrence is kept"
     return None
+
+
+@dataclass
+class _Counts:
+    rows_in: int = 0
+    embedded: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    superseded: int = 0
+    unknown_deletes: int = 0
+    truncated: int = 0
+    embed_seconds: float = 0.0
+
+
+class _ChunkEmbedder:
+    """Decides each valid row's fate (runs.changes) and stages it: rows to embed in slices, field
+    updates and deletes as they come; every row also yields its state row (runs.state)."""
+
+    def __init__(
+        self, client: EmbeddingClient, writer: StagedChunkWriter, role: Role | None, limits: EmbedLimits
+    ) -> None:
+        self.client, self.writer, self.role, self.limits = client, writer, role, limits
+        self.counts = _Counts()
+        self.state_rows: list[tuple[str, int, int, int, bool]] = []
+        self.pending: tuple[list[str], list[str], list[dict]] = ([], [], [])
+
+    def add(self, row_id: str, text: str, payload: dict, decision: str, hashes: tuple[int, int]) -> None:
+        version = partition_version(payload["dt"])
+        counts = self.counts
+        if decision in ("delete", "unknown_delete"):
+            self.state_rows.append((row_id, version, 0, 0, True))
+            if decision == "delete":
+                self.writer.write([row_id], None, [""], [{"dt": payload["dt"]}], DELETE)
+                counts.deleted += 1
+            else:
+                counts.unknown_deletes += 1
+            return
+        if decision == "superseded":
+            counts.superseded += 1
+            return
+        self.state_rows.append((row_id, version, *hashes, False))
+        if decision == "unchanged":
+            counts.unchanged += 1
+        elif decision == "update":
+            self.writer.write([row_id], None, [text], [payload], UPDATE)
+            counts.updated += 1
+        else:
+            for values, value in zip(self.pending, (row_id, text, payload), strict=True):
+                values.append(value)
+            if len(self.pending[0]) >= self.limits.embed_batch_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        ids, texts, payloads = self.pending
+        if not ids:
+            return
+        t0 = time.monotonic()
+        result = self.client.embed(texts, role=self.role)
+        self.counts.embed_seconds += time.monotonic() - t0
+        self.writer.write(list(ids), result.vectors, list(texts), list(payloads))
+        self.counts.embedded += len(ids)
+        self.counts.truncated += result.truncated
+        for values in self.pending:
+            values.clear()
+
+
+def _chunk_ids(chunk: Chunk, table: TableSpec) -> list[str]:
+    """The chunk's ids as text (one narrow read): what the state is looked up for."""
+    ids: list[str] = []
+    for segment in chunk.segments:
+        column = parquet_file(segment.path).read_row_groups(segment.row_groups, columns=[table.id_column])
+        ids.extend(v for v in column.column(0).cast(pa.string()).to_pylist() if v is not None)
+    return ids
 
 
 def embed_chunk(
@@ -96,80 +193,115 @@ def embed_chunk(
     run_dir: str | StoragePath,
     role: Role | None = "passage",
     limits: EmbedLimits = EmbedLimits(),
+    state: IndexState | None = None,
 ) -> EmbedOutput:
-    """Embed one chunk into ``<run_dir>/staged/<chunk_id>.parquet``; return counts and the path."""
+    """Embed one chunk into ``<run_dir>/staged/<chunk_id>.parquet``; return counts and the path.
+
+    With ``state`` (incremental runs) each row is compared with it first (runs.changes): only new
+    and changed texts are embedded, field-only changes and deletes are staged without a vector,
+    unchanged and superseded rows are counted; the chunk's state rows go to
+    ``<run_dir>/state_delta/<chunk_id>.parquet``. Without it every valid row is embedded.
+    """
     started = time.monotonic()
     dead = DeadLetterWriter(run_dir, STAGE, chunk.chunk_id)
     run_dir = as_path(run_dir)
     staged = run_dir / "staged" / f"{chunk.chunk_id}.parquet"
-    writer = StagedChunkWriter(staged, client.dim, kind, client.settings.model_name, client.published.version)
-    seen: set[str] | None = set()
-    pending_ids: list[str] = []
-    pending_texts: list[str] = []
-    pending_payloads: list[dict] = []
-    rows_in = embedded = truncated = 0
-    embed_seconds = 0.0
+    model_name, model_version = client.settings.model_name, client.published.version
+    writer = StagedChunkWriter(staged, client.dim, kind, model_name, model_version)
+    embedder = _ChunkEmbedder(client, writer, role, limits)
+    try:
+        if chunk.deletes_path:
+            for row_id in read_parquet(chunk.deletes_path)["id"].to_pylist():
+                embedder.counts.rows_in += 1
+                embedder.add(row_id, "", {"dt": chunk.dt}, "delete", (0, 0))
+        else:
+            _stream_rows(chunk, table, embedder, dead, state)
+        embedder.flush()
+        path = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    counts = embedder.counts
+    delta = None
+    if state is not None:
+        delta = write_parquet(
+            run_dir / "state_delta" / f"{chunk.chunk_id}.parquet", delta_table(embedder.state_rows)
+        )
+    extra = {
+        "embedded": counts.embedded,
+        "fields_updated": counts.updated,
+        "superseded": counts.superseded,
+        "unknown_deletes": counts.unknown_deletes,
+        "truncated": counts.truncated,
+        "embed_seconds": round(counts.embed_seconds, 3),
+    }
+    counted = StageResult(
+        STAGE,
+        chunk.chunk_id,
+        counts.rows_in,
+        indexed=counts.embedded + counts.updated,
+        unchanged=counts.unchanged + counts.superseded + counts.unknown_deletes,
+        deleted=counts.deleted,
+        extra=extra,
+    )
+    result = chunk_result(counted, dead, started)
+    staged_any = counts.embedded + counts.updated + counts.deleted
+    return EmbedOutput(result, str(path) if staged_any else None, delta)
 
-    def flush() -> None:
-        nonlocal embedded, truncated, embed_seconds
-        if not pending_ids:
-            return
-        t0 = time.monotonic()
-        result = client.embed(pending_texts, role=role)
-        embed_seconds += time.monotonic() - t0
-        writer.write(list(pending_ids), result.vectors, list(pending_texts), list(pending_payloads))
-        embedded += len(pending_ids)
-        truncated += result.truncated
-        pending_ids.clear()
-        pending_texts.clear()
-        pending_payloads.clear()
 
+def _stream_rows(
+    chunk: Chunk,
+    table: TableSpec,
+    embedder: _ChunkEmbedder,
+    dead: DeadLetterWriter,
+    state: IndexState | None,
+) -> None:
+    """Read the chunk's rows batch by batch, dead-letter bad ones, hand the rest to ``embedder``."""
+    limits = embedder.limits
+    model_name, model_version = embedder.writer.model_name, embedder.writer.model_version
     # With the partition's duplicate map (from the plan task) no set of seen ids is kept: memory
     # stays flat whatever the chunk size. Without one, duplicates are caught within the chunk only.
     first_seen: dict[str, list] = (
         json.loads(as_path(chunk.duplicates_path).read_text()) if chunk.duplicates_path else {}
     )
-    if chunk.duplicates_path:
-        seen = None
-    try:
-        for segment in chunk.segments:
-            parquet = parquet_file(segment.path)
-            columns = [c for c in table.columns if c in parquet.schema_arrow.names]
-            # Row groups of a segment are consecutive: rows are numbered from the first one's offset.
-            row = sum(parquet.metadata.row_group(i).num_rows for i in range(segment.row_groups[0]))
-            for batch in parquet.iter_batches(
-                batch_size=limits.read_batch_rows, row_groups=segment.row_groups, columns=columns
-            ):
-                records = batch.to_pylist()
-                rows_in += len(records)
-                for record in records:
-                    row_id, text = record.get(table.id_column), record.get(table.text_column)
-                    position = (segment.path, row)
-                    row += 1
-                    problem = row_problem(row_id, text, seen, limits.max_text_chars, position, first_seen)
-                    if problem:
-                        dead.add(
-                            row_id, problem[0], problem[1], {**record, "dt": chunk.dt, "source": segment.path}
-                        )
-                        continue
-                    if seen is not None:
-                        seen.add(str(row_id))
-                    payload = {
-                        k: _plain(v)
-                        for k, v in record.items()
-                        if k not in (table.id_column, table.text_column)
-                    }
-                    payload["dt"] = chunk.dt
-                    pending_ids.append(str(row_id))
-                    pending_texts.append(text)
-                    pending_payloads.append(payload)
-                    if len(pending_ids) >= limits.embed_batch_rows:
-                        flush()
-        flush()
-        path = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    extra = {"truncated": truncated, "embed_seconds": round(embed_seconds, 3)}
-    result = chunk_result(STAGE, chunk.chunk_id, rows_in, embedded, dead, started, extra)
-    return EmbedOutput(result, str(path) if embedded else None)
+    seen: set[str] | None = None if chunk.duplicates_path else set()
+    later = set(read_parquet(chunk.superseded_path)["id"].to_pylist()) if chunk.superseded_path else set()
+    priors = state.lookup(_chunk_ids(chunk, table)) if state is not None else {}
+    version = partition_version(chunk.dt)
+    for segment in chunk.segments:
+        parquet = parquet_file(segment.path)
+        columns = [c for c in table.columns if c in parquet.schema_arrow.names]
+        # Row groups of a segment are consecutive: rows are numbered from the first one's offset.
+        row = sum(parquet.metadata.row_group(i).num_rows for i in range(segment.row_groups[0]))
+        for batch in parquet.iter_batches(
+            batch_size=limits.read_batch_rows, row_groups=segment.row_groups, columns=columns
+        ):
+            records = batch.to_pylist()
+            embedder.counts.rows_in += len(records)
+            for record in records:
+                row_id, text = record.get(table.id_column), record.get(table.text_column)
+                tombstone = bool(table.tombstone_column) and is_tombstone(record.get(table.tombstone_column))
+                position = (segment.path, row)
+                row += 1
+                problem = row_problem(
+                    row_id, text, seen, limits.max_text_chars, position, first_seen, tombstone=tombstone
+                )
+                if problem:
+                    dead.add(
+                        row_id, problem[0], problem[1], {**record, "dt": chunk.dt, "source": segment.path}
+                    )
+                    continue
+                key = str(row_id)
+                if seen is not None:
+                    seen.add(key)
+                payload = {k: _plain(record[k]) for k in table.stored_columns if k in record}
+                payload["dt"] = chunk.dt
+                text = "" if tombstone and not isinstance(text, str) else text
+                hashes = (text_hash(content_hash(text, model_name, model_version)), fields_hash(payload))
+                if state is None:
+                    decision = "delete" if tombstone else "upsert"
+                elif key in later:
+                    decision = "superseded"
+                else:
+                    decision = decide(priors.get(key), version, *hashes, tombstone)
+                embedder.add(key, text, payload, decision, hashes)

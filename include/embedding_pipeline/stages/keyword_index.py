@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
+from embedding_pipeline.runs.changes import prepare_changes
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import KEYWORDS, Chunk, partition_version
-from embedding_pipeline.runs.staging import iter_staged_rows, staged_metadata
+from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_metadata
+from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 KIND = "keyword"
+ROLE = "passage"
 ES_STAGE = "es_index"
 
 
@@ -54,9 +58,16 @@ def _client(settings: ServerSettings | None, model_name: str) -> EmbeddingClient
 
 
 def prepare_sinks(
-    targets: Targets, model: dict[str, Any], qdrant_settings: Any = None, es_settings: Any = None
+    targets: Targets,
+    model: dict[str, Any],
+    planned: dict[str, Any],
+    spec: InputSpec,
+    qdrant_settings: Any = None,
+    es_settings: Any = None,
 ) -> dict[str, Any]:
-    """Create collection/index behind their aliases (if missing) and switch ES to bulk-load settings."""
+    """Create collection/index behind their aliases (if missing), plan this run's deletes against
+    the generation's state (the guard fails the run here, before anything is written), and switch
+    ES to bulk-load settings."""
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
     prepared: dict[str, Any] = {}
     if targets.qdrant:
@@ -66,13 +77,25 @@ def prepare_sinks(
         with open_client(qdrant_settings) as client:
             target = ensure_collection(client, targets.qdrant_alias, **identity, schema=KEYWORD_POINTS)
         prepared["qdrant_collection"] = target.name
+    es_index = None
+    if targets.es:
+        from embedding_pipeline.stores.elasticsearch.client import open_es
+
+        with open_es(es_settings) as es:
+            es_index = ensure_keyword_index(es, targets.es_alias, **identity).index
+    if es_index:
+        prepared["es_index"] = es_index
+    stores = {"qdrant": prepared.get("qdrant_collection"), "es": es_index}
+    prepared.update(
+        prepare_changes(
+            KEYWORDS.name, stores, {**model, "role": ROLE}, planned, spec, "the keyword generation"
+        )
+    )
     if targets.es:
         from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
         from embedding_pipeline.stores.elasticsearch.client import open_es
 
         with open_es(es_settings) as es:
-            target = ensure_keyword_index(es, targets.es_alias, **identity)
-            prepared["es_index"] = target.index
             prepared["es_previous_settings"] = begin_bulk_load(es, targets.es_alias)
     return prepared
 
@@ -91,11 +114,16 @@ def finish_sinks(targets: Targets, prepared: dict[str, Any] | None, es_settings:
 
 
 def embed(
-    chunk: dict, run_dir: str, model_name: str, settings: ServerSettings | None = None
+    chunk: dict, run_dir: str, prepared: dict[str, Any], settings: ServerSettings | None = None
 ) -> dict[str, Any]:
-    with _client(settings, model_name) as client:
-        output = embed_chunk(Chunk.from_xcom(chunk), KEYWORDS, KIND, client, as_path(run_dir), role="passage")
-    return {"result": output.result.to_xcom(), "staged": output.staged_path, "chunk": chunk["chunk_id"]}
+    """Embed one chunk (or stage one delete chunk) against the generation's state."""
+    table = replace(KEYWORDS, tombstone_column=prepared.get("tombstone_column"))
+    state = IndexState(prepared["state_path"]) if prepared.get("state_path") else None
+    with _client(settings, prepared["model_name"]) as client:
+        output = embed_chunk(
+            Chunk.from_xcom(chunk), table, KIND, client, as_path(run_dir), role=ROLE, state=state
+        )
+    return output.to_xcom(chunk["chunk_id"])
 
 
 def _empty(stage: str, embedded: dict) -> dict:
@@ -168,36 +196,42 @@ def index_keyword_chunk(
 
     version_of = functools.cache(partition_version)  # a chunk holds one dt: parse it once, not per row
 
+    def document(text: str, chash: str, payload: dict, doc_id: str, op: str) -> dict | None:
+        if op == DELETE:
+            return None
+        return keyword_document(
+            doc_id,
+            text,
+            chash,
+            payload,
+            model_name=model_name,
+            model_version=model_version,
+            indexed_at=indexed_at,
+        )
+
     def batches() -> Iterator[list[BulkDoc]]:
         for staged in iter_staged_rows(path, options.chunk_docs):  # ES stores no vectors: not read
             yield [
-                (
-                    doc_id,
-                    keyword_document(
-                        doc_id,
-                        text,
-                        chash,
-                        payload,
-                        model_name=model_name,
-                        model_version=model_version,
-                        indexed_at=indexed_at,
-                    ),
-                    version_of(payload["dt"]),
-                )
-                for doc_id, text, chash, payload in zip(
-                    staged.ids, staged.texts, staged.content_hashes, staged.payloads, strict=True
+                (doc_id, document(text, chash, payload, doc_id, op), version_of(payload["dt"]))
+                for doc_id, text, chash, payload, op in zip(
+                    staged.ids,
+                    staged.texts,
+                    staged.content_hashes,
+                    staged.payloads,
+                    staged.ops,
+                    strict=True,
                 )
             ]
 
     counts = bulk_index(es, alias, batches(), dead_letters, options)
-    result = chunk_result(
+    counted = StageResult(
         ES_STAGE,
         path.stem,
         counts.rows_in,
-        counts.indexed + counts.superseded,
-        dead_letters,
-        started,
-        {
+        indexed=counts.indexed + counts.superseded,
+        deleted=counts.deleted,
+        extra={
+            "absent_deletes": counts.absent,
             "created": counts.created,
             "updated": counts.updated,
             "superseded": counts.superseded,
@@ -206,6 +240,7 @@ def index_keyword_chunk(
             "connection_retries": counts.connection_retries,
         },
     )
+    result = chunk_result(counted, dead_letters, started)
     log.info(
         "es_index %s: %d in, %d indexed (%d created), %d dead-lettered %s in %.1fs",
         path.stem,

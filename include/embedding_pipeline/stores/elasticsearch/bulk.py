@@ -66,19 +66,21 @@ class BulkCounts:
     retried_items: int = 0
     connection_retries: int = 0
     superseded: int = 0
+    deleted: int = 0  # delete actions done; ``absent`` of them found no document
+    absent: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
 class _Pending:
     doc_id: str
-    source: dict[str, Any]
+    source: dict[str, Any] | None  # None: delete the document
     version: int | None = None
     rejections: int = 0
 
 
-# (doc_id, source) or (doc_id, source, external version)
-BulkDoc = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], int]
+# (doc_id, source) or (doc_id, source, external version); a None source deletes the document
+BulkDoc = tuple[str, dict[str, Any] | None] | tuple[str, dict[str, Any] | None, int]
 
 
 RETRY = "retry"
@@ -109,7 +111,8 @@ def bulk_index(
     options: BulkOptions = BulkOptions(),
 ) -> BulkCounts:
     """Index ``(doc_id, source[, version])`` batches into ``alias``; every document ends indexed,
-    superseded (only with ``options.version_type``) or dead-lettered.
+    superseded (only with ``options.version_type``), deleted (a None ``source``; a document
+    already absent counts as deleted) or dead-lettered.
 
     Each batch is sent with ``streaming_bulk`` (split by ``chunk_docs``/``max_bytes``), the
     helper's own retries off, and then re-sent for the items that failed transiently, until they
@@ -163,6 +166,10 @@ def _settle(
 ) -> bool:
     """Count one bulk item's outcome (indexed, superseded or dead-lettered); True: send it again."""
     status = int(info.get("status", 500))
+    if doc.source is None and (ok or (status == 404 and info.get("result") == "not_found")):
+        counts.deleted += 1
+        counts.absent += not ok
+        return False
     if ok:
         counts.indexed += 1
         if info.get("result") == "created":
@@ -189,7 +196,9 @@ def _settle(
             return True
         reason = "es_retries_exhausted"
     attempts = doc.rejections if reason == "es_retries_exhausted" else doc.rejections + 1
-    _dead(dead, counts, doc.doc_id, reason, _describe(status, error), doc.source, attempts)
+    _dead(
+        dead, counts, doc.doc_id, reason, _describe(status, error), doc.source or {"deleted": True}, attempts
+    )
     return False
 
 
@@ -256,6 +265,8 @@ _encode_source = json.JSONEncoder(
 
 
 def _action(alias: str, pending: _Pending, version_type: str | None) -> dict[str, Any]:
+    if pending.source is None:  # the state (runs.state) already decided no newer write exists
+        return {"_op_type": "delete", "_index": alias, "_id": pending.doc_id}
     source = _encode_source(pending.source).encode("utf-8", "surrogatepass")
     action = {"_op_type": "index", "_index": alias, "_id": pending.doc_id, "_source": source}
     if version_type:

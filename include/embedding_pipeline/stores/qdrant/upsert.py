@@ -2,8 +2,9 @@
 staging), batched, retried with backoff on transient errors, latest ``dt`` wins.
 
 A batch the engine rejects, or that keeps failing, is bisected so only the offending points reach
-the dead letter; every staged row ends indexed or dead-lettered (``rows_in == indexed +
-dead_lettered``).
+the dead letter. Staged field-only updates replace the payload and keep the stored vector; staged
+deletes remove points. Every staged row ends indexed, deleted or dead-lettered (``rows_in ==
+indexed + deleted + dead_lettered``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from embedding_pipeline.retry import Retrier, RetriesExhausted, RetryPolicy
 from embedding_pipeline.runs.accounting import StageResult
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.partitions import partition_version
-from embedding_pipeline.runs.staging import StagedBatch, iter_staged
+from embedding_pipeline.runs.staging import DELETE, UPDATE, StagedBatch, iter_staged
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.stores.qdrant.collections import (
     PointSchema,
@@ -67,16 +68,26 @@ class _Upserter:
         points: list[models.PointStruct],
         rows: list[dict[str, Any]],
         update_filter: models.Filter | None = None,
+        payload_only: bool = False,
     ) -> None:
-        """Upsert ``points``; with ``update_filter``, existing points are only overwritten if they match."""
+        """Upsert ``points``; with ``update_filter``, existing points are only overwritten if they
+        match. ``payload_only``: replace the stored points' payloads, keep their vectors (a
+        field-only change, not re-embedded)."""
         self.requests += 1
+
+        def send() -> Any:
+            if payload_only:
+                operations = [
+                    models.OverwritePayloadOperation(
+                        overwrite_payload=models.SetPayload(payload=point.payload, points=[point.id])
+                    )
+                    for point in points
+                ]
+                return self.client.batch_update_points(self.collection, operations, wait=True)
+            return self.client.upsert(self.collection, points=points, wait=True, update_filter=update_filter)
+
         try:
-            self.retry.call(
-                f"upsert of {len(points)} points into {self.collection}",
-                lambda: self.client.upsert(
-                    self.collection, points=points, wait=True, update_filter=update_filter
-                ),
-            )
+            self.retry.call(f"write of {len(points)} points into {self.collection}", send)
         except RetriesExhausted as exc:
             failure: Exception = exc
         except Exception as exc:
@@ -93,8 +104,8 @@ class _Upserter:
         if len(points) > 1:
             self.bisections += 1
             half = len(points) // 2
-            self.write(points[:half], rows[:half], update_filter)
-            self.write(points[half:], rows[half:], update_filter)
+            self.write(points[:half], rows[:half], update_filter, payload_only)
+            self.write(points[half:], rows[half:], update_filter, payload_only)
         elif isinstance(failure, RetriesExhausted):
             self._exhausted(rows[0], failure)
         else:
@@ -109,6 +120,22 @@ class _Upserter:
                 f"(last error: {describe_error(exc.last)}); failing the task so Airflow retries the chunk"
             ) from exc.last
         self.dead.add(row["id"], REASON_EXHAUSTED, describe_error(exc.last), row, attempt=exc.attempts)
+
+    def delete(self, point_ids: list[str]) -> None:
+        """Delete points (absent ones are no error). Deletes cannot be bad data: a failure after
+        the retries fails the task, and Airflow's retry re-runs the chunk."""
+        self.requests += 1
+        selector = models.PointIdsList(points=point_ids)
+        try:
+            self.retry.call(
+                f"delete of {len(point_ids)} points from {self.collection}",
+                lambda: self.client.delete(self.collection, points_selector=selector, wait=True),
+            )
+        except RetriesExhausted as exc:
+            raise QdrantUnavailableError(
+                f"deleting {len(point_ids)} points from {self.collection!r} failed after "
+                f"{exc.attempts} attempts: {describe_error(exc.last)}"
+            ) from exc.last
 
 
 def _model_version_value(version: str) -> int | str:
@@ -149,11 +176,18 @@ def upsert_chunk(
     upserter = _Upserter(
         client, target.name, retry.retrier(is_transient), dead_letters, max_consecutive_exhausted
     )
-    rows_in = 0
-    superseded = 0
+    rows_in = superseded = deleted = 0
     for batch in iter_staged(path, batch_size):
         rows_in += len(batch.ids)
+        removed = [batch.point_ids[i] for i, op in enumerate(batch.ops) if op == DELETE]
+        if removed:
+            upserter.delete(removed)
+            deleted += len(removed)
         points, rows = _points(batch, path, model["model_name"], model_version, schema, dead_letters)
+        updates = [i for i, row in enumerate(rows) if row["op"] == UPDATE]
+        if updates:
+            upserter.write([points[i] for i in updates], [rows[i] for i in updates], payload_only=True)
+            points, rows = _without(points, updates), _without(rows, updates)
         if points:
             points, rows, newer = _drop_superseded(client, target.name, upserter.retry, points, rows)
             superseded += newer
@@ -170,6 +204,7 @@ def upsert_chunk(
         rows_in=rows_in,
         indexed=upserter.indexed + superseded,
         dead_lettered=len(new_letters),
+        deleted=deleted,
         dead_letters_by_reason=by_reason,
         dead_letter_path=dead_letters.flush(),
         seconds=round(seconds, 3),
@@ -223,6 +258,11 @@ def _drop_superseded(
     return [points[i] for i in keep], [rows[i] for i in keep], len(points) - len(keep)
 
 
+def _without(items: list[Any], positions: list[int]) -> list[Any]:
+    skip = set(positions)
+    return [item for i, item in enumerate(items) if i not in skip]
+
+
 def _by_dt_version(
     points: list[models.PointStruct], rows: list[dict[str, Any]]
 ) -> dict[int | None, tuple[list[models.PointStruct], list[dict[str, Any]]]]:
@@ -256,11 +296,14 @@ def _points(
     schema: PointSchema,
     dead: DeadLetterWriter,
 ) -> tuple[list[models.PointStruct], list[dict[str, Any]]]:
-    """Points of one staged batch, plus the replayable row of each (for its dead letter)."""
+    """Points of one staged batch's upserts and updates, plus the replayable row of each (for its
+    dead letter, and its ``op``)."""
     finite = np.isfinite(batch.vectors).all(axis=1)
     points: list[models.PointStruct] = []
     rows: list[dict[str, Any]] = []
     for i, business_id in enumerate(batch.ids):
+        if batch.ops[i] == DELETE:
+            continue
         row = {
             "id": business_id,
             "point_id": batch.point_ids[i],
@@ -268,6 +311,7 @@ def _points(
             "content_hash": batch.content_hashes[i],
             "payload": batch.payloads[i],
             "staged_path": str(path),
+            "op": batch.ops[i],
         }
         if not finite[i]:
             dead.add(business_id, REASON_INVALID, "vector has non-finite values (NaN or inf)", row)

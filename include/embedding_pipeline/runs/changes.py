@@ -1,0 +1,136 @@
+"""Incremental runs: what a partition means (input kinds), what each row does to the stores, and
+which ids a run deletes - with the guard that stops a truncated export from wiping an index.
+
+Input kinds and tombstones: :mod:`embedding_pipeline.runs.input_kinds`.
+
+Per row (:func:`decide`), against the state (:mod:`embedding_pipeline.runs.state`):
+
+========================  ==========================================================
+``upsert``                new id, text changed, or a deleted id back: embed and write
+``update``                same text, other fields changed: rewrite fields, no embedding
+``unchanged``             same text and fields: nothing written
+``superseded``            a later partition already spoke about the id (state, or a
+                          later date in the same run): nothing written
+``delete``                tombstone for a stored id: delete from every store
+``unknown_delete``        tombstone for an id no store holds: counted, not an error
+========================  ==========================================================
+
+An id both upserted and tombstoned in one partition is deleted: the tombstone is kept as the
+id's row and the upserts go to the dead letter as ``duplicate_id`` (see ``first_occurrences``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding_pipeline.errors import SetupError
+from embedding_pipeline.runs.input_kinds import TOMBSTONE_STRINGS, InputSpec
+from embedding_pipeline.runs.partitions import partition_version
+from embedding_pipeline.runs.state import IndexState, Prior, read_delta, state_path
+from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, write_parquet
+
+
+class DeleteGuardError(SetupError):
+    """A run would delete more of an index than ``max_delete_ratio`` allows."""
+
+
+def tombstone_mask(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """:func:`is_tombstone` over a whole column (bool or string), nulls meaning "not deleted"."""
+    if pa.types.is_boolean(column.type):
+        return pc.fill_null(column, False)
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(column.cast(pa.string())))
+    return pc.fill_null(pc.is_in(lowered, value_set=pa.array(sorted(TOMBSTONE_STRINGS))), False)
+
+
+def decide(prior: Prior | None, version: int, text_hash: int, fields_hash: int, tombstone: bool) -> str:
+    """What one row of partition ``version`` does (the table in the module docstring)."""
+    if prior is not None and prior.dt_version > version:
+        return "superseded"
+    known = prior is not None and not prior.deleted
+    if tombstone:
+        return "delete" if known else "unknown_delete"
+    if not known or prior.text_hash != text_hash:  # type: ignore[union-attr]
+        return "upsert"
+    return "update" if prior.fields_hash != fields_hash else "unchanged"  # type: ignore[union-attr]
+
+
+def plan_deletes(
+    planned: dict[str, Any], state: IndexState, spec: InputSpec, run_dir: StoragePath
+) -> dict[str, Any]:
+    """The ids this run deletes, as delete chunks for the embed tasks, after the guard.
+
+    Snapshot: ids live in the state, last seen at or before the snapshot's date, and absent from
+    it. Delta: the tombstoned ids the state holds live (the rows themselves flow through the embed
+    tasks; counted here for the guard). Nothing is deleted from an empty state (a first run).
+    Raises :class:`DeleteGuardError`, before any store is touched, when the deletes exceed
+    ``max_delete_ratio`` of the live ids.
+    """
+    live_before = state.live_count() if state.exists() else 0
+    chunks: list[dict[str, Any]] = []
+    deletes = 0
+    for dt, ids_path in sorted(planned.get("partition_ids", {}).items()):
+        partition = read_parquet(ids_path)
+        if not live_before:
+            continue
+        live = state.live(partition_version(dt))["id"]
+        if spec.kind == "snapshot":
+            absent = live.filter(pc.invert(pc.is_in(live, value_set=partition["id"].combine_chunks())))
+            if len(absent):
+                path = write_parquet(run_dir / "deletes" / f"{dt}.parquet", pa.table({"id": absent}))
+                chunks.append({"chunk_id": f"{dt}-deletes", "dt": dt, "segments": [], "deletes_path": path})
+            deletes += len(absent)
+        tombstoned = partition.filter(partition["tombstone"])["id"]
+        deletes += int(pc.sum(pc.is_in(tombstoned, value_set=live.combine_chunks())).as_py() or 0)
+    ratio = deletes / live_before if live_before else 0.0
+    if deletes and ratio > spec.max_delete_ratio:
+        raise DeleteGuardError(
+            f"this run would delete {deletes} of {live_before} stored ids ({ratio:.1%}), more than "
+            f"max_delete_ratio={spec.max_delete_ratio:.1%}; nothing was deleted. A truncated or "
+            "partial export looks like this. If the deletes are intended, run again with "
+            "max_delete_ratio raised in the trigger form."
+        )
+    return {"delete_chunks": chunks, "planned_deletes": deletes, "live_before": live_before}
+
+
+def prepare_changes(
+    table: str,
+    stores: dict[str, str | None],
+    identity: dict[str, Any],
+    planned: dict[str, Any],
+    spec: InputSpec,
+    what: str,
+) -> dict[str, Any]:
+    """What a stage's prepare task adds for incremental runs: the state of the generation it
+    writes (``stores``: physical names), refused if made with another model, and the planned
+    deletes (after the guard). The result goes to XCom and into the report."""
+    names = {store: name for store, name in stores.items() if name}
+    state = IndexState(state_path(table, names))
+    state.check_identity(identity, f"{what} ({', '.join(f'{k} {v}' for k, v in sorted(names.items()))})")
+    deletes = plan_deletes(planned, state, spec, as_path(planned["run_dir"]))
+    return {
+        "state_path": str(state.path),
+        "role": identity.get("role"),
+        "input_kind": spec.kind,
+        "tombstone_column": spec.tombstone_column,
+        **deletes,
+    }
+
+
+def commit_changes(prepared: dict[str, Any], embedded: list[dict[str, Any]], run_dir: str) -> int | None:
+    """Merge the run's state deltas into the generation's state, after the stores were written:
+    ids a store dead-lettered keep their previous state (the next run tries them again)."""
+    if not prepared.get("state_path"):
+        return None
+    from embedding_pipeline.runs.dead_letter import read_dead_letters
+
+    excluded = {
+        letter["record_id"]
+        for letter in read_dead_letters(run_dir)
+        if letter["stage"] not in ("embed", "plan") and letter["record_id"] is not None
+    }
+    deltas = [read_delta(e["state_delta"]) for e in embedded if e.get("state_delta")]
+    identity = {key: prepared.get(key) for key in ("model_name", "model_version", "role")}
+    return IndexState(prepared["state_path"]).commit(deltas, excluded, identity)

@@ -1,0 +1,71 @@
+"""Run a stage's task functions in this process, in the order the DAG's tasks call them.
+
+The property tests run dozens of nightly runs per example; ``dag.test()`` costs ~15 s a run, the
+functions themselves well under one. What Airflow adds (task wiring, Params, XCom) is covered by
+the ``dag.test()`` tests of the same scenario; this runner calls the same library functions the
+task factories in ``plugins/pipeline_stages`` call, with the same arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from embedding_pipeline.runs.changes import commit_changes
+from embedding_pipeline.runs.input_kinds import InputSpec
+from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
+from embedding_pipeline.runs.plan import PlanRules, model_info, plan
+from embedding_pipeline.runs.report import finalize_run
+from embedding_pipeline.stages import keyword_index as ki
+from embedding_pipeline.stages import product_link as pl
+from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
+
+
+def _plan(table, root: Path, dts: list[str], run_dir: Path, spec: InputSpec) -> dict[str, Any]:
+    table = replace(table, tombstone_column=spec.tombstone_column)
+    return plan(table, root, dts, run_dir, 50, 64, PlanRules(input_kind=spec.kind))
+
+
+def run_keywords(
+    root: Path, dts: list[str], run_dir: Path, model_name: str, spec: InputSpec, alias: str
+) -> dict[str, Any]:
+    """plan -> prepare_sinks -> embed[] -> qdrant[] + es[] -> finish_sinks -> finalize (+ commit)."""
+    targets = ki.Targets(qdrant_alias=alias, es_alias=alias)
+    planned = _plan(KEYWORDS, root, dts, run_dir, spec)
+    model = model_info(None, model_name)
+    prepared = {**model, **ki.prepare_sinks(targets, model, planned, spec)}
+    try:
+        embedded = [
+            ki.embed(c, str(run_dir), prepared) for c in planned["chunks"] + prepared["delete_chunks"]
+        ]
+        qdrant = [ki.write_qdrant(e, str(run_dir), targets) for e in embedded]
+        es = [ki.write_es(e, str(run_dir), targets) for e in embedded]
+    finally:
+        ki.finish_sinks(targets, prepared)
+    report = finalize_run(planned, prepared, embedded, {"qdrant": qdrant, "es": es}, {"stage": "kw"}, 0.5)
+    commit_changes(prepared, embedded, str(run_dir))
+    return report
+
+
+def run_products(
+    root: Path, dts: list[str], run_dir: Path, model_name: str, spec: InputSpec, options: LinkOptions
+) -> dict[str, Any]:
+    """plan -> prepare -> embed[] -> link[] (+ relink[]) -> finish -> finalize (+ commit)."""
+    planned = _plan(PRODUCTS, root, dts, run_dir, spec)
+    model = model_info(None, model_name)
+    prepared = pl.prepare(options, model, planned, spec, has_products=True)
+    try:
+        chunks = planned["chunks"] + prepared["delete_chunks"]
+        embedded = [pl.embed(c, str(run_dir), prepared, options.role) for c in chunks]
+        linked = [
+            pl.link_chunk(e, str(run_dir), options, prepared) for e in embedded + prepared["relink_chunks"]
+        ]
+    finally:
+        pl.finish(options, prepared)
+    report = finalize_run(planned, prepared, embedded, pl.split_link_results(linked), {"stage": "link"}, 0.5)
+    commit_changes(prepared, embedded, str(run_dir))
+    return report
+
+
+__all__ = ["LINK_STAGE", "run_keywords", "run_products"]
