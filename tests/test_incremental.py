@@ -11,9 +11,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from embedding_pipeline.errors import SetupError
 from embedding_pipeline.runs.changes import DeleteGuardError
 from embedding_pipeline.runs.input_kinds import InputSpec
-from embedding_pipeline.errors import SetupError
 from embedding_pipeline.runs.state import IndexState, ModelChangedError, delta_table
 from stage_runner import run_keywords
 

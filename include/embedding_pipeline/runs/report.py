@@ -2,8 +2,9 @@
 
 Identity, per sink S: ``rows_read == written_S + unchanged + deleted_S + dead_lettered_embed +
 dead_lettered_S`` (``unchanged``: rows an incremental run had nothing to write for), and every
-mapped task balanced on its own (``rows_in == indexed + unchanged + deleted + dead_lettered``). A mismatch is silent
-loss somewhere: the run fails after writing the report, so the numbers are there to debug it.
+mapped task balanced on its own (``rows_in == indexed + unchanged + deleted + dead_lettered``).
+A mismatch is silent loss somewhere: the run fails after writing the report, so the numbers are
+there to debug it.
 """
 
 from __future__ import annotations
