@@ -24,7 +24,9 @@ from pipeline_stages.params import keyword_params, model_params, partition_param
     schedule=None,
     start_date=datetime(2024, 1, 1),
     catchup=False,
-    max_active_runs=2,
+    # One run at a time: a run's finalize commits the generation's state (read-merge-write), and
+    # the next run's plan of deletes and skips must see it.
+    max_active_runs=1,
     tags=["embedding", "index"],
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},

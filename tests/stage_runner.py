@@ -12,14 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from embedding_pipeline.runs.changes import commit_changes
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
 from embedding_pipeline.runs.plan import PlanRules, model_info, plan
-from embedding_pipeline.runs.report import finalize_run
 from embedding_pipeline.stages import keyword_index as ki
 from embedding_pipeline.stages import product_link as pl
-from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
+from embedding_pipeline.stages.link_options import LinkOptions
 
 
 def _plan(table, root: Path, dts: list[str], run_dir: Path, spec: InputSpec) -> dict[str, Any]:
@@ -43,29 +41,28 @@ def run_keywords(
         es = [ki.write_es(e, str(run_dir), targets) for e in embedded]
     finally:
         ki.finish_sinks(targets, prepared)
-    report = finalize_run(planned, prepared, embedded, {"qdrant": qdrant, "es": es}, {"stage": "kw"}, 0.5)
-    commit_changes(prepared, embedded, str(run_dir))
-    return report
+    return ki.finalize(planned, prepared, embedded, {"qdrant": qdrant, "es": es}, {"stage": "kw"}, 0.5)
 
 
 def run_products(
-    root: Path, dts: list[str], run_dir: Path, model_name: str, spec: InputSpec, options: LinkOptions
+    root: Path,
+    dts: list[str],
+    run_dir: Path,
+    model_name: str,
+    spec: InputSpec,
+    options: LinkOptions,
+    relink_all: bool = False,
 ) -> dict[str, Any]:
     """plan -> prepare -> embed[] -> link[] (+ relink[]) -> finish -> finalize (+ commit)."""
     planned = _plan(PRODUCTS, root, dts, run_dir, spec)
     model = model_info(None, model_name)
-    prepared = pl.prepare(options, model, planned, spec, has_products=True)
+    prepared = pl.prepare(options, model, planned, spec, relink_all=relink_all)
     try:
         chunks = planned["chunks"] + prepared["delete_chunks"]
         embedded = [pl.embed(c, str(run_dir), prepared, options.role) for c in chunks]
-        linked = [
-            pl.link_chunk(e, str(run_dir), options, prepared) for e in embedded + prepared["relink_chunks"]
-        ]
+        linked = [pl.link_chunk(e, str(run_dir), options, prepared) for e in embedded]
+        # relink after link: it reads the vectors tonight's products just stored
+        linked += [pl.link_chunk(r, str(run_dir), options, prepared) for r in prepared["relink_chunks"]]
     finally:
         pl.finish(options, prepared)
-    report = finalize_run(planned, prepared, embedded, pl.split_link_results(linked), {"stage": "link"}, 0.5)
-    commit_changes(prepared, embedded, str(run_dir))
-    return report
-
-
-__all__ = ["LINK_STAGE", "run_keywords", "run_products"]
+    return pl.finalize(planned, prepared, embedded, linked, {"stage": "link"}, 0.5)

@@ -52,7 +52,7 @@ def test_the_chain_runs_every_stage_in_order_and_owns_the_schedule(dagbag):
     down = {task.task_id: set(task.downstream_task_ids) for task in chain.tasks}
     assert down["model.decide"] == {"model.export"}
     assert down["model.load_on_server"] == {"model.model_ready"}
-    assert down["model.model_ready"] == {"keyword_index.plan", "keyword_index.prepare_sinks"}
+    assert down["model.model_ready"] == {"keyword_index.plan"}  # plan -> prepare_sinks (deletes)
     assert down["keyword_index.finalize"] == {"product_link.plan"}
     # Every stage task of the stage DAGs is in the chain, under its group.
     for dag_id, group in (("keyword_index", "keyword_index"), ("product_link", "product_link")):

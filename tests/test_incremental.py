@@ -5,9 +5,11 @@ tombstone and by snapshot, the delete guard, late backfills and model changes.""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +17,10 @@ from embedding_pipeline.errors import SetupError
 from embedding_pipeline.runs.changes import DeleteGuardError
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.state import IndexState, ModelChangedError, delta_table
-from stage_runner import run_keywords
+from embedding_pipeline.stages.link_options import LinkOptions
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from stage_runner import run_keywords, run_products
 
 MODEL = "tiny_bert"
 _runs = itertools.count()
@@ -158,9 +163,308 @@ def test_the_state_refuses_another_model_or_role_and_says_what_to_do(tmp_path):
     state = IndexState(tmp_path / "state.parquet")
     identity = {"model_name": "m", "model_version": 1, "role": "query"}
     state.check_identity(identity, "the product generation")  # no state yet: anything goes
-    state.commit([delta_table([("a", 20240101, 1, 2, False)])], set(), identity)
+    state.commit(delta_table([("a", 20240101, 1, 2, False, "upsert")]), identity)
     state.check_identity(identity, "the product generation")
     with pytest.raises(
         ModelChangedError, match=r"m v1 \(role query\) .* m v1 \(role passage\).*full rebuild"
     ):
         state.check_identity({**identity, "role": "passage"}, "the product generation")
+
+
+# --- product links ---------------------------------------------------------------------------
+
+
+def write_products(root: Path, dt: str, rows: list[dict[str, Any]]) -> None:
+    """One partition file of product rows (product_id, product_name, category[, deleted])."""
+    path = root / "products" / f"dt={dt}" / "part-0.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "product_id": pa.array([r["product_id"] for r in rows], pa.int64()),
+            "product_name": pa.array([r.get("product_name") for r in rows], pa.string()),
+            "category": pa.array([r.get("category") for r in rows], pa.string()),
+        }
+    )
+    if any("deleted" in r for r in rows):
+        table = table.append_column("deleted", pa.array([bool(r.get("deleted")) for r in rows]))
+    pq.write_table(table, path)
+
+
+def stored_lists(product_alias: str) -> dict[str, list[str]]:
+    """product_id -> the keyword ids of its stored list, best first (ES)."""
+    from elasticsearch.helpers import scan
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+
+    with open_es() as es:
+        if not es.indices.exists_alias(name=product_alias):
+            return {}  # never linked
+        es.indices.refresh(index=product_alias)
+        return {
+            hit["_id"]: [k["keyword_id"] for k in hit["_source"]["keywords"]]
+            for hit in scan(es, index=product_alias, query={"query": {"match_all": {}}})
+        }
+
+
+def exact_lists(keyword_alias: str, product_alias: str, options: LinkOptions) -> dict[str, list[str]]:
+    """What a from-scratch relink of every stored product against every stored keyword gives:
+    brute force over the vectors both collections hold, the linker's filters, threshold and tie
+    order (score rounded to 6 decimals, then keyword id)."""
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.collections import resolve_alias
+    from embedding_pipeline.stores.qdrant.search import iter_vectors
+
+    with open_client() as qdrant:
+        if resolve_alias(qdrant, product_alias) is None:
+            return {}  # never linked
+        keywords = list(iter_vectors(qdrant, keyword_alias, batch_size=4096))
+        products = list(iter_vectors(qdrant, product_alias, batch_size=4096))
+    kw_vectors = np.concatenate([v for v, _ in keywords]) if keywords else np.zeros((0, 1))
+    kw_payloads = [p for _, payloads in keywords for p in payloads]
+    lists = {}
+    for vectors, payloads in products:
+        for vector, product in zip(vectors, payloads, strict=True):
+            scores = kw_vectors @ vector
+            ranked = []
+            for score, keyword in zip(scores, kw_payloads, strict=True):
+                if options.score_threshold is not None and score < options.score_threshold:
+                    continue
+                if any(
+                    product.get(f) is not None and keyword.get(f) != product[f] for f in options.match_fields
+                ):
+                    continue
+                ranked.append((-round(float(score), 6), str(keyword["keyword_id"])))
+            lists[str(product["product_id"])] = [kid for _, kid in sorted(ranked)[: options.top_k]]
+    return lists
+
+
+@pytest.fixture
+def links(kw) -> dict[str, Any]:
+    options = LinkOptions(
+        keyword_alias=kw["alias"], product_alias=f"p{kw['alias']}", top_k=3, match_fields=("category",)
+    )
+    return {**kw, "options": options}
+
+
+def run_links(env: dict[str, Any], dts: list[str], relink_all: bool = False, **spec: Any) -> dict[str, Any]:
+    run_dir = env["tmp"] / "runs" / f"p{next(_runs)}"
+    spec = {"max_delete_ratio": 1.0, **spec}
+    return run_products(env["root"], dts, run_dir, MODEL, InputSpec(**spec), env["options"], relink_all)
+
+
+def test_keyword_changes_relink_exactly_the_affected_products(links):
+    """Keywords deleted, changed and added after products were linked: every product's list equals
+    a from-scratch exact relink, and only affected products were relinked."""
+    words = ["red apple", "green apple", "apple pie", "banana bread", "cherry jam", "plum cake"]
+    write_keywords(
+        links["root"],
+        "2024-05-01",
+        [_row(i, w, "food" if i < 6 else "toys") for i, w in enumerate(words * 2)],
+    )
+    run(links, ["2024-05-01"], max_delete_ratio=1.0)
+    products = [
+        {"product_id": p, "product_name": name, "category": category}
+        for p, (name, category) in enumerate(
+            [
+                ("fresh apple", "food"),
+                ("apple cake", "food"),
+                ("banana", "food"),
+                ("toy apple", "toys"),
+                ("jam jar", "food"),
+                ("no category", None),
+            ]
+        )
+    ]
+    write_products(links["root"], "2024-05-01", products)
+    first = run_links(links, ["2024-05-01"])
+    assert first["sinks"]["link"]["indexed"] == 6 and first.get("relink") is None
+    options = links["options"]
+    before = stored_lists(options.product_alias)
+    assert before == exact_lists(options.keyword_alias, options.product_alias, options)
+    assert sorted(len(ids) for ids in before.values()) == [3] * 6
+
+    # Keywords: delete one that is in lists, change a text, change a category, add new ones.
+    write_keywords(
+        links["root"],
+        "2024-05-02",
+        [
+            _row(0, deleted=True),
+            _row(1, "apple cake slice"),
+            _row(4, "cherry jam", "toys"),
+            _row(20, "apple"),
+        ],
+    )
+    run(links, ["2024-05-02"], tombstone_column="deleted", max_delete_ratio=1.0)
+    second = run_links(links, ["2024-05-02"])  # no product partition that night
+    assert second["status"] == "no_data" and second["relink"]["indexed"] > 0
+    relinked = second["relink"]["extra"]
+    assert relinked["dropped_deleted_keywords"] >= 1
+    stored = stored_lists(options.product_alias)
+    assert stored == exact_lists(options.keyword_alias, options.product_alias, options)
+    assert all("0" not in ids for ids in stored.values())
+    changed_lists = sum(stored[p] != before[p] for p in before)
+    assert second["relink"]["indexed"] - relinked["unchanged_lists"] == changed_lists > 0
+
+    # Products change too: one deleted, one renamed, one new; keywords unchanged.
+    write_products(
+        links["root"],
+        "2024-05-03",
+        [
+            {"product_id": 2, "deleted": True},
+            {"product_id": 4, "product_name": "apple jam", "category": "food"},
+            {"product_id": 9, "product_name": "plum", "category": "food"},
+        ],
+    )
+    third = run_links(links, ["2024-05-03"], tombstone_column="deleted")
+    assert third["embed"]["deleted"] == 1 and third["embed"]["extra"]["embedded"] == 2
+    assert third.get("relink") is None  # no keyword changed since
+    stored = stored_lists(options.product_alias)
+    assert set(stored) == {"0", "1", "3", "4", "5", "9"}
+    assert stored == exact_lists(options.keyword_alias, options.product_alias, options)
+
+    # relink=all: the same lists (nothing was stale), every one counted unchanged.
+    everything = run_links(links, ["2024-05-03"], relink_all=True, tombstone_column="deleted")
+    assert everything["relink"]["indexed"] == 6 == everything["relink"]["extra"]["unchanged_lists"]
+    assert stored_lists(options.product_alias) == stored
+
+
+# --- property: any sequence of nights ends equal to a from-scratch build ------------------------
+
+WORDS = [
+    "cheap",
+    "flights",
+    "tokyo",
+    "seoul",
+    "best",
+    "running",
+    "shoes",
+    "flat",
+    "feet",
+    "organic",
+    "cotton",
+    "shirt",
+    "steel",
+    "water",
+    "bottle",
+    "drinks",
+    "cold",
+    "quick",
+    "brown",
+    "fox",
+    "lazy",
+    "dog",
+]
+_texts = st.tuples(st.sampled_from(WORDS), st.sampled_from(WORDS)).map(" ".join)
+_ops = st.one_of(
+    st.tuples(st.just("upsert"), st.integers(0, 11), _texts, st.sampled_from(["a", "b"])),
+    st.tuples(st.just("delete"), st.integers(0, 11), st.just(""), st.just("")),
+)
+_night = st.fixed_dictionaries(
+    {
+        "day": st.integers(1, 9),
+        "keyword_kind": st.sampled_from(["delta", "snapshot"]),
+        "keywords": st.lists(_ops, max_size=8),
+        "product_kind": st.sampled_from(["delta", "snapshot"]),
+        "products": st.lists(_ops, max_size=5),
+    }
+)
+
+
+class Table:
+    """The expected current rows of a table under the pipeline's rules: per id the latest date that
+    spoke about it wins (deletes included); a snapshot deletes what it lacks (if not seen later)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[str, str]] = {}
+        self.last: dict[int, str] = {}
+
+    def apply(self, dt: str, kind: str, ops: list[tuple[str, int, str, str]]) -> list[dict[str, Any]]:
+        """Apply one partition; return its file rows (the first op of an id wins, as the test
+        writes one row per id; a snapshot holds only upserts)."""
+        partition: dict[int, tuple[str, str, str]] = {}
+        for op, key, text, category in ops:
+            if kind == "snapshot" and op == "delete":
+                continue
+            partition.setdefault(key, (op, text, category))
+        if kind == "snapshot":
+            for key in list(self.rows):
+                if key not in partition and self.last[key] <= dt:
+                    del self.rows[key]
+                    self.last[key] = dt
+        for key, (op, text, category) in partition.items():
+            if self.last.get(key, "") > dt:
+                continue
+            self.last[key] = dt
+            if op == "delete":
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = (text, category)
+        return [
+            {"id": key, "text": text or None, "category": category or None, "deleted": op == "delete"}
+            for key, (op, text, category) in partition.items()
+        ]
+
+
+def _named(rows: list[dict[str, Any]], id_key: str, text_key: str) -> list[dict[str, Any]]:
+    return [
+        {id_key: r["id"], text_key: r["text"], "category": r["category"], "deleted": r["deleted"]}
+        for r in rows
+    ]
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(nights=st.lists(_night, min_size=2, max_size=4, unique_by=lambda n: n["day"]))
+def test_any_sequence_of_nights_matches_a_from_scratch_build(links, nights, monkeypatch):
+    """Random keyword/product deltas and snapshots over several dates, run in any order (late
+    backfills included): after each night the stored keyword sets equal the expected current set
+    in Qdrant and ES, the stored products are the expected ones, and every product's list equals a
+    from-scratch exact relink of all current products against all current keywords."""
+    example = next(_runs)
+    env = {**links, "root": links["tmp"] / f"ex{example}", "alias": f"{links['alias']}x{example}"}
+    options = replace(links["options"], keyword_alias=env["alias"], product_alias=f"p{env['alias']}")
+    env["options"] = options
+    monkeypatch.setenv("QDRANT_PATH", str(env["root"] / "qdrant"))  # local mode opens every collection
+    keywords, products = Table(), Table()
+    for night in nights:
+        dt = f"2024-06-{night['day']:02d}"
+        rows = keywords.apply(dt, night["keyword_kind"], night["keywords"])
+        write_keywords(
+            env["root"],
+            dt,
+            [
+                {
+                    "keyword_id": r["id"],
+                    "keyword": r["text"],
+                    "category": r["category"],
+                    "deleted": r["deleted"],
+                }
+                for r in rows
+            ],
+        )
+        kind = night["keyword_kind"]
+        run(env, [dt], kind=kind, tombstone_column="deleted", max_delete_ratio=1.0)
+        expected = {str(k): v for k, v in keywords.rows.items()}
+        assert stored_keywords(env["alias"]) == (expected, expected), dt
+        if not keywords.rows:
+            continue  # linking refuses an empty keyword collection (tested in test_product_link_dag)
+        rows = products.apply(dt, night["product_kind"], night["products"])
+        write_products(
+            env["root"],
+            dt,
+            [
+                {
+                    "product_id": r["id"],
+                    "product_name": r["text"],
+                    "category": r["category"],
+                    "deleted": r["deleted"],
+                }
+                for r in rows
+            ],
+        )
+        run_links(env, [dt], kind=night["product_kind"], tombstone_column="deleted")
+        stored = stored_lists(options.product_alias)
+        assert set(stored) == {str(p) for p in products.rows}, dt
+        assert stored == exact_lists(options.keyword_alias, options.product_alias, options), dt

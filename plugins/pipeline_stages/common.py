@@ -85,37 +85,23 @@ def plan_stage(table: Any, stage: str) -> dict:
         )
 
 
-def finalize_stage(
-    stage: str,
-    asset: Any,
-    planned: dict,
-    prepared: dict,
-    embedded: list,
-    sinks: dict[str, list],
-    extra: dict | None = None,
-) -> dict:
-    """The finalize task of every stage: the accounting identity over the embed tasks and each
-    store's mapped results, the run report (with ``extra`` in its metadata), the dead-letter
-    threshold, the state commit of incremental runs, and the stage's Asset event (partitions and
-    rows read). XCom gets the summary; the full report is a file in the run dir."""
+def run_meta(stage: str) -> dict[str, Any]:
+    """What the run report says about the run: DAG, stage and run id."""
     from airflow.sdk import get_current_context
-    from embedding_pipeline.runs.changes import commit_changes
-    from embedding_pipeline.runs.report import finalize_run, summary
 
     context = get_current_context()
-    params = context["params"]
-    run = {"dag_id": context["dag"].dag_id, "stage": stage, "run_id": context["run_id"]}
-    report = finalize_run(
-        planned,
-        {**prepared, **(extra or {})},
-        list(embedded or []),
-        {name: list(results or []) for name, results in sinks.items()},
-        run,
-        params["max_dead_letter_ratio"],
-    )
-    commit_changes(prepared, list(embedded or []), planned["run_dir"])
-    context["outlet_events"][asset].extra = {
+    return {"dag_id": context["dag"].dag_id, "stage": stage, "run_id": context["run_id"]}
+
+
+def emit(asset: Any, report: dict, run_dir: str) -> dict:
+    """The end of every stage's finalize task, after its report (and state commit): the stage's
+    Asset event (partitions and rows read) and the summary XCom gets (the full report is a file
+    in the run dir)."""
+    from airflow.sdk import get_current_context
+    from embedding_pipeline.runs.report import summary
+
+    get_current_context()["outlet_events"][asset].extra = {
         "partitions": report["partitions"],
         "rows_read": report["rows_read"],
     }
-    return summary(report, planned["run_dir"])
+    return summary(report, run_dir)

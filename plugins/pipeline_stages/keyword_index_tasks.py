@@ -9,11 +9,12 @@ from typing import Any
 from airflow.sdk import Asset, get_current_context, task
 
 from pipeline_stages.common import (
-    finalize_stage,
+    emit,
     input_spec,
     no_retry_on_setup_errors,
     plan_stage,
     qdrant_task_concurrency,
+    run_meta,
     store_settings,
 )
 
@@ -80,11 +81,18 @@ def keyword_index_tasks() -> None:
 
     @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
-        targets = _targets(get_current_context()["params"])
+        from embedding_pipeline.stages import keyword_index as ki
+
+        params = get_current_context()["params"]
+        targets = _targets(params)
         sinks = {
-            name: results for name, results in (("qdrant", qdrant), ("es", es)) if getattr(targets, name)
+            name: list(results or [])
+            for name, results in (("qdrant", qdrant), ("es", es))
+            if getattr(targets, name)
         }
-        return finalize_stage(STAGE, KEYWORD_INDEX, planned, prepared, embedded, sinks)
+        ratio = params["max_dead_letter_ratio"]
+        report = ki.finalize(planned, prepared, list(embedded or []), sinks, run_meta(STAGE), ratio)
+        return emit(KEYWORD_INDEX, report, planned["run_dir"])
 
     planned = plan()
     prepared = prepare_sinks(planned)

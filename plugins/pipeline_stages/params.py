@@ -140,6 +140,12 @@ def product_params() -> dict[str, Param]:
             type="boolean",
             description="Qdrant server: search without the HNSW index (exact, slow at scale).",
         ),
+        "relink": Param(
+            "affected",
+            enum=["affected", "all"],
+            description="affected: relink stored products whose lists keyword changes can alter (exact, "
+            "cheap); all: relink every stored product.",
+        ),
         "product_role": Param(
             "query",
             enum=["query", "passage", "none"],

@@ -1,5 +1,6 @@
-"""The product link stage: plan -> prepare -> embed[] -> link[] -> finish_sinks -> finalize
-(emits the ``product_links`` Asset)."""
+"""The product link stage: plan -> prepare (state, deletes, guard, products keyword changes
+affect) -> embed[] -> link[] -> relink[] -> finish_sinks -> finalize (commits the state; emits the
+``product_links`` Asset)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any
 from airflow.sdk import Asset, get_current_context, task
 
 from pipeline_stages.common import (
-    finalize_stage,
+    emit,
+    input_spec,
     no_retry_on_setup_errors,
     plan_stage,
     qdrant_task_concurrency,
+    run_meta,
     store_settings,
 )
 
@@ -47,8 +50,12 @@ def product_link_tasks() -> None:
         return plan_stage(PRODUCTS, STAGE)
 
     @task
-    def chunks(planned: dict) -> list[dict]:
-        return planned["chunks"]
+    def chunks(planned: dict, prepared: dict) -> list[dict]:
+        return planned["chunks"] + prepared["delete_chunks"]
+
+    @task
+    def relink_chunks(prepared: dict) -> list[dict]:
+        return prepared["relink_chunks"]
 
     @task
     def prepare(planned: dict) -> dict:
@@ -60,7 +67,13 @@ def product_link_tasks() -> None:
         with no_retry_on_setup_errors():
             model = model_info(None, params["model_name"])
             return product_link.prepare(
-                _options(params), model, qdrant, es, has_products=bool(planned["chunks"])
+                _options(params),
+                model,
+                planned,
+                input_spec(params),
+                qdrant,
+                es,
+                relink_all=params["relink"] == "all",
             )
 
     @task
@@ -68,7 +81,7 @@ def product_link_tasks() -> None:
         from embedding_pipeline.stages import product_link
 
         options = _options(get_current_context()["params"])
-        return product_link.embed(chunk, planned["run_dir"], prepared["model_name"], options.role)
+        return product_link.embed(chunk, planned["run_dir"], prepared, options.role)
 
     @task(max_active_tis_per_dag=qdrant_task_concurrency())
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:
@@ -79,6 +92,17 @@ def product_link_tasks() -> None:
         with no_retry_on_setup_errors():
             return product_link.link_chunk(embedded, planned["run_dir"], options, prepared, qdrant, es)
 
+    @task(max_active_tis_per_dag=qdrant_task_concurrency())
+    def relink(chunk: dict, planned: dict, prepared: dict) -> dict:
+        """Stored products whose lists tonight's keyword changes affect (after link: it reads the
+        vectors tonight's products stored)."""
+        from embedding_pipeline.stages import product_link
+
+        options = _options(get_current_context()["params"])
+        qdrant, es = store_settings()
+        with no_retry_on_setup_errors():
+            return product_link.link_chunk(chunk, planned["run_dir"], options, prepared, qdrant, es)
+
     @task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
         from embedding_pipeline.stages import product_link
@@ -87,19 +111,24 @@ def product_link_tasks() -> None:
         product_link.finish(options, prepared, store_settings()[1])
 
     @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
-    def finalize(planned: dict, prepared: dict, embedded: list, linked: list) -> dict:
-        from embedding_pipeline.stages.link_options import LINK_STAGE
+    def finalize(planned: dict, prepared: dict, embedded: list, linked: list, relinked: list) -> dict:
+        from embedding_pipeline.stages import product_link
 
-        link = _options(get_current_context()["params"]).to_xcom()
-        return finalize_stage(
-            STAGE, PRODUCT_LINKS, planned, prepared, embedded, {LINK_STAGE: linked}, {"link": link}
+        params = get_current_context()["params"]
+        meta = {**run_meta(STAGE), "link": _options(params).to_xcom()}
+        results = [*(linked or []), *(relinked or [])]
+        report = product_link.finalize(
+            planned, prepared, list(embedded or []), results, meta, params["max_dead_letter_ratio"]
         )
+        return emit(PRODUCT_LINKS, report, planned["run_dir"])
 
     planned = plan()
     prepared = prepare(planned)
-    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned))
+    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned, prepared))
     linked = link.partial(planned=planned, prepared=prepared).expand(embedded=embedded)
+    relinked = relink.partial(planned=planned, prepared=prepared).expand(chunk=relink_chunks(prepared))
+    linked >> relinked
     done = finish_sinks(prepared)
-    linked >> done
-    report = finalize(planned, prepared, embedded, linked)
+    [linked, relinked] >> done
+    report = finalize(planned, prepared, embedded, linked, relinked)
     done >> report

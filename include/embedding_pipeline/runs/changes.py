@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from embedding_pipeline.errors import SetupError
 from embedding_pipeline.runs.input_kinds import TOMBSTONE_STRINGS, InputSpec
 from embedding_pipeline.runs.partitions import partition_version
-from embedding_pipeline.runs.state import IndexState, Prior, read_delta, state_path
+from embedding_pipeline.runs.state import IndexState, Prior, merged_delta, state_path, state_root
 from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, write_parquet
 
 
@@ -119,9 +119,61 @@ def prepare_changes(
     }
 
 
+class ChangeLog:
+    """What each committed run changed in a table, for stages that keep data derived from it
+    current (the product links follow the keyword collection's log).
+
+    ``<state root>/changes/<name>/<seq>.parquet`` with ``id`` and ``change`` (upsert: text new or
+    changed; update: fields only; delete), one file per run that changed something, numbered in
+    commit order. A reader remembers the last number it applied. Files are small (the changed ids
+    of a night) and kept: several derived stages may read one log.
+    """
+
+    def __init__(self, root: StoragePath) -> None:
+        self.root = root
+
+    def _numbers(self) -> list[int]:
+        if not self.root.exists():
+            return []
+        return sorted(int(p.name.split(".")[0]) for p in self.root.iterdir() if p.name.endswith(".parquet"))
+
+    def latest(self) -> int:
+        numbers = self._numbers()
+        return numbers[-1] if numbers else 0
+
+    def append(self, changes: pa.Table) -> int | None:
+        if changes.num_rows == 0:
+            return None
+        number = self.latest() + 1
+        write_parquet(self.root / f"{number:08d}.parquet", changes.select(["id", "change"]))
+        return number
+
+    def since(self, applied: int) -> tuple[pa.Table, int]:
+        """Every change after ``applied``, the last one per id (in log order), and the log's end."""
+        numbers = [n for n in self._numbers() if n > applied]
+        parts = [read_parquet(self.root / f"{n:08d}.parquet") for n in numbers]
+        if not parts:
+            return pa.table({"id": pa.array([], pa.string()), "change": pa.array([], pa.string())}), applied
+        log = pa.concat_tables(parts)
+        log = log.append_column("order", pa.array(range(log.num_rows), pa.int64()))
+        last = log.group_by("id").aggregate([("order", "max")])
+        log = log.filter(pc.is_in(log["order"], value_set=last["order_max"]))
+        return log.select(["id", "change"]), numbers[-1]
+
+
+CHANGED = ("upsert", "update", "delete")
+
+
+def change_log(name: str) -> ChangeLog:
+    """The change log of the collection or index ``name`` (a physical name: per generation)."""
+    return ChangeLog(state_root() / "changes" / name)
+
+
 def commit_changes(prepared: dict[str, Any], embedded: list[dict[str, Any]], run_dir: str) -> int | None:
-    """Merge the run's state deltas into the generation's state, after the stores were written:
-    ids a store dead-lettered keep their previous state (the next run tries them again)."""
+    """After the stores were written: merge the run's state deltas into the generation's state
+    (ids a store dead-lettered keep their previous state: the next run tries them again) with the
+    ``state_metadata`` the prepare task planned, and, if the stage keeps one, append what changed
+    to its change log. Returns the rows merged."""
     if not prepared.get("state_path"):
         return None
     from embedding_pipeline.runs.dead_letter import read_dead_letters
@@ -131,6 +183,11 @@ def commit_changes(prepared: dict[str, Any], embedded: list[dict[str, Any]], run
         for letter in read_dead_letters(run_dir)
         if letter["stage"] not in ("embed", "plan") and letter["record_id"] is not None
     }
-    deltas = [read_delta(e["state_delta"]) for e in embedded if e.get("state_delta")]
+    delta = merged_delta([e["state_delta"] for e in embedded if e.get("state_delta")], excluded)
     identity = {key: prepared.get(key) for key in ("model_name", "model_version", "role")}
-    return IndexState(prepared["state_path"]).commit(deltas, excluded, identity)
+    IndexState(prepared["state_path"]).commit(delta, identity, prepared.get("state_metadata"))
+    if prepared.get("change_log"):
+        ChangeLog(as_path(prepared["change_log"])).append(
+            delta.filter(pc.is_in(delta["change"], value_set=pa.array(CHANGED)))
+        )
+    return delta.num_rows

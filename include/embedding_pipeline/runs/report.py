@@ -39,7 +39,7 @@ def _sum_numeric_extras(results: list[StageResult]) -> dict[str, float]:
     return totals
 
 
-def _stage_summary(results: list[StageResult]) -> dict[str, Any]:
+def stage_summary(results: list[StageResult]) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     for result in results:
         reasons.update(result.dead_letters_by_reason)
@@ -66,14 +66,14 @@ def build_report(
     meta: dict[str, Any],
     max_dead_letter_ratio: float,
 ) -> dict[str, Any]:
-    embed_summary = _stage_summary(embed)
+    embed_summary = stage_summary(embed)
     rows_read = embed_summary["rows_in"]
     problems: list[str] = []
     if embed_summary["unbalanced_tasks"]:
         problems.append(f"embed tasks do not balance: {embed_summary['unbalanced_tasks']}")
     sink_summaries = {}
     for sink, results in sinks.items():
-        summary = _stage_summary(results)
+        summary = stage_summary(results)
         if summary["unbalanced_tasks"]:
             problems.append(f"{sink} tasks do not balance: {summary['unbalanced_tasks']}")
         staged = embed_summary["indexed"] + embed_summary["deleted"]
@@ -145,6 +145,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         reasons.update(summary["dead_letters_by_reason"])
     if reasons:
         lines += ["", "Dead letters by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))]
+    relink = report.get("relink")
+    if relink:
+        extra = relink["extra"]
+        lines += [
+            "",
+            f"Relinked {relink['indexed']} stored products ({report.get('relink_reason')}): lists "
+            f"unchanged {int(extra.get('unchanged_lists', 0))}, deleted keywords dropped "
+            f"{int(extra.get('dropped_deleted_keywords', 0))}, dead letters {relink['dead_lettered']}.",
+        ]
     if report["problems"]:
         lines += ["", "Problems:", *[f"- {p}" for p in report["problems"]]]
     return "\n".join(lines) + "\n"

@@ -60,6 +60,9 @@ SCHEMA = pa.schema(
         ("deleted", pa.bool_()),
     ]
 )
+# A run's per-chunk delta: the state columns plus what the row did (runs.changes.decide), which
+# the change log of derived data (product links) is made from.
+DELTA_SCHEMA = SCHEMA.append(pa.field("change", pa.string()))
 IDENTITY_KEYS = ("model_name", "model_version", "role")
 
 
@@ -125,9 +128,8 @@ class IndexState:
         """The model (name, version, role) the stored vectors were made with; None before any commit."""
         if not self.exists():
             return None
-        source = str(self.path) if is_local(self.path) else self.path.open("rb")
-        raw = pq.read_schema(source).metadata or {}
-        return {key: raw.get(key.encode(), b"").decode() for key in IDENTITY_KEYS}
+        metadata = self.metadata()
+        return {key: metadata.get(key, "") for key in IDENTITY_KEYS}
 
     def check_identity(self, identity: Mapping[str, Any], what: str) -> None:
         """Refuse an incremental run whose model differs from the generation's, naming both."""
@@ -166,14 +168,22 @@ class IndexState:
     def live_count(self) -> int:
         return self.live().num_rows
 
-    def commit(self, deltas: Iterable[pa.Table], excluded: set[str], identity: Mapping[str, Any]) -> int:
-        """Merge this run's per-chunk deltas (rows in :data:`SCHEMA`) into the state, leaving
-        ``excluded`` ids (dead-lettered by a store) at their previous state. Per id the row with
-        the greatest ``dt_version`` wins; on a tie, this run's row. Returns the rows merged."""
-        parts = [delta.cast(SCHEMA) for delta in deltas if delta.num_rows]
-        delta = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
-        if excluded and delta.num_rows:
-            delta = delta.filter(pc.invert(pc.is_in(delta["id"], value_set=pa.array(sorted(excluded)))))
+    def metadata(self) -> dict[str, str]:
+        if not self.exists():
+            return {}
+        source = str(self.path) if is_local(self.path) else self.path.open("rb")
+        return {k.decode(): v.decode() for k, v in (pq.read_schema(source).metadata or {}).items()}
+
+    def commit(
+        self,
+        delta: pa.Table,
+        identity: Mapping[str, Any],
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Merge this run's ``delta`` (see :func:`merged_delta`) into the state. Per id the row
+        with the greatest ``dt_version`` wins; on a tie, this run's row. ``metadata`` is kept
+        with the file (what a derived stage has applied, e.g. the change-log position)."""
+        delta = delta.select(SCHEMA.names).cast(SCHEMA)
         old = self._read().cast(SCHEMA)
         merged = pa.concat_tables(
             [
@@ -186,19 +196,26 @@ class IndexState:
         keep = np.ones(len(ids), dtype=bool)
         keep[1:] = ids[1:] != ids[:-1]
         merged = merged.filter(pa.array(keep))
-        metadata = {key: str(identity.get(key) or "") for key in IDENTITY_KEYS}
-        write_parquet(self.path, merged.drop_columns(["run"]).replace_schema_metadata(metadata))
-        return delta.num_rows
+        kept = {**self.metadata(), **(metadata or {})}
+        kept.update({key: str(identity.get(key) or "") for key in IDENTITY_KEYS})
+        write_parquet(self.path, merged.drop_columns(["run"]).replace_schema_metadata(kept))
 
     def drop(self) -> None:
         remove(self.path)
 
 
-def delta_table(rows: list[tuple[str, int, int, int, bool]]) -> pa.Table:
-    """A chunk's state delta from ``(id, dt_version, text_hash, fields_hash, deleted)`` rows."""
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in SCHEMA]
-    return pa.table([pa.array(list(c), f.type) for c, f in zip(columns, SCHEMA, strict=True)], schema=SCHEMA)
+def delta_table(rows: list[tuple[str, int, int, int, bool, str]]) -> pa.Table:
+    """A chunk's delta from ``(id, dt_version, text_hash, fields_hash, deleted, change)`` rows."""
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in DELTA_SCHEMA]
+    arrays = [pa.array(list(c), f.type) for c, f in zip(columns, DELTA_SCHEMA, strict=True)]
+    return pa.table(arrays, schema=DELTA_SCHEMA)
 
 
-def read_delta(path: str) -> pa.Table:
-    return read_parquet(path).cast(SCHEMA)
+def merged_delta(paths: Iterable[str], excluded: set[str]) -> pa.Table:
+    """A run's chunk deltas in one table, without ``excluded`` ids (dead-lettered by a store: they
+    keep their previous state, so the next run tries them again)."""
+    parts = [read_parquet(path).cast(DELTA_SCHEMA) for path in paths]
+    delta = pa.concat_tables(parts) if parts else DELTA_SCHEMA.empty_table()
+    if excluded and delta.num_rows:
+        delta = delta.filter(pc.invert(pc.is_in(delta["id"], value_set=pa.array(sorted(excluded)))))
+    return delta

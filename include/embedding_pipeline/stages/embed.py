@@ -133,14 +133,14 @@ class _ChunkEmbedder:
     ) -> None:
         self.client, self.writer, self.role, self.limits = client, writer, role, limits
         self.counts = _Counts()
-        self.state_rows: list[tuple[str, int, int, int, bool]] = []
+        self.state_rows: list[tuple[str, int, int, int, bool, str]] = []
         self.pending: tuple[list[str], list[str], list[dict]] = ([], [], [])
 
     def add(self, row_id: str, text: str, payload: dict, decision: str, hashes: tuple[int, int]) -> None:
         version = partition_version(payload["dt"])
         counts = self.counts
         if decision in ("delete", "unknown_delete"):
-            self.state_rows.append((row_id, version, 0, 0, True))
+            self.state_rows.append((row_id, version, 0, 0, True, decision))
             if decision == "delete":
                 self.writer.write([row_id], None, [""], [{"dt": payload["dt"]}], DELETE)
                 counts.deleted += 1
@@ -150,7 +150,7 @@ class _ChunkEmbedder:
         if decision == "superseded":
             counts.superseded += 1
             return
-        self.state_rows.append((row_id, version, *hashes, False))
+        self.state_rows.append((row_id, version, *hashes, False, decision))
         if decision == "unchanged":
             counts.unchanged += 1
         elif decision == "update":

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
-from embedding_pipeline.runs.changes import prepare_changes
+from embedding_pipeline.runs.changes import change_log, commit_changes, prepare_changes
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import KEYWORDS, Chunk, partition_version
+from embedding_pipeline.runs.report import finalize_run
 from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_metadata
 from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.storage import as_path
@@ -91,6 +92,8 @@ def prepare_sinks(
             KEYWORDS.name, stores, {**model, "role": ROLE}, planned, spec, "the keyword generation"
         )
     )
+    if targets.qdrant:  # the product links follow the keyword collection's changes
+        prepared["change_log"] = str(change_log(prepared["qdrant_collection"]).root)
     if targets.es:
         from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
         from embedding_pipeline.stores.elasticsearch.client import open_es
@@ -111,6 +114,21 @@ def finish_sinks(targets: Targets, prepared: dict[str, Any] | None, es_settings:
             if prepared is None and write_index(es, targets.es_alias) is None:
                 return  # setup failed before the index existed: nothing to restore
             end_bulk_load(es, targets.es_alias, (prepared or {}).get("es_previous_settings"))
+
+
+def finalize(
+    planned: dict[str, Any],
+    prepared: dict[str, Any],
+    embedded: list[dict[str, Any]],
+    sinks: dict[str, list[dict[str, Any]]],
+    meta: dict[str, Any],
+    max_dead_letter_ratio: float,
+) -> dict[str, Any]:
+    """The run report (accounting identity per store, dead-letter threshold), then the state
+    commit: only a run whose report holds commits what it wrote."""
+    report = finalize_run(planned, prepared, embedded, sinks, meta, max_dead_letter_ratio)
+    commit_changes(prepared, embedded, planned["run_dir"])
+    return report
 
 
 def embed(

@@ -37,6 +37,7 @@ class LinkOptions:
     hnsw_ef: int | None = DEFAULT_HNSW_EF  # Qdrant server: HNSW candidates per query (None: its default)
     exact: bool = False  # Qdrant server: search without the index (local mode is always exact)
     write_batch: int = 512
+    relink_chunk_ids: int = 50_000  # stored products per relink task (link_maintenance)
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
@@ -56,8 +57,8 @@ class LinkOptions:
             )
         if self.role is not None and self.role not in ROLES:
             raise ConfigError(f"role must be one of {list(ROLES)} or None, got {self.role!r}")
-        if self.write_batch < 1:
-            raise ConfigError("write_batch must be >= 1")
+        if self.write_batch < 1 or self.relink_chunk_ids < 1:
+            raise ConfigError("write_batch and relink_chunk_ids must be >= 1")
         if self.hnsw_ef is not None and not 1 <= self.hnsw_ef <= MAX_HNSW_EF:
             raise ConfigError(f"hnsw_ef must be in 1..{MAX_HNSW_EF} or None, got {self.hnsw_ef}")
 

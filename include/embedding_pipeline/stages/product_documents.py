@@ -27,8 +27,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, payload_fields
+from embedding_pipeline.stores.qdrant.schema import PointSchema
 
 PRODUCT_PAYLOAD_FIELDS = ("description", "category", "brand", "updated_at", "dt")
+# The product vector collection (Qdrant, same alias as the ES index): each product's vector and
+# fields, plus what link maintenance needs - the ids in its list and the score a keyword needs to
+# enter it (stages.link_maintenance).
+PRODUCT_POINTS = PointSchema(
+    id_field="product_id",
+    text_field="product_name",
+    indexed_fields={
+        "category": "keyword",
+        "lang": "keyword",
+        "keyword_ids": "keyword",
+        "entry_score": "float",
+    },
+)
 
 
 def product_mappings(

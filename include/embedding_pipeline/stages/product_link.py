@@ -23,24 +23,36 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from qdrant_client.http import models
 
 from embedding_pipeline.errors import SetupError
 from embedding_pipeline.model.registry import Role
 from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import PRODUCTS, Chunk, partition_version
-from embedding_pipeline.runs.staging import StagedBatch, iter_staged, staged_metadata
-from embedding_pipeline.runs.storage import as_path
+from embedding_pipeline.runs.staging import (
+    DELETE,
+    UPDATE,
+    UPSERT,
+    StagedBatch,
+    iter_staged,
+    point_id,
+    staged_metadata,
+)
+from embedding_pipeline.runs.state import IndexState
+from embedding_pipeline.runs.storage import as_path, read_parquet
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_chunk
+from embedding_pipeline.stages.link_maintenance import entry_score
 from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
 from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
 from embedding_pipeline.stores.qdrant.search import SearchOptions, search
@@ -48,6 +60,7 @@ from embedding_pipeline.stores.qdrant.search import SearchOptions, search
 log = logging.getLogger(__name__)
 KIND = "product"
 STAGE = LINK_STAGE
+RELINK_STAGE = "relink"  # stored products relinked because keywords changed (link_maintenance)
 TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
 
 
@@ -93,37 +106,68 @@ def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) 
 def prepare(
     options: LinkOptions,
     model: dict[str, Any],
+    planned: dict[str, Any],
+    spec: InputSpec,
     qdrant_settings: Any = None,
     es_settings: Any = None,
     *,
-    has_products: bool = True,
+    relink_all: bool = False,
 ) -> dict[str, Any]:
-    """Check the keyword collection, create the product index behind its alias, start the bulk load.
+    """Check the keyword collection, create the product index and vector collection behind their
+    alias, plan deletes (after the guard) and the stored products keyword changes affect, and
+    start the bulk load.
 
-    With no products to link (a missing partition under ``missing_partition=skip``) nothing is
-    checked or created: the run ends ``no_data``, as a nightly run before the first data must.
+    With no products to link and none linked before (a nightly run before the first data, or a
+    missing partition under ``missing_partition=skip``) nothing is checked or created: the run
+    ends ``no_data``. With products linked before, keyword changes are still applied.
     """
-    from embedding_pipeline.stages.product_documents import product_mappings
+    from embedding_pipeline.runs.changes import prepare_changes
+    from embedding_pipeline.stages.link_maintenance import plan_relinks
+    from embedding_pipeline.stages.product_documents import PRODUCT_POINTS, product_mappings
     from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.indices import ensure_index
     from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.collections import ensure_collection, resolve_alias
+    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
-    if not has_products:
-        return {**model, "keyword_collection": None, "es_index": None}
+    qdrant_settings = qdrant_settings or QdrantSettings.from_env()
+    identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
     with open_client(qdrant_settings) as qdrant:
+        if not planned["chunks"] and resolve_alias(qdrant, options.product_alias) is None:
+            return {
+                **model,
+                "keyword_collection": None,
+                "es_index": None,
+                "delete_chunks": [],
+                "relink_chunks": [],
+            }
         target = check_keyword_collection(qdrant, options.keyword_alias, model)
-    mappings = product_mappings(
-        model_name=model["model_name"], model_version=model["model_version"], dim=model["dim"]
-    )
+        products = ensure_collection(qdrant, options.product_alias, **identity, schema=PRODUCT_POINTS)
+        with open_es(es_settings) as es:
+            index = ensure_index(es, options.product_alias, product_mappings(**identity))
+        stores = {"qdrant": products.name, "es": index.index}
+        role = {**model, "role": options.role or ""}
+        changes = prepare_changes(PRODUCTS.name, stores, role, planned, spec, "the product generation")
+        relinks = plan_relinks(
+            qdrant,
+            options,
+            (target.name, products.name),
+            IndexState(changes["state_path"]),
+            as_path(planned["run_dir"]),
+            relink_all=relink_all,
+            retry=qdrant_settings.retry,
+        )
     with open_es(es_settings) as es:
-        index = ensure_index(es, options.product_alias, mappings)
         previous = begin_bulk_load(es, options.product_alias)
     return {
         **model,
         "keyword_collection": target.name,
+        "product_collection": products.name,
         "es_index": index.index,
         "es_previous_settings": previous,
+        **changes,
+        **relinks,
     }
 
 
@@ -139,13 +183,22 @@ def finish(options: LinkOptions, prepared: dict[str, Any] | None, es_settings: A
 
 
 def embed(
-    chunk: dict, run_dir: str, model_name: str, role: Role | None, settings: ServerSettings | None = None
+    chunk: dict,
+    run_dir: str,
+    prepared: dict[str, Any],
+    role: Role | None,
+    settings: ServerSettings | None = None,
 ) -> dict[str, Any]:
-    """Embed one product chunk (the keyword embed task with the products table and the query role)."""
-    settings = (settings or ServerSettings.from_env()).with_overrides(model_name=model_name)
+    """Embed one product chunk (the keyword embed task with the products table and the query
+    role), or stage one delete chunk, against the product generation's state."""
+    settings = (settings or ServerSettings.from_env()).with_overrides(model_name=prepared["model_name"])
+    table = replace(PRODUCTS, tombstone_column=prepared.get("tombstone_column"))
+    state = IndexState(prepared["state_path"]) if prepared.get("state_path") else None
     with EmbeddingClient(settings) as client:
-        output = embed_chunk(Chunk.from_xcom(chunk), PRODUCTS, KIND, client, as_path(run_dir), role=role)
-    return {"result": output.result.to_xcom(), "staged": output.staged_path, "chunk": chunk["chunk_id"]}
+        output = embed_chunk(
+            Chunk.from_xcom(chunk), table, KIND, client, as_path(run_dir), role=role, state=state
+        )
+    return output.to_xcom(chunk["chunk_id"])
 
 
 def _best(hits: list[Any], top_k: int) -> list[Any]:
@@ -178,63 +231,154 @@ class _LinkStats:
     empty: int = 0
     keywords: int = 0
     search_seconds: float = 0.0
+    deleted: int = 0
+    unchanged_lists: int = 0
+    dropped_deleted_keywords: int = 0
+    missing: int = 0  # relink: products deleted since the relink was planned
 
 
 @dataclass
 class _Linker:
-    """Turns staged product batches into product documents: top-K keywords searched in Qdrant."""
+    """Turns staged product batches into product documents (top-K keywords searched in Qdrant)
+    and keeps the product vector collection in step: each linked product's vector, fields, list
+    ids and entry score; deleted products removed from both stores."""
 
     qdrant: Any
     options: LinkOptions
-    collection: str
+    collections: tuple[str, str]  # (keyword, product)
     search: SearchOptions
     retry: RetryPolicy
     stamp: LinkStamp
     dead: DeadLetterWriter
+    deleted_keywords: frozenset[str] = frozenset()
+    previous: dict[str, list[str]] = field(default_factory=dict)  # relink: the lists being replaced
     stats: _LinkStats = field(default_factory=_LinkStats)
 
-    def documents(self, batch: StagedBatch) -> list[tuple[str, dict[str, Any], int]]:
-        """Search the batch's top-K keywords and build its documents (bad vectors dead-lettered)."""
-        finite = np.isfinite(batch.vectors).all(axis=1)
+    def documents(self, batch: StagedBatch) -> list[tuple[str, dict[str, Any] | None, int]]:
+        """The batch's ES actions: product documents with their lists, and deletions."""
+        from embedding_pipeline.stores.qdrant import points
+
+        docs: list[tuple[str, dict[str, Any] | None, int]] = []
+        removed = [i for i, op in enumerate(batch.ops) if op == DELETE]
+        if removed:
+            points.delete(self.qdrant, self.collections[1], [batch.point_ids[i] for i in removed], self.retry)
+            docs += [(batch.ids[i], None, partition_version(batch.payloads[i]["dt"])) for i in removed]
+            self.stats.deleted += len(removed)
+        vectors = self._vectors(batch)
+        finite = np.isfinite(vectors).all(axis=1)
         for i in np.flatnonzero(~finite):
+            if batch.ops[i] == DELETE:
+                continue
             self.dead.add(
                 batch.ids[i],
                 "invalid_vector",
-                "product vector has non-finite values (NaN or inf)",
+                "product vector has non-finite values (NaN or inf), or none is stored for a "
+                "fields-only change",
                 {"product_id": batch.ids[i], "product_name": batch.texts[i], **batch.payloads[i]},
             )
-        rows = np.flatnonzero(finite)
-        if len(rows) == 0:
-            return []
+        rows = [i for i in np.flatnonzero(finite) if batch.ops[i] != DELETE]
+        if rows:
+            docs += self._link(batch, vectors, rows)
+        return docs
+
+    def _vectors(self, batch: StagedBatch) -> np.ndarray:
+        """The batch's vectors; a fields-only change was staged without one: its stored vector
+        (NaN when none is stored, which dead-letters the row)."""
+        from embedding_pipeline.stores.qdrant import points
+
+        vectors = batch.vectors.copy()
+        updates = [i for i, op in enumerate(batch.ops) if op == UPDATE]
+        if updates:
+            stored = points.retrieve(
+                self.qdrant, self.collections[1], [batch.point_ids[i] for i in updates], retry=self.retry
+            )
+            for i in updates:
+                record = stored.get(batch.point_ids[i])
+                vectors[i] = record[1] if record is not None else np.nan
+        return vectors
+
+    def _link(
+        self, batch: StagedBatch, vectors: np.ndarray, rows: list[int]
+    ) -> list[tuple[str, dict[str, Any], int]]:
+        from embedding_pipeline.stores.qdrant import points
+
         payloads = [batch.payloads[i] for i in rows]
         options = self.options
         filtered = options.match_fields or options.keyword_filter
         started = time.monotonic()
         hits = search(
             self.qdrant,
-            self.collection,
-            batch.vectors[rows],
+            self.collections[0],
+            vectors[rows],
             self.search,
             query_filters=_filters(options, payloads) if filtered else None,
             retry=self.retry,
         )
         self.stats.search_seconds += time.monotonic() - started
         self.stats.searched += len(rows)
-        docs = []
+        docs, stored = [], []
         for i, payload, product_hits in zip(rows, payloads, hits, strict=True):
             keywords = linked_keywords(_best(product_hits, options.top_k))
-            self.stats.empty += not keywords
-            self.stats.keywords += len(keywords)
+            ids = [k["keyword_id"] for k in keywords]
+            self._count(batch.ids[i], ids)
             doc = product_document(
-                batch.ids[i],
-                batch.texts[i],
-                batch.content_hashes[i],
-                payload,
-                keywords,
-                self.stamp,
+                batch.ids[i], batch.texts[i], batch.content_hashes[i], payload, keywords, self.stamp
             )
-            docs.append((batch.ids[i], doc, partition_version(payload["dt"])))
+            version = partition_version(payload["dt"])
+            docs.append((batch.ids[i], doc, version))
+            entry = entry_score([k["score"] for k in keywords], options.top_k, options.score_threshold)
+            point_payload = {
+                **payload,
+                "product_id": batch.ids[i],
+                "product_name": batch.texts[i],
+                "content_hash": batch.content_hashes[i],
+                "model_name": self.stamp.model_name,
+                "model_version": self.stamp.model_version,
+                "dt_version": version,
+                "keyword_ids": ids,
+                "entry_score": entry,
+            }
+            stored.append(
+                models.PointStruct(id=batch.point_ids[i], vector=vectors[i].tolist(), payload=point_payload)
+            )
+        points.write(self.qdrant, self.collections[1], stored, self.retry)
         return docs
+
+    def _count(self, product_id: str, keyword_ids: list[str]) -> None:
+        self.stats.empty += not keyword_ids
+        self.stats.keywords += len(keyword_ids)
+        before = self.previous.get(product_id)
+        if before is not None:
+            self.stats.unchanged_lists += before == keyword_ids
+            self.stats.dropped_deleted_keywords += len(set(before) & self.deleted_keywords)
+
+
+def _relink_batches(
+    qdrant: Any, product_collection: str, ids: list[str], batch_size: int, linker: _Linker
+) -> Iterator[StagedBatch]:
+    """Stored products as staged batches (vector, text, fields from the product collection), for
+    relinking without re-embedding; products deleted meanwhile are counted and skipped."""
+    from embedding_pipeline.stores.qdrant import points
+
+    for start in range(0, len(ids), batch_size):
+        wanted = [point_id(KIND, i) for i in ids[start : start + batch_size]]
+        stored = points.retrieve(qdrant, product_collection, wanted, retry=linker.retry)
+        linker.stats.missing += len(wanted) - len(stored)
+        records = [stored[p] for p in wanted if p in stored]
+        if not records:
+            continue
+        fields = (*PRODUCTS.stored_columns, "dt")
+        for _, _, payload in records:
+            linker.previous[str(payload["product_id"])] = list(payload.get("keyword_ids") or [])
+        yield StagedBatch(
+            ids=[str(p["product_id"]) for _, _, p in records],
+            texts=[p["product_name"] for _, _, p in records],
+            content_hashes=[p.get("content_hash", "") for _, _, p in records],
+            payloads=[{k: p[k] for k in fields if p.get(k) is not None} for _, _, p in records],
+            ops=[UPSERT] * len(records),
+            point_ids=[pid for pid, _, _ in records],
+            vectors=np.stack([vector for _, vector, _ in records]),
+        )
 
 
 def _search_options(options: LinkOptions, meta: Mapping[str, str], batch_size: int) -> SearchOptions:
@@ -258,11 +402,12 @@ def link_chunk(
     qdrant_settings: Any = None,
     es_settings: Any = None,
 ) -> dict[str, Any]:
-    """Link one staged product chunk: top-K keywords from Qdrant -> product documents in ES.
+    """Link one staged product chunk, or relink one chunk of stored products (``relink``): top-K
+    keywords from Qdrant -> product documents in ES and product points in Qdrant.
 
-    Streams the chunk ``write_batch`` products at a time (search, then bulk), so memory does not
-    grow with the chunk. Qdrant failing past its retries fails the task (Airflow retries it; the
-    re-run overwrites the same documents); ES item failures are dead-lettered with ES's reason.
+    Streams ``write_batch`` products at a time (search, then bulk), so memory does not grow with
+    the chunk. Qdrant failing past its retries fails the task (Airflow retries it; the re-run
+    overwrites the same documents); ES item failures are dead-lettered with ES's reason.
     """
     from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions, bulk_index
     from embedding_pipeline.stores.elasticsearch.client import open_es
@@ -270,32 +415,32 @@ def link_chunk(
     from embedding_pipeline.stores.qdrant.client import open_client
     from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
-    if not embedded["staged"]:
-        return StageResult(STAGE, embedded["chunk"]).to_xcom()
+    relink = embedded.get("relink")
+    stage = RELINK_STAGE if relink else STAGE
+    if not relink and not embedded["staged"]:
+        return StageResult(stage, embedded["chunk"]).to_xcom()
     started = time.monotonic()
-    path = as_path(embedded["staged"])
-    meta = staged_metadata(path)
-    if (meta["model_name"], meta["model_version"]) != (
-        prepared["model_name"],
-        str(prepared["model_version"]),
-    ):
-        raise LinkSetupError(
-            f"staged chunk {path} was embedded with {meta['model_name']} v{meta['model_version']}, "
-            f"but this run links with {prepared['model_name']} v{prepared['model_version']}"
-        )
+    meta = {"model_name": prepared["model_name"], "model_version": str(prepared["model_version"])}
+    if not relink:
+        _check_staged_model(as_path(embedded["staged"]), prepared)
     qdrant_settings = qdrant_settings or QdrantSettings.from_env()
     es_settings = es_settings or EsSettings.from_env()
-    dead = DeadLetterWriter(as_path(run_dir), STAGE, embedded["chunk"])
+    dead = DeadLetterWriter(as_path(run_dir), stage, embedded["chunk"])
     bulk = BulkOptions(
         chunk_docs=es_settings.bulk_chunk_docs,
         max_bytes=es_settings.bulk_max_bytes,
         version_type="external_gte",
     )
+    deleted_keywords = (
+        frozenset(read_parquet(prepared["deleted_keywords_path"])["id"].to_pylist())
+        if prepared.get("deleted_keywords_path")
+        else frozenset()
+    )
     with open_client(qdrant_settings) as qdrant, open_es(es_settings) as es:
         linker = _Linker(
             qdrant,
             options,
-            prepared["keyword_collection"],
+            (prepared["keyword_collection"], prepared["product_collection"]),
             _search_options(options, meta, qdrant_settings.search_batch),
             qdrant_settings.retry,
             LinkStamp(
@@ -305,41 +450,97 @@ def link_chunk(
                 options.link_record(prepared["keyword_collection"]),
             ),
             dead,
+            deleted_keywords,
         )
         stats = linker.stats
-        batches = (linker.documents(batch) for batch in iter_staged(path, options.write_batch))
+        source = (
+            _relink_batches(
+                qdrant,
+                prepared["product_collection"],
+                read_parquet(relink)["id"].to_pylist(),
+                options.write_batch,
+                linker,
+            )
+            if relink
+            else iter_staged(as_path(embedded["staged"]), options.write_batch)
+        )
+        batches = (linker.documents(batch) for batch in source)
         es_started = time.monotonic()
         counts = bulk_index(es, options.product_alias, batches, dead, bulk)
         # The generator runs inside bulk_index: take the search time out of the write time.
         write_seconds = time.monotonic() - es_started - stats.search_seconds
     invalid = len(dead) - counts.dead_lettered  # dead-lettered before ES saw them
-    result = chunk_result(
-        STAGE,
+    counted = StageResult(
+        stage,
         embedded["chunk"],
         counts.rows_in + invalid,
-        counts.indexed + counts.superseded,
-        dead,
-        started,
-        {
+        indexed=counts.indexed + counts.superseded,
+        deleted=counts.deleted,
+        extra={
             "searched": stats.searched,
             "written": counts.indexed,
             "superseded": counts.superseded,
             "empty_links": stats.empty,
             "keywords_linked": stats.keywords,
             "invalid_vectors": invalid,
+            "unchanged_lists": stats.unchanged_lists,
+            "dropped_deleted_keywords": stats.dropped_deleted_keywords,
+            "relink_missing": stats.missing,
             "search_seconds": round(stats.search_seconds, 3),
             "write_seconds": round(write_seconds, 3),
             "retried_items": counts.retried_items,
         },
     )
+    result = chunk_result(counted, dead, started)
     log.info(
-        "link %s: %d products, %d written, %d superseded, %d without keywords, %d dead-lettered in %.1fs",
+        "%s %s: %d products, %d written, %d deleted, %d superseded, %d without keywords, "
+        "%d dead-lettered in %.1fs",
+        stage,
         embedded["chunk"],
         result.rows_in,
         counts.indexed,
+        counts.deleted,
         counts.superseded,
         stats.empty,
         result.dead_lettered,
         result.seconds,
     )
     return result.to_xcom()
+
+
+def _check_staged_model(path: Any, prepared: Mapping[str, Any]) -> None:
+    meta = staged_metadata(path)
+    if (meta["model_name"], meta["model_version"]) != (
+        prepared["model_name"],
+        str(prepared["model_version"]),
+    ):
+        raise LinkSetupError(
+            f"staged chunk {path} was embedded with {meta['model_name']} v{meta['model_version']}, "
+            f"but this run links with {prepared['model_name']} v{prepared['model_version']}"
+        )
+
+
+def finalize(
+    planned: dict[str, Any],
+    prepared: dict[str, Any],
+    embedded: list[dict[str, Any]],
+    linked: list[dict[str, Any]],
+    meta: dict[str, Any],
+    max_dead_letter_ratio: float,
+) -> dict[str, Any]:
+    """The run report (tonight's products in the accounting identity; relinked stored products
+    reported beside it), then the product state commit. A relink with dead letters keeps the
+    state's change-log position, so the next run relinks the products those changes affect again."""
+    from embedding_pipeline.runs.changes import commit_changes
+    from embedding_pipeline.runs.report import finalize_run, stage_summary
+
+    tonight = [r for r in linked if r["stage"] != RELINK_STAGE]
+    relinked = [StageResult.from_xcom(r) for r in linked if r["stage"] == RELINK_STAGE]
+    relink = stage_summary(relinked) if relinked else None
+    report = finalize_run(
+        planned, prepared, embedded, {STAGE: tonight}, {**meta, "relink": relink}, max_dead_letter_ratio
+    )
+    if relink and relink["dead_lettered"]:
+        prepared = {**prepared, "state_metadata": None}
+    commit_changes(prepared, embedded, planned["run_dir"])
+    return report

@@ -37,6 +37,7 @@ from embedding_pipeline.stores.qdrant.errors import (
     is_point_error,
     is_transient,
 )
+from embedding_pipeline.stores.qdrant.points import delete as delete_points
 
 STAGE = "qdrant_upsert"
 REASON_INVALID = "qdrant_invalid_point"
@@ -121,22 +122,6 @@ class _Upserter:
             ) from exc.last
         self.dead.add(row["id"], REASON_EXHAUSTED, describe_error(exc.last), row, attempt=exc.attempts)
 
-    def delete(self, point_ids: list[str]) -> None:
-        """Delete points (absent ones are no error). Deletes cannot be bad data: a failure after
-        the retries fails the task, and Airflow's retry re-runs the chunk."""
-        self.requests += 1
-        selector = models.PointIdsList(points=point_ids)
-        try:
-            self.retry.call(
-                f"delete of {len(point_ids)} points from {self.collection}",
-                lambda: self.client.delete(self.collection, points_selector=selector, wait=True),
-            )
-        except RetriesExhausted as exc:
-            raise QdrantUnavailableError(
-                f"deleting {len(point_ids)} points from {self.collection!r} failed after "
-                f"{exc.attempts} attempts: {describe_error(exc.last)}"
-            ) from exc.last
-
 
 def _model_version_value(version: str) -> int | str:
     """Integer when it is one (the payload index on model_version is an integer index)."""
@@ -180,8 +165,9 @@ def upsert_chunk(
     for batch in iter_staged(path, batch_size):
         rows_in += len(batch.ids)
         removed = [batch.point_ids[i] for i, op in enumerate(batch.ops) if op == DELETE]
-        if removed:
-            upserter.delete(removed)
+        if removed:  # deletes cannot be bad data: a failure after the retries fails the task
+            delete_points(client, target.name, removed, retry)
+            upserter.requests += 1
             deleted += len(removed)
         points, rows = _points(batch, path, model["model_name"], model_version, schema, dead_letters)
         updates = [i for i, row in enumerate(rows) if row["op"] == UPDATE]

@@ -1,0 +1,206 @@
+"""Keeping every product's keyword list equal to a from-scratch relink when keywords change.
+
+A product's stored list changes only if a keyword in it changed or was deleted, or if a new or
+changed keyword now scores at least the list's entry score (its K-th score; for a list shorter
+than K, the threshold - any eligible keyword enters). So the product stage reads the keyword
+collection's change log (:class:`runs.changes.ChangeLog`) since the position its state records
+and relinks exactly these products:
+
+holders
+    products whose stored ``keyword_ids`` hold a changed or deleted keyword (a payload filter on
+    the product vector collection);
+entrants
+    for each new or changed keyword that passes the static ``keyword_filter``: products it could
+    enter (same ``match_fields`` value, or none) whose ``entry_score`` it reaches. Qdrant has no
+    per-point threshold, so products are searched in bands of ``entry_score`` (threshold = the
+    band's floor) and the hits checked exactly: the over-fetch is bounded by the band width.
+
+Products of tonight's own partitions are relinked by their chunks anyway; relinking runs after
+them and reads the vectors they stored, so the order cannot leave a stale list. ``relink: all``
+relinks every live product instead (also what happens when the keyword generation changed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from qdrant_client import QdrantClient
+from qdrant_client.http import models
+
+from embedding_pipeline.retry import RetryPolicy
+from embedding_pipeline.runs.changes import change_log
+from embedding_pipeline.runs.staging import point_id
+from embedding_pipeline.runs.state import IndexState
+from embedding_pipeline.runs.storage import StoragePath, write_parquet
+from embedding_pipeline.stages.link_options import LinkOptions
+from embedding_pipeline.stores.qdrant import points
+
+log = logging.getLogger(__name__)
+
+# Floors of the entry-score bands (cosine); the last band is open above.
+BANDS = (-1.0, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Scores are stored rounded to 6 decimals; a keyword that ties the K-th score may enter (keyword-id
+# order breaks the tie), so "reaches" is checked with this slack.
+EPSILON = 2e-6
+ID_BATCH = 512
+
+
+def entry_score(scores: list[float], top_k: int, threshold: float | None) -> float:
+    """The least score a new keyword needs to enter a list: the K-th score of a full list, else
+    the threshold (or -1: any eligible keyword enters a short list)."""
+    if len(scores) >= top_k:
+        return float(scores[top_k - 1])
+    return -1.0 if threshold is None else float(threshold)
+
+
+def passes_static_filter(options: LinkOptions, payload: Mapping[str, Any]) -> bool:
+    """Whether a keyword passes ``keyword_filter`` (it can then enter some list)."""
+    for name, wanted in options.keyword_filter.items():
+        value = payload.get(name)
+        if isinstance(wanted, list) and value not in wanted:
+            return False
+        if not isinstance(wanted, list) and value != wanted:
+            return False
+    return True
+
+
+def _entrant_filter(options: LinkOptions, keyword: Mapping[str, Any]) -> list[models.Condition]:
+    """Products a keyword may enter under ``match_fields``: a product with the field needs the
+    keyword's value; a product without it has no condition (see product_link._filters)."""
+    conditions: list[models.Condition] = []
+    for name in options.match_fields:
+        absent = models.IsEmptyCondition(is_empty=models.PayloadField(key=name))
+        value = keyword.get(name)
+        if value is None:
+            conditions.append(models.Filter(must=[absent]))
+        else:
+            same = models.FieldCondition(key=name, match=models.MatchValue(value=value))
+            conditions.append(models.Filter(should=[same, absent]))
+    return conditions
+
+
+def _batches(ids: list[str], size: int = ID_BATCH) -> Iterable[list[str]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def holders(
+    qdrant: QdrantClient, product_collection: str, keyword_ids: list[str], retry: RetryPolicy
+) -> set[str]:
+    """Products whose stored list holds any of ``keyword_ids``."""
+    found: set[str] = set()
+    for batch in _batches(keyword_ids):
+        query = models.Filter(
+            must=[models.FieldCondition(key="keyword_ids", match=models.MatchAny(any=batch))]
+        )
+        for payload in points.scroll_matching(
+            qdrant, product_collection, query, fields=["product_id"], retry=retry
+        ):
+            found.add(str(payload["product_id"]))
+    return found
+
+
+def entrants(
+    qdrant: QdrantClient,
+    options: LinkOptions,
+    collections: tuple[str, str],
+    keyword_ids: list[str],
+    retry: RetryPolicy,
+) -> set[str]:
+    """Products a new or changed keyword now enters (see the module docstring).
+    ``collections`` = (keyword collection, product collection)."""
+    keyword_collection, product_collection = collections
+    found: set[str] = set()
+    floors = [*BANDS, None]
+    for batch in _batches(keyword_ids):
+        stored = points.retrieve(
+            qdrant, keyword_collection, [point_id("keyword", i) for i in batch], retry=retry
+        )
+        for _, vector, payload in stored.values():
+            if vector is None or not passes_static_filter(options, payload):
+                continue
+            match = _entrant_filter(options, payload)
+            for low, high in itertools.pairwise(floors):
+                band = models.FieldCondition(key="entry_score", range=models.Range(gte=low, lt=high))
+                for product, score in points.above(
+                    qdrant,
+                    product_collection,
+                    vector,
+                    low - EPSILON,
+                    models.Filter(must=[band, *match]),
+                    retry=retry,
+                ):
+                    if score >= float(product["entry_score"]) - EPSILON:
+                        found.add(str(product["product_id"]))
+    return found
+
+
+def _write_chunks(ids: list[str], run_dir: StoragePath, chunk_ids: int) -> list[dict[str, Any]]:
+    """Relink work items for the mapped link task: bounded id lists in Parquet files."""
+    chunks = []
+    for number, start in enumerate(range(0, len(ids), chunk_ids)):
+        name = f"relink-{number:04d}"
+        path = write_parquet(
+            run_dir / "relink" / f"{name}.parquet", pa.table({"id": ids[start : start + chunk_ids]})
+        )
+        chunks.append({"chunk": name, "relink": path, "staged": None})
+    return chunks
+
+
+def plan_relinks(
+    qdrant: QdrantClient,
+    options: LinkOptions,
+    collections: tuple[str, str],
+    state: IndexState,
+    run_dir: StoragePath,
+    *,
+    relink_all: bool = False,
+    retry: RetryPolicy = RetryPolicy(),
+) -> dict[str, Any]:
+    """Which stored products this run relinks, as relink chunks, and the change-log position the
+    product state records once the run commits. ``collections`` = (keyword, product)."""
+    keyword_collection, product_collection = collections
+    keyword_log = change_log(keyword_collection)
+    applied = state.metadata().get("keyword_changes", "")
+    applied_collection, _, applied_number = applied.partition("#")
+    result: dict[str, Any] = {"relink_chunks": [], "relink_reason": None, "keyword_changes": 0}
+    if not state.exists():  # no product linked yet: tonight's products are all new
+        return {
+            **result,
+            "state_metadata": {"keyword_changes": f"{keyword_collection}#{keyword_log.latest()}"},
+        }
+    deleted: list[str] = []
+    if relink_all or applied_collection != keyword_collection:
+        ids = sorted(state.live()["id"].to_pylist())
+        reason = (
+            "relink=all" if relink_all else f"keyword generation {applied_collection} -> {keyword_collection}"
+        )
+        end = keyword_log.latest()
+    else:
+        changes, end = keyword_log.since(int(applied_number or 0))
+        changed = changes["id"].to_pylist()
+        live = changes.filter(pc.not_equal(changes["change"], "delete"))["id"].to_pylist()
+        deleted = changes.filter(pc.equal(changes["change"], "delete"))["id"].to_pylist()
+        affected = holders(qdrant, product_collection, changed, retry)
+        affected |= entrants(qdrant, options, collections, live, retry)
+        ids = sorted(affected)
+        reason = f"{len(changed)} keyword changes" if changed else None
+        result["keyword_changes"] = len(changed)
+    if deleted:
+        result["deleted_keywords_path"] = write_parquet(
+            run_dir / "relink" / "deleted_keywords.parquet", pa.table({"id": pa.array(deleted, pa.string())})
+        )
+    log.info("relinking %d stored products (%s)", len(ids), reason or "no keyword changes")
+    return {
+        **result,
+        "relink_chunks": _write_chunks(ids, run_dir, options.relink_chunk_ids),
+        "relink_planned": len(ids),
+        "relink_reason": reason,
+        # What the product state records at commit: the keyword changes its lists now reflect.
+        "state_metadata": {"keyword_changes": f"{keyword_collection}#{end}"},
+    }
