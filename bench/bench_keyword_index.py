@@ -267,7 +267,7 @@ def bench_embed(
 
         timed_bare(f"bare {name} 1/2", texts[:half])
         with meter.measure(f"stage {name}", chunk_rows(chunk)) as stage:
-            output = ki.embed(chunk, str(run_dir), model["name"], settings)
+            output = ki.embed(chunk, str(run_dir), {"model_name": model["name"]}, settings)
         timed_bare(f"bare {name} 2/2", texts[half:])
         result = output["result"]
         stage.extra = {
@@ -635,7 +635,7 @@ def child_embed(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    output = ki.embed(spec["chunk"], spec["run_dir"], spec["model_name"])
+    output = ki.embed(spec["chunk"], spec["run_dir"], {"model_name": spec["model_name"]})
     seconds = time.perf_counter() - started
     peak = vm_hwm()
     print(

@@ -53,6 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np
+from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 from harness import (
     BENCH_DIR,
@@ -155,12 +156,12 @@ def index_keywords(
     seconds["plan"] = m.seconds
     rows = sum(chunk_rows(c) for c in planned["chunks"])
     with meter.measure("keywords prepare_sinks", 0) as m:
-        prepared = ki.prepare_sinks(targets, model, qdrant, es)
+        prepared = ki.prepare_sinks(targets, model, planned, InputSpec(), qdrant, es)
     seconds["prepare_sinks"] = m.seconds
     embedded, upserted, indexed = [], [], []
     with meter.measure("keywords embed (all chunks)", rows) as m:
         for chunk in planned["chunks"]:
-            embedded.append(ki.embed(chunk, str(run_dir), model["model_name"]))
+            embedded.append(ki.embed(chunk, str(run_dir), prepared))
     seconds["embed"] = m.seconds
     with meter.measure("keywords write_qdrant (all chunks)", rows) as m:
         for e in embedded:
@@ -267,7 +268,7 @@ def link_products(
     chunks = planned["chunks"]
     rows = sum(chunk_rows(c) for c in chunks)
     with meter.measure("product_link.prepare", 0) as steps["prepare"]:
-        prepared = product_link.prepare(options, model, qdrant, es_settings)
+        prepared = product_link.prepare(options, model, planned, InputSpec(), qdrant, es_settings)
 
     # embed (mapped): every chunk first, as in the DAG's task graph
     embedded = []
@@ -278,7 +279,7 @@ def link_products(
         n = chunk_rows(chunk)
         noise.wait(f"embed {chunk['chunk_id']}")
         with meter.measure(f"product_link.embed {chunk['chunk_id']}", n) as m:
-            output = product_link.embed(chunk, run_dir, model["model_name"], options.role)
+            output = product_link.embed(chunk, run_dir, prepared, options.role)
         result = output["result"]
         if result["indexed"] != n or result["dead_lettered"]:
             raise RuntimeError(f"embed {chunk['chunk_id']}: {result} of {n} clean rows")

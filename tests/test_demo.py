@@ -101,6 +101,17 @@ def test_demo_runs_the_whole_chain_and_prints_linked_keywords(tmp_path):
     assert output.count("search hnsw_ef 256") == 3  # recorded; local mode is exact and says nothing
     assert "Local mode performs exact" not in output
     assert len(re.findall(r"^\s+5\s+[01]\.\d{4}\s+\S", output, flags=re.MULTILINE)) == 3
+    # The fourth night runs incrementally: 8 keyword texts changed, 4 deleted, 8 new (1% of 800).
+    assert "[6/6] a fourth night dt=" in output
+    night = re.search(
+        r"keyword_index: 20 rows read: embedded (\d+), fields only 0, unchanged (\d+), deleted 4", output
+    )
+    assert night, output[-3000:]
+    embedded, unchanged = int(night[1]), int(night[2])
+    assert 8 <= embedded <= 16 and embedded + unchanged + 4 == 20  # a swapped text may equal its own
+    assert re.search(
+        r"product_link: 7 rows read: embedded \d+, fields only 0, unchanged \d+, deleted 1", output
+    )
     assert "every process started here was stopped" in output
     started = _started_pids(output)
     assert len(started) == 2  # the ES emulator and the inference server

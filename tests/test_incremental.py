@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from embedding_pipeline.errors import SetupError
+from embedding_pipeline.local.inline_runner import run_keywords, run_products
 from embedding_pipeline.runs.changes import DeleteGuardError
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.state import IndexState, ModelChangedError, delta_table
 from embedding_pipeline.stages.link_options import LinkOptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stage_runner import run_keywords, run_products
 
 MODEL = "tiny_bert"
 _runs = itertools.count()
@@ -411,17 +411,25 @@ def _named(rows: list[dict[str, Any]], id_key: str, text_key: str) -> list[dict[
     ]
 
 
+@pytest.mark.parametrize("entrants", ["scan", "bands"])
 @settings(
     max_examples=6,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(nights=st.lists(_night, min_size=2, max_size=4, unique_by=lambda n: n["day"]))
-def test_any_sequence_of_nights_matches_a_from_scratch_build(links, nights, monkeypatch):
+def test_any_sequence_of_nights_matches_a_from_scratch_build(links, nights, entrants, monkeypatch):
     """Random keyword/product deltas and snapshots over several dates, run in any order (late
     backfills included): after each night the stored keyword sets equal the expected current set
     in Qdrant and ES, the stored products are the expected ones, and every product's list equals a
-    from-scratch exact relink of all current products against all current keywords."""
+    from-scratch exact relink of all current products against all current keywords.
+
+    Both ways of finding the products a changed keyword enters run here: the block scan local mode
+    uses, and the entry-score band searches a Qdrant server uses (on local mode's engine)."""
+    from embedding_pipeline.stages import link_maintenance
+
+    if entrants == "bands":
+        monkeypatch.setattr(link_maintenance, "entrants_by_scan", link_maintenance.entrants)
     example = next(_runs)
     env = {**links, "root": links["tmp"] / f"ex{example}", "alias": f"{links['alias']}x{example}"}
     options = replace(links["options"], keyword_alias=env["alias"], product_alias=f"p{env['alias']}")

@@ -71,11 +71,10 @@ def _index_keywords(env: dict, keywords: int = 600) -> dict:
 
 def _assert_balanced(report: dict) -> None:
     assert report["status"] == "ok", report["problems"]
+    embed = report["embed"]
     for summary in report["sinks"].values():
-        assert (
-            summary["indexed"] + summary["dead_lettered"] + report["embed"]["dead_lettered"]
-            == (report["rows_read"])
-        )
+        kept = summary["indexed"] + embed["unchanged"] + summary["deleted"]
+        assert kept + summary["dead_lettered"] + embed["dead_lettered"] == report["rows_read"]
 
 
 def _links(docs: dict[str, dict]) -> dict[str, list[tuple[str, float, int]]]:
@@ -84,7 +83,8 @@ def _links(docs: dict[str, dict]) -> dict[str, list[tuple[str, float, int]]]:
 
 def test_chain_runs_every_stage_and_a_second_run_changes_nothing(env):
     """One trigger: model (published from the bundled MiniLM), keywords, products; then the same dt again
-    with ``publish_model=if_missing`` (the publish tasks are skipped) must leave identical results."""
+    with ``publish_model=if_missing`` (the publish tasks are skipped) writes nothing (every row is
+    unchanged) and leaves identical results."""
     summary = generate(
         env["data"], keywords=600, products=160, dates=DATES, seed=5, bad_rate=0.05, row_group_size=100
     )
@@ -118,11 +118,14 @@ def test_chain_runs_every_stage_and_a_second_run_changes_nothing(env):
     second = run_dag("embedding_chain", {**conf, "publish_model": "if_missing"})
     states = _states(second)
     assert states["model.export"] == "skipped" and states["model.model_ready"] == "success"
+    # Incremental: the same dates again find every row unchanged and write nothing.
     again = _report(second, "product_link")
-    assert again["sinks"]["link"]["indexed"] == link["indexed"]
+    assert again["sinks"]["link"]["indexed"] == 0 and again["embed"]["unchanged"] == link["indexed"]
+    assert again.get("relink") is None  # no keyword changed
     keywords_again = _report(second, "keyword_index")
     for sink in ("qdrant", "es"):
-        assert keywords_again["sinks"][sink]["indexed"] == keywords["sinks"][sink]["indexed"]
+        assert keywords_again["sinks"][sink]["indexed"] == 0
+        assert keywords_again["embed"]["unchanged"] == keywords["sinks"][sink]["indexed"]
     assert _links(_sources(env["prod"])) == _links(docs)
 
 
@@ -135,9 +138,9 @@ def _recurring(manifest: dict) -> int:
 
 
 def test_latest_partition_wins_whatever_order_dates_are_linked_in(env):
-    """Cross-partition duplicate ids: linking dt2 and then dt1 leaves dt2's document (ES refuses the
-    older external version and the run counts it as superseded); within a partition the first
-    occurrence is kept and the copies are dead-lettered."""
+    """Cross-partition duplicate ids: linking dt2 and then dt1 leaves dt2's document (the state skips
+    dt1's rows of those ids before embedding, as superseded; ES external versions would refuse them
+    too); within a partition the first occurrence is kept and the copies are dead-lettered."""
     _index_keywords(env)
     summary = generate(
         env["data"], keywords=0, products=200, dates=DATES, seed=9, bad_rate=0.08, row_group_size=100
@@ -149,7 +152,8 @@ def test_latest_partition_wins_whatever_order_dates_are_linked_in(env):
     older = _report(run_dag("product_link", {**conf, "dt": DATES[0]}), "product_link")
     _assert_balanced(newer)
     _assert_balanced(older)
-    assert older["sinks"]["link"]["extra"]["superseded"] == recurring["count"] > 0
+    # The state knows dt2 spoke later: dt1's rows of those ids are not even embedded.
+    assert older["embed"]["extra"]["superseded"] == recurring["count"] > 0
     docs = _sources(env["prod"])
     for product_id in recurring["ids"]:
         assert docs[str(product_id)]["dt"] == DATES[1]
@@ -196,6 +200,7 @@ def _failed_at_prepare(run) -> None:
 
 
 def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
+    from embedding_pipeline.runs.input_kinds import InputSpec
     from embedding_pipeline.runs.plan import model_info
     from embedding_pipeline.serving.process import free_port
     from embedding_pipeline.stages.product_link import LinkOptions, LinkSetupError, prepare
@@ -210,14 +215,17 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
     # No keyword collection yet.
     _failed_at_prepare(run_dag("product_link", _conf(env, dt_end=None)))
     model = model_info(None, "tiny_bert")
+    # What the plan hands prepare: products to link, no partition id lists (nothing to delete).
+    planned = {"chunks": [{"chunk_id": "c"}], "run_dir": str(env["data"] / "run"), "partition_ids": {}}
+    spec = InputSpec()
     with pytest.raises(LinkSetupError, match=r"no keyword collection .*run keyword_index"):
-        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model)
+        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model, planned, spec)
 
     # A keyword collection that exists but holds nothing.
     with open_client() as qdrant:
         ensure_collection(qdrant, env["kw"], dim=model["dim"], model_name="tiny_bert", model_version=1)
     with pytest.raises(LinkSetupError, match="is empty: index keywords"):
-        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model)
+        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model, planned, spec)
 
     _index_keywords(env)
     # Keywords built with tiny_bert, products embedded with another model of the same dimension.
@@ -226,12 +234,14 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
         prepare(
             LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]),
             model_info(None, "tiny_xlm_roberta"),
+            planned,
+            spec,
         )
 
     # Qdrant unreachable: a clear error after the bounded retries, not a client traceback.
     closed = QdrantSettings(url=f"http://127.0.0.1:{free_port()}", max_retries=1, timeout=2)
     with pytest.raises(QdrantUnavailableError, match="cannot reach Qdrant"):
-        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model, closed)
+        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model, planned, spec, closed)
 
     # An existing product index whose mapping conflicts (keywords not nested).
     with open_es() as es:
@@ -246,7 +256,7 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
         )
     _failed_at_prepare(run_dag("product_link", _conf(env, dt_end=None)))
     with pytest.raises(EsIndexError, match="'keywords' is object, expected nested"):
-        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model)
+        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model, planned, spec)
 
 
 @pytest.mark.parametrize(

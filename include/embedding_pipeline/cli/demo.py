@@ -47,12 +47,12 @@ def run_demo(args: argparse.Namespace) -> int:
         # fails its task, and the demo names the failed tasks and where their logs are.
         os.environ.setdefault("AIRFLOW__LOGGING__NAMESPACE_LEVELS", "airflow.sdk.api.client=CRITICAL")
     home = configure_airflow()
-    print(f"[1/5] Airflow metadata DB in {home}")
+    print(f"[1/6] Airflow metadata DB in {home}")
     migrate_db(home)
 
     root = data_root()
     print(
-        f"[2/5] sample data: {args.keywords} keywords, {args.products} products over {len(args.dates)} dates "
+        f"[2/6] sample data: {args.keywords} keywords, {args.products} products over {len(args.dates)} dates "
         f"({args.lang}, {args.bad_rate:.0%} bad rows) -> {root}"
     )
     summary = generate(
@@ -70,7 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     repository = args.model_repository.resolve()
     os.environ["EMBEDDING_MODEL_REPOSITORY"] = str(repository)
-    print("[3/5] services (Elasticsearch: ES_URL if set, else the noida-db emulator - not a real ES)")
+    print("[3/6] services (Elasticsearch: ES_URL if set, else the noida-db emulator - not a real ES)")
     with LocalServices(
         model_repository=repository,
         ports="free",
@@ -80,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
         from embedding_pipeline.local.airflow_runner import run_dag_in_child
 
         print(
-            f"[4/5] dag.test(embedding_chain) dt={args.dates[0]}..{args.dates[-1]}: publish {args.source} "
+            f"[4/6] dag.test(embedding_chain) dt={args.dates[0]}..{args.dates[-1]}: publish {args.source} "
             f"({args.precision}) as {args.name} -> keyword_index -> product_link"
         )
         chain_started = time.monotonic()
@@ -100,9 +100,10 @@ def run_demo(args: argparse.Namespace) -> int:
         _check(run)
         ran = sum(state == "success" for state in run.task_states.values())
         print(f"      {ran} task instances succeeded in {time.monotonic() - chain_started:.0f}s")
-        print("[5/5] report")
+        print("[5/6] report")
         _print_reports(run, injected)
         _show_products(args.top_k)
+        _incremental_night(args, root)
     print(f"done in {time.monotonic() - started:.0f}s; every process started here was stopped.")
     return 0
 
@@ -136,6 +137,64 @@ def _print_reports(run: RunOutcome, injected: dict[str, int]) -> None:
                 f"        {int(extra.get('keywords_linked', 0))} keyword links, "
                 f"{int(extra.get('empty_links', 0))} products without a keyword, "
                 f"{int(extra.get('superseded', 0))} superseded by a later dt"
+            )
+
+
+def _incremental_night(args: argparse.Namespace, root: Path) -> None:
+    """A fourth date with a few changed, deleted and new keywords and products, run incrementally:
+    only what changed is embedded and written, and the stored products whose lists the keyword
+    changes reach are relinked."""
+    from datetime import date, timedelta
+
+    from embedding_pipeline.local.airflow_runner import run_dag_in_child
+    from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
+    from embedding_pipeline.runs.plan import run_dir_for
+    from embedding_pipeline.sample.changes import write_night
+
+    dt = (date.fromisoformat(max(args.dates)) + timedelta(days=1)).isoformat()
+    keywords = max(3, args.keywords // 100)
+    products = max(3, args.products // 100)
+    made = {
+        "keywords": write_night(root, KEYWORDS, args.dates, dt, (keywords, keywords // 2, keywords), seed=1),
+        "products": write_night(root, PRODUCTS, args.dates, dt, (products, products // 2, products), seed=2),
+    }
+    print(
+        f"[6/6] a fourth night dt={dt}, incremental (input_kind=delta, tombstone_column=deleted): "
+        + "; ".join(
+            f"{t}: {m['changed']} changed, {m['deleted']} deleted, {m['new']} new" for t, m in made.items()
+        )
+    )
+    started = time.monotonic()
+    run = run_dag_in_child(
+        "embedding_chain",
+        {
+            "publish_model": "never",
+            "model_name": args.name,
+            "dt": dt,
+            "input_root": str(root),
+            "top_k": args.top_k,
+            "tombstone_column": "deleted",
+            "max_delete_ratio": 0.05,
+        },
+    )
+    _check(run)
+    print(f"      done in {time.monotonic() - started:.0f}s")
+    for stage in STAGES:
+        report = json.loads(
+            (Path(str(run_dir_for(run.dag_id, run.run_id, stage))) / "report.json").read_text()
+        )
+        embed, extra = report["embed"], report["embed"]["extra"]
+        print(
+            f"      {stage}: {report['rows_read']} rows read: embedded {int(extra.get('embedded', 0))}, "
+            f"fields only {int(extra.get('fields_updated', 0))}, unchanged {embed['unchanged']}, "
+            f"deleted {embed['deleted']} (of {report.get('live_before', 0)} stored)"
+        )
+        relink = report.get("relink")
+        if relink:
+            print(
+                f"        relinked {relink['indexed']} stored products ({report.get('relink_reason')}), "
+                f"{int(relink['extra'].get('unchanged_lists', 0))} lists unchanged, "
+                f"{int(relink['extra'].get('dropped_deleted_keywords', 0))} deleted keywords dropped"
             )
 
 

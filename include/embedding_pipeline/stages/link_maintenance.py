@@ -11,22 +11,30 @@ holders
     the product vector collection);
 entrants
     for each new or changed keyword that passes the static ``keyword_filter``: products it could
-    enter (same ``match_fields`` value, or none) whose ``entry_score`` it reaches. Qdrant has no
-    per-point threshold, so products are searched in bands of ``entry_score`` (threshold = the
-    band's floor) and the hits checked exactly: the over-fetch is bounded by the band width.
+    enter (same ``match_fields`` value, or none) whose ``entry_score`` it reaches. Two exact ways:
+
+    - ``bands`` (a Qdrant server): Qdrant has no per-point threshold, so products are searched
+      in bands of ``entry_score`` (threshold = the band's floor, filters on the payload indexes)
+      and the hits checked exactly: the over-fetch is bounded by the band width.
+    - ``scan`` (local mode, where every filtered query is a Python loop over all points): one
+      pass over the stored product vectors in blocks, scores against all changed keywords as one
+      matrix product, compared with each product's entry score.
 
 Products of tonight's own partitions are relinked by their chunks anyway; relinking runs after
 them and reads the vectors they stored, so the order cannot leave a stale list. ``relink: all``
-relinks every live product instead (also what happens when the keyword generation changed).
+relinks every live product instead; so does a run whose keyword generation or link options (top_k,
+threshold, filters, role, search settings) differ from the ones the stored lists were made with.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from qdrant_client import QdrantClient
@@ -140,6 +148,46 @@ def entrants(
     return found
 
 
+def entrants_by_scan(
+    qdrant: QdrantClient,
+    options: LinkOptions,
+    collections: tuple[str, str],
+    keyword_ids: list[str],
+    retry: RetryPolicy,
+    block: int = 4096,
+) -> set[str]:
+    """:func:`entrants` in one streamed pass over the product vectors (see the module docstring).
+    Memory: the changed keywords' vectors and one block of products (block x changed scores)."""
+    from embedding_pipeline.stores.qdrant.search import iter_vectors
+
+    keyword_collection, product_collection = collections
+    vectors, payloads = [], []
+    for batch in _batches(keyword_ids):
+        stored = points.retrieve(
+            qdrant, keyword_collection, [point_id("keyword", i) for i in batch], retry=retry
+        )
+        for _, vector, payload in stored.values():
+            if vector is not None and passes_static_filter(options, payload):
+                vectors.append(vector)
+                payloads.append(payload)
+    if not vectors:
+        return set()
+    keywords = np.stack(vectors)
+    fields = ["product_id", "entry_score", *options.match_fields]
+    found: set[str] = set()
+    for products, product_payloads in iter_vectors(qdrant, product_collection, block, fields, retry):
+        scores = products @ keywords.T  # both L2-normalised by the cosine collections
+        entry = np.asarray([float(p["entry_score"]) for p in product_payloads], dtype=np.float32)
+        reaches = scores >= (entry - EPSILON)[:, None]
+        for name in options.match_fields:
+            mine = np.asarray([p.get(name) for p in product_payloads], dtype=object)
+            theirs = np.asarray([k.get(name) for k in payloads], dtype=object)
+            same = mine[:, None] == theirs[None, :]
+            reaches &= same | np.equal(mine, None)[:, None]
+        found.update(str(product_payloads[i]["product_id"]) for i in np.flatnonzero(reaches.any(axis=1)))
+    return found
+
+
 def _write_chunks(ids: list[str], run_dir: StoragePath, chunk_ids: int) -> list[dict[str, Any]]:
     """Relink work items for the mapped link task: bounded id lists in Parquet files."""
     chunks = []
@@ -160,26 +208,30 @@ def plan_relinks(
     run_dir: StoragePath,
     *,
     relink_all: bool = False,
+    scan: bool = True,
     retry: RetryPolicy = RetryPolicy(),
 ) -> dict[str, Any]:
     """Which stored products this run relinks, as relink chunks, and the change-log position the
-    product state records once the run commits. ``collections`` = (keyword, product)."""
+    product state records once the run commits. ``collections`` = (keyword, product); ``scan``:
+    find entrants by :func:`entrants_by_scan` (local mode) rather than band searches (a server)."""
     keyword_collection, product_collection = collections
     keyword_log = change_log(keyword_collection)
-    applied = state.metadata().get("keyword_changes", "")
-    applied_collection, _, applied_number = applied.partition("#")
+    recorded = state.metadata()
+    applied_collection, _, applied_number = recorded.get("keyword_changes", "").partition("#")
+    how = json.dumps(options.link_record(""), sort_keys=True)  # the options a list depends on
     result: dict[str, Any] = {"relink_chunks": [], "relink_reason": None, "keyword_changes": 0}
     if not state.exists():  # no product linked yet: tonight's products are all new
-        return {
-            **result,
-            "state_metadata": {"keyword_changes": f"{keyword_collection}#{keyword_log.latest()}"},
-        }
+        position = f"{keyword_collection}#{keyword_log.latest()}"
+        return {**result, "state_metadata": {"keyword_changes": position, "link_options": how}}
     deleted: list[str] = []
-    if relink_all or applied_collection != keyword_collection:
+    if relink_all or applied_collection != keyword_collection or recorded.get("link_options") != how:
         ids = sorted(state.live()["id"].to_pylist())
-        reason = (
-            "relink=all" if relink_all else f"keyword generation {applied_collection} -> {keyword_collection}"
-        )
+        if relink_all:
+            reason = "relink=all"
+        elif applied_collection != keyword_collection:
+            reason = f"keyword generation {applied_collection or '?'} -> {keyword_collection}"
+        else:
+            reason = "link options changed"
         end = keyword_log.latest()
     else:
         changes, end = keyword_log.since(int(applied_number or 0))
@@ -187,7 +239,7 @@ def plan_relinks(
         live = changes.filter(pc.not_equal(changes["change"], "delete"))["id"].to_pylist()
         deleted = changes.filter(pc.equal(changes["change"], "delete"))["id"].to_pylist()
         affected = holders(qdrant, product_collection, changed, retry)
-        affected |= entrants(qdrant, options, collections, live, retry)
+        affected |= (entrants_by_scan if scan else entrants)(qdrant, options, collections, live, retry)
         ids = sorted(affected)
         reason = f"{len(changed)} keyword changes" if changed else None
         result["keyword_changes"] = len(changed)
@@ -202,5 +254,5 @@ def plan_relinks(
         "relink_planned": len(ids),
         "relink_reason": reason,
         # What the product state records at commit: the keyword changes its lists now reflect.
-        "state_metadata": {"keyword_changes": f"{keyword_collection}#{end}"},
+        "state_metadata": {"keyword_changes": f"{keyword_collection}#{end}", "link_options": how},
     }

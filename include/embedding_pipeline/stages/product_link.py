@@ -156,6 +156,7 @@ def prepare(
             IndexState(changes["state_path"]),
             as_path(planned["run_dir"]),
             relink_all=relink_all,
+            scan=qdrant_settings.is_local,
             retry=qdrant_settings.retry,
         )
     with open_es(es_settings) as es:

@@ -1,9 +1,10 @@
 """Run a stage's task functions in this process, in the order the DAG's tasks call them.
 
-The property tests run dozens of nightly runs per example; ``dag.test()`` costs ~15 s a run, the
-functions themselves well under one. What Airflow adds (task wiring, Params, XCom) is covered by
-the ``dag.test()`` tests of the same scenario; this runner calls the same library functions the
-task factories in ``plugins/pipeline_stages`` call, with the same arguments.
+For the property tests (dozens of nightly runs per example: ``dag.test()`` costs ~15 s a run, the
+functions themselves well under one) and the incremental benchmark (which measures the pipeline's
+work, not Airflow's overhead). It calls the same library functions, with the same arguments, as
+the task factories in ``plugins/pipeline_stages``; the ``dag.test()`` tests cover the wiring.
+Mapped tasks run one after another.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from embedding_pipeline.runs.input_kinds import InputSpec
-from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
+from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS, TableSpec
 from embedding_pipeline.runs.plan import PlanRules, model_info, plan
 from embedding_pipeline.stages import keyword_index as ki
 from embedding_pipeline.stages import product_link as pl
 from embedding_pipeline.stages.link_options import LinkOptions
 
+CHUNK_ROWS = 50_000
 
-def _plan(table, root: Path, dts: list[str], run_dir: Path, spec: InputSpec) -> dict[str, Any]:
+
+def _plan(table: TableSpec, root: Path, dts: list[str], run_dir: Path, spec: InputSpec) -> dict[str, Any]:
     table = replace(table, tombstone_column=spec.tombstone_column)
-    return plan(table, root, dts, run_dir, 50, 64, PlanRules(input_kind=spec.kind))
+    return plan(table, root, dts, run_dir, CHUNK_ROWS, 64, PlanRules(input_kind=spec.kind))
 
 
 def run_keywords(
