@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from embedding_pipeline.errors import ConfigError, PipelineError
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+from embedding_pipeline.runs.input_kinds import INPUT_KINDS
 from embedding_pipeline.runs.partitions import (
     Chunk,
     SchemaError,
@@ -89,8 +90,8 @@ class PlanRules:
     def __post_init__(self) -> None:
         if self.missing_partition not in ("skip", "fail") or self.bad_files not in ("fail", "dead_letter"):
             raise ConfigError("missing_partition must be skip|fail and bad_files fail|dead_letter")
-        if self.input_kind not in ("delta", "snapshot"):
-            raise ConfigError(f"input_kind must be delta|snapshot, got {self.input_kind!r}")
+        if self.input_kind not in INPUT_KINDS:
+            raise ConfigError(f"input_kind must be one of {list(INPUT_KINDS)}, got {self.input_kind!r}")
 
 
 def _usable_files(
