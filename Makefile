@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse clean
+.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -40,6 +40,9 @@ bench-hnsw: setup
 
 bench-parse: setup
 	$(PY) bench/bench_dag_parse.py
+
+bench-incremental: setup
+	$(PY) bench/bench_incremental.py
 
 clean:
 	rm -rf var .pytest_cache
