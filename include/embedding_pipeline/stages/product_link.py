@@ -1,22 +1,25 @@
 """The product -> keyword link stage as plain functions, one per DAG task.
 
-    plan (runs.plan, products table) -> prepare -> embed (mapped) -> link (mapped) -> finish
-    -> finalize
+    plan (runs.plan, products table) -> prepare -> embed (mapped) -> link (mapped)
+    -> relink (mapped) -> finish -> finalize
 
 Products are chunked and embedded exactly like keywords (same planner, same embed task, same row
 validation and dead letters), with the role the model family gives queries (ruri-v3
 ``検索クエリ: ``, e5 ``query: ``) while keywords were embedded as passages. Each ``link`` task
 streams its staged chunk, asks Qdrant for the top-K keywords of a batch of products at a time
 (optional score threshold, optional "same category" style filters), and writes one product
-document per product to Elasticsearch (``stages.product_documents``). Products with no keyword above
-the threshold are stored with an empty list.
+document per product to Elasticsearch (``stages.product_documents``) and the product's vector,
+fields, list ids and entry score to the product collection in Qdrant. Products with no keyword
+above the threshold are stored with an empty list. ``relink`` tasks relink stored products that
+keyword changes affect (``stages.link_maintenance``); incremental rules: ``runs.changes``.
 
 Duplicates: within a partition the first occurrence of a ``product_id`` is kept and later ones are
 dead-lettered (``duplicate_id``), as for keywords. Across partitions the latest ``dt`` wins,
 enforced by ES external versions, so the outcome does not depend on task or backfill order; a
 write that loses to a newer partition counts as linked (``superseded`` in the report).
 
-Accounting, per run: ``rows_read == linked + dead-lettered (embed) + dead-lettered (link)``.
+Accounting, per run: ``rows_read == linked + unchanged + deleted + dead-lettered (embed) +
+dead-lettered (link)``; relinked stored products are reported beside it.
 """
 
 from __future__ import annotations
