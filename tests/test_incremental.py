@@ -137,6 +137,13 @@ def test_snapshots_delete_absent_ids_behind_the_guard_and_late_backfills_change_
     with pytest.raises(DeleteGuardError, match=r"delete 31 of 40 stored ids .*max_delete_ratio=5\.0%"):
         run(kw, ["2024-02-04"], kind="snapshot")
     assert stored_keywords(kw["alias"]) == (expected, expected)
+    # An empty snapshot file says "the table is empty": guarded the same way. A missing partition
+    # says nothing (skipped, nothing deleted).
+    write_keywords(kw["root"], "2024-02-05", [])
+    with pytest.raises(DeleteGuardError, match=r"delete 40 of 40 stored ids \(100\.0%\)"):
+        run(kw, ["2024-02-05"], kind="snapshot")
+    assert run(kw, ["2024-02-06"], kind="snapshot")["status"] == "no_data"
+    assert stored_keywords(kw["alias"]) == (expected, expected)
     forced = run(kw, ["2024-02-04"], kind="snapshot", max_delete_ratio=0.8)
     assert forced["embed"]["deleted"] == 31
     assert set(stored_keywords(kw["alias"])[0]) == {str(i) for i in range(10)}
