@@ -71,10 +71,8 @@ def plan_deletes(
     live_before = state.live_count() if state.exists() else 0
     chunks: list[dict[str, Any]] = []
     deletes = 0
-    for dt, ids_path in sorted(planned.get("partition_ids", {}).items()):
+    for dt, ids_path in sorted(planned.get("partition_ids", {}).items()) if live_before else []:
         partition = read_parquet(ids_path)
-        if not live_before:
-            continue
         live = state.live(partition_version(dt))["id"]
         if spec.kind == "snapshot":
             absent = live.filter(pc.invert(pc.is_in(live, value_set=partition["id"].combine_chunks())))

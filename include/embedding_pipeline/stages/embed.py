@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ from embedding_pipeline.runs.state import IndexState, delta_table, fields_hash, 
 from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file, read_parquet, write_parquet
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.serving.tokenization import text_problem
+from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stores.elasticsearch.documents import MAX_ID_BYTES
 
 STAGE = "embed"
@@ -247,6 +248,27 @@ def embed_chunk(
     result = chunk_result(counted, dead, started)
     staged_any = counts.embedded + counts.updated + counts.deleted
     return EmbedOutput(result, str(path) if staged_any else None, delta)
+
+
+def embed_task(
+    chunk: dict[str, Any],
+    run_dir: str,
+    prepared: dict[str, Any],
+    table: TableSpec,
+    kind: str,
+    role: Role | None,
+    settings: ServerSettings | None = None,
+) -> dict[str, Any]:
+    """The mapped embed task of every stage: one chunk (or one delete chunk) of ``table`` embedded
+    with the run's model against the generation's state (both from the prepare task's XCom)."""
+    settings = (settings or ServerSettings.from_env()).with_overrides(model_name=prepared["model_name"])
+    table = replace(table, tombstone_column=prepared.get("tombstone_column"))
+    state = IndexState(prepared["state_path"]) if prepared.get("state_path") else None
+    with EmbeddingClient(settings) as client:
+        output = embed_chunk(
+            Chunk.from_xcom(chunk), table, kind, client, as_path(run_dir), role=role, state=state
+        )
+    return output.to_xcom(chunk["chunk_id"])
 
 
 def _stream_rows(

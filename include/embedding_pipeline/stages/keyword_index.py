@@ -24,14 +24,12 @@ from embedding_pipeline.runs.accounting import StageResult, chunk_result
 from embedding_pipeline.runs.changes import change_log, commit_changes, prepare_changes
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import InputSpec
-from embedding_pipeline.runs.partitions import KEYWORDS, Chunk, partition_version
+from embedding_pipeline.runs.partitions import KEYWORDS, partition_version
 from embedding_pipeline.runs.report import finalize_run
 from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_metadata
-from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.storage import as_path
-from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
-from embedding_pipeline.stages.embed import embed_chunk
+from embedding_pipeline.stages.embed import embed_task
 from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_keyword_index, keyword_document
 from embedding_pipeline.stages.names import KEYWORD_ALIAS
 
@@ -52,10 +50,6 @@ class Targets:
     es: bool = True
     qdrant_alias: str = KEYWORD_ALIAS
     es_alias: str = KEYWORD_ALIAS
-
-
-def _client(settings: ServerSettings | None, model_name: str) -> EmbeddingClient:
-    return EmbeddingClient((settings or ServerSettings.from_env()).with_overrides(model_name=model_name))
 
 
 def prepare_sinks(
@@ -134,14 +128,8 @@ def finalize(
 def embed(
     chunk: dict, run_dir: str, prepared: dict[str, Any], settings: ServerSettings | None = None
 ) -> dict[str, Any]:
-    """Embed one chunk (or stage one delete chunk) against the generation's state."""
-    table = replace(KEYWORDS, tombstone_column=prepared.get("tombstone_column"))
-    state = IndexState(prepared["state_path"]) if prepared.get("state_path") else None
-    with _client(settings, prepared["model_name"]) as client:
-        output = embed_chunk(
-            Chunk.from_xcom(chunk), table, KIND, client, as_path(run_dir), role=ROLE, state=state
-        )
-    return output.to_xcom(chunk["chunk_id"])
+    """Embed one keyword chunk (or stage one delete chunk) against the generation's state."""
+    return embed_task(chunk, run_dir, prepared, KEYWORDS, KIND, ROLE, settings)
 
 
 def _empty(stage: str, embedded: dict) -> dict:

@@ -113,6 +113,18 @@ def holders(
     return found
 
 
+def _candidate_keywords(
+    qdrant: QdrantClient, options: LinkOptions, collection: str, keyword_ids: list[str], retry: RetryPolicy
+) -> Iterable[tuple[np.ndarray, dict[str, Any]]]:
+    """(vector, payload) of each changed keyword still stored that passes ``keyword_filter``:
+    the keywords that can enter some list."""
+    for batch in _batches(keyword_ids):
+        stored = points.retrieve(qdrant, collection, [point_id("keyword", i) for i in batch], retry=retry)
+        for _, vector, payload in stored.values():
+            if vector is not None and passes_static_filter(options, payload):
+                yield vector, payload
+
+
 def entrants(
     qdrant: QdrantClient,
     options: LinkOptions,
@@ -125,26 +137,20 @@ def entrants(
     keyword_collection, product_collection = collections
     found: set[str] = set()
     floors = [*BANDS, None]
-    for batch in _batches(keyword_ids):
-        stored = points.retrieve(
-            qdrant, keyword_collection, [point_id("keyword", i) for i in batch], retry=retry
-        )
-        for _, vector, payload in stored.values():
-            if vector is None or not passes_static_filter(options, payload):
-                continue
-            match = _entrant_filter(options, payload)
-            for low, high in itertools.pairwise(floors):
-                band = models.FieldCondition(key="entry_score", range=models.Range(gte=low, lt=high))
-                for product, score in points.above(
-                    qdrant,
-                    product_collection,
-                    vector,
-                    low - EPSILON,
-                    models.Filter(must=[band, *match]),
-                    retry=retry,
-                ):
-                    if score >= float(product["entry_score"]) - EPSILON:
-                        found.add(str(product["product_id"]))
+    for vector, payload in _candidate_keywords(qdrant, options, keyword_collection, keyword_ids, retry):
+        match = _entrant_filter(options, payload)
+        for low, high in itertools.pairwise(floors):
+            band = models.FieldCondition(key="entry_score", range=models.Range(gte=low, lt=high))
+            for product, score in points.above(
+                qdrant,
+                product_collection,
+                vector,
+                low - EPSILON,
+                models.Filter(must=[band, *match]),
+                retry=retry,
+            ):
+                if score >= float(product["entry_score"]) - EPSILON:
+                    found.add(str(product["product_id"]))
     return found
 
 
@@ -161,18 +167,11 @@ def entrants_by_scan(
     from embedding_pipeline.stores.qdrant.search import iter_vectors
 
     keyword_collection, product_collection = collections
-    vectors, payloads = [], []
-    for batch in _batches(keyword_ids):
-        stored = points.retrieve(
-            qdrant, keyword_collection, [point_id("keyword", i) for i in batch], retry=retry
-        )
-        for _, vector, payload in stored.values():
-            if vector is not None and passes_static_filter(options, payload):
-                vectors.append(vector)
-                payloads.append(payload)
-    if not vectors:
+    candidates = list(_candidate_keywords(qdrant, options, keyword_collection, keyword_ids, retry))
+    if not candidates:
         return set()
-    keywords = np.stack(vectors)
+    keywords = np.stack([vector for vector, _ in candidates])
+    payloads = [payload for _, payload in candidates]
     fields = ["product_id", "entry_score", *options.match_fields]
     found: set[str] = set()
     for products, product_payloads in iter_vectors(qdrant, product_collection, block, fields, retry):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +40,7 @@ from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import InputSpec
-from embedding_pipeline.runs.partitions import PRODUCTS, Chunk, partition_version
+from embedding_pipeline.runs.partitions import PRODUCTS, partition_version
 from embedding_pipeline.runs.staging import (
     DELETE,
     UPDATE,
@@ -52,9 +52,8 @@ from embedding_pipeline.runs.staging import (
 )
 from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.storage import as_path, read_parquet
-from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
-from embedding_pipeline.stages.embed import embed_chunk
+from embedding_pipeline.stages.embed import embed_task
 from embedding_pipeline.stages.link_maintenance import entry_score
 from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
 from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
@@ -195,14 +194,7 @@ def embed(
 ) -> dict[str, Any]:
     """Embed one product chunk (the keyword embed task with the products table and the query
     role), or stage one delete chunk, against the product generation's state."""
-    settings = (settings or ServerSettings.from_env()).with_overrides(model_name=prepared["model_name"])
-    table = replace(PRODUCTS, tombstone_column=prepared.get("tombstone_column"))
-    state = IndexState(prepared["state_path"]) if prepared.get("state_path") else None
-    with EmbeddingClient(settings) as client:
-        output = embed_chunk(
-            Chunk.from_xcom(chunk), table, KIND, client, as_path(run_dir), role=role, state=state
-        )
-    return output.to_xcom(chunk["chunk_id"])
+    return embed_task(chunk, run_dir, prepared, PRODUCTS, KIND, role, settings)
 
 
 def _best(hits: list[Any], top_k: int) -> list[Any]:
