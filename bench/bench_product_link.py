@@ -165,14 +165,14 @@ def index_keywords(
     seconds["embed"] = m.seconds
     with meter.measure("keywords write_qdrant (all chunks)", rows) as m:
         for e in embedded:
-            upserted.append(ki.write_qdrant(e, str(run_dir), targets, qdrant))
+            upserted.append(ki.write_qdrant(e, str(run_dir), targets, prepared, qdrant))
     seconds["write_qdrant"] = m.seconds
     with meter.measure("keywords write_es (all chunks)", rows) as m:
         for e in embedded:
-            indexed.append(ki.write_es(e, str(run_dir), targets, es))
+            indexed.append(ki.write_es(e, str(run_dir), targets, prepared, es))
     seconds["write_es"] = m.seconds
     with meter.measure("keywords finish_sinks + finalize", rows) as m:
-        ki.finish_sinks(targets, prepared, es)
+        ki.finish_sinks(targets, prepared, qdrant, es)
         sinks = {"qdrant": upserted, "es": indexed}
         report = finalize_run(planned, prepared, embedded, sinks, {"stage": "keyword_index"}, 0.0)
     seconds["finish_finalize"] = m.seconds
@@ -337,7 +337,7 @@ def link_products(
                 (side(f"link ES write {name}", extra["written"], extra["write_seconds"], link), bulk)
             )
         with meter.measure("product_link.finish", 0) as steps["finish"]:
-            product_link.finish(options, prepared, es_settings)
+            product_link.finish(options, prepared, None, es_settings)
         end_bulk_load(es, RAW_PRODUCT_ALIAS, raw_previous)
         meta = {"stage": "product_link", "link": options.to_xcom()}
         with meter.measure("product_link.finalize", 0) as steps["finalize"]:

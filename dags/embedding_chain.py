@@ -31,6 +31,7 @@ from pipeline_stages.params import (
     partition_params,
     product_params,
     publish_params,
+    rebuild_params,
 )
 from pipeline_stages.product_link_tasks import product_link_tasks
 
@@ -55,6 +56,7 @@ from pipeline_stages.product_link_tasks import product_link_tasks
         **publish_params(),
         **model_params(),
         **partition_params(),
+        **rebuild_params(),
         **keyword_params(),
         **product_params(),
     },

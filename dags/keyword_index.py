@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 from pipeline_stages.keyword_index_tasks import keyword_index_tasks
-from pipeline_stages.params import keyword_params, model_params, partition_params
+from pipeline_stages.params import keyword_params, model_params, partition_params, rebuild_params
 
 
 @dag(
@@ -30,7 +30,7 @@ from pipeline_stages.params import keyword_params, model_params, partition_param
     tags=["embedding", "index"],
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
-    params={**partition_params(), **model_params(), **keyword_params()},
+    params={**partition_params(), **rebuild_params(), **model_params(), **keyword_params()},
 )
 def keyword_index():
     keyword_index_tasks()

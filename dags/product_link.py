@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import dag
-from pipeline_stages.params import model_params, partition_params, product_params
+from pipeline_stages.params import model_params, partition_params, product_params, rebuild_params
 from pipeline_stages.product_link_tasks import product_link_tasks
 
 
@@ -29,7 +29,7 @@ from pipeline_stages.product_link_tasks import product_link_tasks
     tags=["embedding", "link"],
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
-    params={**partition_params(), **model_params(), **product_params()},
+    params={**partition_params(), **rebuild_params(), **model_params(), **product_params()},
 )
 def product_link():
     product_link_tasks()

@@ -86,15 +86,19 @@ def _rejected_item(action_line: bytes) -> dict[str, Any]:
 
 
 class BulkFaultProxy:
-    """Loopback HTTP proxy in front of ``upstream`` that injects faults into ``_bulk`` requests.
+    """Loopback HTTP proxy in front of ``upstream`` that injects faults into ``_bulk`` requests
+    (or the POST/PUT requests of another ``endpoint``, e.g. ``/_aliases``).
 
     Everything else passes through unchanged, so a client pointed at ``proxy.url`` works as usual.
     ``https`` upstreams (a real cluster) are reached with ``ca_certs`` (or unverified when absent).
     """
 
-    def __init__(self, upstream: str, plan: FaultPlan, ca_certs: str | None = None) -> None:
+    def __init__(
+        self, upstream: str, plan: FaultPlan, ca_certs: str | None = None, endpoint: str = "/_bulk"
+    ) -> None:
         self.upstream = urlsplit(upstream)
         self.plan = plan
+        self.endpoint = endpoint
         self.ca_certs = ca_certs
         self.bulk_requests = 0
         self.faults_injected = 0
@@ -159,7 +163,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-        is_bulk = self.command in ("POST", "PUT") and urlsplit(self.path).path.endswith("/_bulk")
+        is_bulk = self.command in ("POST", "PUT") and urlsplit(self.path).path.endswith(self.proxy.endpoint)
         fault = self.proxy._next_bulk_fault() if is_bulk else None
         if fault is None:
             self._answer(*self.proxy.forward(self.command, self.path, headers, body))

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from embedding_pipeline.errors import SetupError
 from embedding_pipeline.local.inline_runner import run_keywords, run_products
@@ -21,48 +17,10 @@ from embedding_pipeline.runs.state import IndexState, ModelChangedError, delta_t
 from embedding_pipeline.stages.link_options import LinkOptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_data import exact_lists, row, stored_keywords, stored_lists, write_keywords, write_products
 
 MODEL = "tiny_bert"
 _runs = itertools.count()
-
-
-def write_keywords(root: Path, dt: str, rows: list[dict[str, Any]]) -> None:
-    """One partition file of keyword rows (keyword_id, keyword, category[, deleted])."""
-    path = root / "keywords" / f"dt={dt}" / "part-0.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = {key: [row.get(key) for row in rows] for key in ("keyword_id", "keyword", "category")}
-    table = pa.table(
-        {
-            "keyword_id": pa.array(columns["keyword_id"], pa.int64()),
-            "keyword": pa.array(columns["keyword"], pa.string()),
-            "category": pa.array(columns["category"], pa.string()),
-        }
-    )
-    if any("deleted" in row for row in rows):
-        table = table.append_column("deleted", pa.array([bool(row.get("deleted")) for row in rows]))
-    pq.write_table(table, path)
-
-
-def stored_keywords(alias: str) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
-    """(Qdrant, ES): keyword_id -> (keyword, category) of every stored keyword."""
-    from elasticsearch.helpers import scan
-    from embedding_pipeline.stores.elasticsearch.client import open_es
-    from embedding_pipeline.stores.qdrant.client import open_client
-    from embedding_pipeline.stores.qdrant.search import iter_vectors
-
-    with open_client() as qdrant:
-        points = {
-            str(p["keyword_id"]): (p["keyword"], p.get("category"))
-            for _, payloads in iter_vectors(qdrant, alias, batch_size=256, with_payload=True)
-            for p in payloads
-        }
-    with open_es() as es:
-        es.indices.refresh(index=alias)
-        docs = {
-            hit["_id"]: (hit["_source"]["keyword"], hit["_source"].get("category"))
-            for hit in scan(es, index=alias, query={"query": {"match_all": {}}})
-        }
-    return points, docs
 
 
 @pytest.fixture
@@ -76,12 +34,8 @@ def run(kw: dict[str, Any], dts: list[str], **spec: Any) -> dict[str, Any]:
     return run_keywords(kw["root"], dts, run_dir, MODEL, InputSpec(**spec), kw["alias"])
 
 
-def _row(i: int, text: str | None = None, category: str = "food", **extra: Any) -> dict[str, Any]:
-    return {"keyword_id": i, "keyword": text or f"keyword number {i}", "category": category, **extra}
-
-
 def test_unchanged_rows_are_skipped_fields_update_without_embedding_and_tombstones_delete(kw):
-    write_keywords(kw["root"], "2024-01-01", [_row(i) for i in range(10)])
+    write_keywords(kw["root"], "2024-01-01", [row(i) for i in range(10)])
     first = run(kw, ["2024-01-01"], tombstone_column="deleted", max_delete_ratio=0.2)
     assert first["embed"]["extra"]["embedded"] == 10 and first["sinks"]["qdrant"]["indexed"] == 10
 
@@ -89,12 +43,12 @@ def test_unchanged_rows_are_skipped_fields_update_without_embedding_and_tombston
         kw["root"],
         "2024-01-02",
         [
-            *[_row(i) for i in range(5)],  # unchanged
-            _row(5, "a new text for five"),  # text changed: re-embedded
-            _row(6, category="toys"),  # field changed: no embedding
-            _row(7, deleted=True),  # tombstone
-            _row(42, deleted=True),  # tombstone for an id nobody stored
-            _row(10, "brand new keyword"),  # new
+            *[row(i) for i in range(5)],  # unchanged
+            row(5, "a new text for five"),  # text changed: re-embedded
+            row(6, category="toys"),  # field changed: no embedding
+            row(7, deleted=True),  # tombstone
+            row(42, deleted=True),  # tombstone for an id nobody stored
+            row(10, "brand new keyword"),  # new
         ],
     )
     second = run(kw, ["2024-01-02"], tombstone_column="deleted", max_delete_ratio=0.2)
@@ -118,22 +72,22 @@ def test_unchanged_rows_are_skipped_fields_update_without_embedding_and_tombston
 
 
 def test_snapshots_delete_absent_ids_behind_the_guard_and_late_backfills_change_nothing(kw):
-    write_keywords(kw["root"], "2024-02-01", [_row(i) for i in range(40)])
+    write_keywords(kw["root"], "2024-02-01", [row(i) for i in range(40)])
     run(kw, ["2024-02-01"], kind="snapshot")
-    write_keywords(kw["root"], "2024-02-03", [_row(i) for i in range(40) if i != 3] + [_row(50)])
+    write_keywords(kw["root"], "2024-02-03", [row(i) for i in range(40) if i != 3] + [row(50)])
     second = run(kw, ["2024-02-03"], kind="snapshot")
     assert second["embed"]["deleted"] == 1 and second["embed"]["extra"]["embedded"] == 1
     expected = {str(i): (f"keyword number {i}", "food") for i in [*range(40), 50] if i != 3}
     assert stored_keywords(kw["alias"]) == (expected, expected)
 
     # A late snapshot of an older date: every id was seen later, nothing changes (3 stays deleted).
-    write_keywords(kw["root"], "2024-02-02", [_row(i, "old text") for i in range(40)])
+    write_keywords(kw["root"], "2024-02-02", [row(i, "old text") for i in range(40)])
     late = run(kw, ["2024-02-02"], kind="snapshot")
     assert late["embed"]["indexed"] == 0 and late["embed"]["deleted"] == 0
     assert stored_keywords(kw["alias"]) == (expected, expected)
 
     # A truncated export: 31 of 40 stored ids missing is far over 5% -> refused before any write.
-    write_keywords(kw["root"], "2024-02-04", [_row(i) for i in range(10)])
+    write_keywords(kw["root"], "2024-02-04", [row(i) for i in range(10)])
     with pytest.raises(DeleteGuardError, match=r"delete 31 of 40 stored ids .*max_delete_ratio=5\.0%"):
         run(kw, ["2024-02-04"], kind="snapshot")
     assert stored_keywords(kw["alias"]) == (expected, expected)
@@ -150,15 +104,15 @@ def test_snapshots_delete_absent_ids_behind_the_guard_and_late_backfills_change_
 
 
 def test_latest_date_wins_within_a_run_and_a_tombstone_wins_within_a_partition(kw):
-    write_keywords(kw["root"], "2024-03-01", [_row(1, "first"), _row(2, "two")])
-    write_keywords(kw["root"], "2024-03-02", [_row(1, "second"), _row(2, "two again"), _row(2, deleted=True)])
+    write_keywords(kw["root"], "2024-03-01", [row(1, "first"), row(2, "two")])
+    write_keywords(kw["root"], "2024-03-02", [row(1, "second"), row(2, "two again"), row(2, deleted=True)])
     report = run(kw, ["2024-03-01", "2024-03-02"], tombstone_column="deleted")
     assert report["embed"]["dead_letters_by_reason"] == {"duplicate_id": 1}
     assert stored_keywords(kw["alias"])[0] == {"1": ("second", "food")}
 
 
 def test_an_incremental_run_with_another_model_is_refused_naming_both(kw):
-    write_keywords(kw["root"], "2024-04-01", [_row(i) for i in range(3)])
+    write_keywords(kw["root"], "2024-04-01", [row(i) for i in range(3)])
     run(kw, ["2024-04-01"])
     run_dir = kw["tmp"] / "runs" / "other-model"
     with pytest.raises(SetupError, match=r"tiny_bert v1 .* tiny_xlm_roberta v1"):
@@ -179,69 +133,6 @@ def test_the_state_refuses_another_model_or_role_and_says_what_to_do(tmp_path):
 
 
 # --- product links ---------------------------------------------------------------------------
-
-
-def write_products(root: Path, dt: str, rows: list[dict[str, Any]]) -> None:
-    """One partition file of product rows (product_id, product_name, category[, deleted])."""
-    path = root / "products" / f"dt={dt}" / "part-0.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "product_id": pa.array([r["product_id"] for r in rows], pa.int64()),
-            "product_name": pa.array([r.get("product_name") for r in rows], pa.string()),
-            "category": pa.array([r.get("category") for r in rows], pa.string()),
-        }
-    )
-    if any("deleted" in r for r in rows):
-        table = table.append_column("deleted", pa.array([bool(r.get("deleted")) for r in rows]))
-    pq.write_table(table, path)
-
-
-def stored_lists(product_alias: str) -> dict[str, list[str]]:
-    """product_id -> the keyword ids of its stored list, best first (ES)."""
-    from elasticsearch.helpers import scan
-    from embedding_pipeline.stores.elasticsearch.client import open_es
-
-    with open_es() as es:
-        if not es.indices.exists_alias(name=product_alias):
-            return {}  # never linked
-        es.indices.refresh(index=product_alias)
-        return {
-            hit["_id"]: [k["keyword_id"] for k in hit["_source"]["keywords"]]
-            for hit in scan(es, index=product_alias, query={"query": {"match_all": {}}})
-        }
-
-
-def exact_lists(keyword_alias: str, product_alias: str, options: LinkOptions) -> dict[str, list[str]]:
-    """What a from-scratch relink of every stored product against every stored keyword gives:
-    brute force over the vectors both collections hold, the linker's filters, threshold and tie
-    order (score rounded to 6 decimals, then keyword id)."""
-    from embedding_pipeline.stores.qdrant.client import open_client
-    from embedding_pipeline.stores.qdrant.collections import resolve_alias
-    from embedding_pipeline.stores.qdrant.search import iter_vectors
-
-    with open_client() as qdrant:
-        if resolve_alias(qdrant, product_alias) is None:
-            return {}  # never linked
-        keywords = list(iter_vectors(qdrant, keyword_alias, batch_size=4096))
-        products = list(iter_vectors(qdrant, product_alias, batch_size=4096))
-    kw_vectors = np.concatenate([v for v, _ in keywords]) if keywords else np.zeros((0, 1))
-    kw_payloads = [p for _, payloads in keywords for p in payloads]
-    lists = {}
-    for vectors, payloads in products:
-        for vector, product in zip(vectors, payloads, strict=True):
-            scores = kw_vectors @ vector
-            ranked = []
-            for score, keyword in zip(scores, kw_payloads, strict=True):
-                if options.score_threshold is not None and score < options.score_threshold:
-                    continue
-                if any(
-                    product.get(f) is not None and keyword.get(f) != product[f] for f in options.match_fields
-                ):
-                    continue
-                ranked.append((-round(float(score), 6), str(keyword["keyword_id"])))
-            lists[str(product["product_id"])] = [kid for _, kid in sorted(ranked)[: options.top_k]]
-    return lists
 
 
 @pytest.fixture
@@ -265,7 +156,7 @@ def test_keyword_changes_relink_exactly_the_affected_products(links):
     write_keywords(
         links["root"],
         "2024-05-01",
-        [_row(i, w, "food" if i < 6 else "toys") for i, w in enumerate(words * 2)],
+        [row(i, w, "food" if i < 6 else "toys") for i, w in enumerate(words * 2)],
     )
     run(links, ["2024-05-01"], max_delete_ratio=1.0)
     products = [
@@ -294,10 +185,10 @@ def test_keyword_changes_relink_exactly_the_affected_products(links):
         links["root"],
         "2024-05-02",
         [
-            _row(0, deleted=True),
-            _row(1, "apple cake slice"),
-            _row(4, "cherry jam", "toys"),
-            _row(20, "apple"),
+            row(0, deleted=True),
+            row(1, "apple cake slice"),
+            row(4, "cherry jam", "toys"),
+            row(20, "apple"),
         ],
     )
     run(links, ["2024-05-02"], tombstone_column="deleted", max_delete_ratio=1.0)

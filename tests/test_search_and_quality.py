@@ -506,7 +506,7 @@ def test_quality_refuses_other_models_collections_and_empty_aliases(
         EmbeddingClient(settings_for(server, repository, model_name="tiny_bert")) as tiny,
         pytest.raises(
             LinkQualityError,
-            match=rf"linked with {MODEL} v\d+, but the embedding client serves tiny_bert v\d+",
+            match=rf"linked with {MODEL} v\d+, but the embedding client holds tiny_bert v\d+",
         ),
     ):
         check_link_quality(es, qdrant, tiny, corpus.product_alias, QDRANT_ALIAS)

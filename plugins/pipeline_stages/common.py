@@ -69,9 +69,12 @@ def plan_stage(table: Any, stage: str) -> dict:
     context = get_current_context()
     params = context["params"]
     spec = input_spec(params)
-    dts = partition_runs.resolve_partitions(
-        params["dt"], params["dt_end"], context.get("data_interval_start"), context["dag_run"].run_after
-    )
+    with no_retry_on_setup_errors():
+        dts = partition_runs.resolve_partitions(
+            params["dt"], params["dt_end"], context.get("data_interval_start"), context["dag_run"].run_after
+        )
+        if params["mode"] == "full":  # every partition up to the last date, replayed oldest first
+            dts = partition_runs.replayed_partitions(Path(params["input_root"]), table, dts[-1])
     run_dir = partition_runs.run_dir_for(context["dag"].dag_id, context["run_id"], stage)
     with no_retry_on_setup_errors():
         return partition_runs.plan(
@@ -83,6 +86,22 @@ def plan_stage(table: Any, stage: str) -> dict:
             params["max_chunks"],
             partition_runs.PlanRules(params["missing_partition"], params["bad_files"], spec.kind),
         )
+
+
+def publish_options(params: dict) -> Any:
+    """How a full rebuild gates, swaps and retains (Params ``gate_*``, ``keep_generations``)."""
+    from embedding_pipeline.stages.generation_rules import GateRules, Publish
+
+    qdrant, es = store_settings()
+    with no_retry_on_setup_errors():
+        rules = GateRules(
+            canaries=params["gate_canaries"],
+            min_recall=params["gate_min_recall"],
+            recall_tolerance=params["gate_recall_tolerance"],
+            quality_sample=params["gate_quality_sample"],
+            max_shrink=params["max_delete_ratio"],
+        )
+        return Publish(rules, params["keep_generations"], qdrant, es)
 
 
 def run_meta(stage: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pipeline_stages.common import (
     input_spec,
     no_retry_on_setup_errors,
     plan_stage,
+    publish_options,
     qdrant_task_concurrency,
     run_meta,
     store_settings,
@@ -51,7 +52,11 @@ def keyword_index_tasks() -> None:
         with no_retry_on_setup_errors():
             model = model_info(None, params["model_name"])
             spec = input_spec(params)
-            return {**model, **ki.prepare_sinks(_targets(params), model, planned, spec, qdrant, es)}
+            full = params["mode"] == "full"
+            return {
+                **model,
+                **ki.prepare_sinks(_targets(params), model, planned, spec, qdrant, es, full=full),
+            }
 
     @task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
@@ -60,24 +65,24 @@ def keyword_index_tasks() -> None:
         return ki.embed(chunk, planned["run_dir"], prepared)
 
     @task(max_active_tis_per_dag=qdrant_task_concurrency())
-    def qdrant_upsert(embedded: dict, planned: dict) -> dict:
+    def qdrant_upsert(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
         params = get_current_context()["params"]
-        return ki.write_qdrant(embedded, planned["run_dir"], _targets(params), store_settings()[0])
+        return ki.write_qdrant(embedded, planned["run_dir"], _targets(params), prepared, store_settings()[0])
 
     @task
-    def es_index(embedded: dict, planned: dict) -> dict:
+    def es_index(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
         params = get_current_context()["params"]
-        return ki.write_es(embedded, planned["run_dir"], _targets(params), store_settings()[1])
+        return ki.write_es(embedded, planned["run_dir"], _targets(params), prepared, store_settings()[1])
 
     @task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
         from embedding_pipeline.stages import keyword_index as ki
 
-        ki.finish_sinks(_targets(get_current_context()["params"]), prepared, store_settings()[1])
+        ki.finish_sinks(_targets(get_current_context()["params"]), prepared, *store_settings())
 
     @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
@@ -91,14 +96,23 @@ def keyword_index_tasks() -> None:
             if getattr(targets, name)
         }
         ratio = params["max_dead_letter_ratio"]
-        report = ki.finalize(planned, prepared, list(embedded or []), sinks, run_meta(STAGE), ratio)
+        with no_retry_on_setup_errors():
+            report = ki.finalize(
+                planned,
+                prepared,
+                list(embedded or []),
+                sinks,
+                run_meta(STAGE),
+                ratio,
+                publish_options(params),
+            )
         return emit(KEYWORD_INDEX, report, planned["run_dir"])
 
     planned = plan()
     prepared = prepare_sinks(planned)
     embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned, prepared))
-    qdrant = qdrant_upsert.partial(planned=planned).expand(embedded=embedded)
-    es = es_index.partial(planned=planned).expand(embedded=embedded)
+    qdrant = qdrant_upsert.partial(planned=planned, prepared=prepared).expand(embedded=embedded)
+    es = es_index.partial(planned=planned, prepared=prepared).expand(embedded=embedded)
     done = finish_sinks(prepared)
     [qdrant, es] >> done
     report = finalize(planned, prepared, embedded, qdrant, es)

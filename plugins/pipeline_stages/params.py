@@ -9,6 +9,7 @@ from embedding_pipeline.model.registry import FAMILIES, PRECISIONS
 from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.runs.input_kinds import DEFAULT_MAX_DELETE_RATIO, INPUT_KINDS
 from embedding_pipeline.settings import data_root
+from embedding_pipeline.stages.generation_rules import DEFAULT_KEEP_GENERATIONS, MODES, GateRules
 from embedding_pipeline.stages.link_options import DEFAULT_HNSW_EF, MATCHABLE_FIELDS, MAX_HNSW_EF, MAX_TOP_K
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 
@@ -83,6 +84,59 @@ def partition_params() -> dict[str, Param]:
             maximum=1,
             description="Fail before deleting anything if a run would delete more than this share of "
             "the stored ids (a truncated export must not wipe the index).",
+        ),
+    }
+
+
+def rebuild_params() -> dict[str, Param]:
+    """A full rebuild into a new generation, its gate and retention (stages.generations)."""
+    gate = GateRules()
+    return {
+        "mode": Param(
+            "incremental",
+            enum=list(MODES),
+            description="incremental: apply the partitions to the live generation; full: build a new "
+            "generation of every store from all partitions up to dt (delta) or the latest snapshot, "
+            "gate it, then swap the aliases of all stores together. Readers never see it half-built.",
+        ),
+        "keep_generations": Param(
+            DEFAULT_KEEP_GENERATIONS,
+            type="integer",
+            minimum=1,
+            maximum=20,
+            description="Generations kept after a full rebuild's swap (the live one included): the "
+            "ones a rollback can return to.",
+        ),
+        "gate_canaries": Param(
+            gate.canaries,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            description="Ids that must answer from "
+            "every store of the new generation (by id, by vector search, keywords also by text).",
+        ),
+        "gate_min_recall": Param(
+            gate.min_recall,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Products: the new "
+            "generation's recall@K on a sample (exact vs stored lists) must reach this.",
+        ),
+        "gate_recall_tolerance": Param(
+            gate.recall_tolerance,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Products: and be "
+            "no more than this below the live generation's recall on the same sample.",
+        ),
+        "gate_quality_sample": Param(
+            gate.quality_sample,
+            type="integer",
+            minimum=1,
+            maximum=10_000,
+            description="Products sampled for the recall check.",
         ),
     }
 

@@ -13,6 +13,7 @@ from pipeline_stages.common import (
     input_spec,
     no_retry_on_setup_errors,
     plan_stage,
+    publish_options,
     qdrant_task_concurrency,
     run_meta,
     store_settings,
@@ -74,6 +75,7 @@ def product_link_tasks() -> None:
                 qdrant,
                 es,
                 relink_all=params["relink"] == "all",
+                full=params["mode"] == "full",
             )
 
     @task
@@ -108,7 +110,7 @@ def product_link_tasks() -> None:
         from embedding_pipeline.stages import product_link
 
         options = _options(get_current_context()["params"])
-        product_link.finish(options, prepared, store_settings()[1])
+        product_link.finish(options, prepared, *store_settings())
 
     @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, linked: list, relinked: list) -> dict:
@@ -117,9 +119,16 @@ def product_link_tasks() -> None:
         params = get_current_context()["params"]
         meta = {**run_meta(STAGE), "link": _options(params).to_xcom()}
         results = [*(linked or []), *(relinked or [])]
-        report = product_link.finalize(
-            planned, prepared, list(embedded or []), results, meta, params["max_dead_letter_ratio"]
-        )
+        with no_retry_on_setup_errors():
+            report = product_link.finalize(
+                planned,
+                prepared,
+                list(embedded or []),
+                results,
+                meta,
+                params["max_dead_letter_ratio"],
+                publish_options(params),
+            )
         return emit(PRODUCT_LINKS, report, planned["run_dir"])
 
     planned = plan()

@@ -78,6 +78,22 @@ def resolve_partitions(
     return [(run_after.date() - timedelta(days=1)).isoformat()]
 
 
+def replayed_partitions(input_root: Path, table: TableSpec, up_to: str) -> list[str]:
+    """Every ``dt=`` partition of ``table`` up to ``up_to`` (inclusive), oldest first: what a full
+    rebuild replays (delta input: latest dt wins per id; snapshot input: the plan keeps the
+    latest). Directories whose name is not a date are ignored."""
+    last = parse_dt(up_to)
+    found = []
+    for directory in (input_root / table.name).glob("dt=*"):
+        try:
+            dt = parse_dt(directory.name.removeprefix("dt="))
+        except ConfigError:
+            continue
+        if dt <= last and directory.is_dir():
+            found.append(dt)
+    return sorted(found)
+
+
 @dataclass(frozen=True)
 class PlanRules:
     """How the plan treats its inputs: a missing partition (``skip``/``fail``), an unreadable file

@@ -154,9 +154,45 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"unchanged {int(extra.get('unchanged_lists', 0))}, deleted keywords dropped "
             f"{int(extra.get('dropped_deleted_keywords', 0))}, dead letters {relink['dead_lettered']}.",
         ]
+    if report.get("generation"):
+        lines += ["", *_generation_lines(report["generation"])]
     if report["problems"]:
         lines += ["", "Problems:", *[f"- {p}" for p in report["problems"]]]
     return "\n".join(lines) + "\n"
+
+
+def _generation_lines(section: dict[str, Any]) -> list[str]:
+    """The full rebuild: which generation was built beside which, the gate, the swap, retention."""
+    live = ", ".join(f"{store} -> {name}" for store, name in section["live_before"].items())
+    lines = [
+        f"Full rebuild: generation {section['generation']} ({', '.join(section['new'].values())}), "
+        f"live before: {live}; **{section.get('status', 'built')}**",
+        "",
+        "| gate check | ok | numbers |",
+        "|---|---|---|",
+        *[f"| {c['name']} | {'yes' if c['ok'] else '**no**'} | {c['detail']} |" for c in section["checks"]],
+    ]
+    if section["swapped"]:
+        lines += [
+            "",
+            "Aliases moved: "
+            + "; ".join(f"{m['store']} {m['from']} -> {m['to']}" for m in section["swapped"]),
+        ]
+    if section["dropped"]:
+        lines.append("Old generations dropped: " + ", ".join(section["dropped"]))
+    if section.get("error"):
+        lines.append(f"Error: {section['error']}")
+    return lines
+
+
+def write_report(run_dir: str | StoragePath, report: dict[str, Any]) -> None:
+    """``report.json`` / ``report.md`` into ``run_dir``, and the Markdown into the log (the task
+    log, where operators look first)."""
+    run_dir = as_path(run_dir)
+    markdown = render_markdown(report)
+    write_text(run_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+    write_text(run_dir / "report.md", markdown)
+    log.info("run report (%s):\n%s", run_dir / "report.md", markdown)
 
 
 def finalize(
@@ -166,16 +202,13 @@ def finalize(
     meta: dict[str, Any],
     max_dead_letter_ratio: float,
 ) -> dict[str, Any]:
-    """Write ``report.json`` / ``report.md`` into ``run_dir`` and the Markdown into the log (the
-    task log, where operators look first); raise ``AccountingError`` on problems."""
+    """Write the report (:func:`write_report`); raise ``AccountingError`` on problems."""
     report = build_report(embed, sinks, meta, max_dead_letter_ratio)
-    run_dir = as_path(run_dir)
-    markdown = render_markdown(report)
-    write_text(run_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
-    write_text(run_dir / "report.md", markdown)
-    log.info("run report (%s):\n%s", run_dir / "report.md", markdown)
+    write_report(run_dir, report)
     if report["problems"]:
-        raise AccountingError("; ".join(report["problems"]) + f" (report: {run_dir / 'report.json'})")
+        raise AccountingError(
+            "; ".join(report["problems"]) + f" (report: {as_path(run_dir) / 'report.json'})"
+        )
     return report
 
 
@@ -190,18 +223,27 @@ def summary(report: dict[str, Any], run_dir: str | StoragePath) -> dict[str, Any
             "dead_letters_by_reason": part["dead_letters_by_reason"],
         }
 
-    return {k: report.get(k) for k in ("status", "rows_read", "partitions", "missing_partitions")} | {
-        "embed": {"unchanged": report["embed"]["unchanged"], **dead(report["embed"])},
-        "sinks": {
-            name: {"indexed": s["indexed"], "deleted": s["deleted"], **dead(s)}
-            for name, s in report["sinks"].items()
-        },
-        "report": str(as_path(run_dir) / "report.md"),
-    }
+    generation = report.get("generation")
+    return (
+        {k: report.get(k) for k in ("status", "rows_read", "partitions", "missing_partitions")}
+        | {
+            "embed": {"unchanged": report["embed"]["unchanged"], **dead(report["embed"])},
+            "sinks": {
+                name: {"indexed": s["indexed"], "deleted": s["deleted"], **dead(s)}
+                for name, s in report["sinks"].items()
+            },
+            "report": str(as_path(run_dir) / "report.md"),
+        }
+        | (
+            {"generation": {k: generation[k] for k in ("generation", "status", "new", "swapped")}}
+            if generation
+            else {}
+        )
+    )
 
 
 # What a stage's prepare task hands its teardown, not a result: kept out of the report.
-TEARDOWN_STATE = ("es_previous_settings",)
+TEARDOWN_STATE = ("es_previous_settings", "generation")
 
 
 def finalize_run(

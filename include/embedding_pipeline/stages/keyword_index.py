@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +31,14 @@ from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_met
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_task
+from embedding_pipeline.stages.generation_rules import Publish
+from embedding_pipeline.stages.generation_stores import StoreAlias
+from embedding_pipeline.stages.generations import publish_generation
 from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_keyword_index, keyword_document
 from embedding_pipeline.stages.names import KEYWORD_ALIAS
 
 if TYPE_CHECKING:
+    from embedding_pipeline.stages.generation_stores import Stores
     from embedding_pipeline.stores.elasticsearch.bulk import BulkDoc, BulkOptions
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,18 @@ class Targets:
     es_alias: str = KEYWORD_ALIAS
 
 
+def aliases(targets: Targets) -> list[StoreAlias]:
+    """The aliases this stage writes: what a full rebuild builds a generation of and swaps."""
+    stores = [StoreAlias("qdrant", targets.qdrant_alias)] if targets.qdrant else []
+    return stores + ([StoreAlias("es", targets.es_alias)] if targets.es else [])
+
+
+def _stores(targets: Targets, qdrant_settings: Any, es_settings: Any) -> AbstractContextManager[Stores]:
+    from embedding_pipeline.stages.generation_stores import open_stores
+
+    return open_stores(qdrant_settings, es_settings, qdrant=targets.qdrant, es=targets.es)
+
+
 def prepare_sinks(
     targets: Targets,
     model: dict[str, Any],
@@ -59,55 +76,74 @@ def prepare_sinks(
     spec: InputSpec,
     qdrant_settings: Any = None,
     es_settings: Any = None,
+    *,
+    full: bool = False,
 ) -> dict[str, Any]:
-    """Create collection/index behind their aliases (if missing), plan this run's deletes against
-    the generation's state (the guard fails the run here, before anything is written), and switch
-    ES to bulk-load settings."""
+    """Create collection/index behind their aliases (if missing) - or, for a full rebuild, the next
+    generation of both beside the live one - plan this run's deletes against the generation's state
+    (the guard fails the run here, before anything is written), and switch to bulk-load settings.
+    Writers address the physical names returned here, so an alias moving mid-run cannot split a
+    run across generations."""
+    from embedding_pipeline.stages.generations import begin_generation
+    from embedding_pipeline.stages.keyword_documents import keyword_mappings
+    from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
+
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
     prepared: dict[str, Any] = {}
-    if targets.qdrant:
-        from embedding_pipeline.stores.qdrant.client import open_client
-        from embedding_pipeline.stores.qdrant.collections import ensure_collection
+    with _stores(targets, qdrant_settings, es_settings) as stores:
+        if full:
+            prepared["generation"] = begin_generation(
+                stores,
+                aliases(targets),
+                planned,
+                {"qdrant": KEYWORD_POINTS, "es": keyword_mappings(**identity)},
+                identity,
+            )
+            names = prepared["generation"]["new"]
+            if targets.qdrant:
+                prepared["qdrant_collection"] = names[f"qdrant:{targets.qdrant_alias}"]
+            if targets.es:
+                prepared["es_index"] = names[f"es:{targets.es_alias}"]
+        else:
+            if targets.qdrant:
+                from embedding_pipeline.stores.qdrant.collections import ensure_collection
 
-        with open_client(qdrant_settings) as client:
-            target = ensure_collection(client, targets.qdrant_alias, **identity, schema=KEYWORD_POINTS)
-        prepared["qdrant_collection"] = target.name
-    es_index = None
-    if targets.es:
-        from embedding_pipeline.stores.elasticsearch.client import open_es
-
-        with open_es(es_settings) as es:
-            es_index = ensure_keyword_index(es, targets.es_alias, **identity).index
-    if es_index:
-        prepared["es_index"] = es_index
-    stores = {"qdrant": prepared.get("qdrant_collection"), "es": es_index}
-    prepared.update(
-        prepare_changes(
-            KEYWORDS.name, stores, {**model, "role": ROLE}, planned, spec, "the keyword generation"
+                target = ensure_collection(
+                    stores.qdrant, targets.qdrant_alias, **identity, schema=KEYWORD_POINTS
+                )
+                prepared["qdrant_collection"] = target.name
+            if targets.es:
+                prepared["es_index"] = ensure_keyword_index(stores.es, targets.es_alias, **identity).index
+        names = {"qdrant": prepared.get("qdrant_collection"), "es": prepared.get("es_index")}
+        prepared.update(
+            prepare_changes(
+                KEYWORDS.name, names, {**model, "role": ROLE}, planned, spec, "the keyword generation"
+            )
         )
-    )
-    if targets.qdrant:  # the product links follow the keyword collection's changes
-        prepared["change_log"] = str(change_log(prepared["qdrant_collection"]).root)
-    if targets.es:
-        from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
-        from embedding_pipeline.stores.elasticsearch.client import open_es
-
-        with open_es(es_settings) as es:
-            prepared["es_previous_settings"] = begin_bulk_load(es, targets.es_alias)
+        if targets.qdrant:  # the product links follow the keyword collection's changes
+            prepared["change_log"] = str(change_log(prepared["qdrant_collection"]).root)
+        if targets.es:
+            prepared["es_previous_settings"] = begin_bulk_load(stores.es, prepared["es_index"])
     return prepared
 
 
-def finish_sinks(targets: Targets, prepared: dict[str, Any] | None, es_settings: Any = None) -> None:
-    """Teardown: restore ES refresh/replica settings (also when loads failed)."""
-    if targets.es:
-        from embedding_pipeline.stores.elasticsearch.bulk_load import end_bulk_load
-        from embedding_pipeline.stores.elasticsearch.client import open_es
-        from embedding_pipeline.stores.elasticsearch.indices import write_index
+def finish_sinks(
+    targets: Targets, prepared: dict[str, Any] | None, qdrant_settings: Any = None, es_settings: Any = None
+) -> None:
+    """Teardown: restore ES refresh/replica settings (also when loads failed), and a new
+    generation's Qdrant indexing."""
+    from embedding_pipeline.stages.generations import end_generation_load
+    from embedding_pipeline.stores.elasticsearch.bulk_load import end_bulk_load
+    from embedding_pipeline.stores.elasticsearch.indices import write_index
 
-        with open_es(es_settings) as es:
-            if prepared is None and write_index(es, targets.es_alias) is None:
+    with _stores(targets, qdrant_settings, es_settings) as stores:
+        if prepared and prepared.get("generation"):
+            end_generation_load(stores, prepared["generation"])
+        if targets.es:
+            if prepared is None and write_index(stores.es, targets.es_alias) is None:
                 return  # setup failed before the index existed: nothing to restore
-            end_bulk_load(es, targets.es_alias, (prepared or {}).get("es_previous_settings"))
+            previous = (prepared or {}).get("es_previous_settings")
+            end_bulk_load(stores.es, (previous or {}).get("index") or targets.es_alias, previous)
 
 
 def finalize(
@@ -117,11 +153,15 @@ def finalize(
     sinks: dict[str, list[dict[str, Any]]],
     meta: dict[str, Any],
     max_dead_letter_ratio: float,
+    publish: Publish | None = None,
 ) -> dict[str, Any]:
     """The run report (accounting identity per store, dead-letter threshold), then the state
-    commit: only a run whose report holds commits what it wrote."""
+    commit: only a run whose report holds commits what it wrote. A full rebuild then gates its
+    generation and swaps the aliases (``publish``; stages.generations), and the report shows it."""
     report = finalize_run(planned, prepared, embedded, sinks, meta, max_dead_letter_ratio)
     commit_changes(prepared, embedded, planned["run_dir"])
+    if prepared.get("generation"):
+        report = publish_generation(report, planned["run_dir"], prepared, KIND, publish or Publish())
     return report
 
 
@@ -136,7 +176,11 @@ def _empty(stage: str, embedded: dict) -> dict:
     return StageResult(stage, embedded["chunk"]).to_xcom()
 
 
-def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings: Any = None) -> dict:
+def write_qdrant(
+    embedded: dict, run_dir: str, targets: Targets, prepared: dict[str, Any], qdrant_settings: Any = None
+) -> dict:
+    """Upsert one staged chunk into the collection prepare chose (the live one, or the new
+    generation of a full rebuild)."""
     if not targets.qdrant or not embedded["staged"]:
         return _empty("qdrant_upsert", embedded)
     from embedding_pipeline.stores.qdrant.client import open_client
@@ -148,7 +192,7 @@ def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings
     with open_client(settings) as client:
         result = upsert_chunk(
             client,
-            targets.qdrant_alias,
+            prepared["qdrant_collection"],
             embedded["staged"],
             dead,
             schema=KEYWORD_POINTS,
@@ -158,7 +202,10 @@ def write_qdrant(embedded: dict, run_dir: str, targets: Targets, qdrant_settings
     return result.to_xcom()
 
 
-def write_es(embedded: dict, run_dir: str, targets: Targets, es_settings: Any = None) -> dict:
+def write_es(
+    embedded: dict, run_dir: str, targets: Targets, prepared: dict[str, Any], es_settings: Any = None
+) -> dict:
+    """Index one staged chunk into the index prepare chose."""
     if not targets.es or not embedded["staged"]:
         return _empty(ES_STAGE, embedded)
     from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions
@@ -169,7 +216,7 @@ def write_es(embedded: dict, run_dir: str, targets: Targets, es_settings: Any = 
     dead = DeadLetterWriter(as_path(run_dir), "es", embedded["chunk"])
     options = BulkOptions(chunk_docs=settings.bulk_chunk_docs, max_bytes=settings.bulk_max_bytes)
     with open_es(settings) as es:
-        result = index_keyword_chunk(es, targets.es_alias, embedded["staged"], dead, options)
+        result = index_keyword_chunk(es, prepared["es_index"], embedded["staged"], dead, options)
     return result.to_xcom()
 
 

@@ -248,10 +248,11 @@ class _Sample:
 
 
 def _check_models(
-    docs: Sequence[Mapping[str, Any]], client: EmbeddingClient, target: CollectionTarget
+    docs: Sequence[Mapping[str, Any]], source: tuple[str, str, int], target: CollectionTarget, what: str
 ) -> str:
-    """Refuse to compare vectors of different models; the client's model, as ``name vN``."""
-    name, version = client.settings.model_name, str(client.published.version)
+    """Refuse to compare vectors of different models; the queries' model (``source``: name,
+    version, dim of the client or the product collection), as ``name vN``."""
+    name, version, dim = source
     ours = f"{name} v{version}"
     others = sorted(
         {
@@ -262,17 +263,17 @@ def _check_models(
     )
     if others:
         raise LinkQualityError(
-            f"the sampled product documents were linked with {', '.join(others)}, but the embedding client "
-            f"serves {ours}: re-embedding with another model cannot reproduce their lists. Check with the "
+            f"the sampled product documents were linked with {', '.join(others)}, but {what} "
+            f"holds {ours}: vectors of another model cannot reproduce their lists. Check with the "
             "model they were linked with (e.g. --model), or re-link the products first"
         )
     check_model(
         target,
-        dim=client.dim,
+        dim=dim,
         model_name=name,
         model_version=version,
         distance=models.Distance.COSINE,  # the check computes cosine
-        what=f"the embedding client's model for {target.alias!r}",
+        what=f"{what}'s model for {target.alias!r}",
     )
     return ours
 
@@ -349,6 +350,23 @@ def _embed_names(
     return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
 
+def _stored_queries(qdrant: QdrantClient, collection: str, docs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The product vectors the link stage stored beside each sampled document (no re-embedding:
+    what the lists were searched with, exactly)."""
+    from embedding_pipeline.runs.staging import point_id
+    from embedding_pipeline.stores.qdrant import points
+
+    wanted = [point_id("product", str(d.get("product_id"))) for d in docs]
+    stored = points.retrieve(qdrant, collection, wanted)
+    missing = [str(d.get("product_id")) for d, p in zip(docs, wanted, strict=True) if p not in stored]
+    if missing:
+        raise LinkQualityError(
+            f"{len(missing)} sampled products have no stored vector in {collection!r} (e.g. {missing[0]!r})"
+        )
+    queries = np.stack([stored[p][1] for p in wanted])
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
 def _scan(
     qdrant: QdrantClient, collection: str, run: _Sample, queries: np.ndarray, scan_batch: int
 ) -> tuple[_RunningTopK, list[dict[str, tuple[float, bool]]], int]:
@@ -375,7 +393,7 @@ def _scan(
 def check_link_quality(
     es: Elasticsearch,
     qdrant: QdrantClient,
-    client: EmbeddingClient,
+    queries_from: EmbeddingClient | str,
     product_alias: str = PRODUCT_ALIAS,
     keyword_alias: str = KEYWORD_ALIAS,
     sample: int = 200,
@@ -384,9 +402,13 @@ def check_link_quality(
 ) -> QualityReport:
     """Recall@K of the stored product -> keyword lists against exact search, on a sample of products.
 
-    ``top_k`` None checks each list at the K it was linked with; a smaller K checks the first K
-    ranks. Memory: sample × K scores plus one block of :data:`SCAN_CELLS` scores, independent of
-    the number of keywords.
+    The queries are the product names re-embedded through ``queries_from``, an embedding client
+    (what a reader would do), or, when it is a collection name, the product vectors stored there
+    (the gate of a full rebuild: no server needed, and exactly the vectors the lists were searched
+    with). ``top_k``
+    None checks each list at the K it was linked with; a smaller K checks the first K ranks.
+    Memory: sample × K scores plus one block of :data:`SCAN_CELLS` scores, independent of the
+    number of keywords.
     """
     started = time.monotonic()
     docs = sample_documents(es, product_alias, sample, seed, id_field="product_id")
@@ -404,12 +426,22 @@ def check_link_quality(
             )
     ks = [top_k or s.top_k for s in specs]
     target = collection_target_retrying(qdrant, keyword_alias)
-    model = _check_models(docs, client, target)
+    if isinstance(queries_from, EmbeddingClient):
+        client = queries_from
+        source = (client.settings.model_name, str(client.published.version), client.dim)
+        model = _check_models(docs, source, target, "the embedding client")
+    else:
+        products = collection_target_retrying(qdrant, queries_from)
+        source = (str(products.model_name), str(products.model_version), products.dim)
+        model = _check_models(docs, source, target, f"product collection {products.name!r}")
     _check_collection(docs, specs, target.name)
     run = _Sample(docs, specs, ks)
 
     embed_started = time.monotonic()
-    queries = _embed_names(client, docs, specs)
+    if isinstance(queries_from, EmbeddingClient):
+        queries = _embed_names(queries_from, docs, specs)
+    else:
+        queries = _stored_queries(qdrant, queries_from, docs)
     embed_seconds = time.monotonic() - embed_started
     scan_started = time.monotonic()
     low, high = SCAN_BATCH_LIMITS

@@ -54,6 +54,9 @@ from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.storage import as_path, read_parquet
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_task
+from embedding_pipeline.stages.generation_rules import Publish
+from embedding_pipeline.stages.generation_stores import StoreAlias
+from embedding_pipeline.stages.generations import publish_generation
 from embedding_pipeline.stages.link_maintenance import entry_score
 from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
 from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
@@ -105,6 +108,11 @@ def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) 
     return target
 
 
+def aliases(options: LinkOptions) -> list[StoreAlias]:
+    """The aliases this stage writes: the product vectors (Qdrant) and documents (ES)."""
+    return [StoreAlias("qdrant", options.product_alias), StoreAlias("es", options.product_alias)]
+
+
 def prepare(
     options: LinkOptions,
     model: dict[str, Any],
@@ -114,29 +122,31 @@ def prepare(
     es_settings: Any = None,
     *,
     relink_all: bool = False,
+    full: bool = False,
 ) -> dict[str, Any]:
     """Check the keyword collection, create the product index and vector collection behind their
-    alias, plan deletes (after the guard) and the stored products keyword changes affect, and
-    start the bulk load.
+    alias (or, for a full rebuild, their next generation beside the live one), plan deletes (after
+    the guard) and the stored products keyword changes affect, and start the bulk load.
 
     With no products to link and none linked before (a nightly run before the first data, or a
     missing partition under ``missing_partition=skip``) nothing is checked or created: the run
     ends ``no_data``. With products linked before, keyword changes are still applied.
     """
     from embedding_pipeline.runs.changes import prepare_changes
+    from embedding_pipeline.stages.generation_stores import open_stores
+    from embedding_pipeline.stages.generations import begin_generation
     from embedding_pipeline.stages.link_maintenance import plan_relinks
     from embedding_pipeline.stages.product_documents import PRODUCT_POINTS, product_mappings
     from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
-    from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.indices import ensure_index
-    from embedding_pipeline.stores.qdrant.client import open_client
     from embedding_pipeline.stores.qdrant.collections import ensure_collection, resolve_alias
     from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
     qdrant_settings = qdrant_settings or QdrantSettings.from_env()
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
-    with open_client(qdrant_settings) as qdrant:
-        if not planned["chunks"] and resolve_alias(qdrant, options.product_alias) is None:
+    with open_stores(qdrant_settings, es_settings) as stores:
+        qdrant = stores.qdrant
+        if not full and not planned["chunks"] and resolve_alias(qdrant, options.product_alias) is None:
             return {
                 **model,
                 "keyword_collection": None,
@@ -145,44 +155,62 @@ def prepare(
                 "relink_chunks": [],
             }
         target = check_keyword_collection(qdrant, options.keyword_alias, model)
-        products = ensure_collection(qdrant, options.product_alias, **identity, schema=PRODUCT_POINTS)
-        with open_es(es_settings) as es:
-            index = ensure_index(es, options.product_alias, product_mappings(**identity))
-        stores = {"qdrant": products.name, "es": index.index}
+        generation = None
+        if full:
+            schemas = {"qdrant": PRODUCT_POINTS, "es": product_mappings(**identity)}
+            generation = begin_generation(stores, aliases(options), planned, schemas, identity)
+            product_collection = generation["new"][f"qdrant:{options.product_alias}"]
+            product_index = generation["new"][f"es:{options.product_alias}"]
+        else:
+            product_collection = ensure_collection(
+                qdrant, options.product_alias, **identity, schema=PRODUCT_POINTS
+            ).name
+            product_index = ensure_index(stores.es, options.product_alias, product_mappings(**identity)).index
+        names = {"qdrant": product_collection, "es": product_index}
         role = {**model, "role": options.role or ""}
-        changes = prepare_changes(PRODUCTS.name, stores, role, planned, spec, "the product generation")
+        changes = prepare_changes(PRODUCTS.name, names, role, planned, spec, "the product generation")
         relinks = plan_relinks(
             qdrant,
             options,
-            (target.name, products.name),
+            (target.name, product_collection),
             IndexState(changes["state_path"]),
             as_path(planned["run_dir"]),
             relink_all=relink_all,
             scan=qdrant_settings.is_local,
             retry=qdrant_settings.retry,
         )
-    with open_es(es_settings) as es:
-        previous = begin_bulk_load(es, options.product_alias)
+        previous = begin_bulk_load(stores.es, product_index)
     return {
         **model,
         "keyword_collection": target.name,
-        "product_collection": products.name,
-        "es_index": index.index,
+        "product_collection": product_collection,
+        "es_index": product_index,
         "es_previous_settings": previous,
+        **({"generation": generation} if generation else {}),
         **changes,
         **relinks,
     }
 
 
-def finish(options: LinkOptions, prepared: dict[str, Any] | None, es_settings: Any = None) -> None:
-    """Teardown: restore refresh/replicas of the product index (also when link tasks failed)."""
+def finish(
+    options: LinkOptions,
+    prepared: dict[str, Any] | None,
+    qdrant_settings: Any = None,
+    es_settings: Any = None,
+) -> None:
+    """Teardown: restore refresh/replicas of the product index (also when link tasks failed), and
+    a new generation's Qdrant indexing."""
+    from embedding_pipeline.stages.generation_stores import open_stores
+    from embedding_pipeline.stages.generations import end_generation_load
     from embedding_pipeline.stores.elasticsearch.bulk_load import end_bulk_load
-    from embedding_pipeline.stores.elasticsearch.client import open_es
 
     if not (prepared or {}).get("es_index"):
         return  # prepare failed before the bulk load began, or there was nothing to link
-    with open_es(es_settings) as es:
-        end_bulk_load(es, options.product_alias, prepared["es_previous_settings"])
+    generation = prepared.get("generation")
+    with open_stores(qdrant_settings, es_settings, qdrant=bool(generation)) as stores:
+        if generation:
+            end_generation_load(stores, generation)
+        end_bulk_load(stores.es, prepared["es_index"], prepared["es_previous_settings"])
 
 
 def embed(
@@ -462,7 +490,7 @@ def link_chunk(
         )
         batches = (linker.documents(batch) for batch in source)
         es_started = time.monotonic()
-        counts = bulk_index(es, options.product_alias, batches, dead, bulk)
+        counts = bulk_index(es, prepared["es_index"], batches, dead, bulk)
         # The generator runs inside bulk_index: take the search time out of the write time.
         write_seconds = time.monotonic() - es_started - stats.search_seconds
     invalid = len(dead) - counts.dead_lettered  # dead-lettered before ES saw them
@@ -523,10 +551,12 @@ def finalize(
     linked: list[dict[str, Any]],
     meta: dict[str, Any],
     max_dead_letter_ratio: float,
+    publish: Publish | None = None,
 ) -> dict[str, Any]:
     """The run report (tonight's products in the accounting identity; relinked stored products
     reported beside it), then the product state commit. A relink with dead letters keeps the
-    state's change-log position, so the next run relinks the products those changes affect again."""
+    state's change-log position, so the next run relinks the products those changes affect again.
+    A full rebuild then gates its generation (link quality included) and swaps the aliases."""
     from embedding_pipeline.runs.changes import commit_changes
     from embedding_pipeline.runs.report import finalize_run, stage_summary
 
@@ -539,4 +569,6 @@ def finalize(
     if relink and relink["dead_lettered"]:
         prepared = {**prepared, "state_metadata": None}
     commit_changes(prepared, embedded, planned["run_dir"])
+    if prepared.get("generation"):
+        report = publish_generation(report, planned["run_dir"], prepared, KIND, publish or Publish())
     return report

@@ -117,8 +117,10 @@ def bulk_index(
     Each batch is sent with ``streaming_bulk`` (split by ``chunk_docs``/``max_bytes``), the
     helper's own retries off, and then re-sent for the items that failed transiently, until they
     succeed or ``max_retries`` is used up. ``require_alias`` makes ES refuse the write instead of
-    auto-creating a concrete index with a dynamic mapping when the alias is missing.
+    auto-creating a concrete index with a dynamic mapping when the alias is missing. ``alias`` may
+    also name a concrete index (a generation being built): it must exist when the load starts.
     """
+    require_alias = _require_alias(es, alias)
     overrides: dict[str, Any] = {"max_retries": 0, "retry_on_status": ()}
     if options.request_timeout is not None:  # None would mean "no timeout" to the client, not "default"
         overrides["request_timeout"] = options.request_timeout
@@ -143,8 +145,17 @@ def bulk_index(
             if options.version_type and not version:
                 raise ValueError(f"version_type {options.version_type!r} needs a version for every document")
             pending.append(_Pending(doc_id, source, version[0] if version else None))
-        _send_with_retries(client, alias, pending, dead_letters, options, counts)
+        _send_with_retries(client, alias, pending, dead_letters, options, counts, require_alias)
     return counts
+
+
+def _require_alias(es: Elasticsearch, name: str) -> bool:
+    """True for an alias (or a missing name: ES then refuses the write); False for an existing
+    concrete index, which ``require_alias`` would refuse."""
+    try:
+        return es.indices.exists_alias(name=name) or not es.indices.exists(index=name)
+    except Exception as exc:
+        raise_clear(exc, f"resolving {name!r} before a bulk load")
 
 
 def _dead(
@@ -209,6 +220,7 @@ def _send_with_retries(
     dead: DeadLetterWriter,
     options: BulkOptions,
     counts: BulkCounts,
+    require_alias: bool,
 ) -> None:
     connection_failures = 0
     round_no = 0
@@ -227,7 +239,7 @@ def _send_with_retries(
                 raise_on_error=False,
                 raise_on_exception=False,
                 max_retries=0,
-                require_alias=True,
+                require_alias=require_alias,
             )
             for ok, item in results:
                 doc = pending[answered]

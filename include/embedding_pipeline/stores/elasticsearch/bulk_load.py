@@ -15,7 +15,7 @@ from elasticsearch import Elasticsearch
 
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.stores.elasticsearch.errors import EsIndexError, raise_clear
-from embedding_pipeline.stores.elasticsearch.indices import index_mapping, write_index
+from embedding_pipeline.stores.elasticsearch.indices import index_mapping, write_target
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ def _put_meta(es: Elasticsearch, index: str, meta: dict[str, Any]) -> None:
 
 
 def begin_bulk_load(es: Elasticsearch, alias: str) -> dict[str, Any]:
-    """Turn refresh off and replicas to 0 on the alias's write index; return what to restore.
+    """Turn refresh off and replicas to 0 on the alias's write index (or the index ``alias`` names);
+    return what to restore.
 
     The result is small and JSON-able (XCom): ``{"index", "refresh_interval", "number_of_replicas"}``;
     ``None`` means "not set explicitly" and restores the cluster default.
@@ -38,7 +39,7 @@ def begin_bulk_load(es: Elasticsearch, alias: str) -> dict[str, Any]:
     already begun and returns the *original* values instead of the bulk values it would read from
     the settings, so no teardown can leave an index with refresh switched off for good.
     """
-    index = write_index(es, alias)
+    index = write_target(es, alias)
     if index is None:
         raise EsIndexError(f"alias {alias!r} does not exist; create its index first")
     try:
@@ -71,7 +72,7 @@ def end_bulk_load(es: Elasticsearch, alias: str, previous: Mapping[str, Any] | N
     ``previous`` is begin's return value; without it the values recorded in ``_meta`` are used
     (a teardown whose setup's XCom is lost still restores). Restoring twice is harmless.
     """
-    index = (previous or {}).get("index") or write_index(es, alias)
+    index = (previous or {}).get("index") or write_target(es, alias)
     if index is None:
         raise EsIndexError(f"alias {alias!r} does not exist; nothing to restore")
     try:
@@ -108,7 +109,7 @@ def bulk_load_settings(es: Elasticsearch, alias: str) -> Iterator[dict[str, Any]
 
 def get_bulk_settings(es: Elasticsearch, alias: str) -> dict[str, str | None]:
     """Current explicit ``refresh_interval`` / ``number_of_replicas`` of the write index (None = default)."""
-    index = write_index(es, alias)
+    index = write_target(es, alias)
     if index is None:
         raise EsIndexError(f"alias {alias!r} does not exist")
     flat = es.indices.get_settings(index=index, flat_settings=True).body[index]["settings"]

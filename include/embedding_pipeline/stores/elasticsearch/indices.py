@@ -51,6 +51,18 @@ def write_index(es: Elasticsearch, alias: str) -> str | None:
     )
 
 
+def write_target(es: Elasticsearch, name: str) -> str | None:
+    """Where a write to ``name`` lands: the alias's write index, or ``name`` itself when it is a
+    concrete index (a generation being built, addressed by its physical name); None if neither."""
+    index = write_index(es, name)
+    if index is not None:
+        return index
+    try:
+        return name if es.indices.exists(index=name) else None
+    except Exception as exc:
+        raise_clear(exc, f"checking for index {name!r}")
+
+
 def index_mapping(es: Elasticsearch, index: str) -> dict[str, Any]:
     try:
         return es.indices.get_mapping(index=index).body[index]["mappings"]
@@ -223,10 +235,10 @@ def count_docs(es: Elasticsearch, alias: str) -> int:
 
 
 def check_meta(es: Elasticsearch, alias: str, metadata: Mapping[str, Any], what: str) -> str:
-    """The write index behind ``alias``, after checking that ``metadata`` (e.g. a staged chunk's)
-    names the same model as the index's ``_meta``: documents of another model belong in another
-    generation."""
-    index = write_index(es, alias)
+    """The write index behind ``alias`` (or the index of that name), after checking that
+    ``metadata`` (e.g. a staged chunk's) names the same model as the index's ``_meta``: documents
+    of another model belong in another generation."""
+    index = write_target(es, alias)
     if index is None:
         raise EsIndexError(f"alias {alias!r} does not exist; create its index first")
     have = index_mapping(es, index).get("_meta", {})

@@ -150,8 +150,8 @@ def check_model(
         raise CollectionMismatchError(
             f"Qdrant collection {target.alias!r} -> {target.name!r} holds vectors of {target.describe()}, "
             f"but {what} is {theirs}: {' and '.join(problems)} differ. Vectors of different models "
-            "are not comparable: reindex into a new collection generation and swap the alias, or use "
-            "the model the collection was built with."
+            "are not comparable: run a full rebuild (mode=full) into a new generation, which swaps "
+            "the alias when it passes its gate, or use the model the collection was built with."
         )
 
 
@@ -175,6 +175,63 @@ def _metadata(
     }
 
 
+def _wanted_indexes(schema: PointSchema | None) -> dict[str, models.PayloadSchemaType]:
+    wanted = schema.payload_indexes() if schema else dict(STORE_PAYLOAD_INDEXES)
+    return {name: models.PayloadSchemaType(kind) for name, kind in wanted.items()}
+
+
+def _create_or_adopt(
+    client: QdrantClient,
+    alias: str,
+    name: str,
+    generation: int,
+    model: Mapping[str, Any],
+    schema: PointSchema | None,
+    distance: models.Distance,
+) -> bool:
+    """Create ``name`` (size, distance, model in its metadata, payload indexes), or validate and
+    adopt it when it exists; True when it was created here."""
+    if model["dim"] < 1:
+        raise ConfigError(f"vector dimension must be >= 1, got {model['dim']}")
+    indexes = _wanted_indexes(schema)
+    meta = _metadata(alias, generation, model, distance, indexes)
+    created = False
+    if not client.collection_exists(name):
+        try:
+            client.create_collection(
+                name, vectors_config=models.VectorParams(size=model["dim"], distance=distance), metadata=meta
+            )
+            created = True
+            log.info("created Qdrant collection %s (dim %d, %s)", name, model["dim"], distance.value)
+        except Exception:
+            if not client.collection_exists(name):  # not a lost race: a real failure
+                raise
+    target = _read_target(client, alias, name)
+    check_model(target, **model, distance=distance, what="the model")
+    _ensure_payload_indexes(client, name, indexes, meta, created)
+    return created
+
+
+def create_generation(
+    client: QdrantClient,
+    alias: str,
+    generation: int,
+    *,
+    dim: int,
+    model_name: str,
+    model_version: int | str,
+    schema: PointSchema | None = None,
+    distance: models.Distance = models.Distance.COSINE,
+) -> CollectionTarget:
+    """Build ``<alias>-g<generation>`` beside the live one, without touching the alias: a full
+    rebuild fills it, then :func:`~embedding_pipeline.stores.qdrant.generations.swap_alias` moves
+    the alias. An existing collection of that name (a retried task) is validated and reused."""
+    model = {"model_name": model_name, "model_version": model_version, "dim": dim}
+    name = physical_name(alias, generation)
+    created = _create_or_adopt(client, alias, name, generation, model, schema, distance)
+    return replace(_read_target(client, alias, name), created=created)
+
+
 def ensure_collection(
     client: QdrantClient,
     alias: str,
@@ -195,29 +252,9 @@ def ensure_collection(
     ``-g<generation>`` is validated and adopted). An existing collection built with another model,
     dimension or distance raises :class:`CollectionMismatchError` naming both.
     """
-    if dim < 1:
-        raise ConfigError(f"vector dimension must be >= 1, got {dim}")
-    wanted = schema.payload_indexes() if schema else dict(STORE_PAYLOAD_INDEXES)
-    indexes = {name: models.PayloadSchemaType(kind) for name, kind in wanted.items()}
     model = {"model_name": model_name, "model_version": model_version, "dim": dim}
-    meta = _metadata(alias, generation, model, distance, indexes)
-    name = resolve_alias(client, alias)
-    created = False
-    if name is None:
-        name = physical_name(alias, generation)
-        if not client.collection_exists(name):
-            try:
-                client.create_collection(
-                    name, vectors_config=models.VectorParams(size=dim, distance=distance), metadata=meta
-                )
-                created = True
-                log.info("created Qdrant collection %s (dim %d, %s)", name, dim, distance.value)
-            except Exception:
-                if not client.collection_exists(name):  # not a lost race: a real failure
-                    raise
-    target = _read_target(client, alias, name)
-    check_model(target, **model, distance=distance, what="the model")
-    _ensure_payload_indexes(client, name, indexes, meta, created)
+    name = resolve_alias(client, alias) or physical_name(alias, generation)
+    created = _create_or_adopt(client, alias, name, generation, model, schema, distance)
     if resolve_alias(client, alias) is None:
         try:
             client.update_collection_aliases(

@@ -1,0 +1,118 @@
+"""Test data in partitions and what the stores hold: write keyword/product partitions, read every
+stored keyword and list back, and compute the exact lists a from-scratch relink gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from embedding_pipeline.stages.link_options import LinkOptions
+
+
+def write_keywords(root: Path, dt: str, rows: list[dict[str, Any]]) -> None:
+    """One partition file of keyword rows (keyword_id, keyword, category[, deleted])."""
+    path = root / "keywords" / f"dt={dt}" / "part-0.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {key: [row.get(key) for row in rows] for key in ("keyword_id", "keyword", "category")}
+    table = pa.table(
+        {
+            "keyword_id": pa.array(columns["keyword_id"], pa.int64()),
+            "keyword": pa.array(columns["keyword"], pa.string()),
+            "category": pa.array(columns["category"], pa.string()),
+        }
+    )
+    if any("deleted" in row for row in rows):
+        table = table.append_column("deleted", pa.array([bool(row.get("deleted")) for row in rows]))
+    pq.write_table(table, path)
+
+
+def stored_keywords(alias: str) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
+    """(Qdrant, ES): keyword_id -> (keyword, category) of every stored keyword."""
+    from elasticsearch.helpers import scan
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.search import iter_vectors
+
+    with open_client() as qdrant:
+        points = {
+            str(p["keyword_id"]): (p["keyword"], p.get("category"))
+            for _, payloads in iter_vectors(qdrant, alias, batch_size=256, with_payload=True)
+            for p in payloads
+        }
+    with open_es() as es:
+        es.indices.refresh(index=alias)
+        docs = {
+            hit["_id"]: (hit["_source"]["keyword"], hit["_source"].get("category"))
+            for hit in scan(es, index=alias, query={"query": {"match_all": {}}})
+        }
+    return points, docs
+
+
+def row(i: int, text: str | None = None, category: str = "food", **extra: Any) -> dict[str, Any]:
+    return {"keyword_id": i, "keyword": text or f"keyword number {i}", "category": category, **extra}
+
+
+def write_products(root: Path, dt: str, rows: list[dict[str, Any]]) -> None:
+    """One partition file of product rows (product_id, product_name, category[, deleted])."""
+    path = root / "products" / f"dt={dt}" / "part-0.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "product_id": pa.array([r["product_id"] for r in rows], pa.int64()),
+            "product_name": pa.array([r.get("product_name") for r in rows], pa.string()),
+            "category": pa.array([r.get("category") for r in rows], pa.string()),
+        }
+    )
+    if any("deleted" in r for r in rows):
+        table = table.append_column("deleted", pa.array([bool(r.get("deleted")) for r in rows]))
+    pq.write_table(table, path)
+
+
+def stored_lists(product_alias: str) -> dict[str, list[str]]:
+    """product_id -> the keyword ids of its stored list, best first (ES)."""
+    from elasticsearch.helpers import scan
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+
+    with open_es() as es:
+        if not es.indices.exists_alias(name=product_alias):
+            return {}  # never linked
+        es.indices.refresh(index=product_alias)
+        return {
+            hit["_id"]: [k["keyword_id"] for k in hit["_source"]["keywords"]]
+            for hit in scan(es, index=product_alias, query={"query": {"match_all": {}}})
+        }
+
+
+def exact_lists(keyword_alias: str, product_alias: str, options: LinkOptions) -> dict[str, list[str]]:
+    """What a from-scratch relink of every stored product against every stored keyword gives:
+    brute force over the vectors both collections hold, the linker's filters, threshold and tie
+    order (score rounded to 6 decimals, then keyword id)."""
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.collections import resolve_alias
+    from embedding_pipeline.stores.qdrant.search import iter_vectors
+
+    with open_client() as qdrant:
+        if resolve_alias(qdrant, product_alias) is None:
+            return {}  # never linked
+        keywords = list(iter_vectors(qdrant, keyword_alias, batch_size=4096))
+        products = list(iter_vectors(qdrant, product_alias, batch_size=4096))
+    kw_vectors = np.concatenate([v for v, _ in keywords]) if keywords else np.zeros((0, 1))
+    kw_payloads = [p for _, payloads in keywords for p in payloads]
+    lists = {}
+    for vectors, payloads in products:
+        for vector, product in zip(vectors, payloads, strict=True):
+            scores = kw_vectors @ vector
+            ranked = []
+            for score, keyword in zip(scores, kw_payloads, strict=True):
+                if options.score_threshold is not None and score < options.score_threshold:
+                    continue
+                if any(
+                    product.get(f) is not None and keyword.get(f) != product[f] for f in options.match_fields
+                ):
+                    continue
+                ranked.append((-round(float(score), 6), str(keyword["keyword_id"])))
+            lists[str(product["product_id"])] = [kid for _, kid in sorted(ranked)[: options.top_k]]
+    return lists
