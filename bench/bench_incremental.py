@@ -6,7 +6,9 @@
    partitions, MiniLM fp32); night 2 is the same snapshot again (0% changed); night 3 changes
    1% of the texts, deletes 0.5% and adds 1% new rows in both tables. Per night: wall time of
    both stages, rows embedded (must equal changed + new), rows deleted, stored products relinked.
-2. State look-up (why a state file): matching one 50k-id chunk against the state of 1M ids in
+2. A full rebuild (``mode=full``) of both stages from the night-3 snapshot into generation 2:
+   wall time next to the nights, and the gate's numbers.
+3. State look-up (why a state file): matching one 50k-id chunk against the state of 1M ids in
    Parquet, next to retrieving 50k points by id from a 100k-point Qdrant local collection.
 
 Run: ``.venv/bin/python bench/bench_incremental.py`` (``--quick``: 4k keywords, 800 products).
@@ -118,6 +120,40 @@ def _nights(args: argparse.Namespace, scratch: Path, model_name: str) -> list[di
         )
         log.info("night %d: %s", number, nights[-1])
     return nights
+
+
+def _full_rebuild(args: argparse.Namespace, scratch: Path, model_name: str) -> dict[str, Any]:
+    """After the nights: a full rebuild of both stages from the latest snapshot into generation 2,
+    gated (counts, shrink, model, canaries, link quality on 100 products) and swapped."""
+    from embedding_pipeline.local.inline_runner import run_keywords, run_products
+    from embedding_pipeline.runs.input_kinds import InputSpec
+    from embedding_pipeline.stages.generation_rules import Publish
+    from embedding_pipeline.stages.link_options import LinkOptions
+
+    root, spec, dt = scratch / "data", InputSpec(kind="snapshot"), DATES[-1]
+    started = time.perf_counter()
+    kw = run_keywords(root, [dt], scratch / "runs" / "kw-full", model_name, spec, "keywords", Publish())
+    kw_s = time.perf_counter() - started
+    options = LinkOptions(top_k=args.top_k)
+    pr = run_products(root, [dt], scratch / "runs" / "pr-full", model_name, spec, options, publish=Publish())
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 1),
+        "keyword_seconds": round(kw_s, 1),
+        "product_seconds": round(seconds - kw_s, 1),
+        "keywords_embedded": int(kw["embed"]["extra"]["embedded"]),
+        "products_embedded": int(pr["embed"]["extra"]["embedded"]),
+        "generations": {
+            stage: {
+                "status": report["generation"]["status"],
+                "swapped": [
+                    f"{m['store']} {m['from']} -> {m['to']}" for m in report["generation"]["swapped"]
+                ],
+                "checks": {c["name"]: c["detail"] for c in report["generation"]["checks"]},
+            }
+            for stage, report in (("keyword_index", kw), ("product_link", pr))
+        },
+    }
 
 
 def _lookup(scratch: Path, state_ids: int, chunk_ids: int, qdrant_points: int) -> dict[str, Any]:
@@ -233,6 +269,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"state {lookup['state_commit_s']} s). The same number of ids retrieved from a Qdrant local "
         f"collection of {lookup['qdrant_points']} points: {lookup['qdrant_retrieve_s']} s.",
     ]
+    rebuild = report.get("full_rebuild")
+    if rebuild:
+        lines += [
+            "",
+            f"Full rebuild into generation 2 (mode=full, the night-3 snapshot, gated and swapped): "
+            f"{rebuild['seconds']} s = {rebuild['seconds'] / full:.1%} of night 1 (keyword stage "
+            f"{rebuild['keyword_seconds']} s, product stage {rebuild['product_seconds']} s; "
+            f"{rebuild['keywords_embedded']} keywords and {rebuild['products_embedded']} products "
+            "embedded). Gate and swap:",
+            "",
+        ]
+        for stage, outcome in rebuild["generations"].items():
+            checks = "; ".join(f"{name}: {detail}" for name, detail in outcome["checks"].items())
+            lines.append(f"- {stage}: **{outcome['status']}** ({', '.join(outcome['swapped'])}). {checks}")
     return "\n".join(lines) + "\n"
 
 
@@ -271,6 +321,7 @@ def main() -> None:
             QDRANT_PATH=str(scratch / "qdrant"),
         )
         nights = _nights(args, scratch, published["name"])
+        full_rebuild = _full_rebuild(args, scratch, published["name"])
         lookup = _lookup(
             scratch, args.state_ids, min(50_000, args.state_ids // 2), min(100_000, args.state_ids)
         )
@@ -281,6 +332,7 @@ def main() -> None:
         "top_k": args.top_k,
         "machine": pipeline_machine_info(),
         "nights": nights,
+        "full_rebuild": full_rebuild,
         "lookup": lookup,
     }
     write_results(args.output, "incremental", args.quick, report, markdown)

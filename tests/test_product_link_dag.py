@@ -128,6 +128,32 @@ def test_chain_runs_every_stage_and_a_second_run_changes_nothing(env):
         assert keywords_again["embed"]["unchanged"] == keywords["sinks"][sink]["indexed"]
     assert _links(_sources(env["prod"])) == _links(docs)
 
+    # A full rebuild through the chain: a new generation of all four stores, gated and swapped;
+    # the same data gives the same lists. embedding_rollback then points every alias back.
+    third = run_dag("embedding_chain", {**conf, "publish_model": "if_missing", "mode": "full"})
+    for stage, alias in (("keyword_index", env["kw"]), ("product_link", env["prod"])):
+        section = _report(third, stage)["generation"]
+        assert section["status"] == "swapped" and all(c["ok"] for c in section["checks"]), section
+        assert {m["to"] for m in section["swapped"]} == {f"{alias}-g2"}
+        assert _live(alias) == {f"{alias}-g2"}
+    checks = {c["name"]: c["detail"] for c in _report(third, "product_link")["generation"]["checks"]}
+    assert checks["link_quality"].startswith("recall@K 1.0000") and "live 1.0000" in checks["link_quality"]
+    assert _links(_sources(env["prod"])) == _links(docs)
+    rollback = run_dag(
+        "embedding_rollback", {"qdrant_alias": env["kw"], "es_alias": env["kw"], "product_alias": env["prod"]}
+    )
+    assert str(rollback.state) == "success", _states(rollback)
+    assert _live(env["kw"]) == {f"{env['kw']}-g1"} and _live(env["prod"]) == {f"{env['prod']}-g1"}
+    assert _links(_sources(env["prod"])) == _links(docs)
+
+
+def _live(alias: str) -> set[str | None]:
+    """What ``alias`` points at in Qdrant and in ES (one name when both agree)."""
+    from embedding_pipeline.stages.generation_stores import StoreAlias, open_stores
+
+    with open_stores() as stores:
+        return {stores.live(StoreAlias(system, alias)) for system in ("qdrant", "es")}
+
 
 def _recurring(manifest: dict) -> int:
     """Products whose id appears again (as a valid row) on the next date: one document for both."""

@@ -141,6 +141,19 @@ def rebuild_params() -> dict[str, Param]:
     }
 
 
+def rollback_params() -> dict[str, Param]:
+    """Which aliases ``embedding_rollback`` moves back (the same names as in the stage DAGs)."""
+    return {
+        "stage": Param(
+            "all",
+            enum=["all", "keyword_index", "product_link"],
+            description="Whose aliases to roll back; one stage alone must keep the other stage's model.",
+        ),
+        **{k: v for k, v in keyword_params().items() if k.endswith("_alias")},
+        "product_alias": product_params()["product_alias"],
+    }
+
+
 def keyword_params() -> dict[str, Param]:
     return {
         "write_qdrant": Param(True, type="boolean"),

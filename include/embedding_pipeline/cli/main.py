@@ -7,6 +7,7 @@ embedding-pipeline serve                     run the local KServe v2 server on m
 embedding-pipeline embed --role query TEXT   embed texts through a running server
 embedding-pipeline search text|meaning|product ...   look up keywords and product links
 embedding-pipeline quality                   recall@K of the stored links against exact search
+embedding-pipeline generations|rebuild|rollback   blue/green generations: list, full rebuild, roll back
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from embedding_pipeline.cli import generations as generations_cli
 from embedding_pipeline.cli import search as search_cli
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local import airflow_standalone
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     airflow_standalone.register(sub)
     search_cli.register(sub)
+    generations_cli.register(sub)
     return parser
 
 

@@ -74,7 +74,7 @@ class Services:
 
     @contextmanager
     def elasticsearch(self) -> Iterator[Elasticsearch]:
-        with _local(need_es=True), open_es() as client:
+        with local_services(need_es=True), open_es() as client:
             yield client
 
     @contextmanager
@@ -84,11 +84,11 @@ class Services:
 
     @contextmanager
     def embedding(self, model: str | None) -> Iterator[EmbeddingClient]:
-        with _local(need_server=True), EmbeddingClient(interactive_server_settings(model)) as client:
+        with local_services(need_server=True), EmbeddingClient(interactive_server_settings(model)) as client:
             yield client
 
 
-def _local(need_es: bool = False, need_server: bool = False) -> Any:
+def local_services(need_es: bool = False, need_server: bool = False) -> Any:
     from embedding_pipeline.local.services import LocalServices
 
     def note(line: str) -> None:

@@ -218,6 +218,30 @@ def rollback(
     return swap(stores, moves)
 
 
+ROLLBACK_STAGES = ("all", "keyword_index", "product_link")
+
+
+def stage_aliases(keyword_qdrant: str, keyword_es: str, product: str) -> dict[str, list[StoreAlias]]:
+    """The aliases of each stage: keyword index (Qdrant + ES), product link (Qdrant + ES)."""
+    return {
+        "keyword_index": [StoreAlias("qdrant", keyword_qdrant), StoreAlias("es", keyword_es)],
+        "product_link": [StoreAlias("qdrant", product), StoreAlias("es", product)],
+    }
+
+
+def rollback_stage(
+    stores: Stores, stage: str, by_stage: Mapping[str, list[StoreAlias]]
+) -> list[dict[str, Any]]:
+    """:func:`rollback` of one stage's aliases (the other stage's live model must match), or of
+    every alias of both stages at once (``all``)."""
+    if stage not in ROLLBACK_STAGES:
+        raise ConfigError(f"stage must be one of {ROLLBACK_STAGES}, got {stage!r}")
+    if stage == "all":
+        return rollback(stores, [store for aliases in by_stage.values() for store in aliases])
+    others = [store for name, aliases in by_stage.items() if name != stage for store in aliases]
+    return rollback(stores, by_stage[stage], others)
+
+
 def _model_text(record: Mapping[str, Any]) -> str:
     return f"{record.get('model_name')} v{record.get('model_version')} dim {record.get('dim')}"
 

@@ -120,18 +120,39 @@ def above(
         offset += page
 
 
+def not_newer_than(version: int | None) -> models.Filter | None:
+    """Overwrite a stored point only if its ``dt_version`` is not newer than ``version`` (or it has
+    none, written before the field existed); ids not stored yet are inserted. Atomic in the engine:
+    the latest partition of an id wins whatever order chunks, retries and backfills write in."""
+    if version is None:
+        return None
+    return models.Filter(
+        should=[
+            models.FieldCondition(key="dt_version", range=models.Range(lte=version)),
+            models.IsEmptyCondition(is_empty=models.PayloadField(key="dt_version")),
+        ]
+    )
+
+
 def write(
     client: QdrantClient,
     collection: str,
     points: Sequence[models.PointStruct],
     retry: RetryPolicy = RetryPolicy(),
 ) -> None:
-    """Upsert ``points`` as they are (derived points: no per-point dead letters, no dt condition)."""
-    if points:
+    """Upsert ``points`` (derived points: no per-point dead letters), each group of one
+    ``dt_version`` payload under :func:`not_newer_than`, so an older partition never overwrites
+    a newer one."""
+    groups: dict[Any, list[models.PointStruct]] = {}
+    for point in points:
+        groups.setdefault((point.payload or {}).get("dt_version"), []).append(point)
+    for version, group in groups.items():
         call(
             retry,
-            f"upsert of {len(points)} points into {collection}",
-            lambda: client.upsert(collection, points=list(points), wait=True),
+            f"upsert of {len(group)} points into {collection}",
+            lambda group=group, version=version: client.upsert(
+                collection, points=group, wait=True, update_filter=not_newer_than(version)
+            ),
         )
 
 

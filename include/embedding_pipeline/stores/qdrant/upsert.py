@@ -38,6 +38,7 @@ from embedding_pipeline.stores.qdrant.errors import (
     is_transient,
 )
 from embedding_pipeline.stores.qdrant.points import delete as delete_points
+from embedding_pipeline.stores.qdrant.points import not_newer_than
 
 STAGE = "qdrant_upsert"
 REASON_INVALID = "qdrant_invalid_point"
@@ -178,7 +179,7 @@ def upsert_chunk(
             points, rows, newer = _drop_superseded(client, target.name, upserter.retry, points, rows)
             superseded += newer
         for version, group in _by_dt_version(points, rows).items():
-            upserter.write(*group, update_filter=_not_newer_than(version))
+            upserter.write(*group, update_filter=not_newer_than(version))
     new_letters = dead_letters.letters[first_letter:]
     by_reason: dict[str, int] = {}
     for letter in new_letters:
@@ -219,7 +220,7 @@ def _drop_superseded(
 
     The latest partition of an id wins, as in Elasticsearch (external versions), whatever order
     chunks, retries and backfills write in. This read only saves writes and counts; what enforces
-    the rule is the conditional upsert (:func:`_not_newer_than`): on a server, a chunk of a newer
+    the rule is the conditional upsert (:func:`not_newer_than`): on a server, a chunk of a newer
     date may write the same id between this read and our write, and then the engine, not this
     read, keeps the newer point (counted as indexed: the identity holds either way).
     """
@@ -259,19 +260,6 @@ def _by_dt_version(
         group[0].append(point)
         group[1].append(row)
     return groups
-
-
-def _not_newer_than(version: int | None) -> models.Filter | None:
-    """Overwrite a stored point only if its ``dt_version`` is not newer than ours (or it has none,
-    written before the field existed); ids not stored yet are inserted. Atomic in the engine."""
-    if version is None:
-        return None
-    return models.Filter(
-        should=[
-            models.FieldCondition(key="dt_version", range=models.Range(lte=version)),
-            models.IsEmptyCondition(is_empty=models.PayloadField(key="dt_version")),
-        ]
-    )
 
 
 def _points(

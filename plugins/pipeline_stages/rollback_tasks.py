@@ -1,0 +1,24 @@
+"""The rollback task: every alias of the chosen stage(s) back to the previous generation that
+served, in one step, after the model/size checks (stages.generations.rollback)."""
+
+from __future__ import annotations
+
+from airflow.sdk import get_current_context, task
+
+from pipeline_stages.common import no_retry_on_setup_errors, store_settings
+
+
+def rollback_tasks() -> None:
+    """Create the rollback task in the current DAG."""
+
+    @task(retries=0)
+    def rollback() -> list[dict]:
+        from embedding_pipeline.stages.generation_stores import open_stores
+        from embedding_pipeline.stages.generations import rollback_stage, stage_aliases
+
+        params = get_current_context()["params"]
+        by_stage = stage_aliases(params["qdrant_alias"], params["es_alias"], params["product_alias"])
+        with no_retry_on_setup_errors(), open_stores(*store_settings()) as stores:
+            return rollback_stage(stores, params["stage"], by_stage)
+
+    rollback()
