@@ -67,6 +67,18 @@ class Api:
     def runs(self, dag_id: str) -> list[dict]:
         return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=logical_date")["dag_runs"]
 
+    def answer(self, dag_id: str, run_id: str, task_id: str, option: str, timeout_s: float = 600) -> dict:
+        """Wait until ``task_id`` asks for a person's input, then answer it as the UI's Required
+        Actions page does; the request as the person saw it."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+        deadline = time.monotonic() + timeout_s
+        while self.task_states(dag_id, run_id).get(task_id) != "awaiting_input":
+            assert time.monotonic() < deadline, self.task_states(dag_id, run_id)
+            time.sleep(2)
+        request = self.call("GET", path)
+        self.call("PATCH", path, {"chosen_options": [option]})
+        return request
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
         return {
@@ -170,6 +182,30 @@ def test_standalone_runs_a_chain_backfill_and_leaves_no_process_behind(
             if run["run_type"] == "scheduled":  # the latest interval, scheduled by the unpause
                 assert run["state"] == "success"
                 assert _report(run["dag_run_id"], "product_link")["status"] == "no_data"
+
+        # A full rebuild that asks a person before each swap: the keyword swap approved, the
+        # product swap rejected (its generation stays gated and unaliased, no Asset event).
+        conf = {"dt": DATES[-1], "mode": "full", "approve_swap": True, "chunk_rows": 100, "top_k": 5}
+        run_id = api.call(
+            "POST", "/api/v2/dags/embedding_chain/dagRuns", {"logical_date": None, "conf": conf}
+        )["dag_run_id"]
+        asked = api.answer("embedding_chain", run_id, "keyword_index.approve_swap", "Approve")
+        assert asked["subject"] == "Swap keyword_index to generation 2?", asked
+        assert "| counts | yes | expected " in asked["body"] and "keywords -> keywords-g1" in asked["body"]
+        api.answer("embedding_chain", run_id, "product_link.approve_swap", "Reject")
+        deadline = time.monotonic() + 600
+        while (run := api.call("GET", f"/api/v2/dags/embedding_chain/dagRuns/{run_id}"))[
+            "state"
+        ] == "running":
+            assert time.monotonic() < deadline, api.task_states("embedding_chain", run_id)
+            time.sleep(3)
+        states = api.task_states("embedding_chain", run_id)
+        assert run["state"] == "success", states
+        assert states["keyword_index.go_live"] == "success" and states["product_link.go_live"] == "skipped"
+        keywords = _report(run_id, "keyword_index")["generation"]
+        assert keywords["status"] == "swapped" and {m["to"] for m in keywords["swapped"]} == {"keywords-g2"}
+        products = _report(run_id, "product_link")["generation"]
+        assert products["status"] == "gated" and products["swapped"] == [], products
 
         stop_started = time.monotonic()
         runner.send_signal(signal.SIGINT)

@@ -44,16 +44,22 @@ def test_the_chain_runs_every_stage_in_order_and_owns_the_schedule(dagbag):
         "keyword_index",
         "product_link",
         "embedding_chain",
+        "embedding_rollback",
     }
     chain = dagbag.get_dag("embedding_chain")
     assert isinstance(chain.timetable, CronDataIntervalTimetable) and chain.max_active_runs == 1
-    for dag_id in ("embedding_model_publish", "keyword_index", "product_link"):
+    for dag_id in ("embedding_model_publish", "keyword_index", "product_link", "embedding_rollback"):
         assert dagbag.get_dag(dag_id).schedule is None
     down = {task.task_id: set(task.downstream_task_ids) for task in chain.tasks}
     assert down["model.decide"] == {"model.export"}
     assert down["model.load_on_server"] == {"model.model_ready"}
     assert down["model.model_ready"] == {"keyword_index.plan"}  # plan -> prepare_sinks (deletes)
-    assert down["keyword_index.finalize"] == {"product_link.plan"}
+    # finalize (report, state, a full rebuild's gate) -> optional approval -> the swap and the Asset
+    assert down["keyword_index.finalize"] == {"keyword_index.approve_swap"}
+    assert down["keyword_index.approve_swap"] == {"keyword_index.go_live"}
+    assert down["keyword_index.go_live"] == {"product_link.plan"}
+    go_live = chain.get_task("product_link.go_live")
+    assert [o.name for o in go_live.outlets] == ["product_links"] and go_live.trigger_rule == "none_failed"
     # Every stage task of the stage DAGs is in the chain, under its group.
     for dag_id, group in (("keyword_index", "keyword_index"), ("product_link", "product_link")):
         assert {f"{group}.{t}" for t in dagbag.get_dag(dag_id).task_ids} <= set(chain.task_ids)

@@ -276,3 +276,30 @@ def test_readers_never_see_an_empty_or_partial_generation(env):
     assert {kind for kind, _ in answers} == {"es", "qdrant", "qdrant search"}
     assert len(answers) >= 6
     assert all(size == expected for _, size in answers), answers
+
+
+def test_the_cli_rebuilds_through_airflow_lists_generations_and_rolls_back(env, airflow_db, capsys):
+    """``embedding-pipeline rebuild`` (keyword_index with mode=full, dag.test in a child process),
+    ``generations`` and ``rollback``, as a user types them."""
+    from embedding_pipeline.cli.main import main
+
+    _nights(env)
+    keywords(env, ["2024-01-01"])
+    aliases = ["--keyword-alias", env["alias"], "--product-alias", env["options"].product_alias]
+    rebuild = ["rebuild", "--dag", "keyword_index", "--dt", "2024-01-02", "--model", MODEL]
+    assert main([*rebuild, "--input-root", str(env["root"]), *aliases]) == 0
+    out = capsys.readouterr().out
+    g1, g2 = f"{env['alias']}-g1", f"{env['alias']}-g2"
+    assert f"keyword_index: generation 2 swapped; qdrant:{env['alias']} {g1} -> {g2}" in out, out
+
+    assert main(["generations", *aliases]) == 0
+    table = capsys.readouterr().out.splitlines()
+    live = [line for line in table[1:] if " live " in line]
+    assert len(live) == 2 and all(g2 in line and "tiny_bert v1" in line for line in live), table
+    assert sum(g1 in line for line in table) == 2
+
+    assert main(["rollback", "--stage", "keyword_index", *aliases]) == 0
+    assert f"qdrant:{env['alias']}: {g2} -> {g1}" in capsys.readouterr().out
+    assert aliases_of(env)[f"es:{env['alias']}"] == g1
+    assert main(["rollback", "--stage", "keyword_index", *aliases]) == 2  # nothing older: a clear error
+    assert "no earlier generation that served" in capsys.readouterr().err

@@ -112,14 +112,24 @@ def run_meta(stage: str) -> dict[str, Any]:
     return {"dag_id": context["dag"].dag_id, "stage": stage, "run_id": context["run_id"]}
 
 
-def emit(asset: Any, report: dict, run_dir: str) -> dict:
-    """The end of every stage's finalize task, after its report (and state commit): the stage's
-    Asset event (partitions and rows read) and the summary XCom gets (the full report is a file
-    in the run dir)."""
+def swap_and_emit(asset: Any, planned: dict, prepared: dict) -> dict:
+    """The last task of every stage, after finalize (report, state commit, a full rebuild's gate)
+    and the optional approval: a full rebuild's swap, then the stage's Asset event (partitions and
+    rows read), so that followers only ever see data the aliases serve. Returns the summary XCom
+    gets (the full report is a file in the run dir)."""
     from airflow.sdk import get_current_context
-    from embedding_pipeline.runs.report import summary
+    from embedding_pipeline.runs.report import read_report, summary
 
-    get_current_context()["outlet_events"][asset].extra = {
+    context = get_current_context()
+    params, run_dir = context["params"], planned["run_dir"]
+    if params["mode"] == "full":
+        from embedding_pipeline.stages.generations import swap_generation
+
+        with no_retry_on_setup_errors():
+            report = swap_generation(run_dir, prepared, publish_options(params))
+    else:
+        report = read_report(run_dir)
+    context["outlet_events"][asset].extra = {
         "partitions": report["partitions"],
         "rows_read": report["rows_read"],
     }

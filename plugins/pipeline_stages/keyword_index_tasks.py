@@ -1,6 +1,7 @@
-"""The keyword index stage: plan -> prepare_sinks (state, deletes, guard) -> embed[] ->
-qdrant_upsert[] + es_index[] -> finish_sinks -> finalize (commits the state; emits the
-``keyword_index`` Asset)."""
+"""The keyword index stage: plan -> prepare_sinks (state, deletes, guard; a full rebuild's new
+generation) -> embed[] -> qdrant_upsert[] + es_index[] -> finish_sinks -> finalize (report, state
+commit, a full rebuild's gate) -> approve_swap (optional) -> go_live (a full rebuild's swap; emits
+the ``keyword_index`` Asset)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
+from pipeline_stages.approval import SwapApproval
 from pipeline_stages.common import (
-    emit,
     input_spec,
     no_retry_on_setup_errors,
     plan_stage,
@@ -17,6 +18,7 @@ from pipeline_stages.common import (
     qdrant_task_concurrency,
     run_meta,
     store_settings,
+    swap_and_emit,
 )
 
 KEYWORD_INDEX = Asset("keyword_index")
@@ -84,8 +86,9 @@ def keyword_index_tasks() -> None:
 
         ki.finish_sinks(_targets(get_current_context()["params"]), prepared, *store_settings())
 
-    @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
+    @task(trigger_rule="none_failed", retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
+        from embedding_pipeline.runs.report import summary
         from embedding_pipeline.stages import keyword_index as ki
 
         params = get_current_context()["params"]
@@ -95,18 +98,16 @@ def keyword_index_tasks() -> None:
             for name, results in (("qdrant", qdrant), ("es", es))
             if getattr(targets, name)
         }
-        ratio = params["max_dead_letter_ratio"]
+        ratio, publish = params["max_dead_letter_ratio"], publish_options(params)
         with no_retry_on_setup_errors():
             report = ki.finalize(
-                planned,
-                prepared,
-                list(embedded or []),
-                sinks,
-                run_meta(STAGE),
-                ratio,
-                publish_options(params),
+                planned, prepared, list(embedded or []), sinks, run_meta(STAGE), ratio, publish
             )
-        return emit(KEYWORD_INDEX, report, planned["run_dir"])
+        return summary(report, planned["run_dir"])
+
+    @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
+    def go_live(planned: dict, prepared: dict) -> dict:
+        return swap_and_emit(KEYWORD_INDEX, planned, prepared)
 
     planned = plan()
     prepared = prepare_sinks(planned)
@@ -116,4 +117,4 @@ def keyword_index_tasks() -> None:
     done = finish_sinks(prepared)
     [qdrant, es] >> done
     report = finalize(planned, prepared, embedded, qdrant, es)
-    done >> report
+    done >> report >> SwapApproval(task_id="approve_swap") >> go_live(planned, prepared)

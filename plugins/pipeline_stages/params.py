@@ -99,6 +99,12 @@ def rebuild_params() -> dict[str, Param]:
             "generation of every store from all partitions up to dt (delta) or the latest snapshot, "
             "gate it, then swap the aliases of all stores together. Readers never see it half-built.",
         ),
+        "approve_swap": Param(
+            False,
+            type="boolean",
+            description="mode=full: after the gate, wait for a person to approve the swap (Browse -> "
+            "Required Actions, shown the gate's numbers). Reject leaves every alias where it is.",
+        ),
         "keep_generations": Param(
             DEFAULT_KEEP_GENERATIONS,
             type="integer",

@@ -1,6 +1,7 @@
 """The product link stage: plan -> prepare (state, deletes, guard, products keyword changes
-affect) -> embed[] -> link[] -> relink[] -> finish_sinks -> finalize (commits the state; emits the
-``product_links`` Asset)."""
+affect; a full rebuild's new generation) -> embed[] -> link[] -> relink[] -> finish_sinks ->
+finalize (report, state commit, a full rebuild's gate) -> approve_swap (optional) -> go_live (a
+full rebuild's swap; emits the ``product_links`` Asset)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
+from pipeline_stages.approval import SwapApproval
 from pipeline_stages.common import (
-    emit,
     input_spec,
     no_retry_on_setup_errors,
     plan_stage,
@@ -17,6 +18,7 @@ from pipeline_stages.common import (
     qdrant_task_concurrency,
     run_meta,
     store_settings,
+    swap_and_emit,
 )
 
 PRODUCT_LINKS = Asset("product_links")
@@ -112,8 +114,9 @@ def product_link_tasks() -> None:
         options = _options(get_current_context()["params"])
         product_link.finish(options, prepared, *store_settings())
 
-    @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
+    @task(trigger_rule="none_failed", retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, linked: list, relinked: list) -> dict:
+        from embedding_pipeline.runs.report import summary
         from embedding_pipeline.stages import product_link
 
         params = get_current_context()["params"]
@@ -129,7 +132,11 @@ def product_link_tasks() -> None:
                 params["max_dead_letter_ratio"],
                 publish_options(params),
             )
-        return emit(PRODUCT_LINKS, report, planned["run_dir"])
+        return summary(report, planned["run_dir"])
+
+    @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
+    def go_live(planned: dict, prepared: dict) -> dict:
+        return swap_and_emit(PRODUCT_LINKS, planned, prepared)
 
     planned = plan()
     prepared = prepare(planned)
@@ -140,4 +147,4 @@ def product_link_tasks() -> None:
     done = finish_sinks(prepared)
     [linked, relinked] >> done
     report = finalize(planned, prepared, embedded, linked, relinked)
-    done >> report
+    done >> report >> SwapApproval(task_id="approve_swap") >> go_live(planned, prepared)

@@ -85,6 +85,10 @@ def _rebuild(args: argparse.Namespace) -> int:
         "model_name": args.model,
         "keep_generations": args.keep,
     }
+    if args.dag != "product_link":
+        conf |= {"qdrant_alias": args.keyword_alias, "es_alias": args.keyword_alias}
+    if args.dag != "keyword_index":
+        conf |= {"qdrant_alias": args.keyword_alias, "product_alias": args.product_alias}
     if args.dag == "embedding_chain":
         conf["publish_model"] = "if_missing"
     with local_services(need_es=True, need_server=True):
@@ -117,6 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_rollback)
 
     p = subparsers.add_parser("rebuild", help="full rebuild into a new generation, gated, then swapped")
+    alias_args(p)
     p.add_argument("--dt", required=True, help="last partition replayed (YYYY-MM-DD)")
     p.add_argument("--dag", choices=REBUILD_DAGS, default="embedding_chain")
     p.add_argument("--input-root", type=Path, default=data_root())

@@ -20,6 +20,7 @@ from embedding_pipeline.runs.plan import PlanRules, model_info, plan, replayed_p
 from embedding_pipeline.stages import keyword_index as ki
 from embedding_pipeline.stages import product_link as pl
 from embedding_pipeline.stages.generation_rules import Publish
+from embedding_pipeline.stages.generations import swap_generation
 from embedding_pipeline.stages.link_options import LinkOptions
 
 CHUNK_ROWS = 50_000
@@ -45,7 +46,7 @@ def run_keywords(
     before_finalize: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """plan -> prepare_sinks -> embed[] -> qdrant[] + es[] -> finish_sinks -> finalize (+ commit;
-    with ``publish``, a full rebuild into a new generation, gated and swapped). ``before_finalize``
+    with ``publish``, a full rebuild into a new generation, gated) -> swap. ``before_finalize``
     gets what prepare set up, between the writes and finalize: where a test injects a fault."""
     targets = ki.Targets(qdrant_alias=alias, es_alias=alias)
     full = publish is not None
@@ -64,7 +65,8 @@ def run_keywords(
     sinks = {"qdrant": qdrant, "es": es}
     if before_finalize is not None:
         before_finalize(prepared)
-    return ki.finalize(planned, prepared, embedded, sinks, {"stage": "kw"}, 0.5, publish)
+    report = ki.finalize(planned, prepared, embedded, sinks, {"stage": "kw"}, 0.5, publish)
+    return swap_generation(planned["run_dir"], prepared, publish) if publish else report
 
 
 def run_products(
@@ -78,7 +80,7 @@ def run_products(
     publish: Publish | None = None,
 ) -> dict[str, Any]:
     """plan -> prepare -> embed[] -> link[] (+ relink[]) -> finish -> finalize (+ commit; with
-    ``publish``, a full rebuild)."""
+    ``publish``, a full rebuild, gated) -> swap."""
     full = publish is not None
     planned = _plan(PRODUCTS, root, dts, run_dir, spec, full)
     model = model_info(None, model_name)
@@ -91,4 +93,5 @@ def run_products(
         linked += [pl.link_chunk(r, str(run_dir), options, prepared) for r in prepared["relink_chunks"]]
     finally:
         pl.finish(options, prepared)
-    return pl.finalize(planned, prepared, embedded, linked, {"stage": "link"}, 0.5, publish)
+    report = pl.finalize(planned, prepared, embedded, linked, {"stage": "link"}, 0.5, publish)
+    return swap_generation(planned["run_dir"], prepared, publish) if publish else report

@@ -185,6 +185,11 @@ def _generation_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def read_report(run_dir: str | StoragePath) -> dict[str, Any]:
+    """The ``report.json`` a finalize task wrote into ``run_dir``."""
+    return json.loads((as_path(run_dir) / "report.json").read_text())
+
+
 def write_report(run_dir: str | StoragePath, report: dict[str, Any]) -> None:
     """``report.json`` / ``report.md`` into ``run_dir``, and the Markdown into the log (the task
     log, where operators look first)."""
@@ -235,13 +240,15 @@ def summary(report: dict[str, Any], run_dir: str | StoragePath) -> dict[str, Any
             "report": str(as_path(run_dir) / "report.md"),
         }
         | (
-            {"generation": {k: generation[k] for k in ("generation", "status", "new", "swapped")}}
+            {"generation": {k: generation[k] for k in GENERATION_SUMMARY if k in generation}}
             if generation
             else {}
         )
     )
 
 
+# What XCom carries of a full rebuild's report section (the approval step shows it).
+GENERATION_SUMMARY = ("generation", "status", "new", "live_before", "checks", "swapped")
 # What a stage's prepare task hands its teardown, not a result: kept out of the report.
 TEARDOWN_STATE = ("es_previous_settings", "generation")
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.stages.generation_rules import GateRules
@@ -86,12 +88,10 @@ def _canary_check(stores: Stores, new: dict[StoreAlias, str], canaries: list[str
     """Every canary id answers from every store: its point comes back by id and a search with its
     own vector finds it among the best (Qdrant); its document comes back by id and, for keywords,
     a text search for its keyword finds it (ES)."""
-    from embedding_pipeline.runs.staging import point_id
-
     missing: list[str] = []
     for store, name in new.items():
         if store.system == "qdrant":
-            missing += _qdrant_canaries(stores.qdrant, name, [point_id(kind, i) for i in canaries], canaries)
+            missing += _qdrant_canaries(stores.qdrant, name, canaries, kind)
         else:
             missing += _es_canaries(stores.es, name, canaries, kind)
     detail = f"{len(canaries)} canary ids ({', '.join(canaries)})"
@@ -100,33 +100,40 @@ def _canary_check(stores: Stores, new: dict[StoreAlias, str], canaries: list[str
     )
 
 
-def _qdrant_canaries(qdrant: Any, collection: str, point_ids: list[str], ids: list[str]) -> list[str]:
+def _qdrant_canaries(qdrant: Any, collection: str, ids: list[str], kind: str) -> list[str]:
+    from embedding_pipeline.runs.staging import point_id
     from embedding_pipeline.stores.qdrant import points
+    from embedding_pipeline.stores.qdrant.search import SearchOptions, search
 
-    stored = points.retrieve(qdrant, collection, point_ids)
-    failed = []
-    for pid, business_id in zip(point_ids, ids, strict=True):
-        if pid not in stored:
-            failed.append(f"{collection}: {business_id} absent")
-            continue
-        hits = qdrant.query_points(collection, query=stored[pid][1].tolist(), limit=50).points
-        best = hits[0].score if hits else None
-        if best is None or pid not in {str(h.id) for h in hits if h.score >= best - 1e-5}:
+    wanted = {point_id(kind, i): i for i in ids}
+    stored = points.retrieve(qdrant, collection, list(wanted))
+    failed = [f"{collection}: {i} absent" for pid, i in wanted.items() if pid not in stored]
+    found = [(pid, i) for pid, i in wanted.items() if pid in stored]
+    if not found:
+        return failed
+    vectors = np.stack([stored[pid][1] for pid, _ in found])
+    for (_, business_id), hits in zip(
+        found, search(qdrant, collection, vectors, SearchOptions(50)), strict=True
+    ):
+        best = hits[0].score if hits else np.inf
+        if business_id not in {str(h.payload.get(f"{kind}_id")) for h in hits if h.score >= best - 1e-5}:
             failed.append(f"{collection}: a search with {business_id}'s vector does not find it")
     return failed
 
 
 def _es_canaries(es: Any, index: str, ids: list[str], kind: str) -> list[str]:
     from embedding_pipeline.stages.keyword_documents import search_keywords
+    from embedding_pipeline.stores.elasticsearch.read import get_document
 
-    docs = es.mget(index=index, ids=ids)["docs"]
-    failed = [f"{index}: {doc['_id']} absent" for doc in docs if not doc.get("found")]
-    if kind == "keyword":
-        for doc in docs:
-            if doc.get("found"):
-                hits = search_keywords(es, index, doc["_source"]["keyword"], size=50)
-                if doc["_id"] not in {str(h.get("keyword_id")) for h in hits}:
-                    failed.append(f"{index}: a search for {doc['_source']['keyword']!r} misses {doc['_id']}")
+    failed = []
+    for doc_id in ids:
+        doc = get_document(es, index, doc_id)
+        if doc is None:
+            failed.append(f"{index}: {doc_id} absent")
+        elif kind == "keyword":
+            hits = search_keywords(es, index, doc["keyword"], size=50)
+            if doc_id not in {str(h.get("keyword_id")) for h in hits}:
+                failed.append(f"{index}: a search for {doc['keyword']!r} misses {doc_id}")
     return failed
 
 
@@ -164,10 +171,12 @@ def _quality_check(
 
 def _linked_against(stores: Stores, product_index: str) -> str:
     """The keyword collection a product index's lists were made against (its documents' ``link``)."""
-    hit = stores.es.search(index=product_index, size=1, query={"match_all": {}})["hits"]["hits"]
-    if not hit:
+    from embedding_pipeline.stores.elasticsearch.read import sample_documents
+
+    docs = sample_documents(stores.es, product_index, 1, seed=0, id_field="product_id")
+    if not docs:
         raise PipelineError(f"{product_index} holds no product documents")
-    return str((hit[0]["_source"].get("link") or {}).get("keyword_collection"))
+    return str((docs[0].get("link") or {}).get("keyword_collection"))
 
 
 def gate(

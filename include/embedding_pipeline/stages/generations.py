@@ -6,10 +6,11 @@ link: ES ``products`` + the Qdrant product-vector collection ``products``). A fu
 (``mode=full``) fills ``<alias>-g<N>`` in every store beside the live generation, with one ``N``
 for all of them; readers keep using the aliases. Then:
 
-* the **gate** (``generation_gate``) measures the new generation: counts, shrink against the live
-  one, model, canaries and (products) link quality. A failed check moves no alias and keeps the
-  generation for inspection;
-* the **swap** (:func:`swap`) moves the aliases one store at a time, each in one atomic request
+* the **gate** (:func:`gate_generation`, in the finalize task; checks: ``generation_gate``)
+  measures the new generation: counts, shrink against the live one, model, canaries and (products)
+  link quality. A failed check moves no alias and keeps the generation for inspection;
+* the **swap** (:func:`swap_generation`, in the go_live task, after an optional approval) moves the
+  aliases one store at a time, each in one atomic request
   (Qdrant ``update_collection_aliases``, ES ``_aliases``); if one fails, the ones already moved
   are moved back and the error names every alias's state;
 * **retention** (:func:`retain`) keeps the live generation and the ``keep - 1`` generations that
@@ -267,10 +268,36 @@ def describe(stores: Stores, aliases: Sequence[StoreAlias]) -> list[dict[str, An
     return rows
 
 
-def _gate_swap_retain(
-    stores: Stores, prepared: dict[str, Any], aliases: Sequence[StoreAlias], kind: str, publish: Publish
+def _aliases_of(prepared: Mapping[str, Any]) -> list[StoreAlias]:
+    return [StoreAlias(*key.split(":", 1)) for key in prepared["generation"]["new"]]
+
+
+def _open(publish: Publish, aliases: Sequence[StoreAlias]) -> Any:
+    systems = {store.system for store in aliases}
+    return open_stores(
+        publish.qdrant_settings, publish.es_settings, qdrant="qdrant" in systems, es="es" in systems
+    )
+
+
+def _failed(report: dict[str, Any], run_dir: str, exc: GenerationError) -> None:
+    """Put the failed rebuild into the report (the error is raised by the caller)."""
+    from embedding_pipeline.runs.report import write_report
+
+    section = {**(report.get("generation") or {}), **(exc.section or {}), "error": str(exc)}
+    write_report(run_dir, {**report, "status": "failed", "generation": section})
+
+
+def gate_generation(
+    report: dict[str, Any], run_dir: str, prepared: dict[str, Any], kind: str, publish: Publish
 ) -> dict[str, Any]:
+    """The gate of a full rebuild, after the run's report and state commit (the finalize task).
+    The report gains a ``generation`` section with every check's numbers, status ``gated``; a
+    failed check rewrites it with ``gate_failed`` and raises :class:`GateError` (no alias moved,
+    the new generation kept for inspection)."""
+    from embedding_pipeline.runs.report import write_report
+
     plan = prepared["generation"]
+    aliases = _aliases_of(prepared)
     section: dict[str, Any] = {
         "generation": plan["number"],
         "live_before": plan["live"],
@@ -280,50 +307,51 @@ def _gate_swap_retain(
         "dropped": [],
     }
     try:
-        checks = gate(stores, prepared, aliases, kind, publish.rules)
-    except PipelineError as exc:  # a check that cannot even run (a generation gone, a store down)
-        raise GateError(f"the gate could not run: {exc}; no alias moved", section) from exc
-    section["checks"] = [asdict(c) for c in checks]
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        section["status"] = "gate_failed"
-        raise GateError(
-            "the new generation failed the gate; no alias moved and it is kept for inspection ("
-            + ", ".join(plan["new"].values())
-            + "): "
-            + "; ".join(f"{c.name}: {c.detail}" for c in failed),
-            section,
+        with _open(publish, aliases) as stores:
+            try:
+                checks = gate(stores, prepared, aliases, kind, publish.rules)
+            except PipelineError as exc:  # a check that cannot run (a generation gone, a store down)
+                raise GateError(f"the gate could not run: {exc}; no alias moved", section) from exc
+        section["checks"] = [asdict(c) for c in checks]
+        failed = [c for c in checks if not c.ok]
+        if failed:
+            section["status"] = "gate_failed"
+            raise GateError(
+                "the new generation failed the gate; no alias moved and it is kept for inspection ("
+                + ", ".join(plan["new"].values())
+                + "): "
+                + "; ".join(f"{c.name}: {c.detail}" for c in failed),
+                section,
+            )
+    except GateError as exc:
+        _failed(report, run_dir, exc)
+        raise
+    report = {**report, "generation": {**section, "status": "gated"}}
+    write_report(run_dir, report)
+    return report
+
+
+def swap_generation(run_dir: str, prepared: dict[str, Any], publish: Publish) -> dict[str, Any]:
+    """The swap of a gated full rebuild (the publish task, after an optional approval): move every
+    alias, drop what retention lets go, and record both in the run's report, which it returns. A
+    failed swap is recorded (``swap_failed``, what every alias points at) and raised."""
+    from embedding_pipeline.runs.report import read_report, write_report
+
+    report = read_report(run_dir)
+    section = dict(report.get("generation") or {})
+    if section.get("status") != "gated":
+        raise GenerationError(
+            f"the run's generation is {section.get('status')!r}, not gated: nothing to swap"
         )
+    plan, aliases = prepared["generation"], _aliases_of(prepared)
     try:
-        section["swapped"] = swap(stores, [(store, plan["new"][store.key]) for store in aliases])
+        with _open(publish, aliases) as stores:
+            section["swapped"] = swap(stores, [(store, plan["new"][store.key]) for store in aliases])
+            section["dropped"] = retain(stores, aliases, publish.keep)
     except SwapError as exc:
-        section["status"] = "swap_failed"
-        exc.section = section
+        exc.section = {**section, "status": "swap_failed"}
+        _failed(report, run_dir, exc)
         raise
-    section["dropped"] = retain(stores, aliases, publish.keep)
-    section["status"] = "swapped"
-    return section
-
-
-def publish_generation(
-    report: dict[str, Any], run_dir: str, prepared: dict[str, Any], kind: str, publish: Publish
-) -> dict[str, Any]:
-    """The end of a full rebuild, after the run's report and state commit: gate the new
-    generation, swap every alias, drop what retention lets go. The report gains a ``generation``
-    section (also when the gate or the swap fails: then it is rewritten and the error raised)."""
-    from embedding_pipeline.runs.report import write_report
-
-    aliases = [StoreAlias(*key.split(":", 1)) for key in prepared["generation"]["new"]]
-    systems = {store.system for store in aliases}
-    try:
-        with open_stores(
-            publish.qdrant_settings, publish.es_settings, qdrant="qdrant" in systems, es="es" in systems
-        ) as stores:
-            section = _gate_swap_retain(stores, prepared, aliases, kind, publish)
-    except GenerationError as exc:
-        report = {**report, "status": "failed", "generation": {**(exc.section or {}), "error": str(exc)}}
-        write_report(run_dir, report)
-        raise
-    report = {**report, "generation": section}
+    report = {**report, "generation": {**section, "status": "swapped"}}
     write_report(run_dir, report)
     return report

@@ -33,7 +33,7 @@ from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_task
 from embedding_pipeline.stages.generation_rules import Publish
 from embedding_pipeline.stages.generation_stores import StoreAlias
-from embedding_pipeline.stages.generations import publish_generation
+from embedding_pipeline.stages.generations import gate_generation
 from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_keyword_index, keyword_document
 from embedding_pipeline.stages.names import KEYWORD_ALIAS
 
@@ -157,11 +157,13 @@ def finalize(
 ) -> dict[str, Any]:
     """The run report (accounting identity per store, dead-letter threshold), then the state
     commit: only a run whose report holds commits what it wrote. A full rebuild then gates its
-    generation and swaps the aliases (``publish``; stages.generations), and the report shows it."""
+    generation (``publish.rules``; stages.generations), and the report shows the checks; the
+    swap is :func:`~embedding_pipeline.stages.generations.swap_generation`, after an optional
+    approval."""
     report = finalize_run(planned, prepared, embedded, sinks, meta, max_dead_letter_ratio)
     commit_changes(prepared, embedded, planned["run_dir"])
     if prepared.get("generation"):
-        report = publish_generation(report, planned["run_dir"], prepared, KIND, publish or Publish())
+        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish or Publish())
     return report
 
 

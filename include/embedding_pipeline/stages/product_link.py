@@ -56,7 +56,7 @@ from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_task
 from embedding_pipeline.stages.generation_rules import Publish
 from embedding_pipeline.stages.generation_stores import StoreAlias
-from embedding_pipeline.stages.generations import publish_generation
+from embedding_pipeline.stages.generations import gate_generation
 from embedding_pipeline.stages.link_maintenance import entry_score
 from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
 from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
@@ -556,7 +556,8 @@ def finalize(
     """The run report (tonight's products in the accounting identity; relinked stored products
     reported beside it), then the product state commit. A relink with dead letters keeps the
     state's change-log position, so the next run relinks the products those changes affect again.
-    A full rebuild then gates its generation (link quality included) and swaps the aliases."""
+    A full rebuild then gates its generation (link quality included); the swap follows
+    (:func:`~embedding_pipeline.stages.generations.swap_generation`)."""
     from embedding_pipeline.runs.changes import commit_changes
     from embedding_pipeline.runs.report import finalize_run, stage_summary
 
@@ -570,5 +571,5 @@ def finalize(
         prepared = {**prepared, "state_metadata": None}
     commit_changes(prepared, embedded, planned["run_dir"])
     if prepared.get("generation"):
-        report = publish_generation(report, planned["run_dir"], prepared, KIND, publish or Publish())
+        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish or Publish())
     return report

@@ -84,10 +84,9 @@ def begin_bulk_load(client: QdrantClient, collection: str) -> int | None:
     """Defer HNSW indexing while a new generation fills (indexing threshold 0); the previous
     threshold, for :func:`end_bulk_load`. Indexing one graph at the end is cheaper than growing
     it point by point; local mode has no index and accepts the setting unchanged."""
-    info = client.get_collection(collection)
-    previous = info.config.optimizer_config.indexing_threshold
+    previous = client.get_collection(collection).config.optimizer_config.indexing_threshold
     client.update_collection(collection, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0))
-    return previous
+    return previous or None  # 0: a retried task reading its own deferral; restore the default then
 
 
 def end_bulk_load(client: QdrantClient, collection: str, previous: int | None, wait_s: float = 600.0) -> None:
