@@ -132,13 +132,16 @@ def finish_sinks(
 ) -> None:
     """Teardown: restore ES refresh/replica settings (also when loads failed), and a new
     generation's Qdrant indexing."""
+    from embedding_pipeline.stages.generation_stores import open_stores
     from embedding_pipeline.stages.generations import end_generation_load
     from embedding_pipeline.stores.elasticsearch.bulk_load import end_bulk_load
     from embedding_pipeline.stores.elasticsearch.indices import write_index
 
-    with _stores(targets, qdrant_settings, es_settings) as stores:
-        if prepared and prepared.get("generation"):
-            end_generation_load(stores, prepared["generation"])
+    generation = (prepared or {}).get("generation")
+    # Local-mode Qdrant is costly to open: only a new generation's indexing needs restoring there.
+    with open_stores(qdrant_settings, es_settings, qdrant=bool(generation), es=targets.es) as stores:
+        if generation:
+            end_generation_load(stores, generation)
         if targets.es:
             if prepared is None and write_index(stores.es, targets.es_alias) is None:
                 return  # setup failed before the index existed: nothing to restore
