@@ -146,6 +146,8 @@ def _full_rebuild(args: argparse.Namespace, scratch: Path, model_name: str) -> d
         "generations": {
             stage: {
                 "status": report["generation"]["status"],
+                "gate_seconds": report["generation"]["gate_seconds"],
+                "swap_seconds": report["generation"]["swap_seconds"],
                 "swapped": [
                     f"{m['store']} {m['from']} -> {m['to']}" for m in report["generation"]["swapped"]
                 ],
@@ -282,7 +284,10 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for stage, outcome in rebuild["generations"].items():
             checks = "; ".join(f"{name}: {detail}" for name, detail in outcome["checks"].items())
-            lines.append(f"- {stage}: **{outcome['status']}** ({', '.join(outcome['swapped'])}). {checks}")
+            lines.append(
+                f"- {stage}: **{outcome['status']}** ({', '.join(outcome['swapped'])}); gate "
+                f"{outcome['gate_seconds']} s, swap {outcome['swap_seconds']} s. {checks}"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -172,17 +172,15 @@ def _generation_lines(section: dict[str, Any]) -> list[str]:
         "|---|---|---|",
         *[f"| {c['name']} | {'yes' if c['ok'] else '**no**'} | {c['detail']} |" for c in section["checks"]],
     ]
+    after = [f"Gate: {section['gate_seconds']} s."] if "gate_seconds" in section else []
     if section["swapped"]:
-        lines += [
-            "",
-            "Aliases moved: "
-            + "; ".join(f"{m['store']} {m['from']} -> {m['to']}" for m in section["swapped"]),
-        ]
+        moved = "; ".join(f"{m['store']} {m['from']} -> {m['to']}" for m in section["swapped"])
+        after.append(f"Aliases moved: {moved} ({section.get('swap_seconds')} s).")
     if section["dropped"]:
-        lines.append("Old generations dropped: " + ", ".join(section["dropped"]))
+        after.append("Old generations dropped: " + ", ".join(section["dropped"]))
     if section.get("error"):
-        lines.append(f"Error: {section['error']}")
-    return lines
+        after.append(f"Error: {section['error']}")
+    return [*lines, "", *after] if after else lines
 
 
 def read_report(run_dir: str | StoragePath) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -306,6 +307,7 @@ def gate_generation(
         "swapped": [],
         "dropped": [],
     }
+    started = time.monotonic()
     try:
         with _open(publish, aliases) as stores:
             try:
@@ -313,6 +315,7 @@ def gate_generation(
             except PipelineError as exc:  # a check that cannot run (a generation gone, a store down)
                 raise GateError(f"the gate could not run: {exc}; no alias moved", section) from exc
         section["checks"] = [asdict(c) for c in checks]
+        section["gate_seconds"] = round(time.monotonic() - started, 2)
         failed = [c for c in checks if not c.ok]
         if failed:
             section["status"] = "gate_failed"
@@ -344,9 +347,11 @@ def swap_generation(run_dir: str, prepared: dict[str, Any], publish: Publish) ->
             f"the run's generation is {section.get('status')!r}, not gated: nothing to swap"
         )
     plan, aliases = prepared["generation"], _aliases_of(prepared)
+    started = time.monotonic()
     try:
         with _open(publish, aliases) as stores:
             section["swapped"] = swap(stores, [(store, plan["new"][store.key]) for store in aliases])
+            section["swap_seconds"] = round(time.monotonic() - started, 2)
             section["dropped"] = retain(stores, aliases, publish.keep)
     except SwapError as exc:
         exc.section = {**section, "status": "swap_failed"}
