@@ -15,6 +15,7 @@ import pytest
 from embedding_pipeline.errors import SetupError
 from embedding_pipeline.local.inline_runner import run_keywords, run_products
 from embedding_pipeline.runs.input_kinds import InputSpec
+from embedding_pipeline.runs.state import state_root
 from embedding_pipeline.stages.generation_rules import GateRules, Publish
 from embedding_pipeline.stages.generation_stores import StoreAlias, open_stores
 from embedding_pipeline.stages.generations import GateError, RollbackError, SwapError, describe, rollback
@@ -150,6 +151,13 @@ def test_a_failed_gate_moves_no_alias_and_keeps_the_generation_for_inspection(en
         f"{s}:{env['alias']}/{env['alias']}-g{n}" for s in ("qdrant", "es") for n in (2, 3)
     )
     assert generations(env)[f"es:{env['alias']}"] == [1, 4]
+    # What the state root kept about the dropped generations went with them; g1's and g4's stay.
+    kept = [p.name for p in (state_root() / "keywords").iterdir() if env["alias"] in p.name]
+    assert sorted(kept) == sorted(
+        f"es={env['alias']}-g{n},qdrant={env['alias']}-g{n}.parquet" for n in (1, 4)
+    ), kept
+    logs = {p.name for p in (state_root() / "changes").iterdir() if env["alias"] in p.name}
+    assert logs == {f"{env['alias']}-g1", f"{env['alias']}-g4"}
 
 
 def test_when_the_second_swap_fails_the_first_is_moved_back(env, es_url, monkeypatch):

@@ -21,6 +21,7 @@ id's row and the upserts go to the dead letter as ``duplicate_id`` (see ``first_
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -30,7 +31,7 @@ from embedding_pipeline.errors import SetupError
 from embedding_pipeline.runs.input_kinds import TOMBSTONE_STRINGS, InputSpec
 from embedding_pipeline.runs.partitions import partition_version
 from embedding_pipeline.runs.state import IndexState, Prior, merged_delta, state_path, state_root
-from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, write_parquet
+from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, remove, write_parquet
 
 
 class DeleteGuardError(SetupError):
@@ -165,6 +166,36 @@ CHANGED = ("upsert", "update", "delete")
 def change_log(name: str) -> ChangeLog:
     """The change log of the collection or index ``name`` (a physical name: per generation)."""
     return ChangeLog(state_root() / "changes" / name)
+
+
+def forget_generations(dropped: Iterable[tuple[str, str]]) -> int:
+    """Remove what the state root keeps about dropped generations (``(store, physical name)``
+    pairs): every state file one of whose stores is dropped, and the dropped collections' change
+    logs. Returns how many files went. Retention calls it after dropping the stores themselves."""
+    dropped = set(dropped)
+    tokens = {_key_token(store, name) for store, name in dropped}
+    removed = 0
+    root = state_root()
+    for table in root.iterdir() if root.exists() else ():
+        if table.name == "changes" or not table.is_dir():
+            continue
+        for path in table.iterdir():
+            if tokens & set(path.name.removesuffix(".parquet").split(",")):
+                remove(path)
+                removed += 1
+    for _, name in {pair for pair in dropped if pair[0] == "qdrant"}:  # logs follow collections
+        log_dir = change_log(name).root
+        if log_dir.exists():
+            for path in log_dir.iterdir():
+                remove(path)
+                removed += 1
+            log_dir.rmdir()
+    return removed
+
+
+def _key_token(store: str, name: str) -> str:
+    """How :func:`~embedding_pipeline.runs.state.state_path` spells one store in a file name."""
+    return state_path("", {store: name}).name.removesuffix(".parquet")
 
 
 def commit_changes(prepared: dict[str, Any], embedded: list[dict[str, Any]], run_dir: str) -> int | None:

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from embedding_pipeline.errors import ConfigError, PipelineError, SetupError
+from embedding_pipeline.runs.changes import forget_generations
 from embedding_pipeline.runs.storage import StoragePath, as_path, write_text
 from embedding_pipeline.stages.generation_gate import gate
 from embedding_pipeline.stages.generation_rules import Publish
@@ -168,7 +169,8 @@ def retain(stores: Stores, aliases: Sequence[StoreAlias], keep: int) -> list[str
     failed gate) and the live one are never dropped."""
     if keep < 1:
         raise ConfigError(f"keep_generations must be >= 1, got {keep}")
-    dropped = []
+    dropped: list[str] = []
+    gone: list[tuple[str, str]] = []  # (store, physical name): their state files and change logs go too
     for store in aliases:
         live = stores.live(store)
         if live is None:
@@ -180,7 +182,9 @@ def retain(stores: Stores, aliases: Sequence[StoreAlias], keep: int) -> list[str
         for number, name in older.items():
             if number not in kept:
                 stores.drop(store, name)
+                gone.append((store.system, name))
                 dropped.append(f"{store.key}/{name}")
+    forget_generations(gone)
     return dropped
 
 
