@@ -85,10 +85,11 @@ def _rebuild(args: argparse.Namespace) -> int:
         "model_name": args.model,
         "keep_generations": args.keep,
     }
+    conf["qdrant_alias"] = args.keyword_alias  # the keyword collection: written, or searched by links
     if args.dag != "product_link":
-        conf |= {"qdrant_alias": args.keyword_alias, "es_alias": args.keyword_alias}
+        conf["es_alias"] = args.keyword_alias
     if args.dag != "keyword_index":
-        conf |= {"qdrant_alias": args.keyword_alias, "product_alias": args.product_alias}
+        conf["product_alias"] = args.product_alias
     if args.dag == "embedding_chain":
         conf["publish_model"] = "if_missing"
     with local_services(need_es=True, need_server=True):

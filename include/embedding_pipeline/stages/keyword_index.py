@@ -15,7 +15,6 @@ import functools
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +37,6 @@ from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_k
 from embedding_pipeline.stages.names import KEYWORD_ALIAS
 
 if TYPE_CHECKING:
-    from embedding_pipeline.stages.generation_stores import Stores
     from embedding_pipeline.stores.elasticsearch.bulk import BulkDoc, BulkOptions
 
 log = logging.getLogger(__name__)
@@ -63,12 +61,6 @@ def aliases(targets: Targets) -> list[StoreAlias]:
     return stores + ([StoreAlias("es", targets.es_alias)] if targets.es else [])
 
 
-def _stores(targets: Targets, qdrant_settings: Any, es_settings: Any) -> AbstractContextManager[Stores]:
-    from embedding_pipeline.stages.generation_stores import open_stores
-
-    return open_stores(qdrant_settings, es_settings, qdrant=targets.qdrant, es=targets.es)
-
-
 def prepare_sinks(
     targets: Targets,
     model: dict[str, Any],
@@ -84,13 +76,14 @@ def prepare_sinks(
     (the guard fails the run here, before anything is written), and switch to bulk-load settings.
     Writers address the physical names returned here, so an alias moving mid-run cannot split a
     run across generations."""
+    from embedding_pipeline.stages.generation_stores import open_stores
     from embedding_pipeline.stages.generations import begin_generation
     from embedding_pipeline.stages.keyword_documents import keyword_mappings
     from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
 
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
     prepared: dict[str, Any] = {}
-    with _stores(targets, qdrant_settings, es_settings) as stores:
+    with open_stores(qdrant_settings, es_settings, qdrant=targets.qdrant, es=targets.es) as stores:
         if full:
             prepared["generation"] = begin_generation(
                 stores,
