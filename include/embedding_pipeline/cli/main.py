@@ -23,6 +23,7 @@ from pathlib import Path
 
 from embedding_pipeline.cli import generations as generations_cli
 from embedding_pipeline.cli import search as search_cli
+from embedding_pipeline.cli import verify as verify_cli
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local import airflow_standalone
 from embedding_pipeline.model.registry import FAMILIES, PRECISIONS
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     airflow_standalone.register(sub)
     search_cli.register(sub)
     generations_cli.register(sub)
+    verify_cli.register(sub)
     return parser
 
 

@@ -154,6 +154,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"unchanged {int(extra.get('unchanged_lists', 0))}, deleted keywords dropped "
             f"{int(extra.get('dropped_deleted_keywords', 0))}, dead letters {relink['dead_lettered']}.",
         ]
+    if report.get("agreement"):
+        agreement = report["agreement"]
+        lines += ["", f"Stores agree: {'yes' if agreement['ok'] else '**no**'} ({agreement['detail']})."]
     if report.get("generation"):
         lines += ["", *_generation_lines(report["generation"])]
     if report["problems"]:

@@ -35,6 +35,7 @@ from embedding_pipeline.stages.generation_stores import StoreAlias
 from embedding_pipeline.stages.generations import gate_generation
 from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_keyword_index, keyword_document
 from embedding_pipeline.stages.names import KEYWORD_ALIAS
+from embedding_pipeline.stages.store_agreement import check_run
 
 if TYPE_CHECKING:
     from embedding_pipeline.stores.elasticsearch.bulk import BulkDoc, BulkOptions
@@ -151,15 +152,25 @@ def finalize(
     max_dead_letter_ratio: float,
     publish: Publish | None = None,
 ) -> dict[str, Any]:
-    """The run report (accounting identity per store, dead-letter threshold), then the state
-    commit: only a run whose report holds commits what it wrote. A full rebuild then gates its
+    """The run report (accounting identity per store, dead-letter threshold), the check that both
+    stores hold the ids the run wrote (stages.store_agreement), then the state commit: only a run
+    whose report holds commits what it wrote. A full rebuild then gates its
     generation (``publish.rules``; stages.generations), and the report shows the checks; the
     swap is :func:`~embedding_pipeline.stages.generations.swap_generation`, after an optional
     approval."""
+    publish = publish or Publish()
     report = finalize_run(planned, prepared, embedded, sinks, meta, max_dead_letter_ratio)
+    report = check_run(
+        report,
+        planned["run_dir"],
+        embedded,
+        (prepared.get("qdrant_collection"), prepared.get("es_index")),
+        KIND,
+        (publish.qdrant_settings, publish.es_settings),
+    )
     commit_changes(prepared, embedded, planned["run_dir"])
     if prepared.get("generation"):
-        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish or Publish())
+        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish)
     return report
 
 

@@ -60,6 +60,7 @@ from embedding_pipeline.stages.generations import gate_generation
 from embedding_pipeline.stages.link_maintenance import entry_score
 from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
 from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
+from embedding_pipeline.stages.store_agreement import check_run
 from embedding_pipeline.stores.qdrant.search import SearchOptions, search
 
 log = logging.getLogger(__name__)
@@ -554,7 +555,8 @@ def finalize(
     publish: Publish | None = None,
 ) -> dict[str, Any]:
     """The run report (tonight's products in the accounting identity; relinked stored products
-    reported beside it), then the product state commit. A relink with dead letters keeps the
+    reported beside it), the check that the ES index and the product vectors hold the same
+    products (stages.store_agreement), then the product state commit. A relink with dead letters keeps the
     state's change-log position, so the next run relinks the products those changes affect again.
     A full rebuild then gates its generation (link quality included); the swap follows
     (:func:`~embedding_pipeline.stages.generations.swap_generation`)."""
@@ -567,9 +569,18 @@ def finalize(
     report = finalize_run(
         planned, prepared, embedded, {STAGE: tonight}, {**meta, "relink": relink}, max_dead_letter_ratio
     )
+    publish = publish or Publish()
+    report = check_run(
+        report,
+        planned["run_dir"],
+        embedded,
+        (prepared.get("product_collection"), prepared.get("es_index")),
+        KIND,
+        (publish.qdrant_settings, publish.es_settings),
+    )
     if relink and relink["dead_lettered"]:
         prepared = {**prepared, "state_metadata": None}
     commit_changes(prepared, embedded, planned["run_dir"])
     if prepared.get("generation"):
-        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish or Publish())
+        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish)
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,11 +111,25 @@ def get_document(es: Elasticsearch, alias: str, doc_id: str) -> dict[str, Any] |
         raise_read_error(exc, alias, f"reading document {doc_id!r} from {alias!r}")
 
 
+def present_ids(es: Elasticsearch, alias: str, ids: Sequence[str], batch: int = 1000) -> set[str]:
+    """Which of ``ids`` have a document in ``alias``: real-time ``mget`` without sources, ``batch``
+    ids a request (a document just written is seen even before a refresh)."""
+    found: set[str] = set()
+    for start in range(0, len(ids), batch):
+        part = list(ids[start : start + batch])
+        try:
+            response = es.mget(index=alias, ids=part, source=False)
+        except Exception as exc:
+            raise_read_error(exc, alias, f"looking up {len(part)} ids in {alias!r}")
+        found.update(doc["_id"] for doc in response["docs"] if doc.get("found"))
+    return found
+
+
 def _sample_key(seed: int, value: str) -> bytes:
     return hashlib.blake2b(f"{seed}\x1f{value}".encode(), digest_size=8).digest()
 
 
-def _iter_field_values(es: Elasticsearch, alias: str, field_name: str, page_size: int) -> Iterator[str]:
+def iter_field_values(es: Elasticsearch, alias: str, field_name: str, page_size: int) -> Iterator[str]:
     """Every distinct value of a unique keyword field, in order, paged with ``search_after``.
 
     Sorting on the field itself makes each page start exactly after the previous one, without a
@@ -168,7 +182,7 @@ def sample_documents(
     _check_size("sample size", n)
     chosen = heapq.nsmallest(
         n,
-        _iter_field_values(es, alias, id_field, page_size),
+        iter_field_values(es, alias, id_field, page_size),
         key=lambda value: _sample_key(seed, str(value)),
     )
     if not chosen:

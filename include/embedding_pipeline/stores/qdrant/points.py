@@ -56,6 +56,27 @@ def retrieve(
     }
 
 
+def present(
+    client: QdrantClient,
+    collection: str,
+    point_ids: Sequence[str],
+    *,
+    batch: int = 1000,
+    retry: RetryPolicy = RetryPolicy(),
+) -> set[str]:
+    """Which of ``point_ids`` are stored in ``collection`` (no payloads or vectors fetched)."""
+    found: set[str] = set()
+    for start in range(0, len(point_ids), batch):
+        part = list(point_ids[start : start + batch])
+        records = call(
+            retry,
+            f"lookup of {len(part)} points in {collection}",
+            lambda part=part: client.retrieve(collection, ids=part, with_payload=False, with_vectors=False),
+        )
+        found.update(str(r.id) for r in records)
+    return found
+
+
 def scroll_matching(
     client: QdrantClient,
     collection: str,
