@@ -88,5 +88,6 @@ def read_dead_letters(run_dir: str | StoragePath, stage: str | None = None) -> l
         return []
     letters = []
     for path in sorted(folder.glob(f"{stage or '*'}-*.jsonl"), key=str):
-        letters.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        # split on "\n" only: str.splitlines() also splits inside values (U+2028, U+0085, \x1c...)
+        letters.extend(json.loads(line) for line in path.read_text().split("\n") if line.strip())
     return letters

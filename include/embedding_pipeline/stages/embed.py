@@ -2,7 +2,7 @@
 
 Every row read ends either in the staged chunk or in the dead letter with a reason:
 
-    missing_id    the business key is null
+    missing_id    the business key is null or empty
     null_text     the text is null
     empty_text    the text is empty or whitespace only
     wrong_type    the text is not a string (e.g. a number in a loosely typed file)
@@ -12,6 +12,9 @@ Every row read ends either in the staged chunk or in the dead letter with a reas
                   merely over the model's token limit are truncated by the tokenizer and counted
     id_too_long   the id is longer than a store accepts (Elasticsearch ``_id``: 512 bytes); caught
                   here so that no store holds a row another store refused
+    invalid_field a payload field the index maps does not fit it (a date that is not one, a struct
+                  where a keyword goes, a keyword over Lucene's 32766 bytes): same reason
+    non_finite_vector the model returned NaN or infinity for the row (no store can rank it)
 
 Incremental runs (``state`` given) decide per row what to do with it (``runs.changes``): only new
 and changed texts are embedded.
@@ -24,10 +27,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from embedding_pipeline.model.registry import Role
@@ -42,7 +47,7 @@ from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file, 
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.serving.tokenization import text_problem
 from embedding_pipeline.settings import ServerSettings
-from embedding_pipeline.stores.elasticsearch.documents import MAX_ID_BYTES
+from embedding_pipeline.stores.elasticsearch.documents import MAX_ID_BYTES, field_problem
 
 STAGE = "embed"
 _REASONS = {"text is null": "null_text", "text is empty or whitespace": "empty_text"}
@@ -50,12 +55,15 @@ _REASONS = {"text is null": "null_text", "text is empty or whitespace": "empty_t
 
 @dataclass(frozen=True)
 class EmbedLimits:
-    """Sizes of the embed task: rows read per Parquet batch, rows embedded per client call (the
-    client sorts by length within it, so larger slices pad less), and the longest text accepted."""
+    """Sizes and rules of the embed task: rows read per Parquet batch, rows embedded per client
+    call (the client sorts by length within it, so larger slices pad less), the longest text
+    accepted, and the index's type of each payload field (``field_types``: what a row's payload
+    must fit before any store is written)."""
 
     read_batch_rows: int = 4096
     embed_batch_rows: int = 4096
     max_text_chars: int = 2000
+    field_types: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ def row_problem(
     if row_id is None:
         return "missing_id", "id is null"
     key = str(row_id)
+    if not key:  # Elasticsearch refuses an empty _id
+        return "missing_id", "id is empty"
     id_bytes = len(key.encode("utf-8", "surrogatepass"))
     if id_bytes > MAX_ID_BYTES:  # checked before any store is written: a row is in every store or none
         return "id_too_long", f"id is {id_bytes} bytes; Elasticsearch takes at most {MAX_ID_BYTES}"
@@ -130,9 +140,15 @@ class _ChunkEmbedder:
     updates and deletes as they come; every row also yields its state row (runs.state)."""
 
     def __init__(
-        self, client: EmbeddingClient, writer: StagedChunkWriter, role: Role | None, limits: EmbedLimits
+        self,
+        client: EmbeddingClient,
+        writer: StagedChunkWriter,
+        dead: DeadLetterWriter,
+        role: Role | None,
+        limits: EmbedLimits,
     ) -> None:
-        self.client, self.writer, self.role, self.limits = client, writer, role, limits
+        self.client, self.writer, self.dead, self.role, self.limits = client, writer, dead, role, limits
+        self.rejected: set[str] = set()  # embedded but not stageable: no state row either
         self.counts = _Counts()
         self.state_rows: list[tuple[str, int, int, int, bool, str]] = []
         self.pending: tuple[list[str], list[str], list[dict]] = ([], [], [])
@@ -170,7 +186,15 @@ class _ChunkEmbedder:
         t0 = time.monotonic()
         result = self.client.embed(texts, role=self.role)
         self.counts.embed_seconds += time.monotonic() - t0
-        self.writer.write(list(ids), result.vectors, list(texts), list(payloads))
+        vectors, finite = result.vectors, np.isfinite(result.vectors).all(axis=1)
+        if not finite.all():
+            for i in np.flatnonzero(~finite):
+                self.dead.add(ids[i], "non_finite_vector", "the model returned NaN or infinity", payloads[i])
+                self.rejected.add(ids[i])
+            keep = np.flatnonzero(finite)
+            ids, texts, payloads = ([values[i] for i in keep] for values in self.pending)
+            vectors = vectors[keep]
+        self.writer.write(list(ids), vectors, list(texts), list(payloads))
         self.counts.embedded += len(ids)
         self.counts.truncated += result.truncated
         for values in self.pending:
@@ -209,7 +233,7 @@ def embed_chunk(
     staged = run_dir / "staged" / f"{chunk.chunk_id}.parquet"
     model_name, model_version = client.settings.model_name, client.published.version
     writer = StagedChunkWriter(staged, client.dim, kind, model_name, model_version)
-    embedder = _ChunkEmbedder(client, writer, role, limits)
+    embedder = _ChunkEmbedder(client, writer, dead, role, limits)
     try:
         if chunk.deletes_path:
             for row_id in read_parquet(chunk.deletes_path)["id"].to_pylist():
@@ -225,9 +249,8 @@ def embed_chunk(
     counts = embedder.counts
     delta = None
     if state is not None:
-        delta = write_parquet(
-            run_dir / "state_delta" / f"{chunk.chunk_id}.parquet", delta_table(embedder.state_rows)
-        )
+        rows = [r for r in embedder.state_rows if r[0] not in embedder.rejected]
+        delta = write_parquet(run_dir / "state_delta" / f"{chunk.chunk_id}.parquet", delta_table(rows))
     extra = {
         "embedded": counts.embedded,
         "fields_updated": counts.updated,
@@ -258,15 +281,24 @@ def embed_task(
     kind: str,
     role: Role | None,
     settings: ServerSettings | None = None,
+    field_types: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The mapped embed task of every stage: one chunk (or one delete chunk) of ``table`` embedded
-    with the run's model against the generation's state (both from the prepare task's XCom)."""
+    with the run's model against the generation's state (both from the prepare task's XCom);
+    payloads are checked against the index's ``field_types``."""
     settings = (settings or ServerSettings.from_env()).with_overrides(model_name=prepared["model_name"])
     table = replace(table, tombstone_column=prepared.get("tombstone_column"))
     state = IndexState(prepared["state_path"]) if prepared.get("state_path") else None
     with EmbeddingClient(settings) as client:
         output = embed_chunk(
-            Chunk.from_xcom(chunk), table, kind, client, as_path(run_dir), role=role, state=state
+            Chunk.from_xcom(chunk),
+            table,
+            kind,
+            client,
+            as_path(run_dir),
+            role=role,
+            limits=EmbedLimits(field_types=field_types or {}),
+            state=state,
         )
     return output.to_xcom(chunk["chunk_id"])
 
@@ -305,9 +337,14 @@ def _stream_rows(
                 tombstone = bool(table.tombstone_column) and is_tombstone(record.get(table.tombstone_column))
                 position = (segment.path, row)
                 row += 1
+                payload = {k: _plain(record[k]) for k in table.stored_columns if k in record}
+                payload["dt"] = chunk.dt
                 problem = row_problem(
                     row_id, text, seen, limits.max_text_chars, position, first_seen, tombstone=tombstone
                 )
+                if not problem and not tombstone:
+                    invalid = field_problem(limits.field_types, payload)
+                    problem = ("invalid_field", invalid) if invalid else None
                 if problem:
                     dead.add(
                         row_id, problem[0], problem[1], {**record, "dt": chunk.dt, "source": segment.path}
@@ -316,8 +353,6 @@ def _stream_rows(
                 key = str(row_id)
                 if seen is not None:
                     seen.add(key)
-                payload = {k: _plain(record[k]) for k in table.stored_columns if k in record}
-                payload["dt"] = chunk.dt
                 text = "" if tombstone and not isinstance(text, str) else text
                 hashes = (text_hash(content_hash(text, model_name, model_version)), fields_hash(payload))
                 if state is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, payload_fields
+from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, field_types, payload_fields
 from embedding_pipeline.stores.qdrant.schema import PointSchema
 
 KEYWORD_PAYLOAD_FIELDS = ("category", "lang", "updated_at", "dt")
@@ -112,3 +112,7 @@ def search_keywords(es: Any, alias: str, text: str, size: int = 10) -> list[dict
     from embedding_pipeline.stores.elasticsearch.read import search_text
 
     return search_text(es, alias, "keyword", text, size)
+
+
+# What the index maps each field as: the embed task checks payloads against it (stages.embed).
+KEYWORD_FIELD_TYPES = field_types(keyword_mappings(model_name="", model_version=0, dim=0))

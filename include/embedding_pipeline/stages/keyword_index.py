@@ -33,7 +33,12 @@ from embedding_pipeline.stages.embed import embed_task
 from embedding_pipeline.stages.generation_rules import Publish
 from embedding_pipeline.stages.generation_stores import StoreAlias
 from embedding_pipeline.stages.generations import gate_generation
-from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_keyword_index, keyword_document
+from embedding_pipeline.stages.keyword_documents import (
+    KEYWORD_FIELD_TYPES,
+    KEYWORD_POINTS,
+    ensure_keyword_index,
+    keyword_document,
+)
 from embedding_pipeline.stages.names import KEYWORD_ALIAS
 from embedding_pipeline.stages.store_agreement import check_run
 
@@ -178,7 +183,7 @@ def embed(
     chunk: dict, run_dir: str, prepared: dict[str, Any], settings: ServerSettings | None = None
 ) -> dict[str, Any]:
     """Embed one keyword chunk (or stage one delete chunk) against the generation's state."""
-    return embed_task(chunk, run_dir, prepared, KEYWORDS, KIND, ROLE, settings)
+    return embed_task(chunk, run_dir, prepared, KEYWORDS, KIND, ROLE, settings, KEYWORD_FIELD_TYPES)
 
 
 def _empty(stage: str, embedded: dict) -> dict:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, payload_fields
+from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, field_types, payload_fields
 from embedding_pipeline.stores.qdrant.schema import PointSchema
 
 PRODUCT_PAYLOAD_FIELDS = ("description", "category", "brand", "updated_at", "dt")
@@ -166,3 +166,7 @@ def products_linked_to(
 
     total, found = referencing(es, alias, NestedRef("keywords", "keyword_id", "score"), keyword_id, size)
     return total, [{**source, "score": link.get("score"), "rank": link.get("rank")} for source, link in found]
+
+
+# What the index maps each field as: the embed task checks payloads against it (stages.embed).
+PRODUCT_FIELD_TYPES = field_types(product_mappings(model_name="", model_version=0, dim=0))

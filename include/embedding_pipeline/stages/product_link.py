@@ -59,7 +59,12 @@ from embedding_pipeline.stages.generation_stores import StoreAlias
 from embedding_pipeline.stages.generations import gate_generation
 from embedding_pipeline.stages.link_maintenance import entry_score
 from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
-from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
+from embedding_pipeline.stages.product_documents import (
+    PRODUCT_FIELD_TYPES,
+    LinkStamp,
+    linked_keywords,
+    product_document,
+)
 from embedding_pipeline.stages.store_agreement import check_run
 from embedding_pipeline.stores.qdrant.search import SearchOptions, search
 
@@ -223,7 +228,7 @@ def embed(
 ) -> dict[str, Any]:
     """Embed one product chunk (the keyword embed task with the products table and the query
     role), or stage one delete chunk, against the product generation's state."""
-    return embed_task(chunk, run_dir, prepared, PRODUCTS, KIND, role, settings)
+    return embed_task(chunk, run_dir, prepared, PRODUCTS, KIND, role, settings, PRODUCT_FIELD_TYPES)
 
 
 def _best(hits: list[Any], top_k: int) -> list[Any]:
