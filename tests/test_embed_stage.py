@@ -154,6 +154,68 @@ def test_ids_a_store_would_refuse_are_dead_lettered_before_any_store_is_written(
     assert all("600 bytes" in letter["error"] for letter in letters)
 
 
+_KILLABLE_EMBED = """
+import json, sys
+from embedding_pipeline.runs.partitions import KEYWORDS, Chunk
+from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.settings import ServerSettings
+from embedding_pipeline.stages.embed import EmbedLimits, embed_chunk
+settings = ServerSettings.from_env().with_overrides(model_name="minilm")
+with EmbeddingClient(settings) as client:
+    embed_chunk(Chunk.from_xcom(json.loads(sys.argv[1])), KEYWORDS, "keyword", client, sys.argv[2],
+                limits=EmbedLimits(embed_batch_rows=128))
+"""
+
+
+def test_a_killed_embed_task_resumes_from_its_last_staged_slice(server, repository, tmp_path):
+    """A task process SIGKILLed mid-chunk (as an OOM kill or a lost worker does); its retry embeds
+    only the slices the first attempt did not finish, and stages exactly what an uninterrupted
+    attempt stages."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    part = partition_dir(tmp_path, KEYWORDS, DT)
+    _write(part / "part-0.parquet", 3000, 1000)
+    (chunk,) = plan_chunks(partition_files(part), KEYWORDS, DT, 5000, 10)
+    run_dir = tmp_path / "run"
+    env = {
+        **os.environ,
+        "EMBEDDING_MODEL_REPOSITORY": str(repository),
+        "EMBEDDING_SERVER_GRPC_PORT": str(server.grpc_port),
+        "EMBEDDING_SERVER_HTTP_PORT": str(server.http_port),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLABLE_EMBED, json.dumps(chunk.to_xcom()), str(run_dir)], env=env
+    )
+    slices = run_dir / "staged" / f"{chunk.chunk_id}.slices"
+    deadline = time.monotonic() + 120
+    while len(list(slices.glob("*.parquet"))) < 4 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = len(list(slices.glob("*.parquet")))
+    assert 4 <= done < 3000 // 128, f"the first attempt finished {done} slices before the kill"
+    assert not (run_dir / "staged" / f"{chunk.chunk_id}.parquet").exists()
+
+    limits = EmbedLimits(embed_batch_rows=128)
+    with EmbeddingClient(settings_for(server, repository, model_name="minilm")) as client:
+        retried = embed_chunk(chunk, KEYWORDS, "keyword", client, run_dir, limits=limits)
+        clean = embed_chunk(chunk, KEYWORDS, "keyword", client, tmp_path / "clean", limits=limits)
+    extra = retried.result.extra
+    assert extra["resumed_rows"] >= done * 128 and extra["resumed_rows"] % 128 == 0
+    assert extra["embedded"] == 3000 and retried.result.balanced
+    assert clean.result.extra["resumed_rows"] == 0
+    assert not slices.exists()  # kept only until the chunk is staged
+    got, want = (list(iter_staged(o.staged_path, 4096)) for o in (retried, clean))
+    assert [b.ids for b in got] == [b.ids for b in want]
+    np.testing.assert_allclose(
+        np.vstack([b.vectors for b in got]), np.vstack([b.vectors for b in want]), atol=1e-6
+    )
+
+
 def _result(stage, rows_in, indexed, dead, chunk="c0"):
     return StageResult(stage, chunk, rows_in, indexed, dead, {"x": dead} if dead else {}, None, 1.0)
 

@@ -60,6 +60,16 @@ def remove(path: StoragePath) -> None:
         path.unlink()
 
 
+def remove_dir(path: StoragePath) -> None:
+    """Remove a flat directory of files (an object-store prefix vanishes with its last object)."""
+    if not path.exists():
+        return
+    for child in path.iterdir():
+        child.unlink()
+    if is_local(path):
+        path.rmdir()
+
+
 def write_parquet(path: StoragePath, table: pa.Table) -> str:
     """Write a small whole Parquet file (id lists, state); return its path as text."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ Incremental runs (``state`` given) decide per row what to do with it (``runs.cha
 and changed texts are embedded.
 
 Memory stays flat: record batches are read row group by row group and embedded in fixed-size
-slices; duplicates are resolved with the partition-wide map the plan task writes.
+slices; duplicates are resolved with the partition-wide map the plan task writes. Every embedded
+slice is kept until the chunk is staged (runs.staging.ResumeSlices): a retried task re-reads its
+rows but embeds only the slices its earlier attempt did not finish.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from embedding_pipeline.runs.changes import decide
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import is_tombstone
 from embedding_pipeline.runs.partitions import Chunk, TableSpec, partition_version
-from embedding_pipeline.runs.staging import DELETE, UPDATE, StagedChunkWriter, content_hash
+from embedding_pipeline.runs.staging import DELETE, UPDATE, ResumeSlices, StagedChunkWriter, content_hash
 from embedding_pipeline.runs.state import IndexState, delta_table, fields_hash, text_hash
 from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file, read_parquet, write_parquet
 from embedding_pipeline.serving.client import EmbeddingClient
@@ -132,6 +134,7 @@ class _Counts:
     superseded: int = 0
     unknown_deletes: int = 0
     truncated: int = 0
+    resumed: int = 0  # rows whose vectors an earlier attempt of the task had embedded
     embed_seconds: float = 0.0
 
 
@@ -149,6 +152,8 @@ class _ChunkEmbedder:
     ) -> None:
         self.client, self.writer, self.dead, self.role, self.limits = client, writer, dead, role, limits
         self.rejected: set[str] = set()  # embedded but not stageable: no state row either
+        self.slices = ResumeSlices(writer.path, writer.model_name, writer.model_version)
+        self.slice_number = 0
         self.counts = _Counts()
         self.state_rows: list[tuple[str, int, int, int, bool, str]] = []
         self.pending: tuple[list[str], list[str], list[dict]] = ([], [], [])
@@ -183,10 +188,17 @@ class _ChunkEmbedder:
         ids, texts, payloads = self.pending
         if not ids:
             return
-        t0 = time.monotonic()
-        result = self.client.embed(texts, role=self.role)
-        self.counts.embed_seconds += time.monotonic() - t0
-        vectors, finite = result.vectors, np.isfinite(result.vectors).all(axis=1)
+        k, self.slice_number = self.slice_number, self.slice_number + 1
+        resumed = self.slices.get(k, ids, texts)
+        if resumed is None:
+            t0 = time.monotonic()
+            result = self.client.embed(texts, role=self.role)
+            self.counts.embed_seconds += time.monotonic() - t0
+            self.slices.put(k, ids, texts, result.vectors, result.truncated)
+            vectors, truncated = result.vectors, result.truncated
+        else:
+            (vectors, truncated), self.counts.resumed = resumed, self.counts.resumed + len(ids)
+        finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
             for i in np.flatnonzero(~finite):
                 self.dead.add(ids[i], "non_finite_vector", "the model returned NaN or infinity", payloads[i])
@@ -196,7 +208,7 @@ class _ChunkEmbedder:
             vectors = vectors[keep]
         self.writer.write(list(ids), vectors, list(texts), list(payloads))
         self.counts.embedded += len(ids)
-        self.counts.truncated += result.truncated
+        self.counts.truncated += truncated
         for values in self.pending:
             values.clear()
 
@@ -244,8 +256,9 @@ def embed_chunk(
         embedder.flush()
         path = writer.close()
     except BaseException:
-        writer.abort()
+        writer.abort()  # the slices stay: a retry resumes from them
         raise
+    embedder.slices.clear()
     counts = embedder.counts
     delta = None
     if state is not None:
@@ -257,6 +270,7 @@ def embed_chunk(
         "superseded": counts.superseded,
         "unknown_deletes": counts.unknown_deletes,
         "truncated": counts.truncated,
+        "resumed_rows": counts.resumed,
         "embed_seconds": round(counts.embed_seconds, 3),
     }
     counted = StageResult(
