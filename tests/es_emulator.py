@@ -29,6 +29,8 @@ from embedding_pipeline.local.es_emulator import EsEmulator, free_port  # noqa: 
 #   None                    forward unchanged
 #   ("status", code)        answer the whole request with this HTTP status
 #   ("drop", None)          close the connection without an answer (a connection reset)
+#   ("drop_after", None)    forward the request, then close the connection without an answer: the
+#                           cluster applied the bulk but the client never hears of it
 #   ("items", predicate)    reject the items for which predicate(item_index) is true with 429
 #                           es_rejected_execution_exception; forward the others and merge answers
 Fault = tuple[str, Any] | None
@@ -171,7 +173,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._inject(fault, body or b"", headers)
 
     def _inject(self, fault: Any, body: bytes, headers: dict[str, str]) -> None:
-        if fault[0] == "drop":
+        if fault[0] in ("drop", "drop_after"):
+            if fault[0] == "drop_after":
+                self.proxy.forward(self.command, self.path, headers, body)
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
         elif fault[0] == "status":

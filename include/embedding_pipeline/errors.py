@@ -18,6 +18,12 @@ class ConfigError(SetupError):
     """A setting, Param or Connection is missing or invalid."""
 
 
+class RunFilesChangedError(SetupError):
+    """A file the run planned or wrote is gone or no longer the one planned (an input rewritten
+    under the run, a cleaned staging directory). A retry of the same task reads the same missing
+    file, so it fails at once; re-running the dates plans and stages again from what is there."""
+
+
 class ModelSourceError(PipelineError):
     """A model cannot be found or loaded from the given source."""
 

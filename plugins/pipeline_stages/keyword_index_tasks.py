@@ -64,21 +64,26 @@ def keyword_index_tasks() -> None:
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
-        return ki.embed(chunk, planned["run_dir"], prepared)
+        with no_retry_on_setup_errors():
+            return ki.embed(chunk, planned["run_dir"], prepared)
 
     @task(max_active_tis_per_dag=qdrant_task_concurrency())
     def qdrant_upsert(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
         params = get_current_context()["params"]
-        return ki.write_qdrant(embedded, planned["run_dir"], _targets(params), prepared, store_settings()[0])
+        with no_retry_on_setup_errors():
+            return ki.write_qdrant(
+                embedded, planned["run_dir"], _targets(params), prepared, store_settings()[0]
+            )
 
     @task
     def es_index(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
         params = get_current_context()["params"]
-        return ki.write_es(embedded, planned["run_dir"], _targets(params), prepared, store_settings()[1])
+        with no_retry_on_setup_errors():
+            return ki.write_es(embedded, planned["run_dir"], _targets(params), prepared, store_settings()[1])
 
     @task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:

@@ -85,7 +85,8 @@ def product_link_tasks() -> None:
         from embedding_pipeline.stages import product_link
 
         options = _options(get_current_context()["params"])
-        return product_link.embed(chunk, planned["run_dir"], prepared, options.role)
+        with no_retry_on_setup_errors():
+            return product_link.embed(chunk, planned["run_dir"], prepared, options.role)
 
     @task(max_active_tis_per_dag=qdrant_task_concurrency())
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:

@@ -214,14 +214,17 @@ class ResumeSlices:
         remove_dir(self.root)
 
 
+STAGED = "staged chunk (written by this run's embed task)"
+
+
 def staged_metadata(path: str | StoragePath) -> dict[str, str]:
-    raw = parquet_file(path).schema_arrow.metadata or {}
+    raw = parquet_file(path, STAGED).schema_arrow.metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def iter_staged(path: str | StoragePath, batch_size: int) -> Iterator[StagedBatch]:
     """Stream a staged chunk in batches of at most ``batch_size`` rows (flat memory)."""
-    for record_batch in parquet_file(path).iter_batches(batch_size=batch_size):
+    for record_batch in parquet_file(path, STAGED).iter_batches(batch_size=batch_size):
         vectors = record_batch.column("vector")
         yield StagedBatch(
             **_rows(record_batch).__dict__,
@@ -234,7 +237,7 @@ def iter_staged_rows(path: str | StoragePath, batch_size: int) -> Iterator[Stage
     """:func:`iter_staged` without the ``vector`` and ``point_id`` columns, which are most of the
     file and most of the decoding (the ES sink stores no vectors)."""
     columns = list(StagedRows.COLUMNS)
-    for record_batch in parquet_file(path).iter_batches(batch_size=batch_size, columns=columns):
+    for record_batch in parquet_file(path, STAGED).iter_batches(batch_size=batch_size, columns=columns):
         yield _rows(record_batch)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedding_pipeline.errors import RunFilesChangedError
 from embedding_pipeline.settings import work_dir
 
 # Path or airflow.sdk.ObjectStoragePath: both support "/", open, mkdir, exists, glob, read/write_text.
@@ -88,7 +89,17 @@ def read_parquet(path: str | StoragePath, columns: list[str] | None = None) -> p
     return pq.read_table(str(path) if is_local(path) else path.open("rb"), columns=columns)
 
 
-def parquet_file(path: str | StoragePath) -> pq.ParquetFile:
-    """Open a Parquet file from disk or object storage for streaming reads."""
+def parquet_file(path: str | StoragePath, what: str | None = None) -> pq.ParquetFile:
+    """Open a Parquet file from disk or object storage for streaming reads. With ``what`` (e.g.
+    "input file planned for this run"), a missing file is a :class:`RunFilesChangedError` naming
+    it instead of a bare ``FileNotFoundError``."""
     path = as_path(path)
-    return pq.ParquetFile(str(path) if is_local(path) else path.open("rb"))
+    try:
+        return pq.ParquetFile(str(path) if is_local(path) else path.open("rb"))
+    except FileNotFoundError as exc:
+        if what is None:
+            raise
+        raise RunFilesChangedError(
+            f"the {what} {path} is gone. Re-run the dates: a new run plans and stages from what is "
+            "there now (clearing only this task would read the same missing file)."
+        ) from exc

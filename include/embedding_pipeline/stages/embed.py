@@ -36,13 +36,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from embedding_pipeline.errors import RunFilesChangedError
 from embedding_pipeline.model.registry import Role
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
 from embedding_pipeline.runs.changes import decide
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import is_tombstone
-from embedding_pipeline.runs.partitions import Chunk, TableSpec, partition_version
+from embedding_pipeline.runs.partitions import Chunk, Segment, TableSpec, partition_version
 from embedding_pipeline.runs.staging import DELETE, UPDATE, ResumeSlices, StagedChunkWriter, content_hash
 from embedding_pipeline.runs.state import IndexState, delta_table, fields_hash, text_hash
 from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file, read_parquet, write_parquet
@@ -213,11 +215,22 @@ class _ChunkEmbedder:
             values.clear()
 
 
+def _segment_file(segment: Segment) -> pq.ParquetFile:
+    """A planned input file, checked to still be the one planned (its row groups still there)."""
+    parquet = parquet_file(segment.path, "input file planned for this run")
+    if max(segment.row_groups) >= parquet.metadata.num_row_groups:
+        raise RunFilesChangedError(
+            f"the input file {segment.path} has {parquet.metadata.num_row_groups} row groups, but row "
+            f"group {max(segment.row_groups)} was planned: it was rewritten under the run. Re-run the dates."
+        )
+    return parquet
+
+
 def _chunk_ids(chunk: Chunk, table: TableSpec) -> list[str]:
     """The chunk's ids as text (one narrow read): what the state is looked up for."""
     ids: list[str] = []
     for segment in chunk.segments:
-        column = parquet_file(segment.path).read_row_groups(segment.row_groups, columns=[table.id_column])
+        column = _segment_file(segment).read_row_groups(segment.row_groups, columns=[table.id_column])
         ids.extend(v for v in column.column(0).cast(pa.string()).to_pylist() if v is not None)
     return ids
 
@@ -337,7 +350,7 @@ def _stream_rows(
     priors = state.lookup(_chunk_ids(chunk, table)) if state is not None else {}
     version = partition_version(chunk.dt)
     for segment in chunk.segments:
-        parquet = parquet_file(segment.path)
+        parquet = _segment_file(segment)
         columns = [c for c in table.columns if c in parquet.schema_arrow.names]
         # Row groups of a segment are consecutive: rows are numbered from the first one's offset.
         row = sum(parquet.metadata.row_group(i).num_rows for i in range(segment.row_groups[0]))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from embedding_pipeline.errors import PipelineError
-from embedding_pipeline.runs.staging import point_id
+from embedding_pipeline.runs.staging import STAGED, point_id
 from embedding_pipeline.runs.storage import parquet_file
 
 EXACT_LIMIT = 50_000
@@ -78,7 +78,7 @@ def _hash(value: str) -> int:
 def staged_ids(staged_paths: Iterable[str]) -> Iterator[str]:
     """Every id the staged chunks hold (one narrow column read per chunk)."""
     for path in staged_paths:
-        yield from parquet_file(path).read(columns=["id"]).column(0).to_pylist()
+        yield from parquet_file(path, STAGED).read(columns=["id"]).column(0).to_pylist()
 
 
 def choose(ids: Iterable[str], limit: int = EXACT_LIMIT) -> tuple[list[str], bool]:
@@ -185,14 +185,16 @@ def check_run(
     ``agreement`` section, and a difference fails the run (:class:`StoresDisagreeError`) before
     the state commit, so a re-run of the same dates writes those rows again."""
     collection, index = names
-    staged = [e["staged"] for e in embedded if e.get("staged")]
-    if not (collection and index and staged):
+    if not (collection and index):
         return report
     from embedding_pipeline.runs.report import write_report
     from embedding_pipeline.stages.generation_stores import open_stores
 
-    with open_stores(*settings) as stores:
-        agreement = check_written(stores.qdrant, stores.es, collection, index, kind, staged)
+    staged = [e["staged"] for e in embedded if e.get("staged")]
+    agreement = Agreement("written", collection, index, 0, False, 0, 0, [], [])  # nothing written
+    if staged:
+        with open_stores(*settings) as stores:
+            agreement = check_written(stores.qdrant, stores.es, collection, index, kind, staged)
     report = {**report, "agreement": agreement.to_report()}
     if not agreement.ok:
         report["status"] = "failed"
