@@ -8,6 +8,8 @@
 #  2. the rest with uv (seconds instead of half a minute with pip), with requirements/overrides.txt
 #     forcing psutil>=6.1 over kserve's psutil<6 pin (why: see that file).
 #  3. this project in editable mode without dependencies (they are all pinned above).
+#  4. nginx (Debian's nginx-light) for the TLS tests, when apt-get can install it: they put it in
+#     front of the ES emulator and the inference server (tests/nginx_tls.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +32,11 @@ fi
   --override requirements/overrides.txt
 .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
 .venv/bin/python -c "import torch, onnxruntime, kserve, tritonclient, airflow; print('environment ready: torch', torch.__version__, '| airflow', airflow.__version__)" 2>/dev/null | tail -1
+if ! command -v nginx >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q nginx-light >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; }
+  else
+    echo "nginx is missing and cannot be installed here (needs root and apt-get): the TLS tests will fail" >&2
+  fi
+fi
 touch .venv/.bootstrapped

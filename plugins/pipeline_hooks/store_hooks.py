@@ -5,6 +5,8 @@ Connection ``qdrant_default`` (the Qdrant provider's layout)::
     host qdrant, port 6333 (REST), password = API key,
     extra {"grpc_port": 6334, "prefer_grpc": true, "https": false}
 
+or, on one machine, local mode: extra {"path": "/data/qdrant"} (no host).
+
 Connection ``elasticsearch_default``::
 
     schema https, host elasticsearch, port 9200, login elastic, password ...,
@@ -56,16 +58,23 @@ class QdrantStoreHook(BaseHook):
             settings = QdrantSettings.from_env()
             log.info("connection %r not set; Qdrant from environment: %r", self.qdrant_conn_id, settings)
             return settings
-        if not conn.host:
-            raise ConfigError(f"connection {self.qdrant_conn_id!r} has no host")
         extra = conn.extra_dejson
+        api_key = conn.password or extra.get("api_key") or None
+        if extra.get("path"):  # local mode on one machine; an API key is kept but unused
+            settings = QdrantSettings(path=extra["path"], api_key=api_key)
+            log.info("connection %r -> %r", self.qdrant_conn_id, settings)
+            return settings
+        if not conn.host:
+            raise ConfigError(
+                f"connection {self.qdrant_conn_id!r} has no host (or extra.path for local mode)"
+            )
         try:
             settings = QdrantSettings(
                 host=conn.host,
                 port=int(conn.port or 6333),
                 grpc_port=int(extra.get("grpc_port", 6334)),
                 prefer_grpc=truthy(extra.get("prefer_grpc", False)),
-                api_key=conn.password or extra.get("api_key") or None,
+                api_key=api_key,
                 https=truthy(extra["https"]) if "https" in extra else None,
             )
         except (TypeError, ValueError) as exc:

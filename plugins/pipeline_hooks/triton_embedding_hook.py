@@ -10,7 +10,10 @@ Connection ``triton_default`` (type ``triton``, or any generic type)::
     extra     {"protocol": "grpc", "http_port": 8000, "model_name": "minilm",
                "model_repository": "/models", "timeout_s": 60, "max_in_flight": 4,
                "batch_size": 64, "max_retries": 100, "retry_deadline_s": 120,
-               "ssl": false}
+               "ssl": false, "ca_certs": "/certs/ca.crt"}
+
+``ssl`` (or schema ``https``) turns TLS on; ``ca_certs`` is the PEM the server certificate is
+checked against over gRPC (empty: the system's roots).
 
 With no such Connection the hook falls back to ``ServerSettings.from_env()`` (the embedded default:
 the local server on 127.0.0.1:8001/8000), so a fresh install runs without any setup.
@@ -39,6 +42,7 @@ _EXTRA_FIELDS = (
     "backoff_max_s",
     "ready_timeout_s",
     "ssl",
+    "ca_certs",
 )
 
 

@@ -36,6 +36,13 @@ def store_settings() -> tuple[Any, Any]:
     return QdrantStoreHook().get_settings(), ElasticsearchStoreHook().get_settings()
 
 
+def server_settings() -> Any:
+    """Inference server settings from the ``triton_default`` Connection (else the environment)."""
+    from pipeline_hooks.triton_embedding_hook import TritonEmbeddingHook
+
+    return TritonEmbeddingHook().get_settings()
+
+
 @contextmanager
 def no_retry_on_setup_errors() -> Iterator[None]:
     """Raise ``AirflowFailException`` for a ``SetupError`` (wrong model, mapping conflict, bad

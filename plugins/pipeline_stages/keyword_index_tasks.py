@@ -17,6 +17,7 @@ from pipeline_stages.common import (
     publish_options,
     qdrant_task_concurrency,
     run_meta,
+    server_settings,
     store_settings,
     swap_and_emit,
 )
@@ -52,7 +53,7 @@ def keyword_index_tasks() -> None:
         params = get_current_context()["params"]
         qdrant, es = store_settings()
         with no_retry_on_setup_errors():
-            model = model_info(None, params["model_name"])
+            model = model_info(server_settings(), params["model_name"])
             spec = input_spec(params)
             full = params["mode"] == "full"
             return {
@@ -65,7 +66,7 @@ def keyword_index_tasks() -> None:
         from embedding_pipeline.stages import keyword_index as ki
 
         with no_retry_on_setup_errors():
-            return ki.embed(chunk, planned["run_dir"], prepared)
+            return ki.embed(chunk, planned["run_dir"], prepared, server_settings())
 
     @task(max_active_tis_per_dag=qdrant_task_concurrency())
     def qdrant_upsert(embedded: dict, planned: dict, prepared: dict) -> dict:

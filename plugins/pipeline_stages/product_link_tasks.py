@@ -17,6 +17,7 @@ from pipeline_stages.common import (
     publish_options,
     qdrant_task_concurrency,
     run_meta,
+    server_settings,
     store_settings,
     swap_and_emit,
 )
@@ -68,7 +69,7 @@ def product_link_tasks() -> None:
         params = get_current_context()["params"]
         qdrant, es = store_settings()
         with no_retry_on_setup_errors():
-            model = model_info(None, params["model_name"])
+            model = model_info(server_settings(), params["model_name"])
             return product_link.prepare(
                 _options(params),
                 model,
@@ -86,7 +87,7 @@ def product_link_tasks() -> None:
 
         options = _options(get_current_context()["params"])
         with no_retry_on_setup_errors():
-            return product_link.embed(chunk, planned["run_dir"], prepared, options.role)
+            return product_link.embed(chunk, planned["run_dir"], prepared, options.role, server_settings())
 
     @task(max_active_tis_per_dag=qdrant_task_concurrency())
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:

@@ -90,7 +90,9 @@ class EmbeddingClient:
             if s.protocol == "grpc":
                 import tritonclient.grpc as grpcclient
 
-                client = grpcclient.InferenceServerClient(s.grpc_url, ssl=s.ssl)
+                client = grpcclient.InferenceServerClient(
+                    s.grpc_url, ssl=s.ssl, root_certificates=s.ca_certs or None
+                )
             else:
                 import tritonclient.http as httpclient
 

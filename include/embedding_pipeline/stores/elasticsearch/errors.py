@@ -52,13 +52,19 @@ def raise_clear(exc: Exception, doing: str) -> NoReturn:
                 "this pipeline needs Elasticsearch 9 (or pin elasticsearch<9 for an ES 8 cluster)"
             ) from None
         if exc.meta.status in (401, 403):
+            what = "wrong or missing credentials" if exc.meta.status == 401 else "missing privileges"
+            said = f": {reason}" if reason else ""
             raise EsError(
-                f"{doing}: not authorised ({exc.meta.status} {kind}); check ES_USERNAME/ES_PASSWORD "
-                "or ES_API_KEY and the user's index privileges"
+                f"{doing}: not authorised, {what} ({exc.meta.status} {kind}{said}); check the "
+                "elasticsearch_default Connection's login/password or extra.api_key (ES_USERNAME/"
+                "ES_PASSWORD or ES_API_KEY without one) and the user's index privileges"
             ) from None
         raise EsError(f"{doing}: {exc.meta.status} {kind}: {reason}") from None
     if isinstance(exc, TlsError):
-        raise EsUnavailableError(f"{doing}: TLS failed ({exc}); check ES_CA_CERTS / ES_FINGERPRINT") from None
+        raise EsUnavailableError(
+            f"{doing}: TLS failed ({exc}); check the Connection's extra.ca_certs / "
+            "extra.ssl_assert_fingerprint (ES_CA_CERTS / ES_FINGERPRINT without one)"
+        ) from None
     if isinstance(exc, EsConnectionError):
         raise EsUnavailableError(f"{doing}: cannot reach Elasticsearch ({exc})") from None
     raise exc
