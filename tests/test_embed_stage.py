@@ -216,6 +216,31 @@ def test_a_killed_embed_task_resumes_from_its_last_staged_slice(server, reposito
     )
 
 
+def test_rows_the_model_returns_nan_for_are_dead_lettered_and_not_staged(server, repository, tmp_path):
+    """A model that returns NaN or infinity for some rows: those rows go to the dead letter
+    (``non_finite_vector``), the rest is staged. The vectors come from a slice an earlier attempt
+    of the task kept (the resume path reads them back as they were), so the server's real output
+    is replaced for these rows without touching the client."""
+    from embedding_pipeline.runs.staging import ResumeSlices
+
+    part = partition_dir(tmp_path, KEYWORDS, DT)
+    _write(part / "part-0.parquet", 6, 6)
+    (chunk,) = plan_chunks(partition_files(part), KEYWORDS, DT, 100, 10)
+    run_dir = tmp_path / "run"
+    with EmbeddingClient(settings_for(server, repository, model_name="tiny_bert")) as client:
+        ids, texts = [str(i) for i in range(6)], [f"keyword {i}" for i in range(6)]
+        vectors = client.embed(texts, role="passage").vectors
+        vectors[1, 0], vectors[4, 3] = np.nan, np.inf
+        staged = run_dir / "staged" / f"{chunk.chunk_id}.parquet"
+        ResumeSlices(staged, "tiny_bert", client.published.version).put(0, ids, texts, vectors, 0)
+        output = embed_chunk(chunk, KEYWORDS, "keyword", client, run_dir)
+    result = output.result
+    assert result.dead_letters_by_reason == {"non_finite_vector": 2} and result.balanced
+    assert result.extra["resumed_rows"] == 6 and result.indexed == 4
+    assert [i for b in iter_staged(output.staged_path, 100) for i in b.ids] == ["0", "2", "3", "5"]
+    assert {letter["record_id"] for letter in read_dead_letters(run_dir, "embed")} == {"1", "4"}
+
+
 def _result(stage, rows_in, indexed, dead, chunk="c0"):
     return StageResult(stage, chunk, rows_in, indexed, dead, {"x": dead} if dead else {}, None, 1.0)
 

@@ -199,7 +199,8 @@ class _ChunkEmbedder:
             self.slices.put(k, ids, texts, result.vectors, result.truncated)
             vectors, truncated = result.vectors, result.truncated
         else:
-            (vectors, truncated), self.counts.resumed = resumed, self.counts.resumed + len(ids)
+            vectors, truncated = resumed
+            self.counts.resumed += len(ids)
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
             for i in np.flatnonzero(~finite):
