@@ -86,10 +86,37 @@ def stored_lists(product_alias: str) -> dict[str, list[str]]:
         }
 
 
-def exact_lists(keyword_alias: str, product_alias: str, options: LinkOptions) -> dict[str, list[str]]:
+# Scores closer than this are a tie: NumPy's float32 dot and the engine's may differ in the last
+# bits, which moves a score across the linker's 6-decimal rounding and swaps two near-equal keywords.
+TIE = 1e-5
+
+
+def _ranked_like(ranked: list[tuple[float, str]], stored: list[str] | None, top_k: int) -> list[str]:
+    """Keyword ids best first; within a run of near-equal scores (``TIE``), in ``stored``'s order
+    when given (the linker's own tie order there cannot be recomputed bit for bit here)."""
+    ranked = sorted(ranked, key=lambda item: (-round(item[0], 6), item[1]))
+    if stored is None:
+        return [kid for _, kid in ranked[:top_k]]
+    position = {kid: i for i, kid in enumerate(stored)}
+    ordered: list[str] = []
+    group: list[tuple[float, str]] = []
+    for item in [*ranked, (-np.inf, "")]:
+        if group and group[-1][0] - item[0] > TIE:
+            ordered += [
+                kid for _, kid in sorted(group, key=lambda g: (position.get(g[1], len(position)), g[1]))
+            ]
+            group = []
+        group.append(item)
+    return ordered[:top_k]
+
+
+def exact_lists(
+    keyword_alias: str, product_alias: str, options: LinkOptions, like: dict[str, list[str]] | None = None
+) -> dict[str, list[str]]:
     """What a from-scratch relink of every stored product against every stored keyword gives:
     brute force over the vectors both collections hold, the linker's filters, threshold and tie
-    order (score rounded to 6 decimals, then keyword id)."""
+    order (score rounded to 6 decimals, then keyword id). With ``like`` (the stored lists), near
+    ties (``TIE``) keep the stored order, so only a real difference fails a comparison."""
     from embedding_pipeline.stores.qdrant.client import open_client
     from embedding_pipeline.stores.qdrant.collections import resolve_alias
     from embedding_pipeline.stores.qdrant.search import iter_vectors
@@ -113,6 +140,7 @@ def exact_lists(keyword_alias: str, product_alias: str, options: LinkOptions) ->
                     product.get(f) is not None and keyword.get(f) != product[f] for f in options.match_fields
                 ):
                     continue
-                ranked.append((-round(float(score), 6), str(keyword["keyword_id"])))
-            lists[str(product["product_id"])] = [kid for _, kid in sorted(ranked)[: options.top_k]]
+                ranked.append((float(score), str(keyword["keyword_id"])))
+            product_id = str(product["product_id"])
+            lists[product_id] = _ranked_like(ranked, (like or {}).get(product_id), options.top_k)
     return lists
