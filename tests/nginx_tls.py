@@ -4,6 +4,7 @@ servers, as a real deployment puts a load balancer or an ingress there.
 - ``es``: HTTPS -> the ES emulator's HTTP, and nginx checks the ``Authorization`` header: only the
   configured basic-auth user/password or API key pass; anything else gets ES's own 401 answer.
 - ``grpc``: TLS with HTTP/2 -> the inference server's gRPC port (``grpc_pass``).
+- ``http``: HTTPS -> the inference server's HTTP (KServe v2 REST) port.
 
 A self-signed certificate for ``localhost`` / ``127.0.0.1`` is made with ``openssl`` per instance.
 nginx runs in the foreground as a child process and is stopped by PID.
@@ -60,22 +61,35 @@ http {{
         ssl_certificate_key {root}/key.pem;
         location / {{ grpc_pass grpc://{grpc_upstream}; }}
     }}
+    server {{
+        listen 127.0.0.1:{http_port} ssl;
+        ssl_certificate {root}/cert.pem;
+        ssl_certificate_key {root}/key.pem;
+        location / {{
+            proxy_pass http://{http_upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
 }}
 """
 
 
 class NginxTls:
-    """``with NginxTls(tmp, es_url, grpc_target, user, password, api_key) as tls: tls.es_url``."""
+    """``with NginxTls(tmp, es_url, server, (user, password, api_key)) as tls: tls.es_url``; ``server``
+    is the inference server's ``(host, grpc_port, http_port)``."""
 
     def __init__(
-        self, root: Path, es_upstream: str, grpc_upstream: str, user: str, password: str, api_key: str
+        self, root: Path, es_upstream: str, server: tuple[str, int, int], credentials: tuple[str, str, str]
     ) -> None:
         if shutil.which("nginx") is None:
             raise RuntimeError(
                 "nginx is not installed: run scripts/bootstrap.sh (apt-get install nginx-light)"
             )
         self.root = root
-        self.es_port, self.grpc_port = free_port(), free_port()
+        user, password, api_key = credentials
+        host, grpc_port, http_port = server
+        self.es_port, self.grpc_port, self.http_port = free_port(), free_port(), free_port()
         self.es_url = f"https://127.0.0.1:{self.es_port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.cert = root / "cert.pem"
@@ -99,8 +113,10 @@ class NginxTls:
                 api_key=api_key,
                 es_port=self.es_port,
                 grpc_port=self.grpc_port,
+                http_port=self.http_port,
                 es_upstream=es_upstream,
-                grpc_upstream=grpc_upstream,
+                grpc_upstream=f"{host}:{grpc_port}",
+                http_upstream=f"{host}:{http_port}",
             )
         )
         self.process: subprocess.Popen | None = None

@@ -1,5 +1,5 @@
 """Secured connections, for real: nginx terminates TLS (a self-signed certificate) in front of the ES
-emulator and the inference server's gRPC port, and checks credentials. Every setting comes from an
+emulator and the inference server's gRPC and HTTP ports, and checks credentials. Every setting comes from an
 Airflow Connection (``AIRFLOW_CONN_*``: the environment secrets backend), as in a deployment. Then a
 whole DAG run with secrets in every Connection, and a search for them in everything it left."""
 
@@ -20,7 +20,8 @@ QDRANT_KEY = "qk-93Lm-never-printed"
 
 @pytest.fixture
 def tls(es_url, server, tmp_path):
-    with NginxTls(tmp_path / "nginx", es_url, f"127.0.0.1:{server.grpc_port}", USER, PASSWORD, API_KEY) as t:
+    upstream = ("127.0.0.1", server.grpc_port, server.http_port)
+    with NginxTls(tmp_path / "nginx", es_url, upstream, (USER, PASSWORD, API_KEY)) as t:
         yield t
 
 
@@ -74,23 +75,32 @@ def test_es_over_tls_checks_the_certificate_and_the_credentials(tls, monkeypatch
     assert " 200 " in access and " 401 " in access
 
 
-def test_grpc_over_tls_to_the_inference_server_from_the_triton_connection(
-    tls, server, repository, monkeypatch
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tls_to_the_inference_server_from_the_triton_connection(
+    tls, server, repository, monkeypatch, protocol
 ):
+    """gRPC (nginx ``grpc_pass``) and HTTP (``proxy_pass``) over TLS, from ``triton_default``: the
+    CA file in ``extra.ca_certs`` verifies the self-signed certificate and the embeddings equal the
+    direct server's; without it the system's roots refuse the certificate."""
     from embedding_pipeline.errors import ServerUnavailableError
     from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
     from pipeline_hooks.triton_embedding_hook import TritonEmbeddingHook
 
+    port = tls.grpc_port if protocol == "grpc" else tls.http_port
+
     def connect(**extra: Any) -> None:
-        conn = {"conn_type": "triton", "host": "127.0.0.1", "port": tls.grpc_port, "schema": "https"}
+        conn = {"conn_type": "triton", "host": "127.0.0.1", "port": port, "schema": "https"}
         extra = {"model_name": "tiny_bert", "model_repository": str(repository), **extra}
+        extra["protocol"] = protocol
         monkeypatch.setenv("AIRFLOW_CONN_TRITON_DEFAULT", json.dumps({**conn, "extra": extra}))
 
     texts = ["東京 ラーメン", "secured keyword"]
     connect(ca_certs=str(tls.cert))
     settings = TritonEmbeddingHook().get_settings()
-    assert settings.ssl and settings.grpc_url == tls.grpc_target
+    assert settings.ssl and f"127.0.0.1:{port}" == (
+        settings.grpc_url if protocol == "grpc" else settings.http_url
+    )
     with TritonEmbeddingHook().get_conn() as client:
         through_tls = client.embed(texts).vectors
     direct = ServerSettings(grpc_port=server.grpc_port, model_repository=repository, model_name="tiny_bert")
@@ -98,7 +108,8 @@ def test_grpc_over_tls_to_the_inference_server_from_the_triton_connection(
         np.testing.assert_allclose(through_tls, client.embed(texts).vectors, atol=1e-6)
 
     connect(retry_deadline_s=2)  # TLS on, the system's roots: the self-signed certificate is refused
-    with pytest.raises(ServerUnavailableError), TritonEmbeddingHook().get_conn() as client:
+    refused = pytest.raises(ServerUnavailableError, match=r"(?i)certificate|ssl|handshake")
+    with refused, TritonEmbeddingHook().get_conn() as client:
         client.embed(texts)
 
 

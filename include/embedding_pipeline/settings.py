@@ -54,7 +54,8 @@ class ServerSettings(RetrySettings):
     model_repository: Path = field(default_factory=model_repository_path)
     ssl: bool = False
     # PEM file of the CA (or the self-signed certificate) the server's TLS certificate is checked
-    # against; empty: the system's roots. gRPC only checks it; ``ssl`` must be on.
+    # against, over gRPC and HTTP; empty: the system's roots (certifi's bundle over HTTP). ``ssl``
+    # must be on.
     ca_certs: str = ""
     timeout_s: float = 60.0
     # 1 on small CPU boxes: two concurrent requests oversubscribe a 2-core server (measured 0.8x,

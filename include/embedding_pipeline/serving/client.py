@@ -94,11 +94,7 @@ class EmbeddingClient:
                     s.grpc_url, ssl=s.ssl, root_certificates=s.ca_certs or None
                 )
             else:
-                import tritonclient.http as httpclient
-
-                client = httpclient.InferenceServerClient(
-                    s.http_url, ssl=s.ssl, connection_timeout=s.timeout_s, network_timeout=s.timeout_s
-                )
+                client = _http_client(s, s.timeout_s)
             self._local.client = client
         return client
 
@@ -281,11 +277,9 @@ class EmbeddingClient:
         Uses the HTTP repository API: KServe's gRPC repository calls are broken (the model name
         arrives empty), while REST works on both KServe and Triton.
         """
-        import tritonclient.http as httpclient
-
         s = self.settings
         name = name or s.model_name
-        client = httpclient.InferenceServerClient(s.http_url, ssl=s.ssl, network_timeout=s.ready_timeout_s)
+        client = _http_client(s, s.ready_timeout_s)
         try:
             self._retrying(f"load of {name!r}", lambda: client.load_model(name))
         except InferenceServerError:
@@ -321,3 +315,17 @@ class EmbeddingClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _http_client(s: ServerSettings, timeout_s: float) -> Any:
+    """A tritonclient HTTP client; with TLS it checks the server's certificate against
+    ``s.ca_certs`` when given (geventhttpclient otherwise uses certifi's bundle)."""
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(
+        s.http_url,
+        ssl=s.ssl,
+        ssl_options={"ca_certs": s.ca_certs} if s.ssl and s.ca_certs else None,
+        connection_timeout=timeout_s,
+        network_timeout=timeout_s,
+    )
