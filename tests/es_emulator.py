@@ -15,6 +15,8 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,10 +35,23 @@ from embedding_pipeline.local.es_emulator import EsEmulator, free_port  # noqa: 
 #                           cluster applied the bulk but the client never hears of it
 #   ("items", predicate)    reject the items for which predicate(item_index) is true with 429
 #                           es_rejected_execution_exception; forward the others and merge answers
+#   ("hold", Hold)          keep the request in flight (Hold.seen is set) until Hold.release, then
+#                           forward it and answer whoever is still listening: a client killed while
+#                           waiting leaves a bulk that the cluster applies after it died
 Fault = tuple[str, Any] | None
 FaultPlan = Callable[[int], Fault]
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
+
+
+@dataclass
+class Hold:
+    """The events of a ``("hold", hold)`` fault: ``seen`` when the request arrived, ``release`` to
+    let it through (waits at most ``timeout_s``)."""
+
+    seen: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    timeout_s: float = 300.0
 
 
 def first_n(n: int, fault: Fault) -> FaultPlan:
@@ -173,7 +188,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._inject(fault, body or b"", headers)
 
     def _inject(self, fault: Any, body: bytes, headers: dict[str, str]) -> None:
-        if fault[0] in ("drop", "drop_after"):
+        if fault[0] == "hold":
+            fault[1].seen.set()
+            fault[1].release.wait(fault[1].timeout_s)
+            answer = self.proxy.forward(self.command, self.path, headers, body)
+            with suppress(OSError):  # the client may be gone
+                self._answer(*answer)
+        elif fault[0] in ("drop", "drop_after"):
             if fault[0] == "drop_after":
                 self.proxy.forward(self.command, self.path, headers, body)
             self.close_connection = True

@@ -144,3 +144,17 @@ def exact_lists(
             product_id = str(product["product_id"])
             lists[product_id] = _ranked_like(ranked, (like or {}).get(product_id), options.top_k)
     return lists
+
+
+def assert_keyword_run_balanced(report: dict[str, Any]) -> None:
+    """A keyword_index report that is ``ok``, whose rows each end in one place per store (indexed,
+    unchanged, deleted or dead-lettered at embed or at the store), with no store dead letters, and
+    whose check of the written ids found Qdrant and Elasticsearch holding the same."""
+    assert report["status"] == "ok" and report["problems"] == [], report["problems"]
+    embed = report["embed"]
+    for sink in ("qdrant", "es"):
+        s = report["sinks"][sink]
+        ended = s["indexed"] + embed["unchanged"] + s["deleted"] + s["dead_lettered"] + embed["dead_lettered"]
+        assert ended == report["rows_read"], (sink, s)
+        assert s["dead_lettered"] == 0, (sink, s["dead_letters_by_reason"])
+    assert report["agreement"]["ok"], report["agreement"]

@@ -1,6 +1,8 @@
 """``embedding-pipeline airflow`` for real: ``airflow standalone`` (scheduler, LocalExecutor, API
-server, DAG processor) with the local services; a backfill of ``embedding_chain`` over two dates runs
-through the scheduler, not ``dag.test()``; Ctrl-C leaves no process behind.
+server, DAG processor) with the local services, started once for this module. A backfill of
+``embedding_chain`` over two dates runs through the scheduler, not ``dag.test()``; task processes
+killed in the middle of their writes are retried by Airflow with nothing lost or doubled; Ctrl-C
+leaves no process behind (the last test: it stops the standalone).
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +29,16 @@ import pytest
 from embedding_pipeline.runs.plan import run_dir_for
 from embedding_pipeline.sample.generate import generate
 from embedding_pipeline.serving.process import free_port
+from embedding_pipeline.stages.generation_stores import open_stores
+from embedding_pipeline.stages.store_agreement import verify_pair
+from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions
+from es_emulator import BulkFaultProxy, Hold
+from store_data import assert_keyword_run_balanced
 from test_local_services import ENV_KEYS, live_pids_in_group
 
 DATES = ["2024-01-01", "2024-01-02"]
 KEYWORDS, PRODUCTS = 400, 80
+KILL_DT, KILL_ROWS, KILL_ALIAS = "2024-02-01", 3000, "killed_keywords"
 
 
 class Api:
@@ -83,6 +94,20 @@ class Api:
         self.call("PATCH", path, {"chosen_options": [option]})
         return request
 
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 600) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while (run := self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"))["state"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline, self.task_states(dag_id, run_id)
+            time.sleep(3)
+        return run
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        return self.call("GET", path + (f"/{map_index}" if map_index >= 0 else ""))
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
         return {
@@ -95,26 +120,35 @@ def _report(run_id: str, stage: str) -> dict:
     return json.loads((Path(str(run_dir_for("embedding_chain", run_id, stage))) / "report.json").read_text())
 
 
-@pytest.mark.slow
-def test_standalone_runs_a_chain_backfill_and_leaves_no_process_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """The Airflow a user gets from `make airflow`: UI and login, then a backfill of the chain over two
-    dates through the scheduler (the DAG unpaused: Airflow starts no run of a paused DAG, backfills
-    included), each run processing its own dt; the second run skips the publish (the model is there);
-    the nightly run the unpause schedules finds no partition and ends no_data. Ctrl-C stops it all."""
-    generate(tmp_path / "data", keywords=KEYWORDS, products=PRODUCTS, dates=DATES, seed=8, row_group_size=100)
-    monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(tmp_path / "work"))  # where the runs write reports
-    monkeypatch.delenv("EMBEDDING_STAGING_URL", raising=False)
+@dataclass
+class Standalone:
+    """The running ``embedding-pipeline airflow`` of this module and what it printed."""
+
+    runner: subprocess.Popen[str]
+    api: Api
+    root: Path
+    es_url: str  # the ES emulator the runner started
+    ready_s: float
+    seen: list[str]
+    groups: set[int] = field(default_factory=set)  # process groups it started
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
+    """The Airflow a user gets from `make airflow` (free ports, its own home and data), once per
+    module: starting it takes a minute or two. Stopped by the last test; stopped by PID here too."""
+    root = tmp_path_factory.mktemp("standalone")
+    generate(root / "data", keywords=KEYWORDS, products=PRODUCTS, dates=DATES, seed=8, row_group_size=100)
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ENV_KEYS}
     env.update(
-        EMBEDDING_PIPELINE_HOME=str(tmp_path / "work"),
-        AIRFLOW_HOME=str(tmp_path / "airflow"),
-        EMBEDDING_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
-        EMBEDDING_DATA_ROOT=str(tmp_path / "data"),
+        EMBEDDING_PIPELINE_HOME=str(root / "work"),
+        AIRFLOW_HOME=str(root / "airflow"),
+        EMBEDDING_MODEL_REPOSITORY=str(root / "model_repository"),
+        EMBEDDING_DATA_ROOT=str(root / "data"),
         PYTHONUNBUFFERED="1",
     )
+    env.pop("EMBEDDING_STAGING_URL", None)
     command = [sys.executable, "-m", "embedding_pipeline.local.airflow_standalone", "--port", str(port)]
     started = time.monotonic()
     runner = subprocess.Popen(
@@ -129,95 +163,24 @@ def test_standalone_runs_a_chain_backfill_and_leaves_no_process_behind(
     threading.Thread(target=lambda: [lines.put(line) for line in runner.stdout or ()], daemon=True).start()
     seen: list[str] = []
     groups = {runner.pid}
-    log = tmp_path / "work" / "logs" / "airflow-standalone.log"
     try:
-        while not any("Airflow: UI at" in line for line in seen):
-            assert time.monotonic() - started < 400, f"no UI after 400 s:\n{''.join(seen)}"
-            assert runner.poll() is None or not lines.empty(), f"runner exited:\n{''.join(seen)}"
-            try:
-                seen.append(lines.get(timeout=1))
-            except queue.Empty:
-                continue
-            groups.update(int(pid) for pid in re.findall(r"\bpid (\d+)\)", seen[-1]))
-        ready_s = time.monotonic() - started
-        assert len(groups) == 4, seen  # the runner, the emulator, the server and the standalone
-        ui_line = next(line for line in seen if "Airflow: UI at" in line)
-        password_file = tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated"
-        assert f"user admin, password in {password_file}" in ui_line
-        api = Api(f"http://127.0.0.1:{port}", password_file)
-        assert api.call("GET", "/api/v2/monitor/health")["metadatabase"]["status"] == "healthy"
-        assert all(live_pids_in_group(pgid) for pgid in groups)
-
-        api.wait_for_dag("embedding_chain")
-        backfill = api.call(
-            "POST",
-            "/api/v2/backfills",
-            {
-                "dag_id": "embedding_chain",
-                "from_date": f"{DATES[0]}T00:00:00Z",
-                "to_date": f"{DATES[-1]}T23:00:00Z",
-                "max_active_runs": 1,
-                "reprocess_behavior": "none",
-                "dag_run_conf": {"chunk_rows": 100, "top_k": 5},
-            },
-        )
-        api.call("PATCH", "/api/v2/dags/embedding_chain", {"is_paused": False})
-        deadline = time.monotonic() + 900
-        while api.call("GET", f"/api/v2/backfills/{backfill['id']}")["completed_at"] is None:
-            assert time.monotonic() < deadline, api.runs("embedding_chain")
-            time.sleep(3)
-        runs = api.runs("embedding_chain")
-        backfilled = [r for r in runs if r["run_type"] == "backfill"]
-        assert [r["data_interval_start"][:10] for r in backfilled] == DATES, runs
-        for position, run in enumerate(backfilled):
-            states = api.task_states("embedding_chain", run["dag_run_id"])
-            assert run["state"] == "success", ({k: v for k, v in states.items() if v != "success"}, log)
-            # The first run publishes the bundled model (publish_model=if_missing); the second finds it.
-            assert states["model.export"] == ("success" if position == 0 else "skipped")
-            keywords = _report(run["dag_run_id"], "keyword_index")
-            products = _report(run["dag_run_id"], "product_link")
-            for report in (keywords, products):
-                assert report["status"] == "ok" and report["partitions"] == [DATES[position]], report
-                assert report["problems"] == []
-            assert keywords["rows_read"] == KEYWORDS // len(DATES)
-            assert products["rows_read"] == PRODUCTS // len(DATES)
-            assert sum(1 for state in states if state.startswith("keyword_index.embed[")) > 1  # mapped
-        for run in runs:
-            if run["run_type"] == "scheduled":  # the latest interval, scheduled by the unpause
-                assert run["state"] == "success"
-                assert _report(run["dag_run_id"], "product_link")["status"] == "no_data"
-
-        # A full rebuild that asks a person before each swap: the keyword swap approved, the
-        # product swap rejected (its generation stays gated and unaliased, no Asset event).
-        conf = {"dt": DATES[-1], "mode": "full", "approve_swap": True, "chunk_rows": 100, "top_k": 5}
-        run_id = api.call(
-            "POST", "/api/v2/dags/embedding_chain/dagRuns", {"logical_date": None, "conf": conf}
-        )["dag_run_id"]
-        asked = api.answer("embedding_chain", run_id, "keyword_index.approve_swap", "Approve")
-        assert asked["subject"] == "Swap keyword_index to generation 2?", asked
-        assert "| counts | yes | expected " in asked["body"] and "keywords -> keywords-g1" in asked["body"]
-        api.answer("embedding_chain", run_id, "product_link.approve_swap", "Reject")
-        deadline = time.monotonic() + 600
-        while (run := api.call("GET", f"/api/v2/dags/embedding_chain/dagRuns/{run_id}"))[
-            "state"
-        ] == "running":
-            assert time.monotonic() < deadline, api.task_states("embedding_chain", run_id)
-            time.sleep(3)
-        states = api.task_states("embedding_chain", run_id)
-        assert run["state"] == "success", states
-        assert states["keyword_index.go_live"] == "success" and states["product_link.go_live"] == "skipped"
-        keywords = _report(run_id, "keyword_index")["generation"]
-        assert keywords["status"] == "swapped" and {m["to"] for m in keywords["swapped"]} == {"keywords-g2"}
-        products = _report(run_id, "product_link")["generation"]
-        assert products["status"] == "gated" and products["swapped"] == [], products
-
-        stop_started = time.monotonic()
-        runner.send_signal(signal.SIGINT)
-        assert runner.wait(timeout=180) == 0
-        stop_s = time.monotonic() - stop_started
-        left = {pgid: live_pids_in_group(pgid) for pgid in groups}
-        assert not any(left.values()), left
-        print(f"standalone ready after {ready_s:.0f}s, everything stopped {stop_s:.0f}s after SIGINT")
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            # This process reads the runs' reports and the stores where the standalone writes them.
+            monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(root / "work"))
+            monkeypatch.delenv("EMBEDDING_STAGING_URL", raising=False)
+            while not any("Airflow: UI at" in line for line in seen):
+                assert time.monotonic() - started < 400, f"no UI after 400 s:\n{''.join(seen)}"
+                assert runner.poll() is None or not lines.empty(), f"runner exited:\n{''.join(seen)}"
+                try:
+                    seen.append(lines.get(timeout=1))
+                except queue.Empty:
+                    continue
+                groups.update(int(pid) for pid in re.findall(r"\bpid (\d+)\)", seen[-1]))
+            ready_s = time.monotonic() - started
+            es_url = next(m[1] for line in seen if (m := re.search(r"emulator at (http://\S+)", line)))
+            password_file = root / "airflow" / "simple_auth_manager_passwords.json.generated"
+            api = Api(f"http://127.0.0.1:{port}", password_file)
+            yield Standalone(runner, api, root, es_url, ready_s, seen, groups)
     finally:
         if runner.poll() is None:
             runner.send_signal(signal.SIGINT)
@@ -226,3 +189,189 @@ def test_standalone_runs_a_chain_backfill_and_leaves_no_process_behind(
         for pgid in groups:  # never leave a failed test's processes behind
             if live_pids_in_group(pgid):
                 os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_standalone_runs_a_chain_backfill(standalone: Standalone):
+    """UI and login, then a backfill of the chain over two dates through the scheduler (the DAG
+    unpaused: Airflow starts no run of a paused DAG, backfills included), each run processing its
+    own dt; the second run skips the publish (the model is there); the nightly run the unpause
+    schedules finds no partition and ends no_data. Then a full rebuild that asks before each swap."""
+    seen, root, groups = standalone.seen, standalone.root, standalone.groups
+    assert len(groups) == 4, seen  # the runner, the emulator, the server and the standalone
+    ui_line = next(line for line in seen if "Airflow: UI at" in line)
+    password_file = root / "airflow" / "simple_auth_manager_passwords.json.generated"
+    assert f"user admin, password in {password_file}" in ui_line
+    api = standalone.api
+    assert api.call("GET", "/api/v2/monitor/health")["metadatabase"]["status"] == "healthy"
+    assert all(live_pids_in_group(pgid) for pgid in groups)
+    log = root / "work" / "logs" / "airflow-standalone.log"
+    api.wait_for_dag("embedding_chain")
+    backfill = api.call(
+        "POST",
+        "/api/v2/backfills",
+        {
+            "dag_id": "embedding_chain",
+            "from_date": f"{DATES[0]}T00:00:00Z",
+            "to_date": f"{DATES[-1]}T23:00:00Z",
+            "max_active_runs": 1,
+            "reprocess_behavior": "none",
+            "dag_run_conf": {"chunk_rows": 100, "top_k": 5},
+        },
+    )
+    api.call("PATCH", "/api/v2/dags/embedding_chain", {"is_paused": False})
+    deadline = time.monotonic() + 900
+    while api.call("GET", f"/api/v2/backfills/{backfill['id']}")["completed_at"] is None:
+        assert time.monotonic() < deadline, api.runs("embedding_chain")
+        time.sleep(3)
+    runs = api.runs("embedding_chain")
+    backfilled = [r for r in runs if r["run_type"] == "backfill"]
+    assert [r["data_interval_start"][:10] for r in backfilled] == DATES, runs
+    for position, run in enumerate(backfilled):
+        states = api.task_states("embedding_chain", run["dag_run_id"])
+        assert run["state"] == "success", ({k: v for k, v in states.items() if v != "success"}, log)
+        # The first run publishes the bundled model (publish_model=if_missing); the second finds it.
+        assert states["model.export"] == ("success" if position == 0 else "skipped")
+        keywords = _report(run["dag_run_id"], "keyword_index")
+        products = _report(run["dag_run_id"], "product_link")
+        for report in (keywords, products):
+            assert report["status"] == "ok" and report["partitions"] == [DATES[position]], report
+            assert report["problems"] == []
+        assert keywords["rows_read"] == KEYWORDS // len(DATES)
+        assert products["rows_read"] == PRODUCTS // len(DATES)
+        assert sum(1 for state in states if state.startswith("keyword_index.embed[")) > 1  # mapped
+    for run in runs:
+        if run["run_type"] == "scheduled":  # the latest interval, scheduled by the unpause
+            assert run["state"] == "success"
+            assert _report(run["dag_run_id"], "product_link")["status"] == "no_data"
+
+    # A full rebuild that asks a person before each swap: the keyword swap approved, the
+    # product swap rejected (its generation stays gated and unaliased, no Asset event).
+    conf = {"dt": DATES[-1], "mode": "full", "approve_swap": True, "chunk_rows": 100, "top_k": 5}
+    run_id = api.call("POST", "/api/v2/dags/embedding_chain/dagRuns", {"logical_date": None, "conf": conf})[
+        "dag_run_id"
+    ]
+    asked = api.answer("embedding_chain", run_id, "keyword_index.approve_swap", "Approve")
+    assert asked["subject"] == "Swap keyword_index to generation 2?", asked
+    assert "| counts | yes | expected " in asked["body"] and "keywords -> keywords-g1" in asked["body"]
+    api.answer("embedding_chain", run_id, "product_link.approve_swap", "Reject")
+    run = api.wait_for_run("embedding_chain", run_id)
+    states = api.task_states("embedding_chain", run_id)
+    assert run["state"] == "success", states
+    assert states["keyword_index.go_live"] == "success" and states["product_link.go_live"] == "skipped"
+    keywords = _report(run_id, "keyword_index")["generation"]
+    assert keywords["status"] == "swapped" and {m["to"] for m in keywords["swapped"]} == {"keywords-g2"}
+    products = _report(run_id, "product_link")["generation"]
+    assert products["status"] == "gated" and products["swapped"] == [], products
+
+
+@pytest.mark.slow
+def test_task_processes_killed_mid_write_are_retried_without_loss_or_duplicates(
+    standalone: Standalone, monkeypatch: pytest.MonkeyPatch
+):
+    """SIGKILL (by the PID Airflow records for the task instance) of the qdrant_upsert process
+    while it is writing (some of the chunk's points committed to local Qdrant, not all) and of the
+    es_index process while its second bulk request is in flight (held by a proxy, which lets the
+    cluster apply it after the client died). The scheduler's retry of each (LocalExecutor,
+    retry_delay 30 s) re-sends the chunk: the run succeeds, the identity balances, and both stores
+    hold exactly the chunk's ids, each once. ``elasticsearch_default`` is created in the metadata DB
+    through the REST API, pointing at the proxy: the tasks read it there."""
+    api = standalone.api
+    data = standalone.root / "kill-data"
+    generate(data, keywords=KILL_ROWS, dates=[KILL_DT], seed=12, bad_rate=0, tables=("keywords",))
+    hold = Hold()
+    with BulkFaultProxy(standalone.es_url, lambda n: ("hold", hold) if n == 2 else None) as proxy:
+        port = int(proxy.url.rsplit(":", 1)[1])
+        connection = {"connection_id": "elasticsearch_default", "conn_type": "elasticsearch"}
+        api.call("POST", "/api/v2/connections", {**connection, "host": "127.0.0.1", "port": port})
+        try:
+            api.wait_for_dag("embedding_chain")
+            api.call("PATCH", "/api/v2/dags/embedding_chain", {"is_paused": False})
+            conf = {"dt": KILL_DT, "input_root": str(data), "chunk_rows": KILL_ROWS}
+            conf |= {"qdrant_alias": KILL_ALIAS, "es_alias": KILL_ALIAS, "top_k": 5}
+            run_id = api.call(
+                "POST", "/api/v2/dags/embedding_chain/dagRuns", {"logical_date": None, "conf": conf}
+            )["dag_run_id"]
+            points_at_kill = _kill_mid_writes(standalone, run_id, hold)
+            run = api.wait_for_run("embedding_chain", run_id, timeout_s=900)
+        finally:
+            hold.release.set()
+            api.call("DELETE", "/api/v2/connections/elasticsearch_default")
+    assert run["state"] == "success", api.task_states("embedding_chain", run_id)
+    for task_id in ("keyword_index.qdrant_upsert", "keyword_index.es_index"):
+        retried = api.task_instance("embedding_chain", run_id, task_id, 0)
+        assert (retried["state"], retried["try_number"]) == ("success", 2), retried
+    assert 0 < points_at_kill < KILL_ROWS
+    assert proxy.faults_injected == 1
+    report = _report(run_id, "keyword_index")
+    assert_keyword_run_balanced(report)
+    assert report["rows_read"] == report["sinks"]["qdrant"]["indexed"] == report["sinks"]["es"]["indexed"]
+    assert report["rows_read"] == KILL_ROWS
+    # The retry found the documents of the killed attempt's two bulks, the held one included (the
+    # cluster applied it after its client died): it created only the third bulk's.
+    bulk = BulkOptions().chunk_docs
+    assert report["sinks"]["es"]["extra"]["created"] == KILL_ROWS - 2 * bulk, report["sinks"]["es"]
+    monkeypatch.setenv("ES_URL", standalone.es_url)
+    with open_stores() as stores:
+        whole = verify_pair(stores.qdrant, stores.es, KILL_ALIAS, KILL_ALIAS, "keyword_id")
+        points = stores.qdrant.count(KILL_ALIAS, exact=True).count
+        documents = stores.es.count(index=KILL_ALIAS)["count"]
+    assert whole.ok and whole.compared == KILL_ROWS, whole.describe()
+    assert points == documents == KILL_ROWS  # each id once
+
+
+def _kill_mid_writes(standalone: Standalone, run_id: str, hold: Hold) -> int:
+    """SIGKILL the running es_index once its bulk is held and the running qdrant_upsert once some
+    but not all points are committed (read from local mode's SQLite file, read-only); the number of
+    points committed when it was killed."""
+    api, dag_id = standalone.api, "embedding_chain"
+    storage = standalone.root / "work" / "qdrant" / "collection"
+    points_at_kill = es_killed = 0
+    deadline = time.monotonic() + 600
+    while not (points_at_kill and es_killed):
+        assert time.monotonic() < deadline, api.task_states(dag_id, run_id)
+        if not es_killed and hold.seen.is_set():
+            es_killed = _kill_task_process(api.task_instance(dag_id, run_id, "keyword_index.es_index", 0))
+            hold.release.set()  # the cluster applies the bulk its client no longer waits for
+        if not points_at_kill:
+            committed = sum(_committed_points(path) for path in storage.glob(f"{KILL_ALIAS}*/storage.sqlite"))
+            if 0 < committed < KILL_ROWS:
+                task = api.task_instance(dag_id, run_id, "keyword_index.qdrant_upsert", 0)
+                if task["state"] == "running" and _kill_task_process(task):
+                    points_at_kill = committed
+        time.sleep(0.05)
+    return points_at_kill
+
+
+def _kill_task_process(task: dict) -> int:
+    """SIGKILL the task instance's process (the PID Airflow records when the task starts) and wait
+    until it is gone; the PID, or 0 when the task is not running in a live process."""
+    pid = task.get("pid")
+    if task["state"] != "running" or not pid:
+        return 0
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while Path(f"/proc/{pid}").exists() and "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text():
+        time.sleep(0.01)
+    return pid
+
+
+def _committed_points(path: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM points").fetchone()[0]
+    except sqlite3.OperationalError:  # created but not yet written, or busy for a moment
+        return 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_everything_it_started(standalone: Standalone):
+    """Ctrl-C (SIGINT to the runner) stops Airflow and the services it started: no process of any
+    of their groups is left."""
+    stop_started = time.monotonic()
+    standalone.runner.send_signal(signal.SIGINT)
+    assert standalone.runner.wait(timeout=180) == 0
+    stop_s = time.monotonic() - stop_started
+    left = {pgid: live_pids_in_group(pgid) for pgid in standalone.groups}
+    assert not any(left.values()), left
+    print(f"standalone ready after {standalone.ready_s:.0f}s, everything stopped {stop_s:.0f}s after SIGINT")

@@ -26,13 +26,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _demo(tmp_path: Path, output: Path | None = None) -> subprocess.Popen:
+def _demo(tmp_path: Path, output: Path | None = None, **extra_env: str) -> subprocess.Popen:
     """The demo as a user starts it: own session (a terminal's process group), SIGINT not ignored
     (a test runner in the background may have inherited SIG_IGN, which Python would keep)."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("ES_", "QDRANT_", "EMBEDDING_", "AIRFLOW"))
     }
     env.update(
+        **extra_env,
         EMBEDDING_PIPELINE_HOME=str(tmp_path / "var"),
         EMBEDDING_DATA_ROOT=str(tmp_path / "data"),
         EMBEDDING_MODEL_REPOSITORY=str(tmp_path / "model_repository"),
@@ -84,11 +85,29 @@ def _started_pids(output: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"started .*\(pid (\d+)\)", output)]
 
 
+# Credentials a user may have in the environment: the emulator ignores them and local-mode Qdrant
+# does not use its key, but they go through the settings, clients and logs all the same.
+SECRETS = {"ES_USERNAME": "demo-user", "ES_PASSWORD": "pw-d3m0-7f3a9c", "QDRANT_API_KEY": "qk-d3m0-51e2b8"}
+
+
 @pytest.mark.slow
 def test_demo_runs_the_whole_chain_and_prints_linked_keywords(tmp_path):
-    process = _demo(tmp_path)
+    """The whole demo with credentials in the environment: linked keywords printed, every process
+    stopped, and neither secret in its output or in any file it wrote (logs, reports, dead
+    letters, the Airflow metadata DB with its XComs and rendered fields, the stores)."""
+    process = _demo(tmp_path, **SECRETS)
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-4000:]
+    secrets = [SECRETS["ES_PASSWORD"], SECRETS["QDRANT_API_KEY"]]
+    assert not [secret for secret in secrets if secret in output]
+    leaked = [
+        (path, secret)
+        for path in (tmp_path / "var").rglob("*")
+        if path.is_file()
+        for secret in secrets
+        if secret.encode() in path.read_bytes()
+    ]
+    assert leaked == []
     assert "keyword_index: 800 rows read, status ok" in output
     assert "product_link: 90 rows read, status ok" in output
     injected = re.findall(r"\(the generator injected (\d+)\)", output)

@@ -33,6 +33,7 @@ from embedding_pipeline.stages.generation_stores import open_stores
 from embedding_pipeline.stages.store_agreement import verify_pair
 from es_emulator import BulkFaultProxy, first_n, reject_items_where
 from grpc_fault_proxy import GrpcFaultProxy
+from store_data import assert_keyword_run_balanced
 
 DAG_ID = "keyword_index"
 DATES = ["2024-01-01", "2024-01-02"]
@@ -68,19 +69,7 @@ def consistent(fm: dict[str, Any], run: Any) -> dict[str, Any]:
     it wrote, and the whole pair), and what they hold is what it indexed."""
     assert str(run.state) == "success", task_states(run)
     report = report_of(run)
-    assert report["status"] == "ok" and report["problems"] == [], report["problems"]
-    for sink in ("qdrant", "es"):
-        s = report["sinks"][sink]
-        assert (
-            s["indexed"]
-            + report["embed"]["unchanged"]
-            + s["deleted"]
-            + s["dead_lettered"]
-            + report["embed"]["dead_lettered"]
-            == report["rows_read"]
-        ), (sink, s)
-        assert s["dead_lettered"] == 0, (sink, s["dead_letters_by_reason"])
-    assert report["agreement"]["ok"], report["agreement"]
+    assert_keyword_run_balanced(report)
     with open_stores() as stores:
         whole = verify_pair(stores.qdrant, stores.es, fm["alias"], fm["alias"], "keyword_id")
     assert whole.ok, whole.describe()
