@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from embedding_pipeline.runs.plan import run_dir_for
+from embedding_pipeline.runs.report import read_report
 from embedding_pipeline.sample.generate import generate
 from embedding_pipeline.serving.process import free_port
 from embedding_pipeline.stages.generation_stores import open_stores
@@ -117,7 +118,7 @@ class Api:
 
 
 def _report(run_id: str, stage: str) -> dict:
-    return json.loads((Path(str(run_dir_for("embedding_chain", run_id, stage))) / "report.json").read_text())
+    return read_report(run_dir_for("embedding_chain", run_id, stage))
 
 
 @dataclass
@@ -332,12 +333,13 @@ def _kill_mid_writes(standalone: Standalone, run_id: str, hold: Hold) -> int:
         assert time.monotonic() < deadline, api.task_states(dag_id, run_id)
         if not es_killed and hold.seen.is_set():
             es_killed = _kill_task_process(api.task_instance(dag_id, run_id, "keyword_index.es_index", 0))
-            hold.release.set()  # the cluster applies the bulk its client no longer waits for
+            if es_killed:
+                hold.release.set()  # the cluster applies the bulk its client no longer waits for
         if not points_at_kill:
             committed = sum(_committed_points(path) for path in storage.glob(f"{KILL_ALIAS}*/storage.sqlite"))
             if 0 < committed < KILL_ROWS:
                 task = api.task_instance(dag_id, run_id, "keyword_index.qdrant_upsert", 0)
-                if task["state"] == "running" and _kill_task_process(task):
+                if _kill_task_process(task):
                     points_at_kill = committed
         time.sleep(0.05)
     return points_at_kill
@@ -351,9 +353,13 @@ def _kill_task_process(task: dict) -> int:
         return 0
     with suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    while Path(f"/proc/{pid}").exists() and "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text():
+    while True:
+        try:
+            if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
+                return pid  # dead, not yet reaped by its supervisor
+        except FileNotFoundError:
+            return pid
         time.sleep(0.01)
-    return pid
 
 
 def _committed_points(path: Path) -> int:
