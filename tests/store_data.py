@@ -86,6 +86,49 @@ def stored_lists(product_alias: str) -> dict[str, list[str]]:
         }
 
 
+Lists = dict[str, list[tuple[str, float]]]  # product_id -> (keyword_id, score), best first
+
+
+def stored_links(product_alias: str) -> Lists:
+    """product_id -> its stored (keyword_id, score) list, best first (ES)."""
+    from elasticsearch.helpers import scan
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+
+    with open_es() as es:
+        es.indices.refresh(index=product_alias)
+        return {
+            hit["_id"]: [(k["keyword_id"], k["score"]) for k in hit["_source"]["keywords"]]
+            for hit in scan(es, index=product_alias, query={"query": {"match_all": {}}})
+        }
+
+
+def assert_same_lists(
+    got: dict[str, list[tuple[str, float]]], want: dict[str, list[tuple[str, float]]]
+) -> None:
+    """The same products with the same lists: scores equal within ``TIE``, keyword ids equal in
+    order except within a run of near-equal scores (there, the same ids in any order)."""
+    assert got.keys() == want.keys(), (len(got), len(want), sorted(got.keys() ^ want.keys())[:10])
+    for product, expected in want.items():
+        stored = got[product]
+        assert np.allclose([s for _, s in stored], [s for _, s in expected], atol=TIE), (
+            product,
+            stored,
+            expected,
+        )
+        groups: list[list[int]] = []
+        for i, (_, score) in enumerate(expected):
+            if groups and expected[groups[-1][-1]][1] - score <= TIE:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        for group in groups:
+            assert {stored[i][0] for i in group} == {expected[i][0] for i in group}, (
+                product,
+                stored,
+                expected,
+            )
+
+
 # Scores closer than this are a tie: NumPy's float32 dot and the engine's may differ in the last
 # bits, which moves a score across the linker's 6-decimal rounding and swaps two near-equal keywords.
 TIE = 1e-5

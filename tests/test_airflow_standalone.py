@@ -7,7 +7,6 @@ leaves no process behind (the last test: it stops the standalone).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -17,15 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
+from airflow_api import Api
 from embedding_pipeline.runs.plan import run_dir_for
 from embedding_pipeline.runs.report import read_report
 from embedding_pipeline.sample.generate import generate
@@ -40,81 +37,6 @@ from test_local_services import ENV_KEYS, live_pids_in_group
 DATES = ["2024-01-01", "2024-01-02"]
 KEYWORDS, PRODUCTS = 400, 80
 KILL_DT, KILL_ROWS, KILL_ALIAS = "2024-02-01", 3000, "killed_keywords"
-
-
-class Api:
-    """The Airflow REST API v2 with a token from the simple auth manager's generated password."""
-
-    def __init__(self, base: str, password_file: Path) -> None:
-        self.base = base
-        password = json.loads(password_file.read_text())["admin"]
-        login = {"username": "admin", "password": password}
-        self.token = self.call("POST", "/auth/token", login)["access_token"]
-
-    def call(self, method: str, path: str, body: dict | None = None) -> Any:
-        request = urllib.request.Request(
-            self.base + path,
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={
-                "Content-Type": "application/json",
-                **({"Authorization": f"Bearer {self.token}"} if getattr(self, "token", None) else {}),
-            },
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return json.loads(answer.read() or b"null")
-
-    def wait_for_dag(self, dag_id: str, timeout_s: float = 180) -> None:
-        """Until the DAG processor has serialized ``dag_id`` (a backfill needs it)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.call("GET", f"/api/v2/dags/{dag_id}")
-                return
-            except urllib.error.HTTPError as exc:
-                if exc.code != 404 or time.monotonic() > deadline:
-                    raise
-            time.sleep(2)
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=logical_date")["dag_runs"]
-
-    def answer(self, dag_id: str, run_id: str, task_id: str, option: str, timeout_s: float = 600) -> dict:
-        """Wait until ``task_id`` asks for a person's input, then answer it as the UI's Required
-        Actions page does; the request as the person saw it."""
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
-        deadline = time.monotonic() + timeout_s
-        while self.task_states(dag_id, run_id).get(task_id) != "awaiting_input":
-            assert time.monotonic() < deadline, self.task_states(dag_id, run_id)
-            time.sleep(2)
-        # Answer as a person would, not within the second the task parked: Airflow 3.3's scheduler
-        # takes the parking workload's late "success" executor event for an external state change
-        # of the resumed task and fails it into a retry (seen with a 0.15 s answer).
-        time.sleep(5)
-        request = self.call("GET", path)
-        self.call("PATCH", path, {"chosen_options": [option]})
-        return request
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 600) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while (run := self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"))["state"] in (
-            "queued",
-            "running",
-        ):
-            assert time.monotonic() < deadline, self.task_states(dag_id, run_id)
-            time.sleep(3)
-        return run
-
-    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict:
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
-        return self.call("GET", path + (f"/{map_index}" if map_index >= 0 else ""))
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
-        return {
-            t["task_id"] + (f"[{t['map_index']}]" if t["map_index"] >= 0 else ""): t["state"]
-            for t in tis["task_instances"]
-        }
 
 
 def _report(run_id: str, stage: str) -> dict:
@@ -180,7 +102,7 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]
             ready_s = time.monotonic() - started
             es_url = next(m[1] for line in seen if (m := re.search(r"emulator at (http://\S+)", line)))
             password_file = root / "airflow" / "simple_auth_manager_passwords.json.generated"
-            api = Api(f"http://127.0.0.1:{port}", password_file)
+            api = Api.with_password_file(f"http://127.0.0.1:{port}", password_file)
             yield Standalone(runner, api, root, es_url, ready_s, seen, groups)
     finally:
         if runner.poll() is None:
@@ -208,25 +130,8 @@ def test_standalone_runs_a_chain_backfill(standalone: Standalone):
     assert all(live_pids_in_group(pgid) for pgid in groups)
     log = root / "work" / "logs" / "airflow-standalone.log"
     api.wait_for_dag("embedding_chain")
-    backfill = api.call(
-        "POST",
-        "/api/v2/backfills",
-        {
-            "dag_id": "embedding_chain",
-            "from_date": f"{DATES[0]}T00:00:00Z",
-            "to_date": f"{DATES[-1]}T23:00:00Z",
-            "max_active_runs": 1,
-            "reprocess_behavior": "none",
-            "dag_run_conf": {"chunk_rows": 100, "top_k": 5},
-        },
-    )
-    api.call("PATCH", "/api/v2/dags/embedding_chain", {"is_paused": False})
-    deadline = time.monotonic() + 900
-    while api.call("GET", f"/api/v2/backfills/{backfill['id']}")["completed_at"] is None:
-        assert time.monotonic() < deadline, api.runs("embedding_chain")
-        time.sleep(3)
+    backfilled = api.backfill("embedding_chain", DATES, {"chunk_rows": 100, "top_k": 5})
     runs = api.runs("embedding_chain")
-    backfilled = [r for r in runs if r["run_type"] == "backfill"]
     assert [r["data_interval_start"][:10] for r in backfilled] == DATES, runs
     for position, run in enumerate(backfilled):
         states = api.task_states("embedding_chain", run["dag_run_id"])
