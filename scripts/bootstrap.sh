@@ -8,8 +8,11 @@
 #  2. the rest with uv (seconds instead of half a minute with pip), with requirements/overrides.txt
 #     forcing psutil>=6.1 over kserve's psutil<6 pin (why: see that file).
 #  3. this project in editable mode without dependencies (they are all pinned above).
-#  4. nginx (Debian's nginx-light) for the TLS tests, when apt-get can install it: they put it in
-#     front of the ES emulator and the inference server (tests/nginx_tls.py).
+#  4. .venv-triton: a real Triton server for the conformance tests (requirements/triton.txt says why
+#     it needs its own environment).
+#  5. Debian packages the tests start servers from, when apt-get can install them: nginx-light (TLS
+#     tests, tests/nginx_tls.py), postgresql and redis-server (the CeleryExecutor tests,
+#     include/embedding_pipeline/local/celery_cluster.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,15 +31,24 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/uv pip install --quiet --python .venv/bin/python \
-  -r requirements.txt -r requirements/serve.txt -r requirements/dev.txt \
+  -r requirements.txt -r requirements/serve.txt -r requirements/dev.txt -r requirements/celery.txt \
   --override requirements/overrides.txt
 .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
 .venv/bin/python -c "import torch, onnxruntime, kserve, tritonclient, airflow; print('environment ready: torch', torch.__version__, '| airflow', airflow.__version__)" 2>/dev/null | tail -1
-if ! command -v nginx >/dev/null 2>&1; then
+if [ ! -x .venv-triton/bin/python ]; then
+  "$PYTHON_BIN" -m venv .venv-triton
+fi
+.venv/bin/uv pip install --quiet --python .venv-triton/bin/python -r requirements/triton.txt
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -q nginx-light >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; }
+    # Only the binaries are needed: the tests start their own servers on free ports.
+    apt-get install -y -q "${missing[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
   else
-    echo "nginx is missing and cannot be installed here (needs root and apt-get): the TLS tests will fail" >&2
+    echo "missing ${missing[*]} and cannot install them here (needs root and apt-get): the TLS and Celery tests will fail" >&2
   fi
 fi
 touch .venv/.bootstrapped

@@ -22,6 +22,7 @@ from embedding_pipeline.model.triton_config import parse_config
 from embedding_pipeline.serving.client import EmbeddingClient
 from real_triton import RealTriton
 from store_data import assert_keyword_run_balanced
+from tiny_models import build_tiny_model
 
 SERVED = ["minilm", "tiny_bert"]
 TEXTS = ["北海道 ラーメン 人気店", "wireless earbuds noise cancelling", "x", "国産 有機 緑茶 " * 40] * 5
@@ -103,11 +104,11 @@ def test_a_batch_over_max_batch_size_is_refused_with_our_error(triton, repo_copy
 def test_unknown_and_unloaded_models_are_typed_errors(triton, repo_copy):
     """A model Triton's repository does not hold, and one it holds but has unloaded."""
     # Published in our repository, absent from what Triton serves.
-    unknown = EmbeddingClient(_settings(triton, repo_copy, "grpc", "tiny_xlm_roberta"))
-    with unknown, pytest.raises(ModelNotReadyError, match="not ready"):
-        unknown.check_ready()
-    with unknown, pytest.raises(ModelNotReadyError):
-        unknown.infer_arrays(np.ones((1, 4), np.int64), np.ones((1, 4), np.int64))
+    with EmbeddingClient(_settings(triton, repo_copy, "grpc", "tiny_xlm_roberta")) as unknown:
+        with pytest.raises(ModelNotReadyError, match="not ready"):
+            unknown.check_ready()
+        with pytest.raises(ModelNotReadyError):
+            unknown.infer_arrays(np.ones((1, 4), np.int64), np.ones((1, 4), np.int64))
     http = EmbeddingClient(_settings(triton, repo_copy, "http", "tiny_bert", ready_timeout_s=5))
     raw = http._client()
     raw.unload_model("tiny_bert")
@@ -123,13 +124,15 @@ def test_unknown_and_unloaded_models_are_typed_errors(triton, repo_copy):
 
 
 @pytest.mark.slow
-def test_a_new_version_is_loaded_and_old_clients_are_told(triton, repo_copy, tiny_models, tmp_path):
-    """Publish v2 of tiny_bert (other weights), load it through the repository API: Triton serves v2
-    only (version policy latest 1), a new client embeds with it, and a client still tokenizing for
-    v1 gets our contract error instead of vectors from the wrong model."""
+def test_a_new_version_is_loaded_and_old_clients_are_told(triton, repo_copy, tmp_path):
+    """Publish v2 of tiny_bert (a retrained tiny BERT: same vocabulary, other weights), load it
+    through the repository API: Triton serves v2 only (version policy latest 1), a new client
+    embeds with it, and a client still tokenizing for v1 gets our contract error instead of
+    vectors from the wrong model."""
     old = EmbeddingClient(_settings(triton, repo_copy, "grpc", "tiny_bert"))
     before = old.embed(TEXTS).vectors
-    staging = export_model(ExportRequest(str(tiny_models["xlm-roberta"]), "fp32", "generic"), tmp_path / "s")
+    retrained = build_tiny_model("bert", tmp_path / "retrained")
+    staging = export_model(ExportRequest(str(retrained), "fp32", "generic"), tmp_path / "staging")
     gate_model(staging)
     published = publish_model(staging, repo_copy, "tiny_bert", max_batch_size=32)
     assert published.version == 2
@@ -148,9 +151,9 @@ def test_a_new_version_is_loaded_and_old_clients_are_told(triton, repo_copy, tin
 
 @pytest.mark.slow
 def test_tritons_parser_accepts_our_generated_config(triton, repo_copy, tmp_path):
-    """Our config.pbtxt as published (backend onnxruntime) in a repository of its own: Triton's
-    parser takes it and the load fails only because this Triton has no onnxruntime backend. A
-    broken copy fails in the parser, with another message (so the first is not a parse error)."""
+    """Our config.pbtxt as published (backend onnxruntime) beside the served models: Triton's parser
+    takes it and the load fails only because this Triton has no onnxruntime backend. A copy with
+    one wrong value fails in the parser, which Triton reports differently (and logs the proto)."""
     from embedding_pipeline.settings import ServerSettings
 
     original = (repo_copy / "tiny_bert" / "config.pbtxt").read_text()
@@ -172,9 +175,11 @@ def test_tritons_parser_accepts_our_generated_config(triton, repo_copy, tmp_path
             client.load_model(name)
         messages[name] = str(caught.value)
     client.close()
-    assert "onnxruntime" in messages["as_published"] and "backend" in messages["as_published"]
-    assert "parse" not in messages["as_published"].lower(), messages
-    assert "onnxruntime" not in messages["broken"] and "max_batch_size" in messages["broken"], messages
+    assert "version 1 is at UNAVAILABLE state" in messages["as_published"], messages
+    log = triton.log_path.read_text()
+    assert "unable to find backend library for backend 'onnxruntime'" in log
+    assert "failed to poll from model repository" in messages["broken"], messages
+    assert "failed to read text proto from" in log and "broken/config.pbtxt" in log
 
 
 @pytest.mark.slow

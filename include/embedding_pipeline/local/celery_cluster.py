@@ -151,11 +151,8 @@ class CeleryCluster:
         values["AIRFLOW_FERNET_KEY"] = _fernet_key()
         pg_port, redis_port, api_port = free_port(), free_port(), free_port()
         self._start_postgres(pg_port, values["POSTGRES_PASSWORD"])
-        self._start(
-            "redis",
-            [_redis_server(), "--port", str(redis_port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no", "--dir", str(self.root)],
-        )
+        redis = [_redis_server(), "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(self.root)]
+        self._start("redis", [*redis, "--save", "", "--appendonly", "no"])  # throw-away broker
         self.api_url = f"http://127.0.0.1:{api_port}"
         self.admin_password = values["AIRFLOW_ADMIN_PASSWORD"]
         self.env = self._airflow_env(compose_airflow_environment(values), pg_port, redis_port, api_port)

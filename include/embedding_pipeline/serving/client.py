@@ -266,7 +266,9 @@ class EmbeddingClient:
         lowered = message.lower()
         if any(s in lowered for s in ("not found", "not ready", "unknown model", "does not exist")):
             return ModelNotReadyError(f"model {self.settings.model_name!r}: {message}")
-        if "max_batch_size" in lowered or "expects inputs" in lowered or "must be int64" in lowered:
+        # KServe and Triton word a batch over max_batch_size differently ("batch-size must be <=").
+        refused = ("max_batch_size", "batch-size must be", "expects inputs", "must be int64")
+        if any(s in lowered for s in refused):
             return ContractMismatchError(f"request refused by the server: {message}")
         return InferenceServerError(f"inference failed: {message}")
 
