@@ -116,11 +116,14 @@ class CeleryCluster:
 
     ``extra_env`` reaches every Airflow component (the pipeline's ``EMBEDDING_*`` settings, e.g.).
     Use as a context manager; ``api_url`` and ``admin_password`` log in to the REST API.
+    ``executor="LocalExecutor"`` runs the same deployment with the scheduler's own task processes
+    and no Celery workers (the executor benchmark's comparison).
     """
 
     root: Path
     model_repository: Path
     workers: int = 2
+    executor: str = "CeleryExecutor"
     worker_concurrency: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
     start_timeout_s: float = 240.0
@@ -178,7 +181,7 @@ class CeleryCluster:
         self._start("api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(api_port)])
         for component in ("scheduler", "dag-processor", "triggerer"):
             self._start(component, [airflow, component])
-        for number in range(1, self.workers + 1):
+        for number in range(1, self.workers + 1 if self.executor == "CeleryExecutor" else 1):
             name = f"celery-worker-{number}"
             self.worker_names.append(name)
             self._start(
@@ -233,6 +236,16 @@ class CeleryCluster:
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            # Another executor, as many task slots as the Celery workers have (the compose value
+            # otherwise).
+            **(
+                {}
+                if self.executor == "CeleryExecutor"
+                else {
+                    "AIRFLOW__CORE__EXECUTOR": self.executor,
+                    "AIRFLOW__CORE__PARALLELISM": str(self.workers * self.worker_concurrency),
+                }
+            ),
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
