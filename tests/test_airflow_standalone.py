@@ -116,10 +116,10 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]
 
 @pytest.mark.slow
 def test_standalone_runs_a_chain_backfill(standalone: Standalone):
-    """UI and login, then a backfill of the chain over two dates through the scheduler (the DAG
-    unpaused: Airflow starts no run of a paused DAG, backfills included), each run processing its
-    own dt; the second run skips the publish (the model is there); the nightly run the unpause
-    schedules finds no partition and ends no_data. Then a full rebuild that asks before each swap."""
+    """UI and login, then a backfill of the chain for one date through the scheduler (the DAG
+    unpaused: Airflow starts no run of a paused DAG, backfills included), processing its dt and
+    publishing the bundled model; the nightly run the unpause schedules finds no partition and ends
+    no_data. Then a full rebuild over both dates that asks before each swap."""
     seen, root, groups = standalone.seen, standalone.root, standalone.groups
     assert len(groups) == 4, seen  # the runner, the emulator, the server and the standalone
     ui_line = next(line for line in seen if "Airflow: UI at" in line)
@@ -130,14 +130,15 @@ def test_standalone_runs_a_chain_backfill(standalone: Standalone):
     assert all(live_pids_in_group(pgid) for pgid in groups)
     log = root / "work" / "logs" / "airflow-standalone.log"
     api.wait_for_dag("embedding_chain")
-    backfilled = api.backfill("embedding_chain", DATES, {"chunk_rows": 100, "top_k": 5})
+    # One date: backfills over several dates, on two workers, are tests/test_celery_executor.py's.
+    backfilled = api.backfill("embedding_chain", DATES[:1], {"chunk_rows": 100, "top_k": 5})
     runs = api.runs("embedding_chain")
-    assert [r["data_interval_start"][:10] for r in backfilled] == DATES, runs
+    assert [r["data_interval_start"][:10] for r in backfilled] == DATES[:1], runs
     for position, run in enumerate(backfilled):
         states = api.task_states("embedding_chain", run["dag_run_id"])
         assert run["state"] == "success", ({k: v for k, v in states.items() if v != "success"}, log)
-        # The first run publishes the bundled model (publish_model=if_missing); the second finds it.
-        assert states["model.export"] == ("success" if position == 0 else "skipped")
+        # The run publishes the bundled model (publish_model=if_missing: none is published yet).
+        assert states["model.export"] == "success"
         keywords = _report(run["dag_run_id"], "keyword_index")
         products = _report(run["dag_run_id"], "product_link")
         for report in (keywords, products):
