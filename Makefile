@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental clean
+.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -43,6 +43,9 @@ bench-parse: setup
 
 bench-incremental: setup
 	$(PY) bench/bench_incremental.py
+
+bench-executors: setup
+	$(PY) bench/bench_executors.py
 
 clean:
 	rm -rf var .pytest_cache
