@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from datetime import date, datetime
 from pathlib import Path
@@ -63,8 +65,6 @@ def summarize(name: str, wall_s: float, instances: list[dict[str, Any]]) -> dict
 
 
 def run_cluster(executor: str, root: Path, repository: Path, env: dict[str, str], conf: dict) -> dict:
-    import sys
-
     sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
     from airflow_api import Api
     from embedding_pipeline.local.celery_cluster import CeleryCluster
@@ -161,8 +161,6 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=500)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    import os
-
     from embedding_pipeline.local.airflow_runner import configure_airflow, migrate_db
     from embedding_pipeline.local.es_emulator import EsEmulator
     from embedding_pipeline.sample.generate import generate

@@ -31,6 +31,11 @@ from embedding_pipeline.settings import PROJECT_ROOT
 
 MODEL_PY = Path(__file__).with_name("triton_python_model.py")
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.airflow.yml"
+# What the Triton virtualenv's interpreter is: its "major.minor" (which stub) and its lib/ (libpython).
+_PYTHON_FACTS = (
+    "import sys, sysconfig; "
+    "print(f'{sys.version_info[0]}.{sys.version_info[1]}', sysconfig.get_config_var('LIBDIR'))"
+)
 # Set by the compose file to container paths or ports: given here per server instead.
 _OWN_FLAGS = ("--model-repository", "--http-port", "--grpc-port", "--metrics-port")
 
@@ -101,29 +106,15 @@ class RealTriton:
         venv = triton_venv()
         dist = _site_packages(venv) / "pytriton" / "tritonserver"
         stub = dist / "backends" / "python" / "triton_python_backend_stub"
-        if not stub.exists():  # the wheel keeps one stub per Python version aside (as pytriton does)
-            python = subprocess.run(
-                [
-                    str(venv / "bin" / "python"),
-                    "-c",
-                    "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            shutil.copy(dist / "python_backend_stubs" / python / "triton_python_backend_stub", stub)
-        self.sync()
-        base_lib = subprocess.run(
-            [
-                str(venv / "bin" / "python"),
-                "-c",
-                "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))",
-            ],
+        python_version, base_lib = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", _PYTHON_FACTS],
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip()
+        ).stdout.split()
+        if not stub.exists():  # the wheel keeps one stub per Python version aside (as pytriton does)
+            shutil.copy(dist / "python_backend_stubs" / python_version / "triton_python_backend_stub", stub)
+        self.sync()
         env = {
             **os.environ,
             # The stub links libpython3.x from the interpreter's lib/ (else it picks up a foreign one).

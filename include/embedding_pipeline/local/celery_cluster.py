@@ -407,9 +407,6 @@ class CeleryCluster:
     def log_tails(self, lines: int = 15) -> str:
         return "\n".join(f"--- {p.name} ---\n{_tail(p.log, lines)}" for p in self.processes)
 
-    def pids(self) -> dict[str, int]:
-        return {p.name: p.popen.pid for p in self.processes}
-
 
 def _fernet_key() -> str:
     import base64
