@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 setup: $(VENV)/.bootstrapped
 
-$(VENV)/.bootstrapped: scripts/bootstrap.sh requirements.txt requirements/serve.txt requirements/dev.txt requirements/celery.txt requirements/triton.txt requirements/overrides.txt pyproject.toml
+$(VENV)/.bootstrapped: scripts/bootstrap.sh requirements.txt requirements/serve.txt requirements/dev.txt requirements/celery.txt requirements/triton.txt requirements/no-deps.txt requirements/overrides.txt pyproject.toml
 	scripts/bootstrap.sh
 
 ## The main job: sample data, local services, the whole embedding_chain through Airflow, a report.

@@ -7,7 +7,8 @@
 #     TORCH_INDEX_URL at https://download.pytorch.org/whl/cpu to get the CPU build from PyTorch.
 #  2. the rest with uv (seconds instead of half a minute with pip), with requirements/overrides.txt
 #     forcing psutil>=6.1 over kserve's psutil<6 pin (why: see that file).
-#  3. this project in editable mode without dependencies (they are all pinned above).
+#  3. requirements/no-deps.txt (data-only packages) and this project in editable mode, both without
+#     dependencies (the project's are all pinned above).
 #  4. .venv-triton: a real Triton server for the conformance tests (requirements/triton.txt says why
 #     it needs its own environment).
 #  5. Debian packages the tests start servers from, when apt-get can install them: nginx-light (TLS
@@ -33,6 +34,7 @@ fi
 .venv/bin/uv pip install --quiet --python .venv/bin/python \
   -r requirements.txt -r requirements/serve.txt -r requirements/dev.txt -r requirements/celery.txt \
   --override requirements/overrides.txt
+.venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -r requirements/no-deps.txt
 .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps -e .
 .venv/bin/python -c "import torch, onnxruntime, kserve, tritonclient, airflow; print('environment ready: torch', torch.__version__, '| airflow', airflow.__version__)" 2>/dev/null | tail -1
 if [ ! -x .venv-triton/bin/python ]; then

