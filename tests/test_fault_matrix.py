@@ -272,7 +272,7 @@ def test_a_schema_change_between_partitions(fm):
 
     path = fm["data"] / "keywords" / f"dt={DATES[1]}" / "part-0.parquet"
     path.parent.mkdir(parents=True)
-    first_ids = pq.read_table(next((fm["data"] / "keywords" / f"dt={DATES[0]}").glob("*.parquet")))
+    first_ids = pq.read_table(next((fm["data"] / "keywords" / f"dt={DATES[0]}").glob("part-*.parquet")))
     reused = [str(i) for i in first_ids.column("keyword_id").to_pylist()[:5] if i is not None]
     ids = reused + [f"new-{i}" for i in range(20)]
     table = pa.table(
@@ -292,7 +292,7 @@ def test_an_input_file_that_vanishes_between_plan_and_embed(fm):
     moved: list[tuple[Path, Path]] = []
 
     def vanish(_: Any) -> None:
-        for path in (fm["data"] / "keywords" / f"dt={DATES[0]}").glob("*.parquet"):
+        for path in (fm["data"] / "keywords" / f"dt={DATES[0]}").glob("part-*.parquet"):
             aside = path.with_name(f"_{path.name}")  # "_" files are not data
             path.rename(aside)
             moved.append((aside, path))

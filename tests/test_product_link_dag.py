@@ -63,9 +63,9 @@ def _sources(alias: str) -> dict[str, dict]:
         }
 
 
-def _index_keywords(env: dict, keywords: int = 600) -> dict:
+def _index_keywords(env: dict, keywords: int = 600, **overrides) -> dict:
     generate(env["data"], keywords=keywords, products=0, dates=DATES, seed=21, row_group_size=100)
-    run = run_dag("keyword_index", {**_conf(env), "es_alias": env["kw"]})
+    run = run_dag("keyword_index", {**_conf(env, **overrides), "es_alias": env["kw"]})
     return _report(run, "keyword_index")
 
 
@@ -297,6 +297,11 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
         ("search_hnsw_ef", 0),
         ("search_exact", "yes"),
         ("product_alias", "Products"),
+        ("link_mode", "sparse"),
+        ("dense_weight", -1),
+        ("lexical_weight", 101),
+        ("rrf_k", 0),
+        ("fusion_depth", 0),
     ],
 )
 def test_bad_link_params_are_refused(airflow_db, param, value):
@@ -334,3 +339,113 @@ def test_no_products_ends_no_data_even_before_any_keyword_is_indexed(env):
     report = _report(run_dag("product_link", _conf(env, dt="2023-06-01", dt_end=None)), "product_link")
     assert report["status"] == "no_data" and report["missing_partitions"] == ["2023-06-01"]
     assert report["rows_read"] == 0 and report["keyword_collection"] is None
+
+
+def test_hybrid_and_lexical_lists_are_the_fused_rankings_and_say_how_they_were_made(env):
+    """link_mode hybrid: each stored list is the RRF of Qdrant's dense ranking and Elasticsearch's
+    BM25 ranking of the product name (recomputed here from both stores), weights as given;
+    lexical: BM25 alone. The ``link`` object records mode, weights, k and depth."""
+    from embedding_pipeline.stages.link_fusion import rrf
+    from embedding_pipeline.stages.link_options import LinkOptions
+    from embedding_pipeline.stages.product_link import TIE_MARGIN, _best, _filters
+    from embedding_pipeline.stores.elasticsearch.client import open_es
+    from embedding_pipeline.stores.elasticsearch.read import match_many
+    from embedding_pipeline.stores.qdrant.client import open_client
+    from embedding_pipeline.stores.qdrant.search import Hit, SearchOptions, iter_vectors, search
+
+    # MiniLM, not a tiny random model: those give many keywords the same vector, and the quality
+    # check's exact dense ranks would order such ties differently from Qdrant.
+    _index_keywords(env, model_name="minilm")
+    generate(env["data"], keywords=0, products=40, dates=[DATES[0]], seed=8, row_group_size=100)
+    conf = _conf(
+        env,
+        model_name="minilm",
+        dt_end=None,
+        link_mode="hybrid",
+        dense_weight=2.0,
+        lexical_weight=1.0,
+        fusion_depth=20,
+        es_alias=env["kw"],
+    )
+    _assert_balanced(_report(run_dag("product_link", {**conf, "match_fields": ["category"]}), "product_link"))
+    docs = _sources(env["prod"])
+    options = LinkOptions(match_fields=("category",), top_k=5, fusion_depth=20)
+    with open_client() as qdrant, open_es() as es:
+        vectors = {
+            str(p["product_id"]): (v, p)
+            for block, payloads in iter_vectors(qdrant, env["prod"], with_payload=["product_id", "category"])
+            for v, p in zip(block, payloads, strict=True)
+        }
+        ids = sorted(docs)
+        filters = _filters(options, [vectors[i][1] for i in ids])
+        dense = search(
+            qdrant,
+            env["kw"],
+            [vectors[i][0] for i in ids],
+            SearchOptions(top_k=20 + TIE_MARGIN),
+            query_filters=filters,
+        )
+        names = [docs[i]["product_name"] for i in ids]
+        found = match_many(
+            es, env["kw"], "keyword", names, 20 + TIE_MARGIN, filters, ["keyword_id", "keyword"]
+        )
+    lexical = [_best([Hit(d, d["_score"]) for d in hits], 20 + TIE_MARGIN) for hits in found]
+    assert sum(len(x) for x in lexical) > 0  # some names share words with keywords
+    for i, d, x in zip(ids, dense, lexical, strict=True):
+        expected = rrf([(_best(d, 20), 2.0), (x, 1.0)], 60, 5)
+        stored = docs[i]["keywords"]
+        assert [k["keyword_id"] for k in stored] == [str(p["keyword_id"]) for p, _ in expected]
+        assert [k["score"] for k in stored] == [round(s, 6) for _, s in expected]
+        assert docs[i]["link"] | {"keyword_collection": None} == {
+            **docs[i]["link"],
+            "keyword_collection": None,
+            "mode": "hybrid",
+            "dense_weight": 2.0,
+            "lexical_weight": 1.0,
+            "rrf_k": 60,
+            "fusion_depth": 20,
+            "keyword_index": env["kw"],
+        }
+
+    # The quality check recomputes fused lists the same way (exact dense ranking + ES), so it can
+    # tell a stored list that is not the fusion.
+    from embedding_pipeline.stages.link_quality import check_link_quality
+    from embedding_pipeline.stores.qdrant.collections import resolve_alias
+
+    with open_client() as qdrant, open_es() as es:
+        products = resolve_alias(qdrant, env["prod"])
+        report = check_link_quality(es, qdrant, products, env["prod"], env["kw"], sample=40)
+        assert (report.recall_mean, report.sample_size) == (1.0, len(docs))
+        victim = next(i for i in ids if docs[i]["keywords"])
+        version = es.get(index=env["prod"], id=victim)["_version"]  # kept: the next relink may overwrite
+        corrupted = {**docs[victim], "keywords": docs[victim]["keywords"][1:]}
+        es.index(
+            index=env["prod"],
+            id=victim,
+            document=corrupted,
+            version=version,
+            version_type="external_gte",
+            refresh=True,
+        )
+        report = check_link_quality(es, qdrant, products, env["prod"], env["kw"], sample=40)
+        assert [(b.product_id, b.found, b.expected) for b in report.below] == [(victim, 4, 5)]
+
+    # Lexical alone, no filter: BM25's order, and a product with no word in common links nothing.
+    run = run_dag("product_link", {**conf, "link_mode": "lexical", "dense_weight": 1.0})
+    _assert_balanced(_report(run, "product_link"))
+    docs = _sources(env["prod"])
+    with open_es() as es:
+        found = match_many(es, env["kw"], "keyword", [docs[i]["product_name"] for i in ids], 5 + TIE_MARGIN)
+    for i, hits in zip(ids, found, strict=True):
+        best = _best([Hit(h, h["_score"]) for h in hits], 5)
+        assert [k["keyword_id"] for k in docs[i]["keywords"]] == [str(h.payload["keyword_id"]) for h in best]
+        assert docs[i]["link"]["mode"] == "lexical" and "dense_weight" not in docs[i]["link"]
+
+
+def test_hybrid_with_a_zero_weight_fails_in_the_first_task_with_one_line(env):
+    generate(env["data"], keywords=0, products=10, dates=[DATES[0]], seed=8, row_group_size=100)
+    run = run_dag("product_link", _conf(env, dt_end=None, link_mode="hybrid", lexical_weight=0.0))
+    states = _states(run)
+    assert str(run.state) == "failed" and states["plan"] == "failed", states
+    plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan")
+    assert plan.try_number == 1

@@ -23,6 +23,7 @@ from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.sample import generate as sd
 from embedding_pipeline.sample.compose import KEYWORDS_SCHEMA, PRODUCTS_SCHEMA, TABLE_SPECS
 from embedding_pipeline.sample.defects import DEFECT_BY_KIND, DEFECTS, EXTRA_COLUMN, row_ids
+from embedding_pipeline.sample.labels import LABEL_SCHEMA
 from embedding_pipeline.sample.layout import EPOCH, ID_STRIDE, LANGS, LONG_TEXT_CHARS, MANIFEST_NAME
 from embedding_pipeline.sample.vocabulary import vocabulary
 
@@ -89,7 +90,10 @@ def test_partition_layout_schemas_and_hive_discovery(tmp_path: Path) -> None:
         assert parts == [f"dt={d}" for d in DATES]
         for d in DATES:
             files = sorted((tmp_path / table / f"dt={d}").iterdir())
-            assert [f.name for f in files] == ["part-00000.parquet"]
+            # The data file, and the relevance labels beside it (``_``: not data, sample.labels).
+            assert [f.name for f in files] == ["_labels-00000.parquet", "part-00000.parquet"]
+            assert pq.read_schema(files[0]) == LABEL_SCHEMA
+            files = files[1:]
             assert pq.read_schema(files[0]) == schema
             assert pq.ParquetFile(files[0]).metadata.num_rows == per_day
         # The manifest must not be picked up as data: hive discovery over the table sees only rows.

@@ -125,7 +125,7 @@ class Corpus:
 
 
 def _rows(root: Path, table: str) -> list[dict[str, Any]]:
-    return pq.read_table(next((root / table / f"dt={DT}").glob("*.parquet"))).to_pylist()
+    return pq.read_table(root / table / f"dt={DT}" / "part-00000.parquet").to_pylist()
 
 
 def _delete_alias_indices(es: Elasticsearch, alias: str) -> None:

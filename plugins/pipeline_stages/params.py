@@ -10,7 +10,16 @@ from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.runs.input_kinds import DEFAULT_MAX_DELETE_RATIO, INPUT_KINDS
 from embedding_pipeline.settings import data_root
 from embedding_pipeline.stages.generation_rules import DEFAULT_KEEP_GENERATIONS, MODES, GateRules
-from embedding_pipeline.stages.link_options import DEFAULT_HNSW_EF, MATCHABLE_FIELDS, MAX_HNSW_EF, MAX_TOP_K
+from embedding_pipeline.stages.link_options import (
+    DEFAULT_HNSW_EF,
+    DEFAULT_LINK_MODE,
+    DEFAULT_RRF_K,
+    LINK_MODES,
+    MATCHABLE_FIELDS,
+    MAX_FUSION_DEPTH,
+    MAX_HNSW_EF,
+    MAX_TOP_K,
+)
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -167,7 +176,13 @@ def keyword_params() -> dict[str, Param]:
         "qdrant_alias": Param(
             KEYWORD_ALIAS, type="string", pattern=NAME, description="Keyword collection alias."
         ),
-        "es_alias": Param(KEYWORD_ALIAS, type="string", pattern=ES_ALIAS, description="Keyword index alias."),
+        "es_alias": Param(
+            KEYWORD_ALIAS,
+            type="string",
+            pattern=ES_ALIAS,
+            description="Keyword index alias (Elasticsearch): written by keyword_index, searched by "
+            "link_mode lexical and hybrid.",
+        ),
     }
 
 
@@ -212,6 +227,42 @@ def product_params() -> dict[str, Param]:
             False,
             type="boolean",
             description="Qdrant server: search without the HNSW index (exact, slow at scale).",
+        ),
+        "es_alias": Param(
+            KEYWORD_ALIAS,
+            type="string",
+            pattern=ES_ALIAS,
+            description="Keyword index alias (Elasticsearch): written by keyword_index, searched by "
+            "link_mode lexical and hybrid.",
+        ),
+        "link_mode": Param(
+            DEFAULT_LINK_MODE,
+            type="string",
+            enum=list(LINK_MODES),
+            description="dense: nearest keywords by meaning (Qdrant). lexical: BM25 of the product name "
+            "over the keyword text (Elasticsearch). hybrid: both, fused by weighted reciprocal rank "
+            "fusion. Measured choice: bench/results/link-relevance-*.md. Non-dense lists are relinked "
+            "in full on any keyword change.",
+        ),
+        "dense_weight": Param(
+            1.0, type="number", minimum=0, maximum=100, description="hybrid: weight of the dense ranking."
+        ),
+        "lexical_weight": Param(
+            1.0, type="number", minimum=0, maximum=100, description="hybrid: weight of the lexical ranking."
+        ),
+        "rrf_k": Param(
+            DEFAULT_RRF_K,
+            type="integer",
+            minimum=1,
+            maximum=10_000,
+            description="hybrid/lexical: the RRF constant k in weight / (k + rank); 60 is the usual value.",
+        ),
+        "fusion_depth": Param(
+            100,
+            type="integer",
+            minimum=1,
+            maximum=MAX_FUSION_DEPTH,
+            description="hybrid: hits taken from each ranking before fusing (at least top_k).",
         ),
         "relink": Param(
             "affected",

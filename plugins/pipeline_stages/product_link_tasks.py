@@ -40,6 +40,12 @@ def _options(params: dict) -> Any:
             role=None if params["product_role"] == "none" else params["product_role"],
             hnsw_ef=params["search_hnsw_ef"],
             exact=params["search_exact"],
+            link_mode=params["link_mode"],
+            keyword_index=params["es_alias"],
+            dense_weight=params["dense_weight"],
+            lexical_weight=params["lexical_weight"],
+            rrf_k=params["rrf_k"],
+            fusion_depth=params["fusion_depth"],
         )
 
 

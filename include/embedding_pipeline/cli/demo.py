@@ -20,7 +20,15 @@ from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local.airflow_runner import RunOutcome
 from embedding_pipeline.settings import data_root
 
+# --lang -> (source, name, precision) when --source is not given. Japanese: multilingual-e5-small
+# (an English model reads most Japanese as [UNK]). fp32, not int8: int8 passes its parity gate and
+# embeds ~1.6x faster, but ONNX Runtime's dynamic quantisation scales activations per batch, so a
+# text's vector depends on the texts batched with it (cosine 0.998 alone vs in a batch of 64; fp32:
+# 0.9999994) - and stored lists could then not be re-checked exactly. English: MiniLM (measured in
+# bench/results/link-relevance-*.md).
+DEMO_MODELS = {"ja": ("me5-small", "me5_small", "fp32"), "en": ("minilm", "minilm", "fp32")}
 SHOWN_PRODUCTS = 3
+SCORED_PRODUCTS = 200  # products whose lists are scored against the sample's labels
 SHOWN_KEYWORDS = 5
 STAGES = ("keyword_index", "product_link")
 
@@ -39,13 +47,26 @@ def run_demo(args: argparse.Namespace) -> int:
     from embedding_pipeline.sample.generate import generate
 
     started = time.monotonic()
+    source, name, precision = DEMO_MODELS[args.lang]
+    if args.source is not None and args.source != source:
+        name, precision = "model", "fp32"
+    args.source = args.source or source
+    args.name = args.name or name
+    args.precision = args.precision or precision
     # Airflow logs every task transition at INFO; the demo's own report is the readable output.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
     if not args.verbose:
         # dag.test() logs "XCom not found offset=N" at ERROR each time a task reads a mapped task's
         # results: Airflow probing the end of the lazy list, not a failure. A real failure still
         # fails its task, and the demo names the failed tasks and where their logs are.
-        os.environ.setdefault("AIRFLOW__LOGGING__NAMESPACE_LEVELS", "airflow.sdk.api.client=CRITICAL")
+        # dag.test() also warns "No tasks to run. unrunnable tasks: {...}" each time it polls while
+        # mapped tasks wait for their upstream: a wall of task names, not a problem.
+        os.environ.setdefault(
+            "AIRFLOW__LOGGING__NAMESPACE_LEVELS",
+            "airflow.sdk.api.client=CRITICAL airflow.sdk.definitions.dag=ERROR",
+        )
+        # transformers draws a "Loading weights" progress bar each time export and the gate load the model.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     home = configure_airflow()
     print(f"[1/6] Airflow metadata DB in {home}")
     migrate_db(home)
@@ -200,6 +221,7 @@ def _incremental_night(args: argparse.Namespace, root: Path) -> None:
 
 def _show_products(top_k: int) -> None:
     from embedding_pipeline.cli.search import show_product
+    from embedding_pipeline.stages.link_relevance import score_lists, stored_lists
     from embedding_pipeline.stages.names import PRODUCT_ALIAS
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.indices import refresh
@@ -213,6 +235,14 @@ def _show_products(top_k: int) -> None:
         for doc in sample_documents(es, PRODUCT_ALIAS, SHOWN_PRODUCTS, seed=0, id_field="product_id"):
             text = show_product(es, str(doc["product_id"]), alias=PRODUCT_ALIAS, top=SHOWN_KEYWORDS)
             print("        " + text.replace("\n", "\n        "))
+        scored = score_lists(
+            stored_lists(sample_documents(es, PRODUCT_ALIAS, SCORED_PRODUCTS, seed=0, id_field="product_id")),
+            data_root(),
+        )
+    print(
+        f"      links against the generator's relevance labels ({scored.products} products): "
+        f"nDCG@10 {scored.ndcg:.3f}, precision@10 {scored.precision:.3f}, MRR {scored.mrr:.3f}"
+    )
     print(
         "      look further: embedding-pipeline search text|meaning|product|keyword ...,"
         " embedding-pipeline quality"

@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: sample data, services, embedding_chain, report")
     model_args(p)
+    # The model follows --lang unless given (cli.demo.DEMO_MODELS says which and why).
+    p.set_defaults(source=None, name=None, precision=None)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--keywords", type=int, default=20_000, help="sample keywords over --dates")
     p.add_argument("--products", type=int, default=2_000)

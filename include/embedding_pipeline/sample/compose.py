@@ -79,10 +79,10 @@ def _place(rng: random.Random, vocab: Vocabulary) -> str:
     return _pick(rng, vocab.areas if rng.random() < 0.45 else vocab.regions)
 
 
-def compose_keyword(rng: random.Random, vocab: Vocabulary, cat: Category) -> str:
+def compose_keyword(rng: random.Random, vocab: Vocabulary, cat: Category) -> tuple[str, str]:
     """A search-style query: a lead (place, quality, season, brand or audience), the category's head noun,
     modifiers (attribute, size, budget, audience) and an intent, in one of ``KEYWORD_SHAPES``, e.g.
-    ``渋谷 焼肉 食べ放題`` or ``best noise cancelling wireless earbuds under $100``."""
+    ``渋谷 焼肉 食べ放題`` or ``best noise cancelling wireless earbuds under $100``; and its head noun."""
     if vocab.lang == "en":
         return _compose_keyword_en(rng, vocab, cat)
     lead, n_mods, intent = _keyword_shape(rng)
@@ -93,14 +93,15 @@ def compose_keyword(rng: random.Random, vocab: Vocabulary, cat: Category) -> str
         else:
             pools = (vocab.qualities, vocab.seasons, cat.brands, vocab.targets)
             terms.append(_pick(rng, pools[int(rng.random() * len(pools))]))
-    terms.append(_pick(rng, cat.heads))
+    head = _pick(rng, cat.heads)
+    terms.append(head)
     terms.extend(_modifier(rng, vocab, cat)[0] for _ in range(n_mods))
     if intent:
         terms.append(_intent(rng, vocab, cat))
-    return " ".join(dict.fromkeys(terms))
+    return " ".join(dict.fromkeys(terms)), head
 
 
-def _compose_keyword_en(rng: random.Random, vocab: Vocabulary, cat: Category) -> str:
+def _compose_keyword_en(rng: random.Random, vocab: Vocabulary, cat: Category) -> tuple[str, str]:
     lead, n_mods, intent = _keyword_shape(rng)
     before: list[str] = []
     after: list[str] = []
@@ -118,10 +119,11 @@ def _compose_keyword_en(rng: random.Random, vocab: Vocabulary, cat: Category) ->
     for _ in range(n_mods):
         text, is_attribute = _modifier(rng, vocab, cat)
         (middle if is_attribute else after).append(text)
-    terms = [*before, *middle, _pick(rng, cat.heads), *after]
+    head = _pick(rng, cat.heads)
+    terms = [*before, *middle, head, *after]
     if intent:
         terms.append(_intent(rng, vocab, cat))
-    return " ".join(dict.fromkeys(terms)).lower()
+    return " ".join(dict.fromkeys(terms)).lower(), head
 
 
 def _model_number(rng: random.Random, vocab: Vocabulary) -> str:
@@ -209,6 +211,8 @@ PRODUCTS_SCHEMA = pa.schema(
 )
 
 Rows = dict[str, list[Any]]
+TRUTH_CATEGORY, TRUTH_HEAD = "_category", "_head"
+"""What a composed row is about, kept beside its columns for the relevance labels (sample.labels)."""
 
 
 @dataclass(frozen=True)
@@ -230,8 +234,10 @@ def _compose_keyword_row(rng: random.Random, lang: str, rows: Rows) -> None:
     row_lang = lang
     if lang == "ja" and rng.random() < JA_OTHER_LANG_SHARE:
         row_lang = "en"
-    text = compose_keyword(rng, vocabulary(row_lang), vocabulary(row_lang).category(cat.key))
+    text, head = compose_keyword(rng, vocabulary(row_lang), vocabulary(row_lang).category(cat.key))
     rows["keyword"].append(text)
+    rows[TRUTH_CATEGORY].append(cat.key)
+    rows[TRUTH_HEAD].append(head)
     rows["category"].append(None if rng.random() < NULL_CATEGORY_SHARE else cat.label)
     rows["lang"].append(row_lang)
 
@@ -242,6 +248,8 @@ def _compose_product_row(rng: random.Random, lang: str, rows: Rows) -> None:
     head = _pick(rng, cat.heads)
     brand = None if rng.random() < NULL_BRAND_SHARE else _pick(rng, cat.brands)
     rows["product_name"].append(compose_product_name(rng, vocab, cat, head, brand))
+    rows[TRUTH_CATEGORY].append(cat.key)
+    rows[TRUTH_HEAD].append(head)
     rows["description"].append(compose_description(rng, vocab, cat, head, brand))
     rows["category"].append(cat.label)
     rows["brand"].append(brand)

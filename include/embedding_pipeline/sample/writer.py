@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedding_pipeline.sample.compose import Rows, TableSpec
+from embedding_pipeline.sample.compose import TRUTH_CATEGORY, TRUTH_HEAD, Rows, TableSpec
 from embedding_pipeline.sample.defects import (
     DEFECT_BY_KIND,
     DEFECTS,
@@ -31,6 +31,7 @@ from embedding_pipeline.sample.defects import (
     position_uniforms,
     row_ids,
 )
+from embedding_pipeline.sample.labels import LABEL_SCHEMA, LABEL_STEM
 from embedding_pipeline.sample.layout import (
     BAD_FILE_ID_OFFSET,
     BAD_FILE_ROWS,
@@ -161,7 +162,7 @@ def clean_block(spec: TableSpec, key: PartitionKey, start: int, stop: int) -> Ro
     if start % GEN_BLOCK or stop - start > GEN_BLOCK:
         raise ValueError(f"[{start}, {stop}) is not a prefix of one block of {GEN_BLOCK} rows")
     rng = random.Random(key.block_seed(start // GEN_BLOCK))
-    rows: Rows = {f.name: [] for f in spec.schema}
+    rows: Rows = {f.name: [] for f in spec.schema} | {TRUTH_CATEGORY: [], TRUTH_HEAD: []}
     rows[spec.id_column] = row_ids(key.dt, np.arange(start, stop)).tolist()
     for _ in range(start, stop):
         spec.compose(rng, key.lang, rows)
@@ -217,6 +218,7 @@ class PartitionWriter:
         self.row_group_size = row_group_size
         self.rows_per_file = rows_per_file
         self.main = PartWriter(directory, "part", spec.schema, row_group_size, rows_per_file)
+        self.labels = PartWriter(directory, LABEL_STEM, LABEL_SCHEMA, row_group_size, None)
         self.variants: dict[str, PartWriter] = {}
         self.injected: dict[str, _Injected] = {d.kind: _Injected() for d in DEFECTS}
 
@@ -224,6 +226,7 @@ class PartitionWriter:
         for start in range(0, self.rows, GEN_BLOCK):
             self._block(start, min(start + GEN_BLOCK, self.rows))
         files = self.main.close(create_empty=True)
+        self.labels.close()
         for variant in self.variants.values():
             files += variant.close()
         return files
@@ -260,6 +263,11 @@ class PartitionWriter:
             self.main.write(_rows_to_table(rows, self.spec.schema, inline_kept))
         for kind, indices in sorted(diverted.items()):
             self._write_variant(kind, rows, indices, positions)
+        # Labels of every row the pipeline will index, under the id it is written with (a
+        # cross-partition duplicate takes over an earlier row's id: latest partition wins).
+        indexed = [i for i in range(stop - start) if not bad[i] or DEFECTS[kinds[i]].expect != "dead_letter"]
+        truth = {"id": rows[self.spec.id_column], "category": rows[TRUTH_CATEGORY], "head": rows[TRUTH_HEAD]}
+        self.labels.write(_rows_to_table(truth, LABEL_SCHEMA, indexed))
 
     def _apply_inline(self, kind: str, rows: Rows, i: int, position: int, where: tuple[str, int]) -> None:
         text, ids = rows[self.spec.text_column], rows[self.spec.id_column]

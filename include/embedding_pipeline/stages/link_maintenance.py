@@ -24,6 +24,8 @@ Products of tonight's own partitions are relinked by their chunks anyway; relink
 them and reads the vectors they stored, so the order cannot leave a stale list. ``relink: all``
 relinks every live product instead; so does a run whose keyword generation or link options (top_k,
 threshold, filters, role, search settings) differ from the ones the stored lists were made with.
+Lists linked in ``hybrid`` or ``lexical`` mode (``stages.link_fusion``) have no such bound: any
+keyword change relinks every product.
 """
 
 from __future__ import annotations
@@ -237,10 +239,16 @@ def plan_relinks(
         changed = changes["id"].to_pylist()
         live = changes.filter(pc.not_equal(changes["change"], "delete"))["id"].to_pylist()
         deleted = changes.filter(pc.equal(changes["change"], "delete"))["id"].to_pylist()
-        affected = holders(qdrant, product_collection, changed, retry)
-        affected |= (entrants_by_scan if scan else entrants)(qdrant, options, collections, live, retry)
-        ids = sorted(affected)
-        reason = f"{len(changed)} keyword changes" if changed else None
+        if changed and options.link_mode != "dense":
+            # A fused or lexical rank has no per-product score a new keyword must reach, and one
+            # keyword changes BM25's statistics for every query: only relinking all is exact.
+            ids = sorted(state.live()["id"].to_pylist())
+            reason = f"{len(changed)} keyword changes under link_mode {options.link_mode}: all products"
+        else:
+            affected = holders(qdrant, product_collection, changed, retry)
+            affected |= (entrants_by_scan if scan else entrants)(qdrant, options, collections, live, retry)
+            ids = sorted(affected)
+            reason = f"{len(changed)} keyword changes" if changed else None
         result["keyword_changes"] = len(changed)
     if deleted:
         result["deleted_keywords_path"] = write_parquet(

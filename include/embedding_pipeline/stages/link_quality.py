@@ -51,6 +51,7 @@ SCORE_TOLERANCE = 1e-6
 SCAN_CELLS = 8_000_000
 SCAN_BATCH_LIMITS = (256, 8192)
 MISSED_EXAMPLES = 3
+LEXICAL_TIE_MARGIN = 8  # as the link stage's TIE_MARGIN: extra hits so ties at the cut break by id
 RENDERED_PRODUCTS = 10
 _SCALARS = (str, int, float, bool)
 
@@ -69,6 +70,18 @@ class LinkSpec:
     keyword_filter: Mapping[str, frozenset[Any]]
     role: Role | None
     keyword_collection: str | None
+    # How the list was ranked (stages.link_fusion); documents linked before link modes are dense.
+    mode: str = "dense"
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    rrf_k: int = 60
+    fusion_depth: int = 0
+    keyword_index: str | None = None  # the Elasticsearch keyword alias a fused list searched
+
+    @property
+    def scan_depth(self) -> int:
+        """Exact dense hits the recomputation needs: a hybrid list fused ``fusion_depth`` of them."""
+        return {"dense": self.top_k, "hybrid": self.fusion_depth, "lexical": 1}[self.mode]
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> LinkSpec:
@@ -101,7 +114,27 @@ class LinkSpec:
             },
             role=role,
             keyword_collection=link.get("keyword_collection"),
+            **_fusion(link, where, top_k),
         )
+
+
+def _fusion(link: Mapping[str, Any], where: str, top_k: int) -> dict[str, Any]:
+    mode = link.get("mode", "dense")
+    if mode not in ("dense", "hybrid", "lexical"):
+        raise LinkQualityError(f"{where}: link.mode {mode!r} is not dense, hybrid or lexical")
+    if mode == "dense":
+        return {}
+    try:
+        return {
+            "mode": mode,
+            "dense_weight": float(link.get("dense_weight", 0.0)),
+            "lexical_weight": float(link.get("lexical_weight", 1.0)),
+            "rrf_k": int(link["rrf_k"]),
+            "fusion_depth": int(link.get("fusion_depth") or top_k),
+            "keyword_index": link.get("keyword_index"),
+        }
+    except (KeyError, TypeError, ValueError):
+        raise LinkQualityError(f"{where}: link of mode {mode} lacks usable rrf_k / fusion_depth") from None
 
 
 @dataclass(frozen=True)
@@ -337,6 +370,74 @@ def _product_recall(
     return recall, entry, drift
 
 
+def _lexical_rankings(
+    es: Elasticsearch, keyword_alias: str, run: _Sample, rows: Sequence[int]
+) -> dict[int, list[tuple[Mapping[str, Any], float]]]:
+    """Elasticsearch's BM25 ranking of each fused product's name (exact: BM25 has no approximation),
+    with the link's filters, ordered as the link stage orders hits."""
+    from embedding_pipeline.stores.elasticsearch.read import match_many
+
+    rankings: dict[int, list[tuple[Mapping[str, Any], float]]] = {}
+    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for row in rows:
+        spec = run.specs[row]
+        groups[(spec.fusion_depth, spec.keyword_index or keyword_alias)].append(row)
+    for (depth, index), group in groups.items():
+        docs = [run.docs[r] for r in group]
+        filters = [_link_filter(run.specs[r], run.docs[r]) for r in group]
+        names = [str(d.get("product_name")) for d in docs]
+        found = match_many(es, index, "keyword", names, depth + LEXICAL_TIE_MARGIN, filters)
+        for row, hits in zip(group, found, strict=True):
+            ordered = sorted(hits, key=lambda h: (-round(float(h["_score"]), 6), str(h["keyword_id"])))
+            rankings[row] = [(h, float(h["_score"])) for h in ordered[:depth]]
+    return rankings
+
+
+def _link_filter(spec: LinkSpec, doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The link stage's per-product keyword filter: static conditions, replaced by the product's
+    own value for each matched field that has one."""
+    conditions: dict[str, Any] = {k: sorted(v, key=str) for k, v in spec.keyword_filter.items()}
+    conditions |= {f: doc[f] for f in spec.match_fields if doc.get(f) is not None}
+    return conditions or None
+
+
+def _fused_recall(
+    sample: _Sample,
+    row: int,
+    dense: list[tuple[str, str, float]],
+    lexical: list[tuple[Mapping[str, Any], float]],
+) -> tuple[float, ProductRecall | None]:
+    """Recall of a hybrid or lexical list against the same fusion of the exact dense ranking and
+    Elasticsearch's ranking. Dense near-ties may order differently here than in Qdrant, which can
+    move a fused rank: a measurement, reported like any other miss."""
+    from embedding_pipeline.stages.link_fusion import rrf
+
+    spec, k, stored = sample.specs[row], sample.ks[row], sample.stored[row]
+    ordered = sorted(dense, key=lambda e: (-round(e[2], 6), e[0]))
+    dense_hits = [({"keyword_id": i, "keyword": text}, score) for i, text, score in ordered]
+    weights = (spec.dense_weight if spec.mode == "hybrid" else 0.0, spec.lexical_weight)
+    expected = rrf([(dense_hits, weights[0]), (lexical, weights[1])], spec.rrf_k, k)
+    found = sum(str(p["keyword_id"]) in stored for p, _ in expected)
+    recall = found / len(expected) if expected else (1.0 if not stored else 0.0)
+    if recall >= 1.0:
+        return recall, None
+    doc = sample.docs[row]
+    missed = [
+        MissedKeyword(str(p["keyword_id"]), str(p.get("keyword")), score)
+        for p, score in expected
+        if str(p["keyword_id"]) not in stored
+    ]
+    return recall, ProductRecall(
+        product_id=str(doc.get("product_id")),
+        product_name=str(doc.get("product_name")),
+        recall=recall,
+        found=found,
+        expected=len(expected),
+        not_exact=len(stored) - found,
+        missed=tuple(missed[:MISSED_EXAMPLES]),
+    )
+
+
 def _embed_names(
     client: EmbeddingClient, docs: Sequence[Mapping[str, Any]], specs: Sequence[LinkSpec]
 ) -> np.ndarray:
@@ -372,7 +473,7 @@ def _scan(
 ) -> tuple[_RunningTopK, list[dict[str, tuple[float, bool]]], int]:
     """One pass over every keyword vector: the running exact top-K per product, the exact score (and
     whether the filters let it through) of every stored keyword, and how many keywords were seen."""
-    best = _RunningTopK(len(queries), max(run.ks))
+    best = _RunningTopK(len(queries), max(max(run.ks), *(s.scan_depth for s in run.specs)))
     scores_of_stored: list[dict[str, tuple[float, bool]]] = [{} for _ in range(len(queries))]
     scanned = 0
     for vectors, payloads in iter_vectors(qdrant, collection, scan_batch, run.payload_fields):
@@ -449,11 +550,17 @@ def check_link_quality(
     best, scores_of_stored, scanned = _scan(qdrant, target.name, run, queries, batch)
     scan_seconds = time.monotonic() - scan_started
 
+    fused = [row for row, spec in enumerate(specs) if spec.mode != "dense"]
+    lexical = _lexical_rankings(es, keyword_alias, run, fused)
     recalls, below, drift = [], [], 0.0
     for row in range(len(docs)):
-        recall, entry, product_drift = _product_recall(
-            run, row, best.ranked(row, ks[row]), scores_of_stored[row]
-        )
+        if row in lexical:
+            recall, entry = _fused_recall(run, row, best.ranked(row, specs[row].scan_depth), lexical[row])
+            product_drift = 0.0
+        else:
+            recall, entry, product_drift = _product_recall(
+                run, row, best.ranked(row, ks[row]), scores_of_stored[row]
+            )
         recalls.append(recall)
         drift = max(drift, product_drift)
         if entry is not None:

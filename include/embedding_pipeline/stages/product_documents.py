@@ -95,6 +95,13 @@ def product_mappings(
                     "keyword_collection": {"type": "keyword"},
                     "hnsw_ef": {"type": "integer"},
                     "exact": {"type": "boolean"},
+                    # link modes other than dense (stages.link_fusion)
+                    "mode": {"type": "keyword"},
+                    "dense_weight": {"type": "float"},
+                    "lexical_weight": {"type": "float"},
+                    "rrf_k": {"type": "integer"},
+                    "fusion_depth": {"type": "integer"},
+                    "keyword_index": {"type": "keyword"},
                 }
             },
         },

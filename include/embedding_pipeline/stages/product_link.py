@@ -57,6 +57,7 @@ from embedding_pipeline.stages.embed import embed_task
 from embedding_pipeline.stages.generation_rules import Publish
 from embedding_pipeline.stages.generation_stores import StoreAlias
 from embedding_pipeline.stages.generations import gate_generation
+from embedding_pipeline.stages.link_fusion import rrf
 from embedding_pipeline.stages.link_maintenance import entry_score
 from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
 from embedding_pipeline.stages.product_documents import (
@@ -66,7 +67,7 @@ from embedding_pipeline.stages.product_documents import (
     product_document,
 )
 from embedding_pipeline.stages.store_agreement import check_run
-from embedding_pipeline.stores.qdrant.search import SearchOptions, search
+from embedding_pipeline.stores.qdrant.search import Hit, SearchOptions, search
 
 log = logging.getLogger(__name__)
 KIND = "product"
@@ -274,6 +275,7 @@ class _Linker:
     ids and entry score; deleted products removed from both stores."""
 
     qdrant: Any
+    es: Any  # lexical and hybrid modes search the keyword text here
     options: LinkOptions
     collections: tuple[str, str]  # (keyword, product)
     search: SearchOptions
@@ -335,20 +337,37 @@ class _Linker:
         payloads = [batch.payloads[i] for i in rows]
         options = self.options
         filtered = options.match_fields or options.keyword_filter
+        filters = _filters(options, payloads) if filtered else None
         started = time.monotonic()
-        hits = search(
-            self.qdrant,
-            self.collections[0],
-            vectors[rows],
-            self.search,
-            query_filters=_filters(options, payloads) if filtered else None,
-            retry=self.retry,
-        )
+        if options.link_mode == "lexical":
+            dense: list[list[Hit]] = [[] for _ in rows]
+        else:
+            dense = search(
+                self.qdrant,
+                self.collections[0],
+                vectors[rows],
+                self.search,
+                query_filters=filters,
+                retry=self.retry,
+            )
+        if options.link_mode == "dense":
+            ranked = [_best(hits, options.top_k) for hits in dense]
+        else:
+            lexical = self._lexical([batch.texts[i] for i in rows], filters)
+            depth = options.ranking_depth
+            ranked = [
+                rrf(
+                    [(_best(d, depth), options.dense_weight), (x, options.lexical_weight)],
+                    options.rrf_k,
+                    options.top_k,
+                )
+                for d, x in zip(dense, lexical, strict=True)
+            ]
         self.stats.search_seconds += time.monotonic() - started
         self.stats.searched += len(rows)
         docs, stored = [], []
-        for i, payload, product_hits in zip(rows, payloads, hits, strict=True):
-            keywords = linked_keywords(_best(product_hits, options.top_k))
+        for i, payload, product_ranked in zip(rows, payloads, ranked, strict=True):
+            keywords = linked_keywords(product_ranked)
             ids = [k["keyword_id"] for k in keywords]
             self._count(batch.ids[i], ids)
             doc = product_document(
@@ -373,6 +392,19 @@ class _Linker:
             )
         points.write(self.qdrant, self.collections[1], stored, self.retry)
         return docs
+
+    def _lexical(self, texts: list[str], filters: list[dict[str, Any] | None] | None) -> list[list[Hit]]:
+        """BM25 of each product name over the keyword text in Elasticsearch, best first (ties by
+        keyword id, as ``_best`` orders dense hits), ``ranking_depth`` deep."""
+        from embedding_pipeline.stores.elasticsearch.read import match_many
+
+        fetch = self.options.ranking_depth + TIE_MARGIN
+        found = match_many(
+            self.es, self.options.keyword_index, "keyword", texts, fetch, filters, ["keyword_id", "keyword"]
+        )
+        return [
+            _best([Hit(d, float(d["_score"])) for d in docs], self.options.ranking_depth) for docs in found
+        ]
 
     def _count(self, product_id: str, keyword_ids: list[str]) -> None:
         self.stats.empty += not keyword_ids
@@ -412,7 +444,7 @@ def _relink_batches(
 
 
 def _search_options(options: LinkOptions, meta: Mapping[str, str], batch_size: int) -> SearchOptions:
-    fetch = options.top_k + TIE_MARGIN
+    fetch = options.ranking_depth + TIE_MARGIN
     return SearchOptions(
         top_k=fetch,
         score_threshold=options.score_threshold,
@@ -469,6 +501,7 @@ def link_chunk(
     with open_client(qdrant_settings) as qdrant, open_es(es_settings) as es:
         linker = _Linker(
             qdrant,
+            es,
             options,
             (prepared["keyword_collection"], prepared["product_collection"]),
             _search_options(options, meta, qdrant_settings.search_batch),

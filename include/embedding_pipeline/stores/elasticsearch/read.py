@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch
 
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.stores.elasticsearch.errors import error_type_reason, raise_read_error
+from embedding_pipeline.stores.elasticsearch.errors import (
+    EsError,
+    EsIndexError,
+    error_type_reason,
+    raise_read_error,
+)
 
 MAX_RESULT_WINDOW = 10_000  # ES's default index.max_result_window: one search returns no more hits
 # Ids per request when sampling: few large pages, because the noida-db emulator scans every document
@@ -38,6 +43,51 @@ def search_text(
     except Exception as exc:
         raise_read_error(exc, alias, f"searching {alias!r} for {text!r}")
     return [{**hit["_source"], "_score": hit["_score"]} for hit in response["hits"]["hits"]]
+
+
+def _term_filters(conditions: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    return [
+        {"terms": {name: value}} if isinstance(value, list) else {"term": {name: value}}
+        for name, value in (conditions or {}).items()
+    ]
+
+
+def match_many(
+    es: Elasticsearch,
+    index: str,
+    field_name: str,
+    texts: Sequence[str],
+    size: int,
+    filters: Sequence[Mapping[str, Any] | None] | None = None,
+    source: Sequence[str] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Per text, the documents whose analysed ``field_name`` matches it (BM25), best first, in one
+    ``_msearch``; ``filters`` adds per-text exact conditions (``{field: value or [values]}``) that
+    restrict without scoring. Results are ``_source`` (only ``source`` fields) plus ``_score``."""
+    _check_size("size", size)
+    if not texts:
+        return []
+    searches: list[dict[str, Any]] = []
+    for text, conditions in zip(texts, filters or [None] * len(texts), strict=True):
+        query: dict[str, Any] = {"match": {field_name: text}}
+        if conditions:
+            query = {"bool": {"must": [query], "filter": _term_filters(conditions)}}
+        body: dict[str, Any] = {"query": query, "size": size}
+        if source is not None:
+            body["_source"] = list(source)
+        searches += [{"index": index}, body]
+    try:
+        responses = es.msearch(searches=searches)["responses"]
+    except Exception as exc:
+        raise_read_error(exc, index, f"searching {index!r} for {len(texts)} texts")
+    results = []
+    for response in responses:
+        if "error" in response:
+            kind, reason = error_type_reason({"error": response["error"]})
+            error = EsIndexError if kind == "index_not_found_exception" else EsError
+            raise error(f"searching {index!r} for text matches: {kind}: {reason}")
+        results.append([{**hit["_source"], "_score": hit["_score"]} for hit in response["hits"]["hits"]])
+    return results
 
 
 @dataclass(frozen=True)
