@@ -10,9 +10,9 @@ streams its staged chunk, asks Qdrant for the top-K keywords of a batch of produ
 (optional score threshold, optional "same category" style filters; with ``link_mode`` lexical or
 hybrid also Elasticsearch's BM25 ranking of the names, fused by ``stages.link_fusion``), and
 writes one product document per product to Elasticsearch (``stages.product_documents``) and the
-product's vector, fields, list ids and entry score to the product collection in Qdrant. Products with no keyword
-above the threshold are stored with an empty list. ``relink`` tasks relink stored products that
-keyword changes affect (``stages.link_maintenance``); incremental rules: ``runs.changes``.
+product's vector, fields, list ids and entry score to the product collection in Qdrant. Products
+with no keyword above the threshold are stored with an empty list. ``relink`` tasks relink stored
+products that keyword changes affect (``stages.link_maintenance``); incremental rules: ``runs.changes``.
 
 Duplicates: within a partition the first occurrence of a ``product_id`` is kept and later ones are
 dead-lettered (``duplicate_id``), as for keywords. Across partitions the latest ``dt`` wins,
