@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors clean
+.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors bench-relevance clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -46,6 +46,9 @@ bench-incremental: setup
 
 bench-executors: setup
 	$(PY) bench/bench_executors.py
+
+bench-relevance: setup
+	$(PY) bench/bench_link_relevance.py
 
 clean:
 	rm -rf var .pytest_cache
