@@ -13,7 +13,7 @@ from embedding_pipeline.sample.changes import write_night
 from embedding_pipeline.sample.generate import generate
 from embedding_pipeline.sample.labels import Truth, grade, read_labels, relevant_counts, truths
 from embedding_pipeline.stages.link_fusion import rrf
-from embedding_pipeline.stages.link_relevance import has_labels, score_lists
+from embedding_pipeline.stages.link_relevance import has_labels, render, score_lists
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -120,6 +120,7 @@ def test_an_ideal_list_scores_one_and_a_list_of_strangers_zero(sample):
     assert (mixed.precision, mixed.mrr, mixed.grades) == (0.1, 0.5, {1: 1, 2: 1, 0: 1})
     unknown = score_lists({"no-such-product": ranked[:10], product_id: ["no-such-keyword"]}, root)
     assert (unknown.products, unknown.unlabelled_products, unknown.unlabelled_links) == (1, 1, 1)
+    assert "none of the 1 sampled products has a label" in render(score_lists({"other": ranked}, root))
 
 
 ids = st.lists(st.sampled_from([f"k{i}" for i in range(30)]), unique=True, max_size=20)

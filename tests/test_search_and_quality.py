@@ -658,6 +658,26 @@ def test_cli_quality(cli, corpus: Corpus, capsys: pytest.CaptureFixture[str]) ->
     assert "recall mean 1.0000  min 1.0000  products below 1: 0" in out
 
 
+def test_cli_quality_scores_against_labels_with_the_collections_model(
+    cli, es: Elasticsearch, corpus: Corpus, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No --model: the model that embedded the keyword collection. --labels: the generator's labels
+    score the same sampled lists, with the numbers link_relevance computes for them."""
+    from embedding_pipeline.stages.link_relevance import render, score_lists, stored_lists
+    from embedding_pipeline.stores.elasticsearch.read import sample_documents
+
+    data = corpus.qdrant_path.parent / "data"
+    argv = ["--sample", "15", "--seed", "3", "--product-alias", corpus.product_alias]
+    assert cli("quality", *argv, "--labels", str(data)) == 0
+    out = capsys.readouterr().out
+    assert f"model {MODEL} v{corpus.model_version}" in out
+    docs = sample_documents(es, corpus.product_alias, 15, 3, id_field="product_id")
+    expected = score_lists(stored_lists(docs), data)
+    assert expected.products == 15 and render(expected) in out.splitlines()
+    with pytest.raises(SystemExit, match="no keywords/ and products/ partitions with _labels"):
+        cli("quality", *argv, "--labels", str(tmp_path))
+
+
 def test_cli_errors_are_clear(cli, corpus: Corpus) -> None:
     with pytest.raises(
         ProductNotFoundError, match=f"no product 'no-such-product' in '{corpus.product_alias}'"

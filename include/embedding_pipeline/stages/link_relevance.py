@@ -114,6 +114,11 @@ def score_lists(lists: Mapping[str, Sequence[str]], data_root: Path, k: int = DE
 
 def render(report: RelevanceReport) -> str:
     k = report.k
+    if not report.products:
+        return (
+            f"  against the sample's relevance labels: none of the {report.unlabelled_products} sampled "
+            "products has a label (labels from another dataset?)"
+        )
     return (
         f"  against the sample's relevance labels ({report.products} products): nDCG@{k} {report.ndcg:.4f}  "
         f"precision@{k} {report.precision:.4f}  MRR {report.mrr:.4f}  "
