@@ -113,11 +113,13 @@ class StagedChunkWriter:
         }
         self.schema = staged_schema(dim).with_metadata(metadata)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Dictionary encoding for every column but the vectors (storage.write_parquet says why).
+        dictionary = [name for name in self.schema.names if name != "vector"]
         if is_local(path):
-            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, use_dictionary=dictionary)
         else:
             self.handle = path.open("wb")
-            self.writer = pq.ParquetWriter(self.handle, self.schema)
+            self.writer = pq.ParquetWriter(self.handle, self.schema, use_dictionary=dictionary)
         self.rows = 0
 
     def write(
@@ -208,7 +210,7 @@ class ResumeSlices:
     def put(self, k: int, ids: list[str], texts: list[str], vectors: np.ndarray, truncated: int) -> None:
         metadata = {**self.model, "digest": self._digest(ids, texts), "truncated": str(truncated)}
         table = pa.table({"vector": vector_array(vectors)}).replace_schema_metadata(metadata)
-        write_parquet(self.root / f"{k}.parquet", table)
+        write_parquet(self.root / f"{k}.parquet", table, use_dictionary=False)
 
     def clear(self) -> None:
         remove_dir(self.root)

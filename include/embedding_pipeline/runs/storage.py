@@ -71,16 +71,18 @@ def remove_dir(path: StoragePath) -> None:
         path.rmdir()
 
 
-def write_parquet(path: StoragePath, table: pa.Table) -> str:
-    """Write a small whole Parquet file (id lists, state); return its path as text."""
+def write_parquet(path: StoragePath, table: pa.Table, use_dictionary: bool | list[str] = True) -> str:
+    """Write a small whole Parquet file (id lists, state, vectors); return its path as text.
+    ``use_dictionary`` as for pyarrow: vectors never repeat, and dictionary-encoding them doubles
+    the write time (37 vs 17 ms for 4096 x 384 floats here) for a larger file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_local(path):
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, use_dictionary=use_dictionary)
         tmp.replace(path)
     else:
         with path.open("wb") as handle:
-            pq.write_table(table, handle)
+            pq.write_table(table, handle, use_dictionary=use_dictionary)
     return str(path)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,12 +93,20 @@ class TextEncoder:
         """Token count of each text after prefixing and truncation (for length-sorted batching)."""
         return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(self.prefixed(texts, role))]
 
+    def tokenize(self, texts: Sequence[str], role: Role | None = None) -> list[Any]:
+        """``tokenizers`` encodings of already-validated ``texts`` (prefixed, truncated), for callers
+        that sort by length before batching: tokenized once, then :meth:`pad`-ded per batch."""
+        return self.tokenizer.encode_batch(self.prefixed(texts, role)) if texts else []
+
     def encode(self, texts: Sequence[str], role: Role | None = None) -> EncodedBatch:
         """Tokenize already-validated ``texts``; pads to the longest text in the batch."""
-        if not texts:
+        return self.pad(self.tokenize(texts, role))
+
+    def pad(self, encodings: Sequence[Any]) -> EncodedBatch:
+        """One batch of encodings as padded INT64 arrays, as wide as its longest row."""
+        if not encodings:
             empty = np.zeros((0, 0), dtype=np.int64)
             return EncodedBatch(empty, empty.copy(), 0)
-        encodings = self.tokenizer.encode_batch(self.prefixed(texts, role))
         width = max(len(encoding.ids) for encoding in encodings)
         input_ids = np.full((len(encodings), width), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
