@@ -48,7 +48,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     source, name, precision = DEMO_MODELS[args.lang]
-    if args.source is not None and args.source != source:
+    if args.source is not None and args.source != source:  # another model: its own name, fp32
         name, precision = "model", "fp32"
     args.source = args.source or source
     args.name = args.name or name
