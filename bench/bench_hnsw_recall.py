@@ -26,7 +26,7 @@ qdrant_edge``) is Qdrant's own segment engine in-process, with the same HNSW ind
    (one ``EdgeShard.search`` call). ``exact=True`` through the engine is the sanity check (recall
    1.0 up to tied scores; score difference vs NumPy reported). The link stage's own request shape
    (limit K + ``TIE_MARGIN``, ``hnsw_ef`` raised to at least that, cut to K by score then keyword
-   id, as ``product_link._best`` does) is measured too.
+   id, as ``link_fusion.best`` does) is measured too.
 5. The build is multithreaded and not deterministic: ``--builds`` fresh shards (default 2), each
    reported on its own.
 
@@ -203,7 +203,7 @@ class Corpus:
     kcode: np.ndarray  # keyword category codes
     pcode: np.ndarray  # product category codes
     k: int
-    tie_margin: int  # product_link.TIE_MARGIN
+    tie_margin: int  # link_fusion.TIE_MARGIN
     tolerance: float  # link_quality.SCORE_TOLERANCE
 
     @property
@@ -348,7 +348,7 @@ class Cell:
 
     ef: int | None  # hnsw_ef in the request (None: the index default)
     filtered: bool
-    request: str = "top_k"  # "top_k": limit K; "link": limit K + TIE_MARGIN, cut to K as _best does
+    request: str = "top_k"  # "top_k": limit K; "link": limit K + TIE_MARGIN, cut to K as best() does
     exact: bool = False
 
     @property
@@ -403,7 +403,7 @@ def run_cell(
             result = shard.search(request)
             lat.append(time.perf_counter_ns() - t0)
             pairs = [(int(p.id), float(p.score)) for p in result]
-            if cell.request == "link":  # product_link._best: score rounded to 6 digits, then keyword id
+            if cell.request == "link":  # link_fusion.best: score rounded to 6 digits, then keyword id
                 pairs = sorted(pairs, key=lambda h: (-round(h[1], 6), keyword_ids[h[0]]))[:k]
             hits.append([i for i, _ in pairs])
             scores.append([s for _, s in pairs])
@@ -561,8 +561,8 @@ def run_section(
     meter: Meter, scratch: Path, model: InProcess, n_keywords: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
+    from embedding_pipeline.stages.link_fusion import TIE_MARGIN
     from embedding_pipeline.stages.link_quality import SCORE_TOLERANCE
-    from embedding_pipeline.stages.product_link import TIE_MARGIN
 
     section = f"{n_keywords}kw"
     k = args.top_k
@@ -879,8 +879,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from embedding_pipeline.stages.link_fusion import TIE_MARGIN
     from embedding_pipeline.stages.link_quality import SCORE_TOLERANCE
-    from embedding_pipeline.stages.product_link import TIE_MARGIN
 
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()

@@ -84,10 +84,11 @@ def _embed(client: Any, texts: list[str], role: str) -> tuple[np.ndarray, float]
 
 
 def _ranked(ids: list[str], scores: np.ndarray, depth: int) -> list[tuple[dict[str, Any], float]]:
-    """The first ``depth`` keywords by score, ties by keyword id: the link stage's ``_best`` order."""
-    top = np.argpartition(-scores, min(depth, len(scores) - 1))[: depth + 20]
-    order = sorted(top, key=lambda j: (-round(float(scores[j]), 6), ids[j]))[:depth]
-    return [({"keyword_id": ids[j]}, float(scores[j])) for j in order]
+    """The first ``depth`` keywords by score in the link stage's order (``link_fusion.best``)."""
+    from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best
+
+    top = np.argpartition(-scores, min(depth, len(scores) - 1))[: depth + TIE_MARGIN]
+    return best([({"keyword_id": ids[j]}, float(scores[j])) for j in top], depth)
 
 
 def _metrics(lists: dict[str, list[str]], root: Path) -> dict[str, float]:
@@ -108,7 +109,7 @@ def run_lang(
     from embedding_pipeline.sample.generate import generate
     from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
-    from embedding_pipeline.stages.link_fusion import rrf
+    from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
     from embedding_pipeline.stores.elasticsearch.read import match_many
 
     root = scratch / f"data-{lang}"
@@ -127,10 +128,11 @@ def run_lang(
     started = time.perf_counter()
     lexical = []
     for i in range(0, len(product_texts), 20):
-        found = match_many(es, index, "keyword", product_texts[i : i + 20], DEPTH, None, ["keyword_id"])
+        texts = product_texts[i : i + 20]
+        found = match_many(es, index, "keyword", texts, DEPTH + TIE_MARGIN, None, ["keyword_id"])
         lexical += [[({"keyword_id": d["keyword_id"]}, float(d["_score"])) for d in docs] for docs in found]
     lexical_s = (time.perf_counter() - started) / len(product_texts)
-    lexical = [sorted(hits, key=lambda h: (-round(h[1], 6), h[0]["keyword_id"])) for hits in lexical]
+    lexical = [best(hits, DEPTH) for hits in lexical]
     rows = [
         {
             "lang": lang,

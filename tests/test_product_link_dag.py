@@ -345,9 +345,9 @@ def test_hybrid_and_lexical_lists_are_the_fused_rankings_and_say_how_they_were_m
     """link_mode hybrid: each stored list is the RRF of Qdrant's dense ranking and Elasticsearch's
     BM25 ranking of the product name (recomputed here from both stores), weights as given;
     lexical: BM25 alone. The ``link`` object records mode, weights, k and depth."""
-    from embedding_pipeline.stages.link_fusion import rrf
+    from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
     from embedding_pipeline.stages.link_options import LinkOptions
-    from embedding_pipeline.stages.product_link import TIE_MARGIN, _best, _filters
+    from embedding_pipeline.stages.product_link import _filters
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.read import match_many
     from embedding_pipeline.stores.qdrant.client import open_client
@@ -389,10 +389,10 @@ def test_hybrid_and_lexical_lists_are_the_fused_rankings_and_say_how_they_were_m
         found = match_many(
             es, env["kw"], "keyword", names, 20 + TIE_MARGIN, filters, ["keyword_id", "keyword"]
         )
-    lexical = [_best([Hit(d, d["_score"]) for d in hits], 20 + TIE_MARGIN) for hits in found]
+    lexical = [best([Hit(d, d["_score"]) for d in hits], 20) for hits in found]
     assert sum(len(x) for x in lexical) > 0  # some names share words with keywords
     for i, d, x in zip(ids, dense, lexical, strict=True):
-        expected = rrf([(_best(d, 20), 2.0), (x, 1.0)], 60, 5)
+        expected = rrf([(best(d, 20), 2.0), (x, 1.0)], 60, 5)
         stored = docs[i]["keywords"]
         assert [k["keyword_id"] for k in stored] == [str(p["keyword_id"]) for p, _ in expected]
         assert [k["score"] for k in stored] == [round(s, 6) for _, s in expected]
@@ -437,8 +437,8 @@ def test_hybrid_and_lexical_lists_are_the_fused_rankings_and_say_how_they_were_m
     with open_es() as es:
         found = match_many(es, env["kw"], "keyword", [docs[i]["product_name"] for i in ids], 5 + TIE_MARGIN)
     for i, hits in zip(ids, found, strict=True):
-        best = _best([Hit(h, h["_score"]) for h in hits], 5)
-        assert [k["keyword_id"] for k in docs[i]["keywords"]] == [str(h.payload["keyword_id"]) for h in best]
+        top = best([Hit(h, h["_score"]) for h in hits], 5)
+        assert [k["keyword_id"] for k in docs[i]["keywords"]] == [str(h.payload["keyword_id"]) for h in top]
         assert docs[i]["link"]["mode"] == "lexical" and "dense_weight" not in docs[i]["link"]
 
 

@@ -171,6 +171,18 @@ def rollback_params() -> dict[str, Param]:
     }
 
 
+def _keyword_index_alias() -> Param:
+    """Both stages' ``es_alias``: the keyword stage writes it, the link stage's lexical and hybrid
+    modes search it (the chain takes one Param for both)."""
+    return Param(
+        KEYWORD_ALIAS,
+        type="string",
+        pattern=ES_ALIAS,
+        description="Keyword index alias (Elasticsearch): written by keyword_index, searched by "
+        "link_mode lexical and hybrid.",
+    )
+
+
 def keyword_params() -> dict[str, Param]:
     return {
         "write_qdrant": Param(True, type="boolean"),
@@ -178,13 +190,7 @@ def keyword_params() -> dict[str, Param]:
         "qdrant_alias": Param(
             KEYWORD_ALIAS, type="string", pattern=NAME, description="Keyword collection alias."
         ),
-        "es_alias": Param(
-            KEYWORD_ALIAS,
-            type="string",
-            pattern=ES_ALIAS,
-            description="Keyword index alias (Elasticsearch): written by keyword_index, searched by "
-            "link_mode lexical and hybrid.",
-        ),
+        "es_alias": _keyword_index_alias(),
     }
 
 
@@ -230,13 +236,7 @@ def product_params() -> dict[str, Param]:
             type="boolean",
             description="Qdrant server: search without the HNSW index (exact, slow at scale).",
         ),
-        "es_alias": Param(
-            KEYWORD_ALIAS,
-            type="string",
-            pattern=ES_ALIAS,
-            description="Keyword index alias (Elasticsearch): written by keyword_index, searched by "
-            "link_mode lexical and hybrid.",
-        ),
+        "es_alias": _keyword_index_alias(),
         "link_mode": Param(
             DEFAULT_LINK_MODE,
             type="string",

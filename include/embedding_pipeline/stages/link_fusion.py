@@ -17,6 +17,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 Hit = tuple[Mapping[str, Any], float]  # (keyword payload, score)
+TIE_MARGIN = 8  # extra hits fetched from an engine so ties at a cut are broken by keyword id (best)
+
+
+def best(hits: Sequence[Hit], k: int) -> list[Hit]:
+    """The top ``k`` hits in a stable order: by score as stored (6 decimals), then keyword id.
+
+    Engines order equal scores arbitrarily (Qdrant's may change when points are re-upserted), so
+    a re-link could swap tied keywords, or pick another of several tied at the cut. Asking for
+    ``TIE_MARGIN`` more and cutting here makes the list a function of the data unless more than
+    ``TIE_MARGIN`` keywords tie at the cut (duplicate keyword texts with different ids do tie).
+    """
+    return sorted(hits, key=lambda hit: (-round(hit[1], 6), str(hit[0].get("keyword_id"))))[:k]
 
 
 def rrf(rankings: Sequence[tuple[Sequence[Hit], float]], rrf_k: int, top_k: int) -> list[Hit]:

@@ -28,6 +28,16 @@ MAX_FUSION_DEPTH = 1000
 MATCHABLE_FIELDS = ("category", "lang")  # fields both tables carry
 
 
+def keyword_conditions(
+    keyword_filter: Mapping[str, Any], match_fields: tuple[str, ...], product: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """One product's keyword filter: the static ``keyword_filter``, where each matched field with a
+    value in ``product`` replaces the static condition on that field (null: no condition)."""
+    conditions = dict(keyword_filter)
+    conditions |= {name: product[name] for name in match_fields if product.get(name) is not None}
+    return conditions or None
+
+
 @dataclass(frozen=True)
 class LinkOptions:
     """How products are linked; recorded in every product document's ``link`` object."""

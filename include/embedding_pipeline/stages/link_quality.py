@@ -35,6 +35,8 @@ from qdrant_client.http import models
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.serving.client import EmbeddingClient
+from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
+from embedding_pipeline.stages.link_options import keyword_conditions
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 from embedding_pipeline.stages.product_documents import search_setting
 from embedding_pipeline.stores.elasticsearch.read import sample_documents
@@ -51,7 +53,6 @@ SCORE_TOLERANCE = 1e-6
 SCAN_CELLS = 8_000_000
 SCAN_BATCH_LIMITS = (256, 8192)
 MISSED_EXAMPLES = 3
-LEXICAL_TIE_MARGIN = 8  # as the link stage's TIE_MARGIN: extra hits so ties at the cut break by id
 RENDERED_PRODUCTS = 10
 _SCALARS = (str, int, float, bool)
 
@@ -386,19 +387,16 @@ def _lexical_rankings(
         docs = [run.docs[r] for r in group]
         filters = [_link_filter(run.specs[r], run.docs[r]) for r in group]
         names = [str(d.get("product_name")) for d in docs]
-        found = match_many(es, index, "keyword", names, depth + LEXICAL_TIE_MARGIN, filters)
+        found = match_many(es, index, "keyword", names, depth + TIE_MARGIN, filters)
         for row, hits in zip(group, found, strict=True):
-            ordered = sorted(hits, key=lambda h: (-round(float(h["_score"]), 6), str(h["keyword_id"])))
-            rankings[row] = [(h, float(h["_score"])) for h in ordered[:depth]]
+            rankings[row] = best([(h, float(h["_score"])) for h in hits], depth)
     return rankings
 
 
 def _link_filter(spec: LinkSpec, doc: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The link stage's per-product keyword filter: static conditions, replaced by the product's
-    own value for each matched field that has one."""
-    conditions: dict[str, Any] = {k: sorted(v, key=str) for k, v in spec.keyword_filter.items()}
-    conditions |= {f: doc[f] for f in spec.match_fields if doc.get(f) is not None}
-    return conditions or None
+    """The link stage's per-product keyword filter, from the document's ``link`` record."""
+    static = {k: sorted(v, key=str) for k, v in spec.keyword_filter.items()}
+    return keyword_conditions(static, spec.match_fields, doc)
 
 
 def _fused_recall(
@@ -410,11 +408,8 @@ def _fused_recall(
     """Recall of a hybrid or lexical list against the same fusion of the exact dense ranking and
     Elasticsearch's ranking. Dense near-ties may order differently here than in Qdrant, which can
     move a fused rank: a measurement, reported like any other miss."""
-    from embedding_pipeline.stages.link_fusion import rrf
-
     spec, k, stored = sample.specs[row], sample.ks[row], sample.stored[row]
-    ordered = sorted(dense, key=lambda e: (-round(e[2], 6), e[0]))
-    dense_hits = [({"keyword_id": i, "keyword": text}, score) for i, text, score in ordered]
+    dense_hits = best([({"keyword_id": i, "keyword": text}, score) for i, text, score in dense], len(dense))
     weights = (spec.dense_weight if spec.mode == "hybrid" else 0.0, spec.lexical_weight)
     expected = rrf([(dense_hits, weights[0]), (lexical, weights[1])], spec.rrf_k, k)
     found = sum(str(p["keyword_id"]) in stored for p, _ in expected)

@@ -58,9 +58,9 @@ from embedding_pipeline.stages.embed import embed_task
 from embedding_pipeline.stages.generation_rules import Publish
 from embedding_pipeline.stages.generation_stores import StoreAlias
 from embedding_pipeline.stages.generations import gate_generation
-from embedding_pipeline.stages.link_fusion import rrf
+from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
 from embedding_pipeline.stages.link_maintenance import entry_score
-from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions
+from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions, keyword_conditions
 from embedding_pipeline.stages.product_documents import (
     PRODUCT_FIELD_TYPES,
     LinkStamp,
@@ -74,7 +74,6 @@ log = logging.getLogger(__name__)
 KIND = "product"
 STAGE = LINK_STAGE
 RELINK_STAGE = "relink"  # stored products relinked because keywords changed (link_maintenance)
-TIE_MARGIN = 8  # extra hits fetched so ties at the top-K cut are broken by keyword id (see _best)
 
 
 class LinkSetupError(SetupError):
@@ -233,28 +232,9 @@ def embed(
     return embed_task(chunk, run_dir, prepared, PRODUCTS, KIND, role, settings, PRODUCT_FIELD_TYPES)
 
 
-def _best(hits: list[Any], top_k: int) -> list[Any]:
-    """The top ``top_k`` hits in a stable order: by score as stored (6 decimals), then keyword id.
-
-    Engines order equal scores arbitrarily (Qdrant's may change when points are re-upserted), so
-    a re-link could swap tied keywords, or pick another of several tied at the cut. Asking for
-    ``TIE_MARGIN`` more and cutting here makes the list a function of the data unless more than
-    ``TIE_MARGIN`` keywords tie at the cut (duplicate keyword texts with different ids do tie).
-    """
-    ordered = sorted(hits, key=lambda hit: (-round(hit.score, 6), str(hit.payload.get("keyword_id"))))
-    return ordered[:top_k]
-
-
 def _filters(options: LinkOptions, payloads: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
     """Per product: the static keyword filter plus "same <field> as this product" (null: no condition)."""
-    filters = []
-    for payload in payloads:
-        conditions = dict(options.keyword_filter)
-        for name in options.match_fields:
-            if payload.get(name) is not None:
-                conditions[name] = payload[name]
-        filters.append(conditions or None)
-    return filters
+    return [keyword_conditions(options.keyword_filter, options.match_fields, p) for p in payloads]
 
 
 @dataclass
@@ -352,13 +332,13 @@ class _Linker:
                 retry=self.retry,
             )
         if options.link_mode == "dense":
-            ranked = [_best(hits, options.top_k) for hits in dense]
+            ranked = [best(hits, options.top_k) for hits in dense]
         else:
             lexical = self._lexical([batch.texts[i] for i in rows], filters)
             depth = options.ranking_depth
             ranked = [
                 rrf(
-                    [(_best(d, depth), options.dense_weight), (x, options.lexical_weight)],
+                    [(best(d, depth), options.dense_weight), (x, options.lexical_weight)],
                     options.rrf_k,
                     options.top_k,
                 )
@@ -404,7 +384,7 @@ class _Linker:
             self.es, self.options.keyword_index, "keyword", texts, fetch, filters, ["keyword_id", "keyword"]
         )
         return [
-            _best([Hit(d, float(d["_score"])) for d in docs], self.options.ranking_depth) for docs in found
+            best([Hit(d, float(d["_score"])) for d in docs], self.options.ranking_depth) for docs in found
         ]
 
     def _count(self, product_id: str, keyword_ids: list[str]) -> None:
