@@ -64,11 +64,14 @@ from pipeline_stages.product_link_tasks import product_link_tasks
 def embedding_chain():
     with TaskGroup("model") as model:
         model_gate_tasks()
-    with TaskGroup("keyword_index") as keywords:
-        keyword_index_tasks()
-    with TaskGroup("product_link") as products:
-        product_link_tasks()
-    model >> keywords >> products
+    with TaskGroup("keyword_index"):
+        keywords = keyword_index_tasks()
+    with TaskGroup("product_link"):
+        products = product_link_tasks()
+    # Each stage after the previous one's data is live (go_live), not after its Asset event: an
+    # empty night of keywords skips that event, and tonight's products are still linked.
+    model >> keywords.first
+    keywords.live >> products.first
 
 
 embedding_chain()

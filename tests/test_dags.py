@@ -57,9 +57,12 @@ def test_the_chain_runs_every_stage_in_order_and_owns_the_schedule(dagbag):
     # finalize (report, state, a full rebuild's gate) -> optional approval -> the swap and the Asset
     assert down["keyword_index.finalize"] == {"keyword_index.approve_swap"}
     assert down["keyword_index.approve_swap"] == {"keyword_index.go_live"}
-    assert down["keyword_index.go_live"] == {"product_link.plan"}
-    go_live = chain.get_task("product_link.go_live")
-    assert [o.name for o in go_live.outlets] == ["product_links"] and go_live.trigger_rule == "none_failed"
+    # The products follow the keywords' swap, not their Asset event (skipped on an empty night).
+    assert down["keyword_index.go_live"] == {"keyword_index.announce", "product_link.plan"}
+    assert down["keyword_index.announce"] == set()
+    go_live, announce = chain.get_task("product_link.go_live"), chain.get_task("product_link.announce")
+    assert go_live.outlets == [] and go_live.trigger_rule == "none_failed"
+    assert [o.name for o in announce.outlets] == ["product_links"] and announce.trigger_rule == "all_success"
     # Every stage task of the stage DAGs is in the chain, under its group.
     for dag_id, group in (("keyword_index", "keyword_index"), ("product_link", "product_link")):
         assert {f"{group}.{t}" for t in dagbag.get_dag(dag_id).task_ids} <= set(chain.task_ids)

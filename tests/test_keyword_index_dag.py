@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from embedding_pipeline.local.airflow_runner import run_dag
 from embedding_pipeline.runs.dead_letter import read_dead_letters
+from embedding_pipeline.runs.report_page import render_page, stage_pages
 from embedding_pipeline.sample.generate import generate
 
 DAG_ID = "keyword_index"
@@ -76,7 +78,8 @@ def test_bad_rows_are_accounted_for_and_a_rerun_changes_nothing(pipeline_env):
     )
     manifest = json.loads(Path(summary["tables"]["keywords"]["manifest"]).read_text())
     expected = {dt: manifest["partitions"][dt]["expected"] for dt in DATES}
-    first = _report(run_dag(DAG_ID, _conf(pipeline_env)))
+    first_run = run_dag(DAG_ID, _conf(pipeline_env))
+    first = _report(first_run)
     assert first["status"] == "ok" and first["rows_read"] == 900 and first["chunks"] >= 4
     expected_dead = sum(e["dead_lettered"] for e in expected.values())
     assert first["embed"]["dead_lettered"] == expected_dead > 0
@@ -99,12 +102,53 @@ def test_bad_rows_are_accounted_for_and_a_rerun_changes_nothing(pipeline_env):
         staged_ids.update(pq.read_table(path, columns=["id"]).column(0).to_pylist())
     assert counts == (len(staged_ids),) * 2
     assert first["sinks"]["es"]["indexed"] == 900 - expected_dead
+    # finalize's XCom names the embed step's dead letters: per store, read = written + dead letters.
+    summary = _xcom(first_run, "finalize")
+    assert summary["embed"]["dead_letters_by_reason"] == reasons
+    for store in ("qdrant", "es"):
+        part = summary["sinks"][store]
+        assert part["indexed"] + summary["embed"]["dead_lettered"] + part["dead_lettered"] == 900
+    assert summary["report"] == str(run_dir / "report.md")
+    # The announce task sent the Asset event with what was read.
+    assert _asset_events(first_run) == [{"partitions": DATES, "rows_read": 900}]
+    # The UI's report page (plugins/pipeline_report) shows the report's numbers.
+    page = render_page(DAG_ID, first["run_id"], stage_pages(DAG_ID, first["run_id"]))
+    shown = dict(re.findall(r'data-field="([^"]+)" data-value="([^"]*)"', page))
+    assert shown["keyword_index.embed.dead_lettered"] == str(expected_dead)
+    for store in ("qdrant", "es"):
+        for column in ("rows_in", "indexed", "unchanged", "deleted", "dead_lettered", "task_seconds"):
+            assert shown[f"keyword_index.sinks.{store}.{column}"] == str(first["sinks"][store][column])
+    for reason, count in reasons.items():
+        assert f'data-field="keyword_index.dead_letters_by_reason.{reason}">{count:,}<' in page
+    assert str(run_dir / "dead_letters") in page and page.count("<svg") >= 2
 
     # The same dates again: every valid row is unchanged (incremental), nothing is written.
     second = _report(run_dag(DAG_ID, _conf(pipeline_env)))
     assert second["embed"]["unchanged"] == 900 - expected_dead and second["embed"]["indexed"] == 0
     assert second["sinks"]["qdrant"]["indexed"] == second["sinks"]["es"]["indexed"] == 0
     assert _sink_counts(pipeline_env["alias"]) == counts
+
+
+def _xcom(run, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        xcom = session.query(XComModel).filter_by(
+            dag_id=DAG_ID, run_id=run.run_id, task_id=task_id, key="return_value"
+        )
+        value = xcom.one().value
+        return value if isinstance(value, dict) else json.loads(value)
+
+
+def _asset_events(run) -> list[dict]:
+    """What the run's ``keyword_index`` Asset events carried (a follower DAG reads these)."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = session.query(AssetEvent).filter_by(source_dag_id=DAG_ID, source_run_id=run.run_id).all()
+        return [event.extra for event in events]
 
 
 def first_run_dir(report: dict) -> str:
@@ -115,9 +159,15 @@ def first_run_dir(report: dict) -> str:
 
 def test_missing_partition_is_skipped_or_fails_on_request(pipeline_env):
     generate(pipeline_env["data"], keywords=100, dates=[DATES[0]], seed=1, tables=("keywords",))
-    report = _report(run_dag(DAG_ID, _conf(pipeline_env, dt="2023-06-01", dt_end=None)))
+    empty = run_dag(DAG_ID, _conf(pipeline_env, dt="2023-06-01", dt_end=None))
+    report = _report(empty)
     assert report["status"] == "no_data" and report["missing_partitions"] == ["2023-06-01"]
     assert report["rows_read"] == 0 and report["chunks"] == 0
+    # An empty night: nothing was embedded or written, and no Asset event tells followers otherwise.
+    states = {ti.task_id: str(ti.state) for ti in empty.get_task_instances()}
+    assert str(empty.state) == "success" and states["go_live"] == "success", states
+    assert states["embed"] == states["qdrant_upsert"] == states["announce"] == "skipped", states
+    assert _asset_events(empty) == []
     run = run_dag(DAG_ID, _conf(pipeline_env, dt="2023-06-01", dt_end=None, missing_partition="fail"))
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert str(run.state) == "failed" and states["plan"] == "failed"

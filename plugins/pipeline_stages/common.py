@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +119,22 @@ def run_meta(stage: str) -> dict[str, Any]:
     return {"dag_id": context["dag"].dag_id, "stage": stage, "run_id": context["run_id"]}
 
 
-def swap_and_emit(asset: Any, planned: dict, prepared: dict) -> dict:
-    """The last task of every stage, after finalize (report, state commit, a full rebuild's gate)
-    and the optional approval: a full rebuild's swap, then the stage's Asset event (partitions and
-    rows read), so that followers only ever see data the aliases serve. Returns the summary XCom
-    gets (the full report is a file in the run dir)."""
+class StageEnds(NamedTuple):
+    """Where a stage's tasks start and where its data is live: the chain wires the next stage after
+    ``live``, not after the Asset event, which an empty night skips."""
+
+    first: Any
+    live: Any
+
+
+def go_live(planned: dict, prepared: dict) -> dict:
+    """The stage's last step of work, after finalize (report, state commit, a full rebuild's gate)
+    and the optional approval: a full rebuild's swap. Returns the summary XCom gets (the full report
+    is a file in the run dir)."""
     from airflow.sdk import get_current_context
     from embedding_pipeline.runs.report import read_report, summary
 
-    context = get_current_context()
-    params, run_dir = context["params"], planned["run_dir"]
+    params, run_dir = get_current_context()["params"], planned["run_dir"]
     if params["mode"] == "full":
         from embedding_pipeline.stages.generations import swap_generation
 
@@ -136,8 +142,22 @@ def swap_and_emit(asset: Any, planned: dict, prepared: dict) -> dict:
             report = swap_generation(run_dir, prepared, publish_options(params))
     else:
         report = read_report(run_dir)
-    context["outlet_events"][asset].extra = {
-        "partitions": report["partitions"],
-        "rows_read": report["rows_read"],
-    }
     return summary(report, run_dir)
+
+
+def announce(asset: Any, planned: dict) -> dict:
+    """The stage's Asset event (partitions and rows read), after ``go_live``: followers only ever
+    see data the aliases serve. A run that read no rows sends none - the task is skipped, so a DAG
+    scheduled on the Asset does not run on an empty night."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowSkipException
+    from embedding_pipeline.runs.report import read_report
+
+    report = read_report(planned["run_dir"])
+    if report["status"] == "no_data":
+        raise AirflowSkipException(
+            f"no data: partitions {report['partitions'] or 'none'} held no rows; no {asset.name} event"
+        )
+    extra = {"partitions": report["partitions"], "rows_read": report["rows_read"]}
+    get_current_context()["outlet_events"][asset].extra = extra
+    return extra

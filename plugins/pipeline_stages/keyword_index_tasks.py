@@ -11,6 +11,9 @@ from airflow.sdk import Asset, get_current_context, task
 
 from pipeline_stages.approval import SwapApproval
 from pipeline_stages.common import (
+    StageEnds,
+    announce,
+    go_live,
     input_spec,
     no_retry_on_setup_errors,
     plan_stage,
@@ -19,7 +22,6 @@ from pipeline_stages.common import (
     run_meta,
     server_settings,
     store_settings,
-    swap_and_emit,
 )
 
 KEYWORD_INDEX = Asset("keyword_index")
@@ -32,7 +34,7 @@ def _targets(params: dict) -> Any:
     return Targets(params["write_qdrant"], params["write_es"], params["qdrant_alias"], params["es_alias"])
 
 
-def keyword_index_tasks() -> None:
+def keyword_index_tasks() -> StageEnds:
     """Create the stage's tasks in the current DAG or TaskGroup."""
 
     @task(retries=0)
@@ -111,9 +113,13 @@ def keyword_index_tasks() -> None:
             )
         return summary(report, planned["run_dir"])
 
-    @task(trigger_rule="none_failed", outlets=[KEYWORD_INDEX], retries=0)
-    def go_live(planned: dict, prepared: dict) -> dict:
-        return swap_and_emit(KEYWORD_INDEX, planned, prepared)
+    @task(trigger_rule="none_failed", retries=0, task_id="go_live")
+    def live(planned: dict, prepared: dict) -> dict:
+        return go_live(planned, prepared)
+
+    @task(outlets=[KEYWORD_INDEX], retries=0, task_id="announce")
+    def announced(planned: dict) -> dict:
+        return announce(KEYWORD_INDEX, planned)
 
     planned = plan()
     prepared = prepare_sinks(planned)
@@ -123,4 +129,6 @@ def keyword_index_tasks() -> None:
     done = finish_sinks(prepared)
     [qdrant, es] >> done
     report = finalize(planned, prepared, embedded, qdrant, es)
-    done >> report >> SwapApproval(task_id="approve_swap") >> go_live(planned, prepared)
+    served = live(planned, prepared)
+    done >> report >> SwapApproval(task_id="approve_swap") >> served >> announced(planned)
+    return StageEnds(planned, served)

@@ -11,6 +11,9 @@ from airflow.sdk import Asset, get_current_context, task
 
 from pipeline_stages.approval import SwapApproval
 from pipeline_stages.common import (
+    StageEnds,
+    announce,
+    go_live,
     input_spec,
     no_retry_on_setup_errors,
     plan_stage,
@@ -19,7 +22,6 @@ from pipeline_stages.common import (
     run_meta,
     server_settings,
     store_settings,
-    swap_and_emit,
 )
 
 PRODUCT_LINKS = Asset("product_links")
@@ -49,7 +51,7 @@ def _options(params: dict) -> Any:
         )
 
 
-def product_link_tasks() -> None:
+def product_link_tasks() -> StageEnds:
     """Create the stage's tasks in the current DAG or TaskGroup."""
 
     @task(retries=0)
@@ -142,9 +144,13 @@ def product_link_tasks() -> None:
             )
         return summary(report, planned["run_dir"])
 
-    @task(trigger_rule="none_failed", outlets=[PRODUCT_LINKS], retries=0)
-    def go_live(planned: dict, prepared: dict) -> dict:
-        return swap_and_emit(PRODUCT_LINKS, planned, prepared)
+    @task(trigger_rule="none_failed", retries=0, task_id="go_live")
+    def live(planned: dict, prepared: dict) -> dict:
+        return go_live(planned, prepared)
+
+    @task(outlets=[PRODUCT_LINKS], retries=0, task_id="announce")
+    def announced(planned: dict) -> dict:
+        return announce(PRODUCT_LINKS, planned)
 
     planned = plan()
     prepared = prepare(planned)
@@ -155,4 +161,6 @@ def product_link_tasks() -> None:
     done = finish_sinks(prepared)
     [linked, relinked] >> done
     report = finalize(planned, prepared, embedded, linked, relinked)
-    done >> report >> SwapApproval(task_id="approve_swap") >> go_live(planned, prepared)
+    served = live(planned, prepared)
+    done >> report >> SwapApproval(task_id="approve_swap") >> served >> announced(planned)
+    return StageEnds(planned, served)

@@ -57,6 +57,12 @@ def stage_summary(results: list[StageResult]) -> dict[str, Any]:
         "rows_per_task_second": _rate(indexed, seconds),
         "unbalanced_tasks": [r.chunk for r in results if not r.balanced],
         "extra": _sum_numeric_extras(results),
+        # Per mapped task (at most max_chunks of them): the report view's throughput chart.
+        "per_task": [
+            {"chunk": r.chunk, "rows_in": r.rows_in, "indexed": r.indexed, "seconds": r.seconds}
+            for r in results
+        ],
+        "dead_letter_paths": sorted(r.dead_letter_path for r in results if r.dead_letter_path),
     }
 
 
@@ -140,6 +146,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{int(extra.get('unknown_deletes', 0))}), deleted {report['embed']['deleted']} of "
             f"{report.get('live_before', 0)} stored ids.",
         ]
+    lines += ["", *_identity_lines(report)]
     reasons: Counter[str] = Counter(report["embed"]["dead_letters_by_reason"])
     for summary in report["sinks"].values():
         reasons.update(summary["dead_letters_by_reason"])
@@ -162,6 +169,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["problems"]:
         lines += ["", "Problems:", *[f"- {p}" for p in report["problems"]]]
     return "\n".join(lines) + "\n"
+
+
+def _identity_lines(report: dict[str, Any]) -> list[str]:
+    """Per store, where every row read went (what finalize checks), with the embed step's dead
+    letters named: "read 6667 = written 6622 + ... + dead letters 45 (embed 45, es 0)"."""
+    embed = report["embed"]
+    return [
+        f"- {name}: read {report['rows_read']} = written {part['indexed']} + unchanged "
+        f"{embed['unchanged']} + deleted {part['deleted']} + dead letters "
+        f"{embed['dead_lettered'] + part['dead_lettered']} (embed {embed['dead_lettered']}, "
+        f"{name} {part['dead_lettered']})"
+        for name, part in report["sinks"].items()
+    ]
 
 
 def _generation_lines(section: dict[str, Any]) -> list[str]:

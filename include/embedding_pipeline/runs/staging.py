@@ -219,6 +219,11 @@ class ResumeSlices:
 STAGED = "staged chunk (written by this run's embed task)"
 
 
+def staged_row_count(path: str | StoragePath) -> int:
+    """Rows of a staged chunk, from its footer (what a sink's progress counts towards)."""
+    return parquet_file(path, STAGED).metadata.num_rows
+
+
 def staged_metadata(path: str | StoragePath) -> dict[str, str]:
     raw = parquet_file(path, STAGED).schema_arrow.metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items()}

@@ -28,6 +28,7 @@ rows but embeds only the slices its earlier attempt did not finish.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ from embedding_pipeline.runs.changes import decide
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import is_tombstone
 from embedding_pipeline.runs.partitions import Chunk, Segment, TableSpec, partition_version
+from embedding_pipeline.runs.progress import Progress
 from embedding_pipeline.runs.staging import DELETE, UPDATE, ResumeSlices, StagedChunkWriter, content_hash
 from embedding_pipeline.runs.state import IndexState, delta_table, fields_hash, text_hash
 from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file, read_parquet, write_parquet
@@ -52,6 +54,8 @@ from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.serving.tokenization import text_problem
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stores.elasticsearch.documents import MAX_ID_BYTES, field_problem
+
+log = logging.getLogger(__name__)
 
 STAGE = "embed"
 _REASONS = {"text is null": "null_text", "text is empty or whitespace": "empty_text"}
@@ -151,8 +155,10 @@ class _ChunkEmbedder:
         dead: DeadLetterWriter,
         role: Role | None,
         limits: EmbedLimits,
+        progress: Progress,
     ) -> None:
         self.client, self.writer, self.dead, self.role, self.limits = client, writer, dead, role, limits
+        self.progress = progress
         self.rejected: set[str] = set()  # embedded but not stageable: no state row either
         self.slices = ResumeSlices(writer.path, writer.model_name, writer.model_version)
         self.slice_number = 0
@@ -214,6 +220,7 @@ class _ChunkEmbedder:
         self.counts.truncated += truncated
         for values in self.pending:
             values.clear()
+        self.progress.update(self.counts.rows_in)
 
 
 def _segment_file(segment: Segment) -> pq.ParquetFile:
@@ -259,7 +266,8 @@ def embed_chunk(
     staged = run_dir / "staged" / f"{chunk.chunk_id}.parquet"
     model_name, model_version = client.settings.model_name, client.published.version
     writer = StagedChunkWriter(staged, client.dim, kind, model_name, model_version)
-    embedder = _ChunkEmbedder(client, writer, dead, role, limits)
+    progress = Progress(f"embed {chunk.chunk_id}", chunk.rows)
+    embedder = _ChunkEmbedder(client, writer, dead, role, limits, progress)
     try:
         if chunk.deletes_path:
             for row_id in read_parquet(chunk.deletes_path)["id"].to_pylist():
@@ -297,6 +305,20 @@ def embed_chunk(
         extra=extra,
     )
     result = chunk_result(counted, dead, started)
+    log.info(
+        "embed %s: %d rows in, %d embedded, %d fields updated, %d unchanged, %d deleted, "
+        "%d dead-lettered %s in %.1fs (%.0f rows/s)",
+        chunk.chunk_id,
+        result.rows_in,
+        counts.embedded,
+        counts.updated,
+        result.unchanged,
+        result.deleted,
+        result.dead_lettered,
+        result.dead_letters_by_reason,
+        result.seconds,
+        result.rows_in / result.seconds if result.seconds > 0 else 0.0,
+    )
     staged_any = counts.embedded + counts.updated + counts.deleted
     return EmbedOutput(result, str(path) if staged_any else None, delta)
 

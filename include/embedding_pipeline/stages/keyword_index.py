@@ -25,8 +25,9 @@ from embedding_pipeline.runs.changes import change_log, commit_changes, prepare_
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import KEYWORDS, partition_version
+from embedding_pipeline.runs.progress import Progress
 from embedding_pipeline.runs.report import finalize_run
-from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_metadata
+from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_metadata, staged_row_count
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_task
@@ -290,7 +291,8 @@ def index_keyword_chunk(
                 )
             ]
 
-    counts = bulk_index(es, alias, batches(), dead_letters, options)
+    progress = Progress(f"es_index {path.stem}", staged_row_count(path))
+    counts = bulk_index(es, alias, progress.track(batches(), len), dead_letters, options)
     counted = StageResult(
         ES_STAGE,
         path.stem,

@@ -42,6 +42,7 @@ from embedding_pipeline.runs.accounting import StageResult, chunk_result
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import PRODUCTS, partition_version
+from embedding_pipeline.runs.progress import Progress
 from embedding_pipeline.runs.staging import (
     DELETE,
     UPDATE,
@@ -50,6 +51,7 @@ from embedding_pipeline.runs.staging import (
     iter_staged,
     point_id,
     staged_metadata,
+    staged_row_count,
 )
 from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.storage import as_path, read_parquet
@@ -497,18 +499,21 @@ def link_chunk(
             deleted_keywords,
         )
         stats = linker.stats
+        relink_ids = read_parquet(relink)["id"].to_pylist() if relink else []
         source = (
             _relink_batches(
                 qdrant,
                 prepared["product_collection"],
-                read_parquet(relink)["id"].to_pylist(),
+                relink_ids,
                 options.write_batch,
                 linker,
             )
             if relink
             else iter_staged(as_path(embedded["staged"]), options.write_batch)
         )
-        batches = (linker.documents(batch) for batch in source)
+        total = len(relink_ids) if relink else staged_row_count(as_path(embedded["staged"]))
+        progress = Progress(f"{stage} {embedded['chunk']}", total)
+        batches = (linker.documents(batch) for batch in progress.track(source, lambda b: len(b.ids)))
         es_started = time.monotonic()
         counts = bulk_index(es, prepared["es_index"], batches, dead, bulk)
         # The generator runs inside bulk_index: take the search time out of the write time.

@@ -9,6 +9,7 @@ indexed + deleted + dead_lettered``).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from embedding_pipeline.retry import Retrier, RetriesExhausted, RetryPolicy
 from embedding_pipeline.runs.accounting import StageResult
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.partitions import partition_version
-from embedding_pipeline.runs.staging import DELETE, UPDATE, StagedBatch, iter_staged
+from embedding_pipeline.runs.progress import Progress
+from embedding_pipeline.runs.staging import DELETE, UPDATE, StagedBatch, iter_staged, staged_row_count
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.stores.qdrant.collections import (
     PointSchema,
@@ -39,6 +41,8 @@ from embedding_pipeline.stores.qdrant.errors import (
 )
 from embedding_pipeline.stores.qdrant.points import delete as delete_points
 from embedding_pipeline.stores.qdrant.points import not_newer_than
+
+log = logging.getLogger(__name__)
 
 STAGE = "qdrant_upsert"
 REASON_INVALID = "qdrant_invalid_point"
@@ -163,7 +167,8 @@ def upsert_chunk(
         client, target.name, retry.retrier(is_transient), dead_letters, max_consecutive_exhausted
     )
     rows_in = superseded = deleted = 0
-    for batch in iter_staged(path, batch_size):
+    progress = Progress(f"qdrant_upsert {path.stem}", staged_row_count(path))
+    for batch in progress.track(iter_staged(path, batch_size), lambda b: len(b.ids)):
         rows_in += len(batch.ids)
         removed = [batch.point_ids[i] for i, op in enumerate(batch.ops) if op == DELETE]
         if removed:  # deletes cannot be bad data: a failure after the retries fails the task
@@ -206,6 +211,17 @@ def upsert_chunk(
     )
     if not result.balanced:  # a bug here, never data: fail loudly rather than lose rows silently
         raise QdrantSinkError(f"Qdrant accounting does not balance for {path}: {result.to_xcom()}")
+    log.info(
+        "qdrant_upsert %s: %d in, %d indexed (%d superseded), %d deleted, %d dead-lettered %s in %.1fs",
+        path.stem,
+        rows_in,
+        result.indexed,
+        superseded,
+        deleted,
+        result.dead_lettered,
+        by_reason,
+        result.seconds,
+    )
     return result
 
 
