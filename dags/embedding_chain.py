@@ -1,8 +1,24 @@
 """The whole pipeline for a ``dt``: model -> keyword index -> product link, in one DAG run.
 
+**Run one date**: Trigger -> set *Date (dt)* (YYYY-MM-DD) -> Trigger. **A range**: also set *End
+date (dt_end)* (at most 366 days), or for many dates, one run per date: ``airflow backfill create
+--dag-id embedding_chain --from-date 2024-01-01 --to-date 2024-01-31``. Empty *dt*: the run's own
+day (a nightly run processes yesterday). Untick "Unpause on trigger" to run only what you trigger:
+unpausing also starts the scheduled run of last night.
+
+**Results**: the **Pipeline report** tab of the run (counts per stage and store, dead letters by
+reason with examples, charts); the same as files in ``var/runs/embedding_chain/<run_id>/<stage>/``
+(``report.md``, ``report.json``, ``dead_letters/``), whose path ``finalize`` logs. Search the
+stores with ``embedding-pipeline search``.
+
     model (decide -> export -> parity_gate -> publish -> load_on_server -> model_ready)
-      -> keyword_index (plan -> prepare_sinks -> embed[] -> qdrant_upsert[] + es_index[] -> finalize)
-      -> product_link  (plan -> prepare -> embed[] -> link[] -> finalize)
+      -> keyword_index (plan -> prepare_sinks -> embed[] -> qdrant_upsert[] + es_index[] -> finalize
+                        -> approve_swap -> go_live -> announce)
+      -> product_link  (plan -> prepare -> embed[] -> link[] -> relink[] -> finalize
+                        -> approve_swap -> go_live -> announce)
+
+``announce`` sends the stage's Asset event (``keyword_index`` / ``product_links``) and is skipped
+when the run read no rows: DAGs scheduled on those Assets do not run on an empty night.
 
 Why one DAG of task groups rather than Assets or a controller triggering the stage DAGs: a night
 (or a backfilled date) is one row in the grid with every stage's tasks, mapped tasks and logs in
@@ -22,11 +38,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import CronDataIntervalTimetable, Param, TaskGroup, dag
+from airflow.sdk import CronDataIntervalTimetable, TaskGroup, dag
 from pipeline_stages.keyword_index_tasks import keyword_index_tasks
 from pipeline_stages.model_publish_tasks import model_gate_tasks
 from pipeline_stages.params import (
+    chain_params,
     keyword_params,
+    limit_params,
     model_params,
     partition_params,
     product_params,
@@ -48,17 +66,14 @@ from pipeline_stages.product_link_tasks import product_link_tasks
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
     params={
-        "publish_model": Param(
-            "if_missing",
-            enum=["if_missing", "always", "never"],
-            description="Export + gate + publish the model: when none is published, every run, or never.",
-        ),
-        **publish_params(),
-        **model_params(),
         **partition_params(),
-        **rebuild_params(),
+        **chain_params(),
+        **model_params(),
+        **publish_params(),
         **keyword_params(),
         **product_params(),
+        **rebuild_params(),
+        **limit_params(),
     },
 )
 def embedding_chain():

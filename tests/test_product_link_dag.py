@@ -442,10 +442,24 @@ def test_hybrid_and_lexical_lists_are_the_fused_rankings_and_say_how_they_were_m
         assert docs[i]["link"]["mode"] == "lexical" and "dense_weight" not in docs[i]["link"]
 
 
-def test_hybrid_with_a_zero_weight_fails_in_the_first_task_with_one_line(env):
+def test_broken_param_rules_fail_the_first_task_at_once_all_in_one_line(env, capfd):
+    """Rules between Params the form cannot check (dt_end before dt, hybrid with a zero weight) fail
+    the run's first task on its first try - the stage DAG's plan, the chain's model.decide, before
+    any model or store work - with every broken rule in one message."""
     generate(env["data"], keywords=0, products=10, dates=[DATES[0]], seed=8, row_group_size=100)
-    run = run_dag("product_link", _conf(env, dt_end=None, link_mode="hybrid", lexical_weight=0.0))
-    states = _states(run)
-    assert str(run.state) == "failed" and states["plan"] == "failed", states
-    plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan")
-    assert plan.try_number == 1
+    broken = _conf(env, dt=DATES[1], dt_end=DATES[0], link_mode="hybrid", lexical_weight=0.0)
+    expected = (
+        f"Params rejected: dt_end {DATES[0]} is before dt {DATES[1]}; "
+        "link_mode hybrid fuses two rankings: dense_weight and lexical_weight must both be > 0"
+    )
+    for dag_id, first in (("product_link", "plan"), ("embedding_chain", "model.decide")):
+        capfd.readouterr()
+        run = run_dag(dag_id, broken)
+        states = _states(run)
+        assert str(run.state) == "failed" and states[first] == "failed", states
+        task = next(ti for ti in run.get_task_instances() if ti.task_id == first)
+        assert task.try_number == 1
+        output = "".join(capfd.readouterr())
+        assert expected in output, output[-3000:]
+        succeeded = {task for task, state in states.items() if state == "success"}
+        assert {task.rpartition(".")[2] for task in succeeded} <= {"finish_sinks"}, succeeded  # teardown

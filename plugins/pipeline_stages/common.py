@@ -57,6 +57,34 @@ def no_retry_on_setup_errors() -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+def check_params(params: dict) -> None:
+    """The rules between Params that the form's schema cannot state (``dt_end`` after ``dt`` and at
+    most a year on, the link options together, the input kind with its tombstone column), checked
+    by a run's first task: every broken rule in one line, and the run fails at once instead of
+    minutes later in the stage that trips over it."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from embedding_pipeline.errors import SetupError
+    from embedding_pipeline.runs.plan import check_range
+
+    checks = [lambda: check_range(params.get("dt"), params.get("dt_end"))]
+    if "input_kind" in params:
+        checks.append(lambda: input_spec(params))
+    if "link_mode" in params:
+        from pipeline_stages.product_link_tasks import link_options
+
+        checks.append(lambda: link_options(params))
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except SetupError as exc:
+            problems.append(str(exc))
+        except AirflowFailException as exc:  # a SetupError, as no_retry_on_setup_errors raises it
+            problems.append(str(exc.__cause__ or exc))
+    if problems:
+        raise AirflowFailException("Params rejected: " + "; ".join(problems))
+
+
 def input_spec(params: dict) -> Any:
     """How partitions are read and how much a run may delete (Params; runs.changes)."""
     from embedding_pipeline.runs.input_kinds import InputSpec

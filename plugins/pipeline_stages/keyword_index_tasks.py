@@ -13,6 +13,7 @@ from pipeline_stages.approval import SwapApproval
 from pipeline_stages.common import (
     StageEnds,
     announce,
+    check_params,
     go_live,
     input_spec,
     no_retry_on_setup_errors,
@@ -41,6 +42,7 @@ def keyword_index_tasks() -> StageEnds:
     def plan() -> dict:
         from embedding_pipeline.runs.partitions import KEYWORDS
 
+        check_params(get_current_context()["params"])  # bad Params fail here, before any work
         return plan_stage(KEYWORDS, STAGE)
 
     @task

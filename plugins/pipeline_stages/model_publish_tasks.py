@@ -107,8 +107,11 @@ def model_gate_tasks() -> None:
         from embedding_pipeline.model.repository import latest_version
         from embedding_pipeline.settings import model_repository_path
 
+        from pipeline_stages.common import check_params
+
         context = get_current_context()
         params = context["params"]
+        check_params(params)  # the chain's first task: bad Params fail the run before any work
         group = context["ti"].task_id.rpartition(".")[0]
         prefix = f"{group}." if group else ""
         try:

@@ -13,6 +13,7 @@ from pipeline_stages.approval import SwapApproval
 from pipeline_stages.common import (
     StageEnds,
     announce,
+    check_params,
     go_live,
     input_spec,
     no_retry_on_setup_errors,
@@ -28,7 +29,7 @@ PRODUCT_LINKS = Asset("product_links")
 STAGE = "product_link"
 
 
-def _options(params: dict) -> Any:
+def link_options(params: dict) -> Any:
     from embedding_pipeline.stages.link_options import LinkOptions
 
     with no_retry_on_setup_errors():
@@ -58,7 +59,7 @@ def product_link_tasks() -> StageEnds:
     def plan() -> dict:
         from embedding_pipeline.runs.partitions import PRODUCTS
 
-        _options(get_current_context()["params"])  # a bad option fails here, before any embedding
+        check_params(get_current_context()["params"])  # bad Params fail here, before any work
         return plan_stage(PRODUCTS, STAGE)
 
     @task
@@ -79,7 +80,7 @@ def product_link_tasks() -> StageEnds:
         with no_retry_on_setup_errors():
             model = model_info(server_settings(), params["model_name"])
             return product_link.prepare(
-                _options(params),
+                link_options(params),
                 model,
                 planned,
                 input_spec(params),
@@ -93,7 +94,7 @@ def product_link_tasks() -> StageEnds:
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import product_link
 
-        options = _options(get_current_context()["params"])
+        options = link_options(get_current_context()["params"])
         with no_retry_on_setup_errors():
             return product_link.embed(chunk, planned["run_dir"], prepared, options.role, server_settings())
 
@@ -101,7 +102,7 @@ def product_link_tasks() -> StageEnds:
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import product_link
 
-        options = _options(get_current_context()["params"])
+        options = link_options(get_current_context()["params"])
         qdrant, es = store_settings()
         with no_retry_on_setup_errors():
             return product_link.link_chunk(embedded, planned["run_dir"], options, prepared, qdrant, es)
@@ -112,7 +113,7 @@ def product_link_tasks() -> StageEnds:
         vectors tonight's products stored)."""
         from embedding_pipeline.stages import product_link
 
-        options = _options(get_current_context()["params"])
+        options = link_options(get_current_context()["params"])
         qdrant, es = store_settings()
         with no_retry_on_setup_errors():
             return product_link.link_chunk(chunk, planned["run_dir"], options, prepared, qdrant, es)
@@ -121,7 +122,7 @@ def product_link_tasks() -> StageEnds:
     def finish_sinks(prepared: dict | None) -> None:
         from embedding_pipeline.stages import product_link
 
-        options = _options(get_current_context()["params"])
+        options = link_options(get_current_context()["params"])
         product_link.finish(options, prepared, *store_settings())
 
     @task(trigger_rule="none_failed", retries=0)
@@ -130,7 +131,7 @@ def product_link_tasks() -> StageEnds:
         from embedding_pipeline.stages import product_link
 
         params = get_current_context()["params"]
-        meta = {**run_meta(STAGE), "link": _options(params).to_xcom()}
+        meta = {**run_meta(STAGE), "link": link_options(params).to_xcom()}
         results = [*(linked or []), *(relinked or [])]
         with no_retry_on_setup_errors():
             report = product_link.finalize(

@@ -51,6 +51,23 @@ def run_dir_for(dag_id: str, run_id: str, stage: str | None = None) -> StoragePa
     return base if stage is None or stage == dag_id else base / stage
 
 
+def check_range(dt: str | None, dt_end: str | None) -> tuple[date, date] | None:
+    """The first and last date of an explicit ``dt`` .. ``dt_end`` range (None without ``dt``);
+    ``ConfigError`` when ``dt_end`` comes without ``dt``, before it, or more than
+    ``MAX_RANGE_DAYS`` after it. The first task of a run checks this, before any work."""
+    if dt_end and not dt:
+        raise ConfigError("dt_end needs dt (the first partition of the range)")
+    if not dt:
+        return None
+    first = date.fromisoformat(parse_dt(dt))
+    last = date.fromisoformat(parse_dt(dt_end)) if dt_end else first
+    if last < first:
+        raise ConfigError(f"dt_end {last} is before dt {first}")
+    if (last - first).days >= MAX_RANGE_DAYS:
+        raise ConfigError(f"a range covers at most {MAX_RANGE_DAYS} days; use a backfill for more")
+    return first, last
+
+
 def resolve_partitions(
     dt: str | None, dt_end: str | None, data_interval_start: Any, run_after: Any
 ) -> list[str]:
@@ -61,15 +78,9 @@ def resolve_partitions(
     ``airflow backfill create`` gives each logical date its own D. A manual run with no interval
     (Airflow 3 allows ``logical_date=None``) processes the day before ``run_after``.
     """
-    if dt_end and not dt:
-        raise ConfigError("dt_end needs dt (the first partition of the range)")
-    if dt:
-        first = date.fromisoformat(parse_dt(dt))
-        last = date.fromisoformat(parse_dt(dt_end)) if dt_end else first
-        if last < first:
-            raise ConfigError(f"dt_end {last} is before dt {first}")
-        if (last - first).days >= MAX_RANGE_DAYS:
-            raise ConfigError(f"a range covers at most {MAX_RANGE_DAYS} days; use a backfill for more")
+    dates = check_range(dt, dt_end)
+    if dates:
+        first, last = dates
         return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
     if data_interval_start is not None:
         return [data_interval_start.date().isoformat()]
