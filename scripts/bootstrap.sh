@@ -13,7 +13,7 @@
 #     it needs its own environment).
 #  5. Debian packages the tests start servers from, when apt-get can install them: nginx-light (TLS
 #     tests, tests/nginx_tls.py), postgresql and redis-server (the CeleryExecutor tests,
-#     include/embedding_pipeline/local/celery_cluster.py).
+#     include/embedding_pipeline/local/celery_cluster.py), chromium (the browser test of the UI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,12 +45,15 @@ missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The browser test (tests/test_airflow_standalone.py) drives Debian's Chromium with Playwright;
+# Playwright's own browser download (`playwright install`) is never used.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     # Only the binaries are needed: the tests start their own servers on free ports.
     apt-get install -y -q "${missing[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
   else
-    echo "missing ${missing[*]} and cannot install them here (needs root and apt-get): the TLS and Celery tests will fail" >&2
+    echo "missing ${missing[*]} and cannot install them here (needs root and apt-get): the TLS, Celery and browser tests will fail" >&2
   fi
 fi
 touch .venv/.bootstrapped

@@ -7,6 +7,7 @@ leaves no process behind (the last test: it stops the standalone).
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -16,6 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -170,6 +174,73 @@ def test_standalone_runs_a_chain_backfill(standalone: Standalone):
     assert keywords["status"] == "swapped" and {m["to"] for m in keywords["swapped"]} == {"keywords-g2"}
     products = _report(run_id, "product_link")["generation"]
     assert products["status"] == "gated" and products["swapped"] == [], products
+
+
+def _at(report: dict, path: str):
+    """The value at a dotted report.json path (``sinks.qdrant.indexed``)."""
+    value = report
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
+@pytest.mark.slow
+def test_the_report_view_and_the_form_in_a_browser(standalone: Standalone, tmp_path: Path):
+    """Debian's Chromium through Playwright, signed in through the login form: the backfill run's
+    "Pipeline report" tab shows exactly report.json's numbers for both stages, and says where the
+    files are; the page refuses a caller without a session. The trigger form shows every Param's
+    title and description in its section, and a value the schema refuses does not start a run.
+    (Runs after the backfill test, whose run it opens.)"""
+    from ui_browser import open_trigger_form, report_tab, section_text, shown_fields, signed_in
+
+    api, base = standalone.api, standalone.api.base
+    (run,) = [r for r in api.runs("embedding_chain") if r["run_type"] == "backfill"]
+    run_id = run["dag_run_id"]
+    reports = {stage: _report(run_id, stage) for stage in ("keyword_index", "product_link")}
+    password_file = standalone.root / "airflow" / "simple_auth_manager_passwords.json.generated"
+    url = f"{base}/pipeline-report/dags/embedding_chain/runs/{urllib.parse.quote(run_id, safe='')}"
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no session cookie, no token
+        urllib.request.urlopen(url, timeout=30)
+    assert refused.value.code in (401, 403)
+    with signed_in(base, json.loads(password_file.read_text())["admin"]) as page:
+        frame = report_tab(page, base, "embedding_chain", run_id)
+        shown = shown_fields(frame)
+        compared = 0
+        for field, (value, text) in shown.items():
+            stage, _, path = field.partition(".")
+            if path.startswith("dead_letters_by_reason."):
+                continue  # summed over the steps: tests/test_report_page.py checks those
+            expected = _at(reports[stage], path)
+            if value is None:  # shown as text only (status, rows read)
+                assert text == (f"{expected:,}" if isinstance(expected, int) else str(expected)), field
+            else:
+                assert value == str(expected), field
+            compared += 1
+        assert compared >= 2 * 20, sorted(shown)  # both stages' tables, statuses and rows read
+        files = " ".join(frame.locator(".files").all_inner_texts())
+        for stage in reports:
+            assert str(run_dir_for("embedding_chain", run_id, stage)) in files
+        page.screenshot(path=str(tmp_path / "report-view.png"), full_page=True)
+
+        dialog = open_trigger_form(page, base, "embedding_chain")
+        dag = api.call("GET", "/api/v2/dags/embedding_chain/details")
+        sections: dict[str, list[dict]] = {}
+        for name, param in dag["params"].items():
+            schema = param["schema"]
+            assert schema.get("section") and schema.get("title") and param.get("description"), name
+            sections.setdefault(schema["section"], []).append({"name": name, **schema, **param})
+        for section, params in sections.items():
+            text = " ".join(section_text(page, dialog, section).split())
+            for param in params:
+                assert param["title"] in text and " ".join(param["description"].split()) in text, param[
+                    "name"
+                ]
+        before = len(api.runs("embedding_chain"))
+        section_text(page, dialog, "Stores")
+        page.locator("#element_product_alias").fill("Products")  # an index name cannot be upper case
+        dialog.get_by_role("button", name="Trigger").click()
+        page.get_by_text("Failed to Trigger Dag").first.wait_for()
+        assert len(api.runs("embedding_chain")) == before
 
 
 @pytest.mark.slow
