@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -78,7 +79,9 @@ def test_bad_files_fail_planning_naming_file_and_column(tmp_path):
         partition_dir(tmp_path, KEYWORDS, "yesterday")
 
 
-def test_embed_chunk_stages_valid_rows_and_dead_letters_the_rest(server, repository, tmp_path):
+def test_embed_chunk_stages_valid_rows_and_dead_letters_the_rest(
+    server, repository, tmp_path, monkeypatch, caplog
+):
     part = partition_dir(tmp_path, KEYWORDS, DT)
     part.mkdir(parents=True)
     keywords = [
@@ -106,9 +109,16 @@ def test_embed_chunk_stages_valid_rows_and_dead_letters_the_rest(server, reposit
         row_group_size=4,
     )
     (chunk,) = plan_chunks(partition_files(part), KEYWORDS, DT, 100, 10)
+    monkeypatch.setenv("EMBEDDING_PROGRESS_SECONDS", "0")  # a progress line after every slice
+    caplog.set_level(logging.INFO, logger="embedding_pipeline")
     with EmbeddingClient(settings_for(server, repository, model_name="tiny_bert", batch_size=2)) as client:
         output = embed_chunk(
-            chunk, KEYWORDS, "keyword", client, tmp_path / "run", limits=EmbedLimits(embed_batch_rows=3)
+            chunk,
+            KEYWORDS,
+            "keyword",
+            client,
+            tmp_path / "run",
+            limits=EmbedLimits(read_batch_rows=4, embed_batch_rows=3),
         )
         result = output.result
         assert (result.rows_in, result.indexed, result.dead_lettered) == (9, 4, 5) and result.balanced
@@ -119,6 +129,17 @@ def test_embed_chunk_stages_valid_rows_and_dead_letters_the_rest(server, reposit
             "duplicate_id": 1,
         }
         assert result.extra["truncated"] == 1
+        # The task log: progress while it works, one summary line at the end.
+        lines = [
+            r.getMessage() for r in caplog.records if r.getMessage().startswith(f"embed {chunk.chunk_id}")
+        ]
+        assert re.fullmatch(
+            rf"embed {chunk.chunk_id}: [0-9]/9 rows \(\d+%\), [0-9,]+ rows/s, ETA \d+s", lines[0]
+        )
+        assert lines[-1].startswith(
+            f"embed {chunk.chunk_id}: 9 rows in, 4 embedded, 0 fields updated, 0 unchanged, 0 deleted, "
+            "5 dead-lettered"
+        ), lines
         batches = list(iter_staged(output.staged_path, 100))
         staged_ids = [i for b in batches for i in b.ids]
         assert staged_ids == ["1", "6", "7", "9"]

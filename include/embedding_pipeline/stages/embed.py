@@ -220,7 +220,6 @@ class _ChunkEmbedder:
         self.counts.truncated += truncated
         for values in self.pending:
             values.clear()
-        self.progress.update(self.counts.rows_in)
 
 
 def _segment_file(segment: Segment) -> pq.ParquetFile:
@@ -412,3 +411,5 @@ def _stream_rows(
                 else:
                     decision = decide(priors.get(key), version, *hashes, tombstone)
                 embedder.add(key, text, payload, decision, hashes)
+            # Rows whose fate is settled: all read so far but those waiting for the next slice.
+            embedder.progress.update(embedder.counts.rows_in - len(embedder.pending[0]))
