@@ -152,9 +152,16 @@ def test_standalone_runs_a_chain_backfill(standalone: Standalone):
         assert products["rows_read"] == PRODUCTS // len(DATES)
         assert sum(1 for state in states if state.startswith("keyword_index.embed[")) > 1  # mapped
     for run in runs:
+        events = _asset_events(api, run["dag_run_id"])
         if run["run_type"] == "scheduled":  # the latest interval, scheduled by the unpause
             assert run["state"] == "success"
             assert _report(run["dag_run_id"], "product_link")["status"] == "no_data"
+            assert events == {}  # an empty night: followers of the Assets are not woken
+        else:  # the backfilled date: one event per stage, from its announce task
+            assert events == {
+                "keyword_index": {"partitions": DATES[:1], "rows_read": KEYWORDS // len(DATES)},
+                "product_links": {"partitions": DATES[:1], "rows_read": PRODUCTS // len(DATES)},
+            }
 
     # A full rebuild that asks a person before each swap: the keyword swap approved, the
     # product swap rejected (its generation stays gated and unaliased, no Asset event).
@@ -174,6 +181,16 @@ def test_standalone_runs_a_chain_backfill(standalone: Standalone):
     assert keywords["status"] == "swapped" and {m["to"] for m in keywords["swapped"]} == {"keywords-g2"}
     products = _report(run_id, "product_link")["generation"]
     assert products["status"] == "gated" and products["swapped"] == [], products
+
+
+def _asset_events(api: Api, run_id: str) -> dict[str, dict]:
+    """The stage Asset events a chain run sent (through the scheduler), by Asset name: their extras
+    (the model stage's ``embedding_model`` event is left out)."""
+    query = urllib.parse.urlencode({"source_dag_id": "embedding_chain", "source_run_id": run_id})
+    events = api.call("GET", f"/api/v2/assets/events?{query}")["asset_events"]
+    stages = [e for e in events if e["name"] in ("keyword_index", "product_links")]
+    assert all(e["source_task_id"].endswith(".announce") for e in stages), stages
+    return {e["name"]: e["extra"] for e in stages}
 
 
 def _at(report: dict, path: str):
