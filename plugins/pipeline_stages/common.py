@@ -59,7 +59,7 @@ def no_retry_on_setup_errors() -> Iterator[None]:
 
 def check_params(params: dict) -> None:
     """The rules between Params that the form's schema cannot state (``dt_end`` after ``dt`` and at
-    most a year on, the link options together, the input kind with its tombstone column), checked
+    most a year on, the link options together, the input kind and delete ratio), checked
     by a run's first task: every broken rule in one line, and the run fails at once instead of
     minutes later in the stage that trips over it."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -77,9 +77,7 @@ def check_params(params: dict) -> None:
     for check in checks:
         try:
             check()
-        except SetupError as exc:
-            problems.append(str(exc))
-        except AirflowFailException as exc:  # a SetupError, as no_retry_on_setup_errors raises it
+        except (SetupError, AirflowFailException) as exc:  # the latter wraps a SetupError
             problems.append(str(exc.__cause__ or exc))
     if problems:
         raise AirflowFailException("Params rejected: " + "; ".join(problems))
