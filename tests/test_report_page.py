@@ -9,6 +9,7 @@ import logging
 import re
 from pathlib import Path
 
+import pytest
 from embedding_pipeline.runs.accounting import StageResult
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.plan import run_dir_for
@@ -88,8 +89,13 @@ def _write_run(run_dir: Path, reason: str, text: str, letters: int = 5) -> dict:
     return report
 
 
-def test_page_shows_the_reports_numbers_and_where_rows_went(tmp_path, monkeypatch):
+@pytest.mark.parametrize("storage", ["local", "object storage"])
+def test_page_shows_the_reports_numbers_and_where_rows_went(tmp_path, monkeypatch, storage):
+    """Run files on local disk, or behind a URL (``EMBEDDING_STAGING_URL``, here ``file://``: the
+    same ObjectStoragePath code that reads s3:// or gs://)."""
     monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(tmp_path))
+    if storage == "object storage":
+        monkeypatch.setenv("EMBEDDING_STAGING_URL", f"file://{tmp_path}/bucket/runs")
     run_id = "manual__2024-01-01T00:00:00+00:00"
     chain = run_dir_for("embedding_chain", run_id, "keyword_index")
     report = _write_run(chain, "text_too_long", "x" * 300)
