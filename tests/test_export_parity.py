@@ -34,6 +34,8 @@ def test_every_architecture_exports_and_passes_its_gate(tiny_models, tmp_path, a
     assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in graph.graph.output] == [OUTPUT_NAME]
     assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    if precision == "fp32":  # a text's vector does not depend on what it is batched with
+        assert report["batch_min_cosine"] > 0.99999, report
     if precision == "int8":
         assert report["topk_overlap"] >= 0.9
         assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for node in graph.graph.node)
@@ -77,6 +79,9 @@ def test_minilm_int8_passes_gate_and_keeps_ffn_down_projections_fp32(tmp_path):
     staging = export_model(ExportRequest("minilm", "int8"), tmp_path)
     report = gate_model(staging)
     assert report["min_cosine"] >= 0.98 and report["topk_overlap"] >= 0.9
+    # Dynamic quantization scales each request: alone vs batched differs measurably (measured 0.981
+    # here; bench/results/int8-*.md shows what it does to links), where fp32 stays at 1.
+    assert 0.95 <= report["batch_min_cosine"] < 0.99999, report
     fp32 = onnx.load(str(tmp_path / "_fp32" / "model.onnx"))
     excluded = post_activation_matmuls(fp32)
     assert len(excluded) == 6  # one feed-forward down-projection per MiniLM layer
