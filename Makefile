@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors bench-relevance clean
+.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors bench-relevance bench-int8 clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -49,6 +49,9 @@ bench-executors: setup
 
 bench-relevance: setup
 	$(PY) bench/bench_link_relevance.py
+
+bench-int8: setup
+	$(PY) bench/bench_int8.py
 
 clean:
 	rm -rf var .pytest_cache
