@@ -21,7 +21,9 @@ def signed_in(base: str, password: str) -> Iterator[Any]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(30_000)
+            # Generous: the API server shares two cores with a whole Airflow (and, under xdist, another
+            # test module); a page that never comes still fails, after 2 minutes.
+            page.set_default_timeout(120_000)
             page.goto(base + "/")
             page.get_by_label("Username").fill("admin")
             page.get_by_label("Password").fill(password)
