@@ -62,6 +62,32 @@ def _precision_kinds(model: str) -> dict[str, str]:
     return {"fp32": model, "int8": f"{model}-int8"}
 
 
+def _cpu_int8_flags() -> list[str]:
+    """The CPU's vector extensions that decide ONNX Runtime's int8 kernels (VNNI or not)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return ["unknown"]
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return [f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted]
+
+
+def _publish_both(model: str, repository: Path, scratch: Path) -> dict[str, dict]:
+    """Both precisions through export -> gate -> publish. An int8 export the parity gate refuses is
+    a result, not an error: int8 accuracy depends on the CPU's int8 instructions (ONNX Runtime's
+    u8s8 kernels can saturate without VNNI), and the gate runs on this machine's."""
+    from embedding_pipeline.errors import ParityGateError
+
+    kinds = _precision_kinds(model)
+    both = {"fp32": publish(kinds["fp32"], repository, scratch)}
+    try:
+        both["int8"] = publish(kinds["int8"], repository, scratch)
+    except ParityGateError as exc:
+        log.warning("%s", exc)
+        both["int8"] = {"refused": str(exc)}
+    return both
+
+
 def _embed(client: Any, texts: list[str], role: str, batch: int = EMBED_BATCH) -> np.ndarray:
     return np.concatenate(
         [client.embed(texts[i : i + batch], role=role).vectors for i in range(0, len(texts), batch)]
@@ -189,15 +215,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with scratch_dir(args.keep) as scratch, ExitStack() as stack:
         repository = args.model_repository or scratch / "model_repository"
         repository.mkdir(parents=True, exist_ok=True)
-        published = {
-            model: {p: publish(kind, repository, scratch) for p, kind in _precision_kinds(model).items()}
-            for _, model in CASES
-        }
+        published = {model: _publish_both(model, repository, scratch) for _, model in CASES}
         server = stack.enter_context(LocalServer(repository, threads=0, log_path=scratch / "server.log"))
         assert server.process is not None
         meter = Meter(helpers={"server": server.process.pid})
         cases = [
-            run_case(lang, model, published[model], args, scratch, server, meter) for lang, model in CASES
+            {"lang": lang, "model": model, "refused": published[model]["int8"]["refused"]}
+            if "refused" in published[model]["int8"]
+            else run_case(lang, model, published[model], args, scratch, server, meter)
+            for lang, model in CASES
         ]
     return {
         "date": datetime.now(UTC).date().isoformat(),
@@ -209,6 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "top_k": TOP_K,
         },
         "cases": cases,
+        "cpu_int8": _cpu_int8_flags(),
         "runs": [m.to_dict() for m in meter.runs],
     }
 
@@ -252,6 +279,7 @@ def markdown(report: dict[str, Any]) -> str:
                     _both(c, "precision@10"),
                 ]
                 for c in report["cases"]
+                if "refused" not in c
             ],
             "llrrrrrrr",
         ),
@@ -279,10 +307,19 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{r['recheck_lists_identical']:.0%}",
                 ]
                 for c in report["cases"]
+                if "refused" not in c
                 for precision, r in c["recheck"].items()
             ],
             "lllrrr",
         ),
+        "",
+        *[
+            f"- {c['lang']} {c['model']}: **int8 refused by the parity gate on this CPU** ({c['refused']})"
+            for c in report["cases"]
+            if "refused" in c
+        ],
+        "",
+        f"CPU flags: {', '.join(report['cpu_int8'])}.",
         "",
     ]
     return "\n".join(lines)
