@@ -47,7 +47,7 @@ def stage_pages(dag_id: str, run_id: str) -> list[StagePage]:
         if dag_id in STAGES and dag_id != stage:
             continue
         run_dir = run_dir_for(dag_id, run_id, stage)
-        if not (run_dir / "report.json").exists() and not run_dir.exists():
+        if not run_dir.exists():  # the stage has not started (or this DAG does not run it)
             continue
         report = read_report(run_dir) if (run_dir / "report.json").exists() else None
         pages.append(StagePage(stage, run_dir, report, dead_letter_examples(run_dir) if report else {}))
