@@ -12,7 +12,6 @@ import os
 import queue
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -34,6 +33,8 @@ from embedding_pipeline.serving.process import free_port
 from embedding_pipeline.stages.generation_stores import open_stores
 from embedding_pipeline.stages.store_agreement import verify_pair
 from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions
+from embedding_pipeline.stores.qdrant.client import open_client
+from embedding_pipeline.stores.qdrant.collections import count_points
 from es_emulator import BulkFaultProxy, Hold
 from store_data import assert_keyword_run_balanced
 from test_local_services import ENV_KEYS, live_pids_in_group
@@ -265,7 +266,7 @@ def test_task_processes_killed_mid_write_are_retried_without_loss_or_duplicates(
     standalone: Standalone, monkeypatch: pytest.MonkeyPatch
 ):
     """SIGKILL (by the PID Airflow records for the task instance) of the qdrant_upsert process
-    while it is writing (some of the chunk's points committed to local Qdrant, not all) and of the
+    while it is writing (some of the chunk's points committed to the embedded Qdrant, not all) and of the
     es_index process while its second bulk request is in flight (held by a proxy, which lets the
     cluster apply it after the client died). The scheduler's retry of each (LocalExecutor,
     retry_delay 30 s) re-sends the chunk: the run succeeds, the identity balances, and both stores
@@ -316,12 +317,13 @@ def test_task_processes_killed_mid_write_are_retried_without_loss_or_duplicates(
 
 
 def _kill_mid_writes(standalone: Standalone, run_id: str, hold: Hold) -> int:
-    """SIGKILL the running es_index once its bulk is held and the running qdrant_upsert once some
-    but not all points are committed (read from local mode's SQLite file, read-only); the number of
-    points committed when it was killed."""
+    """SIGKILL the running es_index once its bulk is held and the running qdrant_upsert once its
+    writes are under way: once the collection's write-ahead log has grown by ~500 points (the
+    engine appends ~2 KB per point, measured). The number of points committed when it was killed,
+    counted by opening the store in the 30 s before Airflow retries the task."""
     api, dag_id = standalone.api, "embedding_chain"
-    storage = standalone.root / "work" / "qdrant" / "collection"
-    points_at_kill = es_killed = 0
+    storage = standalone.root / "work" / "qdrant" / "collections"
+    es_killed = points_at_kill = 0
     deadline = time.monotonic() + 600
     while not (points_at_kill and es_killed):
         assert time.monotonic() < deadline, api.task_states(dag_id, run_id)
@@ -329,14 +331,22 @@ def _kill_mid_writes(standalone: Standalone, run_id: str, hold: Hold) -> int:
             es_killed = _kill_task_process(api.task_instance(dag_id, run_id, "keyword_index.es_index", 0))
             if es_killed:
                 hold.release.set()  # the cluster applies the bulk its client no longer waits for
-        if not points_at_kill:
-            committed = sum(_committed_points(path) for path in storage.glob(f"{KILL_ALIAS}*/storage.sqlite"))
-            if 0 < committed < KILL_ROWS:
-                task = api.task_instance(dag_id, run_id, "keyword_index.qdrant_upsert", 0)
-                if _kill_task_process(task):
-                    points_at_kill = committed
-        time.sleep(0.05)
+        if not points_at_kill and _wal_bytes(storage.glob(f"{KILL_ALIAS}-g*/wal/*")) > 1_000_000:
+            task = api.task_instance(dag_id, run_id, "keyword_index.qdrant_upsert", 0)
+            if _kill_task_process(task):
+                with open_client() as qdrant:  # its storage lock died with it; the retry waits 30 s
+                    points_at_kill = count_points(qdrant, KILL_ALIAS)
+        time.sleep(0.005)
     return points_at_kill
+
+
+def _wal_bytes(files: Iterator[Path]) -> int:
+    """Bytes allocated to write-ahead log files (preallocated sparse: allocation is what was written)."""
+    total = 0
+    for path in files:
+        with suppress(FileNotFoundError):
+            total += path.stat().st_blocks * 512
+    return total
 
 
 def _kill_task_process(task: dict) -> int:
@@ -354,14 +364,6 @@ def _kill_task_process(task: dict) -> int:
         except FileNotFoundError:
             return pid
         time.sleep(0.01)
-
-
-def _committed_points(path: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT count(*) FROM points").fetchone()[0]
-    except sqlite3.OperationalError:  # created but not yet written, or busy for a moment
-        return 0
 
 
 @pytest.mark.slow

@@ -206,8 +206,9 @@ def test_elasticsearch_faults_are_retried_without_loss_or_duplicates(fm, es_url,
 _HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from qdrant_client import QdrantClient
-client = QdrantClient(path=sys.argv[1])
+from embedding_pipeline.stores.qdrant.client import make_client
+from embedding_pipeline.stores.qdrant.settings import QdrantSettings
+client = make_client(QdrantSettings(path=sys.argv[1]))
 Path(sys.argv[2]).write_text("held")
 time.sleep(float(sys.argv[3]))
 client.close()
@@ -239,25 +240,25 @@ def test_qdrant_local_storage_locked_by_another_process(fm):
 
 def test_a_qdrant_error_mid_upsert_is_retried(fm, monkeypatch):
     """Qdrant answers 503 to two upserts in the middle of the run. No Qdrant server runs here and
-    local mode cannot fail on the wire, so the real exception qdrant-client raises for a 503
-    (``UnexpectedResponse``) is raised by a wrapper around the local client's ``upsert``."""
+    the embedded engine cannot fail on the wire, so the real exception qdrant-client raises for a
+    503 (``UnexpectedResponse``) is raised by a wrapper around the embedded client's ``upsert``."""
     import httpx
-    from qdrant_client import QdrantClient
+    from embedding_pipeline.stores.qdrant.edge import EdgeClient
     from qdrant_client.http.exceptions import UnexpectedResponse
 
     calls = {"n": 0}
-    real_upsert = QdrantClient.upsert
+    real_upsert = EdgeClient.upsert
 
-    def upsert(self: QdrantClient, *args: Any, **kwargs: Any) -> Any:
+    def upsert(self: EdgeClient, *args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] in (2, 3):
             raise UnexpectedResponse(503, "Service Unavailable", b"injected", httpx.Headers())
         return real_upsert(self, *args, **kwargs)
 
-    monkeypatch.setattr(QdrantClient, "upsert", upsert)
+    monkeypatch.setattr(EdgeClient, "upsert", upsert)
     report = consistent(fm, run_dag(DAG_ID, conf(fm)))
     assert calls["n"] > 3 and report["sinks"]["qdrant"]["extra"]["retries"] == 2
-    monkeypatch.setattr(QdrantClient, "upsert", real_upsert)
+    monkeypatch.setattr(EdgeClient, "upsert", real_upsert)
     rerun_changes_nothing(fm, report)
 
 

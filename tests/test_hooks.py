@@ -132,3 +132,22 @@ def test_store_hooks_fall_back_to_the_environment(monkeypatch, tmp_path):
     _set_conn(monkeypatch, "qdrant_nohost", conn_type="qdrant", port=6333)
     with pytest.raises(ConfigError, match="has no host"):
         QdrantStoreHook("qdrant_nohost").get_settings()
+
+
+def test_a_local_qdrant_connection_picks_its_engine(monkeypatch, tmp_path):
+    """``extra.path`` is the embedded store; ``extra.local_engine`` (else ``QDRANT_LOCAL_ENGINE``,
+    else Qdrant's own engine) says which engine reads it; a wrong name fails naming the connection."""
+    from pipeline_hooks.store_hooks import QdrantStoreHook
+
+    monkeypatch.delenv("QDRANT_LOCAL_ENGINE", raising=False)
+    _set_conn(monkeypatch, "q_local", conn_type="qdrant", extra={"path": str(tmp_path / "q")})
+    settings = QdrantStoreHook("q_local").get_settings()
+    assert (settings.is_local, settings.local_path, settings.local_engine) == (True, str(tmp_path / "q"), "edge")
+    monkeypatch.setenv("QDRANT_LOCAL_ENGINE", "python")
+    assert QdrantStoreHook("q_local").get_settings().local_engine == "python"
+    _set_conn(monkeypatch, "q_old", conn_type="qdrant", extra={"path": "/q", "local_engine": "python"})
+    monkeypatch.delenv("QDRANT_LOCAL_ENGINE")
+    assert QdrantStoreHook("q_old").get_settings().local_engine == "python"
+    _set_conn(monkeypatch, "q_bad", conn_type="qdrant", extra={"path": "/q", "local_engine": "rocksdb"})
+    with pytest.raises(ConfigError, match="'q_bad'.*local_engine"):
+        QdrantStoreHook("q_bad").get_settings()

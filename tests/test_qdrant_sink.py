@@ -1,4 +1,6 @@
-"""Qdrant sink against the real qdrant-client local mode (``:memory:`` and on disk).
+"""The Qdrant store's contract against both embedded engines: Qdrant's own (qdrant-edge, the
+default) and qdrant-client's local mode, which stands in for a Qdrant server here (same client
+calls, no engine of ours). Each ``memory_client`` test runs on both.
 
 Faults local mode cannot produce (timeouts, 503s, gRPC UNAVAILABLE) are injected by a small proxy
 around the real client: it raises realistic client exceptions for chosen ``upsert`` calls and
@@ -99,9 +101,10 @@ def ensure_minilm(client: Any, dim: int = DIM) -> None:
     ensure_collection(client, ALIAS, dim=dim, model_name="minilm", model_version=1)
 
 
-@pytest.fixture
-def memory_client() -> Iterator[QdrantClient]:
-    with open_client(QdrantSettings(path=":memory:")) as client:
+@pytest.fixture(params=["edge", "python"])
+def memory_client(request: pytest.FixtureRequest) -> Iterator[QdrantClient]:
+    """A throwaway store on each engine (qdrant-edge in a temporary folder; local mode in memory)."""
+    with open_client(QdrantSettings(path=":memory:", local_engine=request.param)) as client:
         yield client
 
 
@@ -175,7 +178,8 @@ def test_settings_default_local_on_disk_env_server_and_no_secret_in_repr(monkeyp
         QdrantSettings(host="localhost", grpc_port=70000)
 
 
-def test_local_storage_locked_by_another_process_gives_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["edge", "python"])
+def test_local_storage_locked_by_another_process_gives_clear_error(engine: str, tmp_path: Path) -> None:
     storage = tmp_path / "qdrant"
     holder = subprocess.Popen(
         [
@@ -184,8 +188,9 @@ def test_local_storage_locked_by_another_process_gives_clear_error(tmp_path: Pat
             textwrap.dedent(
                 f"""
                 import sys
-                from qdrant_client import QdrantClient
-                client = QdrantClient(path={str(storage)!r})
+                from embedding_pipeline.stores.qdrant.client import make_client
+                from embedding_pipeline.stores.qdrant.settings import QdrantSettings
+                client = make_client(QdrantSettings(path={str(storage)!r}, local_engine={engine!r}))
                 print("ready", flush=True)
                 sys.stdin.read()
                 client.close()
@@ -198,7 +203,7 @@ def test_local_storage_locked_by_another_process_gives_clear_error(tmp_path: Pat
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        settings = QdrantSettings(path=storage, lock_wait_s=0.3)
+        settings = QdrantSettings(path=storage, lock_wait_s=0.3, local_engine=engine)
         with pytest.raises(QdrantLockedError) as info:
             make_client(settings)
         message = str(info.value)
@@ -209,13 +214,27 @@ def test_local_storage_locked_by_another_process_gives_clear_error(tmp_path: Pat
         holder.stdin.close()
         holder.wait(timeout=30)
     assert holder.returncode == 0
-    with open_client(QdrantSettings(path=storage, lock_wait_s=0)) as client:  # released: opens again
-        assert client.get_collections().collections == []
+    with open_client(QdrantSettings(path=storage, lock_wait_s=0, local_engine=engine)) as client:
+        assert client.get_collections().collections == []  # released: opens again
+
+
+def test_the_embedded_engine_refuses_a_local_mode_folder_and_says_what_to_do(tmp_path: Path) -> None:
+    """The two engines keep different files: reading the other's folder is refused, not emptied."""
+    with open_client(QdrantSettings(path=tmp_path / "q", local_engine="python")) as client:
+        ensure_minilm(client)
+    with pytest.raises(ValueError, match="QDRANT_LOCAL_ENGINE=python") as info:
+        make_client(QdrantSettings(path=tmp_path / "q"))
+    assert "mode=full" in str(info.value)
+    with open_client(QdrantSettings(path=tmp_path / "q", local_engine="python")) as client:
+        assert resolve_alias(client, ALIAS) == "keywords-g1"  # untouched
+    with pytest.raises(ConfigError, match="local_engine"):
+        QdrantSettings(local_engine="rust")
 
 
 # -- collections ---------------------------------------------------------------------------------
 def test_ensure_collection_on_disk_creates_generation_indexes_then_alias(monkeypatch, tmp_path) -> None:
-    """The real default (``<work_dir>/qdrant`` on disk); local mode keeps aliases across reopen."""
+    """The real default (``<work_dir>/qdrant`` on disk, the embedded engine); aliases, metadata and
+    payload indexes survive a reopen."""
     monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(tmp_path))
     monkeypatch.delenv("QDRANT_URL", raising=False)
     monkeypatch.delenv("QDRANT_PATH", raising=False)
@@ -235,7 +254,9 @@ def test_ensure_collection_on_disk_creates_generation_indexes_then_alias(monkeyp
             and max(indexed) < aliased
         )
 
-    assert (tmp_path / "qdrant" / "collection" / "keywords-g1").is_dir()
+    catalog = json.loads((tmp_path / "qdrant" / "catalog.json").read_text())
+    assert catalog["aliases"] == {ALIAS: "keywords-g1"}
+    assert (tmp_path / "qdrant" / "collections" / "keywords-g1" / "segments").is_dir()
     with open_client(settings) as client:  # a fresh process view: everything came from disk
         assert resolve_alias(client, ALIAS) == "keywords-g1"
         info = client.get_collection(ALIAS)
@@ -297,12 +318,14 @@ def test_ensure_collection_adopts_an_unaliased_generation_left_by_a_crash(
 
 
 # -- upsert --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("engine", ["edge", "python"])
 @pytest.mark.parametrize(("where", "n"), [("memory", 3000), ("disk", 400)])
 def test_upsert_is_idempotent_and_points_carry_their_payload(
-    where: str, n: int, tmp_path: Path, dead: DeadLetterWriter
+    where: str, n: int, engine: str, tmp_path: Path, dead: DeadLetterWriter
 ) -> None:
     staged, vectors = stage_chunk(tmp_path / "staged" / "c0.parquet", n)
-    settings = QdrantSettings(path=":memory:" if where == "memory" else tmp_path / "qdrant")
+    path = ":memory:" if where == "memory" else tmp_path / "qdrant"
+    settings = QdrantSettings(path=path, local_engine=engine)
     with open_client(settings) as client:
         ensure_collection(client, ALIAS, **staged_model(staged))
         first = upsert_chunk(client, ALIAS, staged, dead, schema=KEYWORD_POINTS, batch_size=256)
@@ -405,7 +428,7 @@ def test_points_the_engine_rejects_are_isolated_by_bisection(memory_client, tmp_
     assert result.dead_letters_by_reason == {REASON_INVALID: 3}
     letters = {letter.record_id: letter for letter in dead.letters}
     assert set(letters) == {"k00005", "k00300", "k00301"}
-    assert all("not a valid UUID" in letter.error for letter in letters.values())
+    assert all("UUID" in letter.error for letter in letters.values())  # each engine's own words
     assert count_points(memory_client, ALIAS) == 509
     # bisection, not point-by-point: 4 batches + about 2*log2(128) requests per bad point
     assert len(proxy.upsert_sizes) < 4 + 3 * 2 * 7 + 4

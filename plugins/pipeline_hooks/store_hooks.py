@@ -5,7 +5,8 @@ Connection ``qdrant_default`` (the Qdrant provider's layout)::
     host qdrant, port 6333 (REST), password = API key,
     extra {"grpc_port": 6334, "prefer_grpc": true, "https": false}
 
-or, on one machine, local mode: extra {"path": "/data/qdrant"} (no host).
+or, on one machine, the embedded engine: extra {"path": "/data/qdrant"} (no host), plus
+"local_engine": "python" for qdrant-client's local mode (default ``edge``, Qdrant's own engine).
 
 Connection ``elasticsearch_default``::
 
@@ -14,7 +15,7 @@ Connection ``elasticsearch_default``::
            "verify_certs": true}
 
 Without a Connection each hook falls back to the environment (``QDRANT_*`` / ``ES_*``), and from
-there to the embedded defaults: Qdrant local mode on disk, ES on 127.0.0.1:9200 (the demo starts
+there to the embedded defaults: Qdrant's engine in-process on disk, ES on 127.0.0.1:9200 (the demo starts
 the noida-db emulator and sets ``ES_URL``). Secrets are never logged: both settings classes redact
 them in ``repr``.
 """
@@ -61,7 +62,11 @@ class QdrantStoreHook(BaseHook):
         extra = conn.extra_dejson
         api_key = conn.password or extra.get("api_key") or None
         if extra.get("path"):  # local mode on one machine; an API key is kept but unused
-            settings = QdrantSettings(path=extra["path"], api_key=api_key)
+            engine = extra.get("local_engine") or QdrantSettings.from_env().local_engine
+            try:
+                settings = QdrantSettings(path=extra["path"], api_key=api_key, local_engine=engine)
+            except ConfigError as exc:
+                raise ConfigError(f"connection {self.qdrant_conn_id!r}: {exc}") from exc
             log.info("connection %r -> %r", self.qdrant_conn_id, settings)
             return settings
         if not conn.host:

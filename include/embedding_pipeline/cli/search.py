@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from elasticsearch import Elasticsearch
-from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model.registry import ROLES, Role
@@ -80,7 +80,7 @@ class Services:
             yield client
 
     @contextmanager
-    def qdrant(self) -> Iterator[QdrantClient]:
+    def qdrant(self) -> Iterator[QdrantBase]:
         with open_client(QdrantSettings.from_env()) as client:
             yield client
 
@@ -171,7 +171,7 @@ def search_text(es: Elasticsearch, query: str, *, alias: str = KEYWORD_ALIAS, si
 
 
 def search_meaning(
-    qdrant: QdrantClient,
+    qdrant: QdrantBase,
     embedder: EmbeddingClient,
     query: str,
     *,
@@ -301,7 +301,7 @@ def _text(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
-def _collection_model(qdrant: QdrantClient, alias: str, given: str | None) -> str | None:
+def _collection_model(qdrant: QdrantBase, alias: str, given: str | None) -> str | None:
     """The model to embed with: the one asked for, else the one that embedded the collection (the
     environment's default model would fail the model check on any other collection)."""
     if given is not None:

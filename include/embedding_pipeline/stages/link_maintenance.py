@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.retry import RetryPolicy
@@ -100,7 +100,7 @@ def _batches(ids: list[str], size: int = ID_BATCH) -> Iterable[list[str]]:
 
 
 def holders(
-    qdrant: QdrantClient, product_collection: str, keyword_ids: list[str], retry: RetryPolicy
+    qdrant: QdrantBase, product_collection: str, keyword_ids: list[str], retry: RetryPolicy
 ) -> set[str]:
     """Products whose stored list holds any of ``keyword_ids``."""
     found: set[str] = set()
@@ -116,7 +116,7 @@ def holders(
 
 
 def _candidate_keywords(
-    qdrant: QdrantClient, options: LinkOptions, collection: str, keyword_ids: list[str], retry: RetryPolicy
+    qdrant: QdrantBase, options: LinkOptions, collection: str, keyword_ids: list[str], retry: RetryPolicy
 ) -> Iterable[tuple[np.ndarray, dict[str, Any]]]:
     """(vector, payload) of each changed keyword still stored that passes ``keyword_filter``:
     the keywords that can enter some list."""
@@ -128,7 +128,7 @@ def _candidate_keywords(
 
 
 def entrants(
-    qdrant: QdrantClient,
+    qdrant: QdrantBase,
     options: LinkOptions,
     collections: tuple[str, str],
     keyword_ids: list[str],
@@ -157,7 +157,7 @@ def entrants(
 
 
 def entrants_by_scan(
-    qdrant: QdrantClient,
+    qdrant: QdrantBase,
     options: LinkOptions,
     collections: tuple[str, str],
     keyword_ids: list[str],
@@ -202,7 +202,7 @@ def _write_chunks(ids: list[str], run_dir: StoragePath, chunk_ids: int) -> list[
 
 
 def plan_relinks(
-    qdrant: QdrantClient,
+    qdrant: QdrantBase,
     options: LinkOptions,
     collections: tuple[str, str],
     state: IndexState,

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from elasticsearch import Elasticsearch
-from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.errors import PipelineError
@@ -446,7 +446,7 @@ def _embed_names(
     return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
 
-def _stored_queries(qdrant: QdrantClient, collection: str, docs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def _stored_queries(qdrant: QdrantBase, collection: str, docs: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """The product vectors the link stage stored beside each sampled document (no re-embedding:
     what the lists were searched with, exactly)."""
     from embedding_pipeline.runs.staging import point_id
@@ -464,7 +464,7 @@ def _stored_queries(qdrant: QdrantClient, collection: str, docs: Sequence[Mappin
 
 
 def _scan(
-    qdrant: QdrantClient, collection: str, run: _Sample, queries: np.ndarray, scan_batch: int
+    qdrant: QdrantBase, collection: str, run: _Sample, queries: np.ndarray, scan_batch: int
 ) -> tuple[_RunningTopK, list[dict[str, tuple[float, bool]]], int]:
     """One pass over every keyword vector: the running exact top-K per product, the exact score (and
     whether the filters let it through) of every stored keyword, and how many keywords were seen."""
@@ -488,7 +488,7 @@ def _scan(
 
 def check_link_quality(
     es: Elasticsearch,
-    qdrant: QdrantClient,
+    qdrant: QdrantBase,
     queries_from: EmbeddingClient | str,
     product_alias: str = PRODUCT_ALIAS,
     keyword_alias: str = KEYWORD_ALIAS,

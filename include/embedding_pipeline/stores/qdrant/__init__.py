@@ -1,22 +1,27 @@
 """Qdrant: settings, client, collections by alias, upserts, search and scans.
 
-Two modes behind one ``qdrant_client.QdrantClient`` surface:
+Three ways to reach Qdrant behind one client surface (qdrant-client's ``QdrantBase`` calls):
 
-* **Local (embedded) mode**, the default: ``<work_dir()>/qdrant`` on disk. The storage folder is
-  locked by ONE process at a time (qdrant-client takes an exclusive file lock), so every task that
-  opens it - upserts and the linker's searches alike - must be serialised: the DAGs run them one
-  at a time when ``QdrantSettings.is_local``. A second process gets ``QdrantLockedError`` instead
-  of qdrant-client's raw ``RuntimeError``. Local mode persists each point with its own SQLite
-  commit (a few hundred points/s on disk here, far less when the disk is busy; ~10k/s in memory):
-  a Qdrant server removes that cost, and nothing else in this package changes.
+* **Embedded, the default**: Qdrant's own engine in this process (``qdrant-edge``, ``edge``),
+  ``<work_dir()>/qdrant`` on disk, with collections, aliases and metadata added by a catalog file.
+  Chosen by measurement over qdrant-client's local mode (``bench/bench_qdrant_engines.py``): it
+  writes ~20x faster, opens a store in a tenth of a second and filters in the engine.
+* **qdrant-client's local mode** (``QDRANT_LOCAL_ENGINE=python``): a Python re-implementation,
+  kept because it stands in for a server in the tests (the same client calls, none of our
+  engine code) and reads stores written before the switch.
 * **Server mode**: ``url`` or ``host`` (+ ``prefer_grpc`` for gRPC); parallel writers are fine.
+
+Both embedded engines lock the storage folder for ONE process at a time, so every task that
+opens it - upserts and the linker's searches alike - is serialised: the DAGs run them one at a
+time when ``QdrantSettings.is_local``. A second process gets ``QdrantLockedError``.
 
 Readers address collections by **alias** (``keywords``); the physical collection carries a
 generation suffix (``keywords-g1``) so a full reindex can build ``-g2`` and swap the alias
-atomically. qdrant-client's local mode implements aliases and collection ``metadata``, so both
-modes use the same code path. The model a collection was built with (name, version, dim) lives in
+atomically. Every way above implements aliases and collection ``metadata``, so all use the same
+code path. The model a collection was built with (name, version, dim) lives in
 that metadata; a chunk embedded with another model is refused before anything is written.
 
 Modules: ``settings`` (light), ``errors`` (error types and how to classify client exceptions),
-``client``, ``collections``, ``upsert``, ``search`` (k-NN queries and full scans).
+``client``, ``edge`` (the embedded engine), ``collections``, ``generations``, ``points``,
+``upsert``, ``search`` (k-NN queries and full scans).
 """

@@ -1,4 +1,8 @@
-"""Opening a ``QdrantClient`` for :class:`QdrantSettings`, server or local mode, and closing it."""
+"""Opening Qdrant for :class:`QdrantSettings` (a server, or the embedded engine), and closing it.
+
+What comes back is a ``QdrantBase``: qdrant-client's ``QdrantClient`` for a server and for local
+mode, :class:`~embedding_pipeline.stores.qdrant.edge.EdgeClient` for the embedded engine. The
+store's functions use the same calls on all three."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 
 from embedding_pipeline.stores.qdrant.errors import QdrantLockedError
 from embedding_pipeline.stores.qdrant.settings import MEMORY, QdrantSettings
@@ -14,10 +19,10 @@ from embedding_pipeline.stores.qdrant.settings import MEMORY, QdrantSettings
 LOCKED_MARKER = "already accessed by another instance"
 
 
-def make_client(settings: QdrantSettings | None = None) -> QdrantClient:
-    """A ``QdrantClient`` for ``settings`` (default: from the environment). Close it when done.
+def make_client(settings: QdrantSettings | None = None) -> QdrantBase:
+    """A client for ``settings`` (default: from the environment). Close it when done.
 
-    Local mode waits up to ``lock_wait_s`` for the storage lock (the previous task's process may
+    Embedded (local) mode waits up to ``lock_wait_s`` for the storage lock (the previous task's process may
     still be exiting), then raises :class:`QdrantLockedError` with what to do about it.
     """
     s = settings or QdrantSettings.from_env()
@@ -32,19 +37,23 @@ def make_client(settings: QdrantSettings | None = None) -> QdrantClient:
             api_key=s.api_key,
             timeout=s.timeout,
         )
-    if s.local_path == MEMORY:
+    if s.local_engine == "python" and s.local_path == MEMORY:
         return QdrantClient(location=MEMORY)
     deadline = time.monotonic() + s.lock_wait_s
     while True:
         try:
+            if s.local_engine == "edge":
+                from embedding_pipeline.stores.qdrant.edge import EdgeClient  # loads the engine
+
+                return EdgeClient(s.local_path)
             return QdrantClient(path=s.local_path)
         except RuntimeError as exc:
             if LOCKED_MARKER not in str(exc):
                 raise
             if time.monotonic() >= deadline:
                 raise QdrantLockedError(
-                    f"Qdrant local storage {s.local_path} is locked by another process (qdrant-client: "
-                    f"{exc}). Local mode allows one process at a time: run every Qdrant task one at a "
+                    f"Qdrant local storage {s.local_path} is locked by another process ({exc}). "
+                    "Local mode allows one process at a time: run every Qdrant task one at a "
                     "time, stop the other process, or set QDRANT_URL to use a Qdrant server, which "
                     "takes parallel writers."
                 ) from None
@@ -52,7 +61,7 @@ def make_client(settings: QdrantSettings | None = None) -> QdrantClient:
 
 
 @contextmanager
-def open_client(settings: QdrantSettings | None = None) -> Iterator[QdrantClient]:
+def open_client(settings: QdrantSettings | None = None) -> Iterator[QdrantBase]:
     """``make_client`` that always closes: in local mode closing is what releases the lock."""
     client = make_client(settings)
     try:

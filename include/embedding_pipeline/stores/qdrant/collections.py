@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.errors import ConfigError
@@ -54,7 +54,7 @@ def physical_name(alias: str, generation: int) -> str:
     return f"{alias}-g{generation}"
 
 
-def resolve_alias(client: QdrantClient, alias: str) -> str | None:
+def resolve_alias(client: QdrantBase, alias: str) -> str | None:
     """The physical collection ``alias`` points at; a plain collection of that name counts too."""
     for description in client.get_aliases().aliases:
         if description.alias_name == alias:
@@ -62,7 +62,7 @@ def resolve_alias(client: QdrantClient, alias: str) -> str | None:
     return alias if client.collection_exists(alias) else None
 
 
-def _resolve(client: QdrantClient, alias: str) -> str:
+def _resolve(client: QdrantBase, alias: str) -> str:
     name = resolve_alias(client, alias)
     if name is None:
         raise CollectionNotFoundError(
@@ -72,13 +72,13 @@ def _resolve(client: QdrantClient, alias: str) -> str:
     return name
 
 
-def collection_target(client: QdrantClient, alias: str) -> CollectionTarget:
+def collection_target(client: QdrantBase, alias: str) -> CollectionTarget:
     """Resolve ``alias`` and read the collection's vector config and recorded model."""
     return _read_target(client, alias, _resolve(client, alias))
 
 
 def collection_target_retrying(
-    client: QdrantClient, alias: str, retry: RetryPolicy = RetryPolicy()
+    client: QdrantBase, alias: str, retry: RetryPolicy = RetryPolicy()
 ) -> CollectionTarget:
     """:func:`collection_target`, with transient errors retried and then raised as
     :class:`QdrantUnavailableError`: readers (CLI, quality check) start here, so an unreachable
@@ -92,7 +92,7 @@ def collection_target_retrying(
         ) from exc.last
 
 
-def _read_target(client: QdrantClient, alias: str, name: str) -> CollectionTarget:
+def _read_target(client: QdrantBase, alias: str, name: str) -> CollectionTarget:
     info = client.get_collection(name)
     vectors = info.config.params.vectors
     if not isinstance(vectors, models.VectorParams):
@@ -181,7 +181,7 @@ def _wanted_indexes(schema: PointSchema | None) -> dict[str, models.PayloadSchem
 
 
 def _create_or_adopt(
-    client: QdrantClient,
+    client: QdrantBase,
     alias: str,
     name: str,
     generation: int,
@@ -213,7 +213,7 @@ def _create_or_adopt(
 
 
 def create_generation(
-    client: QdrantClient,
+    client: QdrantBase,
     alias: str,
     generation: int,
     *,
@@ -233,7 +233,7 @@ def create_generation(
 
 
 def ensure_collection(
-    client: QdrantClient,
+    client: QdrantBase,
     alias: str,
     *,
     dim: int,
@@ -271,7 +271,7 @@ def ensure_collection(
 
 
 def _ensure_payload_indexes(
-    client: QdrantClient,
+    client: QdrantBase,
     name: str,
     wanted: Mapping[str, models.PayloadSchemaType],
     meta: dict[str, Any],
@@ -315,6 +315,6 @@ def staged_model(staged_path: str | Path) -> dict[str, Any]:
     return {"model_name": meta["model_name"], "model_version": meta["model_version"], "dim": int(meta["dim"])}
 
 
-def count_points(client: QdrantClient, alias: str) -> int:
+def count_points(client: QdrantBase, alias: str) -> int:
     """Exact number of points behind ``alias``."""
     return client.count(_resolve(client, alias), exact=True).count

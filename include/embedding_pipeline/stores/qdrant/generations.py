@@ -14,7 +14,7 @@ import re
 import time
 from typing import Any
 
-from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.retry import RetryPolicy
@@ -25,7 +25,7 @@ from embedding_pipeline.stores.qdrant.points import call
 log = logging.getLogger(__name__)
 
 
-def list_generations(client: QdrantClient, alias: str) -> dict[int, str]:
+def list_generations(client: QdrantBase, alias: str) -> dict[int, str]:
     """Generation number -> physical collection, for every ``<alias>-g<N>`` that exists."""
     pattern = re.compile(rf"^{re.escape(alias)}-g(\d+)$")
     found = {}
@@ -37,7 +37,7 @@ def list_generations(client: QdrantClient, alias: str) -> dict[int, str]:
 
 
 def swap_alias(
-    client: QdrantClient, alias: str, collection: str, retry: RetryPolicy = RetryPolicy()
+    client: QdrantBase, alias: str, collection: str, retry: RetryPolicy = RetryPolicy()
 ) -> str | None:
     """Point ``alias`` at ``collection`` in one request; the collection it pointed at before (None
     when it did not exist). Retried on transient errors; a request Qdrant refused changed nothing."""
@@ -66,13 +66,13 @@ def swap_alias(
     return previous
 
 
-def remove_alias(client: QdrantClient, alias: str, retry: RetryPolicy = RetryPolicy()) -> None:
+def remove_alias(client: QdrantBase, alias: str, retry: RetryPolicy = RetryPolicy()) -> None:
     """Delete ``alias`` (undoing a swap that created it)."""
     operation = models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
     call(retry, f"removing alias {alias!r}", lambda: client.update_collection_aliases([operation]))
 
 
-def drop_collection(client: QdrantClient, alias: str, collection: str) -> None:
+def drop_collection(client: QdrantBase, alias: str, collection: str) -> None:
     """Delete an old generation; refused while ``alias`` points at it."""
     if resolve_alias(client, alias) == collection:
         raise QdrantSinkError(f"refusing to drop {collection!r}: alias {alias!r} points at it")
@@ -80,7 +80,7 @@ def drop_collection(client: QdrantClient, alias: str, collection: str) -> None:
     log.info("dropped Qdrant collection %s", collection)
 
 
-def begin_bulk_load(client: QdrantClient, collection: str) -> int | None:
+def begin_bulk_load(client: QdrantBase, collection: str) -> int | None:
     """Defer HNSW indexing while a new generation fills (indexing threshold 0); the previous
     threshold, for :func:`end_bulk_load`. Indexing one graph at the end is cheaper than growing
     it point by point; local mode has no index and accepts the setting unchanged."""
@@ -89,7 +89,7 @@ def begin_bulk_load(client: QdrantClient, collection: str) -> int | None:
     return previous or None  # 0: a retried task reading its own deferral; restore the default then
 
 
-def end_bulk_load(client: QdrantClient, collection: str, previous: int | None, wait_s: float = 600.0) -> None:
+def end_bulk_load(client: QdrantBase, collection: str, previous: int | None, wait_s: float = 600.0) -> None:
     """Restore the indexing threshold :func:`begin_bulk_load` replaced and wait (up to ``wait_s``)
     for the server to build the HNSW graph, so the gate's searches run the way readers' will.
     Searches stay exact on segments not yet indexed, so a slow optimizer delays, never breaks."""
@@ -105,7 +105,7 @@ def end_bulk_load(client: QdrantClient, collection: str, previous: int | None, w
         time.sleep(1.0)
 
 
-def generation_record(client: QdrantClient, collection: str) -> dict[str, Any]:
+def generation_record(client: QdrantBase, collection: str) -> dict[str, Any]:
     """What the pipeline recorded in the collection's metadata: model, dim, and ``promoted_at``
     once an alias has pointed at it (a generation that never served is not a rollback target)."""
     info = client.get_collection(collection)
@@ -114,7 +114,7 @@ def generation_record(client: QdrantClient, collection: str) -> dict[str, Any]:
     return record
 
 
-def mark_promoted(client: QdrantClient, collection: str, when: str) -> None:
+def mark_promoted(client: QdrantBase, collection: str, when: str) -> None:
     """Record that an alias pointed at ``collection`` (kept from the first time)."""
     record = generation_record(client, collection)
     if not record.get("promoted_at"):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.retry import RetriesExhausted, RetryPolicy
@@ -31,7 +31,7 @@ def call(retry: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
 
 
 def retrieve(
-    client: QdrantClient,
+    client: QdrantBase,
     collection: str,
     point_ids: Sequence[str],
     *,
@@ -57,7 +57,7 @@ def retrieve(
 
 
 def present(
-    client: QdrantClient,
+    client: QdrantBase,
     collection: str,
     point_ids: Sequence[str],
     *,
@@ -78,7 +78,7 @@ def present(
 
 
 def scroll_matching(
-    client: QdrantClient,
+    client: QdrantBase,
     collection: str,
     query_filter: models.Filter,
     *,
@@ -104,7 +104,7 @@ def scroll_matching(
 
 
 def above(
-    client: QdrantClient,
+    client: QdrantBase,
     collection: str,
     vector: np.ndarray,
     threshold: float,
@@ -156,7 +156,7 @@ def not_newer_than(version: int | None) -> models.Filter | None:
 
 
 def write(
-    client: QdrantClient,
+    client: QdrantBase,
     collection: str,
     points: Sequence[models.PointStruct],
     retry: RetryPolicy = RetryPolicy(),
@@ -178,7 +178,7 @@ def write(
 
 
 def delete(
-    client: QdrantClient, collection: str, point_ids: Sequence[str], retry: RetryPolicy = RetryPolicy()
+    client: QdrantBase, collection: str, point_ids: Sequence[str], retry: RetryPolicy = RetryPolicy()
 ) -> None:
     """Delete points by id; absent ids are no error."""
     if point_ids:

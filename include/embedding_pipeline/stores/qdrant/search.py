@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.errors import InvalidInputError
@@ -97,7 +97,7 @@ def _query_vectors(vectors: np.ndarray | Sequence[Sequence[float]]) -> np.ndarra
 
 
 def search(
-    client: QdrantClient,
+    client: QdrantBase,
     alias: str,
     vectors: np.ndarray | Sequence[Sequence[float]],
     options: SearchOptions,
@@ -162,7 +162,7 @@ def search(
 
 
 def iter_vectors(
-    client: QdrantClient,
+    client: QdrantBase,
     alias: str,
     batch_size: int = 1024,
     with_payload: Sequence[str] | bool = True,

@@ -13,6 +13,8 @@ from embedding_pipeline.retry import RetrySettings
 from embedding_pipeline.settings import redact_url, truthy, work_dir
 
 MEMORY = ":memory:"
+# Embedded engines: Qdrant's own (qdrant-edge, the default) or qdrant-client's Python local mode.
+LOCAL_ENGINES = ("edge", "python")
 # Mapped Qdrant tasks that may run at once against a server (local mode: one, the storage lock).
 SERVER_TASK_CONCURRENCY = 16
 
@@ -23,7 +25,10 @@ class QdrantSettings(RetrySettings):
 
     ``path`` is the local storage folder (``":memory:"`` for a throwaway in-process store); left
     empty it is ``<work_dir()>/qdrant``, resolved when the client is made so that
-    ``EMBEDDING_PIPELINE_HOME`` set later still counts.
+    ``EMBEDDING_PIPELINE_HOME`` set later still counts. ``local_engine`` picks the embedded
+    engine: ``edge`` (Qdrant's own, in-process; see ``stores/qdrant/edge.py``) or ``python``
+    (qdrant-client's local mode, which reads stores written before the switch). The two store
+    different files: one cannot open the other's folder.
     """
 
     path: str | Path | None = None
@@ -38,6 +43,7 @@ class QdrantSettings(RetrySettings):
     upsert_batch: int = 256
     search_batch: int = 64
     lock_wait_s: float = 5.0
+    local_engine: str = "edge"
 
     def __post_init__(self) -> None:
         if self.path is not None and (self.url or self.host):
@@ -51,6 +57,8 @@ class QdrantSettings(RetrySettings):
         for name in ("upsert_batch", "search_batch", "timeout"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"Qdrant {name} must be >= 1, got {getattr(self, name)}")
+        if self.local_engine not in LOCAL_ENGINES:
+            raise ConfigError(f"Qdrant local_engine must be one of {LOCAL_ENGINES}: {self.local_engine!r}")
         if self.max_retries < 0 or self.backoff_initial_s < 0 or self.lock_wait_s < 0:
             raise ConfigError("Qdrant max_retries, backoff_initial_s and lock_wait_s must be >= 0")
 
@@ -73,7 +81,7 @@ class QdrantSettings(RetrySettings):
 
     def __repr__(self) -> str:
         if self.is_local:
-            where = f"path={self.local_path!r}"
+            where = f"path={self.local_path!r}, local_engine={self.local_engine!r}"
         else:
             endpoint = redact_url(self.url) if self.url else f"{self.host}:{self.port}"
             where = f"url={endpoint!r}, grpc_port={self.grpc_port}, prefer_grpc={self.prefer_grpc}"
@@ -87,7 +95,8 @@ class QdrantSettings(RetrySettings):
 
     @classmethod
     def from_env(cls, **overrides: Any) -> QdrantSettings:
-        """``QDRANT_URL`` / ``QDRANT_API_KEY`` / ``QDRANT_PATH`` / ``QDRANT_PREFER_GRPC``, then overrides.
+        """``QDRANT_URL`` / ``QDRANT_API_KEY`` / ``QDRANT_PATH`` / ``QDRANT_LOCAL_ENGINE`` /
+        ``QDRANT_PREFER_GRPC``, then overrides.
 
         ``None`` overrides are ignored so a Param left empty keeps the environment's value.
         """
@@ -95,6 +104,7 @@ class QdrantSettings(RetrySettings):
             "url": os.environ.get("QDRANT_URL") or None,
             "api_key": os.environ.get("QDRANT_API_KEY") or None,
             "path": os.environ.get("QDRANT_PATH") or None,
+            "local_engine": os.environ.get("QDRANT_LOCAL_ENGINE") or None,
         }
         grpc_flag = os.environ.get("QDRANT_PREFER_GRPC")
         if grpc_flag:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qdrant_client import QdrantClient
+from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.retry import Retrier, RetriesExhausted, RetryPolicy
@@ -59,7 +59,7 @@ class _Upserter:
     chunk idempotently.
     """
 
-    client: QdrantClient
+    client: QdrantBase
     collection: str
     retry: Retrier
     dead: DeadLetterWriter
@@ -137,7 +137,7 @@ def _model_version_value(version: str) -> int | str:
 
 
 def upsert_chunk(
-    client: QdrantClient,
+    client: QdrantBase,
     alias: str,
     staged_path: str | Path,
     dead_letters: DeadLetterWriter,
@@ -226,7 +226,7 @@ def upsert_chunk(
 
 
 def _drop_superseded(
-    client: QdrantClient,
+    client: QdrantBase,
     collection: str,
     retry: Retrier,
     points: list[models.PointStruct],

@@ -1,0 +1,536 @@
+"""The embedded Qdrant: Qdrant's own Rust engine in this process (``qdrant-edge-py``), behind the
+part of qdrant-client's interface this package calls.
+
+Why not qdrant-client's local mode: it is a Python re-implementation that commits every point to
+SQLite, loads the whole store into memory on open and scores filters in Python. Measured side by
+side (``bench/bench_qdrant_engines.py``), the engine writes ~15x faster, opens a 40k-point store in
+a tenth of a second instead of seconds, and answers a filtered top-30 ~100x sooner.
+
+qdrant-edge is one shard per folder, with no collections, aliases or collection metadata; this
+module adds them with a catalog file, so generations and alias swaps work as on a server:
+
+* ``<path>/catalog.json``: every collection's vector size, distance, metadata and optimizer
+  threshold, and every alias. Rewritten whole and renamed into place, so an alias swap (several
+  operations) is one atomic change, as in Qdrant.
+* ``<path>/collections/<name>/``: the collection's shard (segments and write-ahead log).
+* ``<path>/.lock``: one process at a time, like local mode (an exclusive ``flock``).
+
+Methods take and return qdrant-client's models, so every store function runs unchanged on this, a
+Qdrant server or local mode. Searches are exact (no HNSW graph is built): the right trade for an
+embedded store; a server builds its graphs as the collection grows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as edge
+from qdrant_client.client_base import QdrantBase
+from qdrant_client.http import models
+
+CATALOG = "catalog.json"
+LOCK = ".lock"
+DEFAULT_INDEXING_THRESHOLD = 20_000  # Qdrant's default (KB); recorded, reported, not acted on
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+_DISTANCES = {
+    models.Distance.COSINE: edge.Distance.Cosine,
+    models.Distance.DOT: edge.Distance.Dot,
+    models.Distance.EUCLID: edge.Distance.Euclid,
+    models.Distance.MANHATTAN: edge.Distance.Manhattan,
+}
+# qdrant-client payload index types -> the engine's (its enums are not iterable).
+SCHEMA_TYPES = {
+    models.PayloadSchemaType.KEYWORD: edge.PayloadSchemaType.Keyword,
+    models.PayloadSchemaType.INTEGER: edge.PayloadSchemaType.Integer,
+    models.PayloadSchemaType.FLOAT: edge.PayloadSchemaType.Float,
+    models.PayloadSchemaType.BOOL: edge.PayloadSchemaType.Bool,
+    models.PayloadSchemaType.TEXT: edge.PayloadSchemaType.Text,
+    models.PayloadSchemaType.DATETIME: edge.PayloadSchemaType.Datetime,
+    models.PayloadSchemaType.UUID: edge.PayloadSchemaType.Uuid,
+    models.PayloadSchemaType.GEO: edge.PayloadSchemaType.Geo,
+}
+# Engine messages that mean the request's content is wrong (a bad point), not the engine.
+_BAD_INPUT = ("wrong input", "bad input", "dimension error", "failed to parse")
+_DONE = models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
+
+
+class EdgeStorageLocked(RuntimeError):
+    """The storage folder is open in another process (same message as qdrant-client's local mode)."""
+
+
+class EdgeClient(QdrantBase):
+    """Collections and aliases over qdrant-edge shards in ``path`` (``":memory:"``: a temporary
+    folder, removed on close). Holds the folder's lock until :meth:`close`."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._scratch = tempfile.TemporaryDirectory(prefix="qdrant-edge-") if path == ":memory:" else None
+        self.root = Path(self._scratch.name if self._scratch else path)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if (self.root / "meta.json").exists() and not (self.root / CATALOG).exists():
+            raise ValueError(
+                f"{self.root} holds qdrant-client local-mode data, which the embedded engine cannot "
+                "read: set QDRANT_LOCAL_ENGINE=python to keep using it, or point QDRANT_PATH at a new "
+                "folder and run a full rebuild (mode=full) to fill it"
+            )
+        self._lock = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise EdgeStorageLocked(
+                f"Storage folder {self.root} is already accessed by another instance of the embedded Qdrant"
+            ) from None
+        self._shards: dict[str, edge.EdgeShard] = {}
+        catalog = self.root / CATALOG
+        self._catalog: dict[str, Any] = (
+            json.loads(catalog.read_text()) if catalog.exists() else {"collections": {}, "aliases": {}}
+        )
+
+    # -- catalog -----------------------------------------------------------------------------------
+    def _save(self) -> None:
+        temporary = self.root / f"{CATALOG}.tmp"
+        with open(temporary, "w") as out:
+            json.dump(self._catalog, out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, self.root / CATALOG)
+
+    def _resolve(self, name: str) -> str:
+        """The collection ``name`` is, or that the alias ``name`` points at (as a server does)."""
+        name = self._catalog["aliases"].get(name, name)
+        if name not in self._catalog["collections"]:
+            raise ValueError(f"Collection {name} not found")
+        return name
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        return self._catalog["collections"][self._resolve(name)]
+
+    def _shard(self, name: str) -> edge.EdgeShard:
+        name = self._resolve(name)
+        if name not in self._shards:
+            self._shards[name] = edge.EdgeShard.load(str(self._folder(name)))
+        return self._shards[name]
+
+    def _folder(self, name: str) -> Path:
+        return self.root / "collections" / name
+
+    # -- collections and aliases -------------------------------------------------------------------
+    def collection_exists(self, collection_name: str, **kwargs: Any) -> bool:
+        return collection_name in self._catalog["collections"]
+
+    def get_collections(self, **kwargs: Any) -> models.CollectionsResponse:
+        names = sorted(self._catalog["collections"])
+        return models.CollectionsResponse(collections=[models.CollectionDescription(name=n) for n in names])
+
+    def get_aliases(self, **kwargs: Any) -> models.CollectionsAliasesResponse:
+        aliases = sorted(self._catalog["aliases"].items())
+        return models.CollectionsAliasesResponse(
+            aliases=[models.AliasDescription(alias_name=a, collection_name=c) for a, c in aliases]
+        )
+
+    def create_collection(
+        self,
+        collection_name: str,
+        vectors_config: models.VectorParams | Mapping[str, models.VectorParams],
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        if not isinstance(vectors_config, models.VectorParams):
+            raise ValueError("the embedded Qdrant stores one unnamed dense vector per point")
+        if not _NAME.match(collection_name) or collection_name in self._catalog["aliases"]:
+            raise ValueError(f"Wrong input: bad or taken collection name {collection_name!r}")
+        if self.collection_exists(collection_name):
+            raise ValueError(f"Wrong input: Collection `{collection_name}` already exists!")
+        folder = self._folder(collection_name)
+        shutil.rmtree(folder, ignore_errors=True)  # left by a crash before the catalog named it
+        config = edge.EdgeConfig(
+            vectors=edge.EdgeVectorParams(
+                size=vectors_config.size, distance=_DISTANCES[vectors_config.distance]
+            )
+        )
+        self._shards[collection_name] = edge.EdgeShard.create(str(folder), config)
+        self._catalog["collections"][collection_name] = {
+            "size": vectors_config.size,
+            "distance": vectors_config.distance.value,
+            "metadata": metadata or {},
+            "indexing_threshold": DEFAULT_INDEXING_THRESHOLD,
+        }
+        self._save()
+        return True
+
+    def update_collection(
+        self,
+        collection_name: str,
+        optimizers_config: models.OptimizersConfigDiff | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        entry = self._entry(collection_name)
+        if metadata is not None:
+            entry["metadata"] = {**entry["metadata"], **metadata}
+        if optimizers_config is not None and optimizers_config.indexing_threshold is not None:
+            entry["indexing_threshold"] = optimizers_config.indexing_threshold
+        self._save()
+        return True
+
+    def delete_collection(self, collection_name: str, **kwargs: Any) -> bool:
+        if not self.collection_exists(collection_name):
+            return False
+        shard = self._shards.pop(collection_name, None)
+        if shard is not None:
+            shard.close()
+        del self._catalog["collections"][collection_name]
+        self._catalog["aliases"] = {a: c for a, c in self._catalog["aliases"].items() if c != collection_name}
+        self._save()
+        shutil.rmtree(self._folder(collection_name), ignore_errors=True)
+        return True
+
+    def get_collection(self, collection_name: str, **kwargs: Any) -> models.CollectionInfo:
+        entry = self._entry(collection_name)
+        info = self._shard(collection_name).info()
+        return models.CollectionInfo(
+            status=models.CollectionStatus.GREEN,
+            optimizer_status=models.OptimizersStatusOneOf.OK,
+            indexed_vectors_count=info.indexed_vectors_count,
+            points_count=info.points_count,
+            segments_count=info.segments_count,
+            payload_schema={
+                key: models.PayloadIndexInfo(data_type=_schema_out(index.data_type), points=index.points)
+                for key, index in info.payload_schema.items()
+            },
+            config=models.CollectionConfig(
+                params=models.CollectionParams(
+                    vectors=models.VectorParams(
+                        size=entry["size"], distance=models.Distance(entry["distance"])
+                    )
+                ),
+                hnsw_config=models.HnswConfig(m=16, ef_construct=100, full_scan_threshold=10000),
+                optimizer_config=models.OptimizersConfig(
+                    deleted_threshold=0.2,
+                    vacuum_min_vector_number=1000,
+                    default_segment_number=0,
+                    indexing_threshold=entry["indexing_threshold"],
+                    flush_interval_sec=5,
+                ),
+                wal_config=models.WalConfig(wal_capacity_mb=32, wal_segments_ahead=0),
+                metadata=entry["metadata"],
+            ),
+        )
+
+    def create_payload_index(
+        self,
+        collection_name: str,
+        field_name: str,
+        field_schema: models.PayloadSchemaType | None = None,
+        **kwargs: Any,
+    ) -> models.UpdateResult:
+        kind = SCHEMA_TYPES[models.PayloadSchemaType(field_schema or models.PayloadSchemaType.KEYWORD)]
+        self._update(collection_name, edge.UpdateOperation.create_field_index(field_name, kind))
+        return _DONE
+
+    def update_collection_aliases(
+        self, change_aliases_operations: Sequence[models.AliasOperations], **kwargs: Any
+    ) -> bool:
+        """All operations or none, in one catalog write: readers see the old alias or the new."""
+        aliases = dict(self._catalog["aliases"])
+        for operation in change_aliases_operations:
+            if isinstance(operation, models.CreateAliasOperation):
+                target = operation.create_alias.collection_name
+                self._entry(target)
+                if operation.create_alias.alias_name in self._catalog["collections"]:
+                    raise ValueError(f"Wrong input: {operation.create_alias.alias_name!r} is a collection")
+                aliases[operation.create_alias.alias_name] = target
+            elif isinstance(operation, models.DeleteAliasOperation):
+                if aliases.pop(operation.delete_alias.alias_name, None) is None:
+                    raise ValueError(f"Alias {operation.delete_alias.alias_name} not found")
+            else:
+                raise NotImplementedError(f"the embedded Qdrant does not take {type(operation).__name__}")
+        self._catalog["aliases"] = aliases
+        self._save()
+        return True
+
+    # -- points --------------------------------------------------------------------------------------
+    def _update(self, collection_name: str, operation: edge.UpdateOperation) -> None:
+        shard = self._shard(collection_name)
+        try:
+            shard.update(operation)
+        except ValueError:
+            raise
+        except Exception as exc:  # the engine raises plain Exception; bad input is the caller's fault
+            if any(marker in str(exc).lower() for marker in _BAD_INPUT):
+                raise ValueError(f"Wrong input: {exc}") from exc
+            raise
+
+    def upsert(
+        self,
+        collection_name: str,
+        points: Sequence[models.PointStruct],
+        wait: bool = True,
+        update_filter: models.Filter | None = None,
+        **kwargs: Any,
+    ) -> models.UpdateResult:
+        if not isinstance(points, Sequence):
+            raise NotImplementedError("the embedded Qdrant takes a list of PointStruct")
+        converted = []
+        for point in points:
+            vector = point.vector
+            if not isinstance(vector, list) or not all(math.isfinite(v) for v in vector):
+                raise ValueError(f"Wrong input: point {point.id} needs one finite dense vector")
+            converted.append(edge.Point(_point_id(point.id), vector, point.payload or {}))
+        condition = None if update_filter is None else _filter(update_filter)
+        self._update(collection_name, edge.UpdateOperation.upsert_points(converted, condition=condition))
+        return _DONE
+
+    def set_payload(
+        self,
+        collection_name: str,
+        payload: dict[str, Any],
+        points: Sequence[models.ExtendedPointId],
+        wait: bool = True,
+        **kwargs: Any,
+    ) -> models.UpdateResult:
+        ids = [_point_id(i) for i in points]
+        self._update(collection_name, edge.UpdateOperation.set_payload(ids, payload))
+        return _DONE
+
+    def delete_payload(
+        self,
+        collection_name: str,
+        keys: Sequence[str],
+        points: Sequence[models.ExtendedPointId],
+        wait: bool = True,
+        **kwargs: Any,
+    ) -> models.UpdateResult:
+        ids = [_point_id(i) for i in points]
+        self._update(collection_name, edge.UpdateOperation.delete_payload(ids, list(keys)))
+        return _DONE
+
+    def batch_update_points(
+        self, collection_name: str, update_operations: Sequence[Any], **kwargs: Any
+    ) -> list[models.UpdateResult]:
+        for operation in update_operations:
+            if not isinstance(operation, models.OverwritePayloadOperation):
+                raise NotImplementedError(f"the embedded Qdrant does not take {type(operation).__name__}")
+            change = operation.overwrite_payload
+            ids = [_point_id(i) for i in change.points or []]
+            self._update(collection_name, edge.UpdateOperation.overwrite_payload(ids, change.payload))
+        return [_DONE for _ in update_operations]
+
+    def delete(
+        self, collection_name: str, points_selector: models.PointIdsList, wait: bool = True, **kwargs: Any
+    ) -> models.UpdateResult:
+        if not isinstance(points_selector, models.PointIdsList):
+            raise NotImplementedError("the embedded Qdrant deletes by a PointIdsList")
+        ids = [_point_id(i) for i in points_selector.points]
+        self._update(collection_name, edge.UpdateOperation.delete_points(ids))
+        return _DONE
+
+    def retrieve(
+        self,
+        collection_name: str,
+        ids: Sequence[models.ExtendedPointId],
+        with_payload: bool | Sequence[str] = True,
+        with_vectors: bool = False,
+        **kwargs: Any,
+    ) -> list[models.Record]:
+        """Points by id; an id that is no integer or UUID cannot be stored, so it is not found."""
+        wanted = []
+        for point_id in ids:
+            try:
+                wanted.append(_point_id(point_id))
+            except ValueError:
+                continue
+        records = self._shard(collection_name).retrieve(wanted, _payload_selector(with_payload), with_vectors)
+        return [_record(r) for r in records]
+
+    def scroll(
+        self,
+        collection_name: str,
+        scroll_filter: models.Filter | None = None,
+        limit: int = 10,
+        offset: models.ExtendedPointId | None = None,
+        with_payload: bool | Sequence[str] = True,
+        with_vectors: bool = False,
+        **kwargs: Any,
+    ) -> tuple[list[models.Record], models.ExtendedPointId | None]:
+        request = edge.ScrollRequest(
+            offset=None if offset is None else _point_id(offset),
+            limit=limit,
+            filter=None if scroll_filter is None else _filter(scroll_filter),
+            with_payload=_payload_selector(with_payload),
+            with_vector=with_vectors,
+        )
+        records, next_offset = self._shard(collection_name).scroll(request)
+        return [_record(r) for r in records], None if next_offset is None else _id_out(next_offset)
+
+    def count(
+        self,
+        collection_name: str,
+        count_filter: models.Filter | None = None,
+        exact: bool = True,
+        **kwargs: Any,
+    ) -> models.CountResult:
+        """Always exact: the engine counts a shard's points exactly at no extra cost here."""
+        conditions = None if count_filter is None else _filter(count_filter)
+        request = edge.CountRequest(exact=True, filter=conditions)
+        return models.CountResult(count=self._shard(collection_name).count(request))
+
+    def query_points(  # noqa: PLR0913 - qdrant-client's signature
+        self,
+        collection_name: str,
+        query: Sequence[float] | None = None,
+        query_filter: models.Filter | None = None,
+        search_params: models.SearchParams | None = None,
+        limit: int = 10,
+        offset: int | None = None,
+        with_payload: bool | Sequence[str] = True,
+        with_vectors: bool = False,
+        score_threshold: float | None = None,
+        **kwargs: Any,
+    ) -> models.QueryResponse:
+        request = models.QueryRequest(
+            query=list(query or []),
+            filter=query_filter,
+            params=search_params,
+            limit=limit,
+            offset=offset,
+            with_payload=with_payload,
+            with_vector=with_vectors,
+            score_threshold=score_threshold,
+        )
+        return self.query_batch_points(collection_name, [request])[0]
+
+    def query_batch_points(
+        self, collection_name: str, requests: Sequence[models.QueryRequest], **kwargs: Any
+    ) -> list[models.QueryResponse]:
+        batch = edge.QueryBatchRequest([_query(r) for r in requests])
+        answers = self._shard(collection_name).query_batch(batch)
+        return [
+            models.QueryResponse(
+                points=[
+                    models.ScoredPoint(
+                        id=_id_out(p.id),
+                        version=p.version,
+                        score=p.score,
+                        payload=p.payload,
+                        vector=p.vector,
+                    )
+                    for p in points
+                ]
+            )
+            for points in answers
+        ]
+
+    def close(self, **kwargs: Any) -> None:
+        """Flush and close every shard, then release the folder (and remove a ``:memory:`` one)."""
+        if self._lock < 0:
+            return
+        for shard in self._shards.values():
+            shard.flush()
+            shard.close()
+        self._shards.clear()
+        os.close(self._lock)
+        self._lock = -1
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+
+# -- model translation ----------------------------------------------------------------------------
+def _schema_out(kind: Any) -> models.PayloadSchemaType:
+    return next(ours for ours, theirs in SCHEMA_TYPES.items() if theirs == kind)
+
+
+def _point_id(point_id: models.ExtendedPointId) -> int | str:
+    if isinstance(point_id, int):
+        return point_id
+    try:
+        return str(uuid.UUID(str(point_id)))
+    except ValueError:
+        raise ValueError(f"Wrong input: point id {point_id!r} is neither an integer nor a UUID") from None
+
+
+def _id_out(point_id: Any) -> models.ExtendedPointId:
+    return str(point_id) if isinstance(point_id, uuid.UUID) else point_id
+
+
+def _record(record: Any) -> models.Record:
+    return models.Record(id=_id_out(record.id), payload=record.payload, vector=record.vector)
+
+
+def _payload_selector(with_payload: Any) -> bool | list[str]:
+    if isinstance(with_payload, bool):
+        return with_payload
+    if isinstance(with_payload, Sequence) and not isinstance(with_payload, str):
+        return list(with_payload)
+    raise NotImplementedError(f"the embedded Qdrant selects payload by a bool or names, not {with_payload!r}")
+
+
+def _query(request: models.QueryRequest) -> edge.QueryRequest:
+    query = request.query
+    if isinstance(query, models.NearestQuery):
+        query = query.nearest
+    if not isinstance(query, list) or not all(isinstance(v, float | int) for v in query):
+        raise NotImplementedError("the embedded Qdrant answers nearest-vector queries only")
+    params = request.params
+    search = None if params is None else edge.SearchParams(hnsw_ef=params.hnsw_ef, exact=bool(params.exact))
+    return edge.QueryRequest(
+        query=edge.Query.Nearest([float(v) for v in query]),
+        limit=request.limit or 10,
+        offset=request.offset,
+        filter=None if request.filter is None else _filter(request.filter),
+        score_threshold=request.score_threshold,
+        params=search,
+        with_payload=_payload_selector(True if request.with_payload is None else request.with_payload),
+        with_vector=bool(request.with_vector),
+    )
+
+
+def _conditions(conditions: Any) -> list[Any] | None:
+    if conditions is None:
+        return None
+    listed = conditions if isinstance(conditions, list) else [conditions]
+    return [_condition(c) for c in listed]
+
+
+def _filter(query_filter: models.Filter) -> edge.Filter:
+    if query_filter.min_should is not None:
+        raise NotImplementedError("the embedded Qdrant does not take min_should filters")
+    return edge.Filter(
+        must=_conditions(query_filter.must),
+        should=_conditions(query_filter.should),
+        must_not=_conditions(query_filter.must_not),
+    )
+
+
+def _condition(condition: Any) -> Any:
+    if isinstance(condition, models.Filter):
+        return _filter(condition)
+    if isinstance(condition, models.IsEmptyCondition):
+        return edge.IsEmptyCondition(key=condition.is_empty.key)
+    if isinstance(condition, models.IsNullCondition):
+        return edge.IsNullCondition(key=condition.is_null.key)
+    if isinstance(condition, models.HasIdCondition):
+        return edge.HasIdCondition({_point_id(i) for i in condition.has_id})
+    if isinstance(condition, models.FieldCondition):
+        match, bounds = condition.match, condition.range
+        if isinstance(match, models.MatchValue):
+            return edge.FieldCondition(key=condition.key, match=edge.MatchValue(match.value))
+        if isinstance(match, models.MatchAny):
+            return edge.FieldCondition(key=condition.key, match=edge.MatchAny(list(match.any)))
+        if isinstance(match, models.MatchExcept):
+            return edge.FieldCondition(key=condition.key, match=edge.MatchExcept(list(match.except_)))
+        if match is None and isinstance(bounds, models.Range):
+            limits = {"gt": bounds.gt, "gte": bounds.gte, "lt": bounds.lt, "lte": bounds.lte}
+            return edge.FieldCondition(key=condition.key, range=edge.RangeFloat(**limits))
+    raise NotImplementedError(f"the embedded Qdrant does not take the filter condition {condition!r}")
