@@ -142,12 +142,12 @@ def test_a_local_qdrant_connection_picks_its_engine(monkeypatch, tmp_path):
     monkeypatch.delenv("QDRANT_LOCAL_ENGINE", raising=False)
     _set_conn(monkeypatch, "q_local", conn_type="qdrant", extra={"path": str(tmp_path / "q")})
     settings = QdrantStoreHook("q_local").get_settings()
-    assert (settings.is_local, settings.local_path, settings.local_engine) == (True, str(tmp_path / "q"), "edge")
+    assert (settings.local_path, settings.local_engine) == (str(tmp_path / "q"), "edge")
     monkeypatch.setenv("QDRANT_LOCAL_ENGINE", "python")
     assert QdrantStoreHook("q_local").get_settings().local_engine == "python"
     _set_conn(monkeypatch, "q_old", conn_type="qdrant", extra={"path": "/q", "local_engine": "python"})
     monkeypatch.delenv("QDRANT_LOCAL_ENGINE")
     assert QdrantStoreHook("q_old").get_settings().local_engine == "python"
     _set_conn(monkeypatch, "q_bad", conn_type="qdrant", extra={"path": "/q", "local_engine": "rocksdb"})
-    with pytest.raises(ConfigError, match="'q_bad'.*local_engine"):
+    with pytest.raises(ConfigError, match=r"'q_bad'.*local_engine"):
         QdrantStoreHook("q_bad").get_settings()
