@@ -282,12 +282,12 @@ class EdgeClient(QdrantBase):
     ) -> models.UpdateResult:
         if not isinstance(points, Sequence):
             raise NotImplementedError("the embedded Qdrant takes a list of PointStruct")
-        converted = []
         for point in points:
-            vector = point.vector
-            if not isinstance(vector, list) or not all(math.isfinite(v) for v in vector):
-                raise ValueError(f"Wrong input: point {point.id} needs one finite dense vector")
-            converted.append(edge.Point(_point_id(point.id), vector, point.payload or {}))
+            # sum() is NaN or inf exactly when a value is (unit vectors never overflow): the
+            # engine would store NaN and poison every score, so refuse as a server does.
+            if not isinstance(point.vector, list) or not math.isfinite(sum(point.vector)):
+                raise ValueError(f"Wrong input: point {point.id} needs one dense vector of finite values")
+        converted = [edge.Point(_point_id(p.id), p.vector, p.payload or {}) for p in points]
         condition = None if update_filter is None else _filter(update_filter)
         self._update(collection_name, edge.UpdateOperation.upsert_points(converted, condition=condition))
         return _DONE
@@ -345,13 +345,12 @@ class EdgeClient(QdrantBase):
         **kwargs: Any,
     ) -> list[models.Record]:
         """Points by id; an id that is no integer or UUID cannot be stored, so it is not found."""
-        wanted = []
-        for point_id in ids:
-            try:
-                wanted.append(_point_id(point_id))
-            except ValueError:
-                continue
-        records = self._shard(collection_name).retrieve(wanted, _payload_selector(with_payload), with_vectors)
+        shard, payload = self._shard(collection_name), _payload_selector(with_payload)
+        wanted = [_point_id(i) for i in ids]
+        try:
+            records = shard.retrieve(wanted, payload, with_vectors)
+        except ValueError:  # the engine refuses the whole call for one malformed id
+            records = shard.retrieve([i for i in wanted if _is_point_id(i)], payload, with_vectors)
         return [_record(r) for r in records]
 
     def scroll(
@@ -419,12 +418,14 @@ class EdgeClient(QdrantBase):
         return [
             models.QueryResponse(
                 points=[
-                    models.ScoredPoint(
+                    models.ScoredPoint.model_construct(
                         id=_id_out(p.id),
                         version=p.version,
                         score=p.score,
                         payload=p.payload,
                         vector=p.vector,
+                        shard_key=None,
+                        order_value=None,
                     )
                     for p in points
                 ]
@@ -452,12 +453,19 @@ def _schema_out(kind: Any) -> models.PayloadSchemaType:
 
 
 def _point_id(point_id: models.ExtendedPointId) -> int | str:
+    """As the engine takes it: an unsigned integer or a UUID string, which the engine parses (and
+    refuses with ``ValueError`` when malformed)."""
+    return point_id if isinstance(point_id, int | str) else str(point_id)
+
+
+def _is_point_id(point_id: int | str) -> bool:
     if isinstance(point_id, int):
-        return point_id
+        return point_id >= 0
     try:
-        return str(uuid.UUID(str(point_id)))
+        uuid.UUID(point_id)
     except ValueError:
-        raise ValueError(f"Wrong input: point id {point_id!r} is neither an integer nor a UUID") from None
+        return False
+    return True
 
 
 def _id_out(point_id: Any) -> models.ExtendedPointId:
@@ -465,7 +473,10 @@ def _id_out(point_id: Any) -> models.ExtendedPointId:
 
 
 def _record(record: Any) -> models.Record:
-    return models.Record(id=_id_out(record.id), payload=record.payload, vector=record.vector)
+    # model_construct: the engine's records are well formed; validating each costs more than reading it
+    return models.Record.model_construct(
+        id=_id_out(record.id), payload=record.payload, vector=record.vector, shard_key=None, order_value=None
+    )
 
 
 def _payload_selector(with_payload: Any) -> bool | list[str]:
