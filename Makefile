@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors bench-relevance bench-int8 clean
+.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors bench-relevance bench-int8 bench-qdrant clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -52,6 +52,9 @@ bench-relevance: setup
 
 bench-int8: setup
 	$(PY) bench/bench_int8.py
+
+bench-qdrant: setup
+	$(PY) bench/bench_qdrant_engines.py --demo
 
 clean:
 	rm -rf var .pytest_cache
