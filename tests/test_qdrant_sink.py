@@ -43,6 +43,7 @@ from embedding_pipeline.stores.qdrant.errors import (
     QdrantLockedError,
     QdrantSinkError,
     QdrantUnavailableError,
+    StorageFormatError,
 )
 from embedding_pipeline.stores.qdrant.search import SearchOptions, search
 from embedding_pipeline.stores.qdrant.settings import QdrantSettings
@@ -222,7 +223,7 @@ def test_the_embedded_engine_refuses_a_local_mode_folder_and_says_what_to_do(tmp
     """The two engines keep different files: reading the other's folder is refused, not emptied."""
     with open_client(QdrantSettings(path=tmp_path / "q", local_engine="python")) as client:
         ensure_minilm(client)
-    with pytest.raises(ValueError, match="QDRANT_LOCAL_ENGINE=python") as info:
+    with pytest.raises(StorageFormatError, match="QDRANT_LOCAL_ENGINE=python") as info:
         make_client(QdrantSettings(path=tmp_path / "q"))
     assert "mode=full" in str(info.value)
     with open_client(QdrantSettings(path=tmp_path / "q", local_engine="python")) as client:

@@ -38,6 +38,8 @@ import qdrant_edge as edge
 from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
+from embedding_pipeline.stores.qdrant.errors import StorageFormatError
+
 CATALOG = "catalog.json"
 LOCK = ".lock"
 DEFAULT_INDEXING_THRESHOLD = 20_000  # Qdrant's default (KB); recorded, reported, not acted on
@@ -78,7 +80,7 @@ class EdgeClient(QdrantBase):
         self.root = Path(self._scratch.name if self._scratch else path)
         self.root.mkdir(parents=True, exist_ok=True)
         if (self.root / "meta.json").exists() and not (self.root / CATALOG).exists():
-            raise ValueError(
+            raise StorageFormatError(
                 f"{self.root} holds qdrant-client local-mode data, which the embedded engine cannot "
                 "read: set QDRANT_LOCAL_ENGINE=python to keep using it, or point QDRANT_PATH at a new "
                 "folder and run a full rebuild (mode=full) to fill it"

@@ -33,6 +33,10 @@ class CollectionNotFoundError(QdrantSinkError):
     """No collection or alias with this name."""
 
 
+class StorageFormatError(QdrantSinkError, SetupError):
+    """The local storage folder was written by the other embedded engine."""
+
+
 class CollectionMismatchError(QdrantSinkError, SetupError):
     """The collection holds vectors of another model, dimension or distance than the caller's."""
 
