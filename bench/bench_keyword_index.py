@@ -331,9 +331,9 @@ def slice_staged(paths: Sequence[str], rows: int, segment: int, out_dir: Path) -
 
 
 def edge_points(path: Path, batch_size: int) -> list[list[Any]]:
-    """The points ``upsert_chunk`` writes for a staged file, pre-built as the engine's own
-    ``Point`` objects, in its batch size (the raw side pays none of our conversions)."""
-    import qdrant_edge as edge
+    """The points ``upsert_chunk`` writes for a staged file as plain Python values (id, vector
+    list, payload dict), in its batch size: the raw side pays none of our reading and building,
+    only what any writer pays - handing the values to the engine (``Point``) and the write."""
     from embedding_pipeline.runs.partitions import partition_version
     from embedding_pipeline.runs.staging import iter_staged, staged_metadata
 
@@ -342,7 +342,7 @@ def edge_points(path: Path, batch_size: int) -> list[list[Any]]:
     for batch in iter_staged(path, batch_size):
         batches.append(
             [
-                edge.Point(
+                (
                     batch.point_ids[i],
                     batch.vectors[i].tolist(),
                     {
@@ -372,7 +372,7 @@ def bench_qdrant(
     batch_size: int,
 ) -> dict[str, Any]:
     """``upsert_chunk`` through the embedded engine (``EdgeClient``) vs the raw engine: a bare
-    qdrant-edge shard with the same vector config and payload indexes, fed pre-built points."""
+    qdrant-edge shard with the same vector config and payload indexes, fed the same values."""
     import qdrant_edge as edge
     from embedding_pipeline.runs.dead_letter import DeadLetterWriter
     from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS
@@ -427,7 +427,8 @@ def bench_qdrant(
             ) -> Measurement:
                 with meter.measure(label, n) as m:
                     for batch in points:
-                        raw_shard.update(edge.UpdateOperation.upsert_points(batch))
+                        values = [edge.Point(*point) for point in batch]
+                        raw_shard.update(edge.UpdateOperation.upsert_points(values))
                 got["raw"] = m
                 return m
 
