@@ -4,8 +4,9 @@ Three ways to reach Qdrant behind one client surface (qdrant-client's ``QdrantBa
 
 * **Embedded, the default**: Qdrant's own engine in this process (``qdrant-edge``, ``edge``),
   ``<work_dir()>/qdrant`` on disk, with collections, aliases and metadata added by a catalog file.
-  Chosen by measurement over qdrant-client's local mode (``bench/bench_qdrant_engines.py``): it
-  writes ~20x faster, opens a store in a tenth of a second and filters in the engine.
+  Chosen by measurement over qdrant-client's local mode (``bench/bench_qdrant_engines.py``): its
+  upserts run 10.7x faster, it opens a 40k-point store in 0.45 s (5.0 s) and filters in the
+  engine (5.9 ms vs 699 ms for the linker's filtered top-30).
 * **qdrant-client's local mode** (``QDRANT_LOCAL_ENGINE=python``): a Python re-implementation,
   kept because it stands in for a server in the tests (the same client calls, none of our
   engine code) and reads stores written before the switch.

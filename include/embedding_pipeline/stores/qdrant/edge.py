@@ -3,8 +3,9 @@ part of qdrant-client's interface this package calls.
 
 Why not qdrant-client's local mode: it is a Python re-implementation that commits every point to
 SQLite, loads the whole store into memory on open and scores filters in Python. Measured side by
-side (``bench/bench_qdrant_engines.py``), the engine writes ~15x faster, opens a 40k-point store in
-a tenth of a second instead of seconds, and answers a filtered top-30 ~100x sooner.
+side (``bench/bench_qdrant_engines.py``, 40k points on disk, 2-core AMD EPYC), the store's upserts
+run 10.7x faster on the engine, opening the store takes 0.45 s instead of 5.0 s, and the linker's
+filtered top-30 answers in 5.9 ms instead of 699 ms.
 
 qdrant-edge is one shard per folder, with no collections, aliases or collection metadata; this
 module adds them with a catalog file, so generations and alias swaps work as on a server:
