@@ -3,12 +3,21 @@ turning setup errors into failures that Airflow does not retry, planning and fin
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from airflow.sdk import task
+
 log = logging.getLogger(__name__)
+
+# ``@task`` for the stages' tasks. Airflow infers ``multiple_outputs`` from a ``-> dict`` return
+# annotation and then pushes every key of the dict as an XCom of its own besides the whole: one
+# Execution API call and one metadata-DB row per key (~90 a keyword_index run), which nothing reads.
+# Downstream tasks take the whole dict.
+stage_task = functools.partial(task, multiple_outputs=False)
 
 
 def qdrant_task_concurrency() -> int:

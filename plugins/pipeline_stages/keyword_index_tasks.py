@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Asset, get_current_context, task
+from airflow.sdk import Asset, get_current_context
 
 from pipeline_stages.approval import SwapApproval
 from pipeline_stages.common import (
@@ -22,6 +22,7 @@ from pipeline_stages.common import (
     qdrant_task_concurrency,
     run_meta,
     server_settings,
+    stage_task,
     store_settings,
 )
 
@@ -38,18 +39,18 @@ def _targets(params: dict) -> Any:
 def keyword_index_tasks() -> StageEnds:
     """Create the stage's tasks in the current DAG or TaskGroup."""
 
-    @task(retries=0)
+    @stage_task(retries=0)
     def plan() -> dict:
         from embedding_pipeline.runs.partitions import KEYWORDS
 
         check_params(get_current_context()["params"])  # bad Params fail here, before any work
         return plan_stage(KEYWORDS, STAGE)
 
-    @task
+    @stage_task
     def chunks(planned: dict, prepared: dict) -> list[dict]:
         return planned["chunks"] + prepared["delete_chunks"]
 
-    @task
+    @stage_task
     def prepare_sinks(planned: dict) -> dict:
         from embedding_pipeline.runs.plan import model_info
         from embedding_pipeline.stages import keyword_index as ki
@@ -65,14 +66,14 @@ def keyword_index_tasks() -> StageEnds:
                 **ki.prepare_sinks(_targets(params), model, planned, spec, qdrant, es, full=full),
             }
 
-    @task
+    @stage_task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
         with no_retry_on_setup_errors():
             return ki.embed(chunk, planned["run_dir"], prepared, server_settings())
 
-    @task(max_active_tis_per_dag=qdrant_task_concurrency())
+    @stage_task(max_active_tis_per_dag=qdrant_task_concurrency())
     def qdrant_upsert(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
@@ -82,7 +83,7 @@ def keyword_index_tasks() -> StageEnds:
                 embedded, planned["run_dir"], _targets(params), prepared, store_settings()[0]
             )
 
-    @task
+    @stage_task
     def es_index(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import keyword_index as ki
 
@@ -90,13 +91,13 @@ def keyword_index_tasks() -> StageEnds:
         with no_retry_on_setup_errors():
             return ki.write_es(embedded, planned["run_dir"], _targets(params), prepared, store_settings()[1])
 
-    @task(trigger_rule="all_done")
+    @stage_task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
         from embedding_pipeline.stages import keyword_index as ki
 
         ki.finish_sinks(_targets(get_current_context()["params"]), prepared, *store_settings())
 
-    @task(trigger_rule="none_failed", retries=0)
+    @stage_task(trigger_rule="none_failed", retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
         from embedding_pipeline.runs.report import summary
         from embedding_pipeline.stages import keyword_index as ki
@@ -115,11 +116,11 @@ def keyword_index_tasks() -> StageEnds:
             )
         return summary(report, planned["run_dir"])
 
-    @task(trigger_rule="none_failed", retries=0, task_id="go_live")
+    @stage_task(trigger_rule="none_failed", retries=0, task_id="go_live")
     def live(planned: dict, prepared: dict) -> dict:
         return go_live(planned, prepared)
 
-    @task(outlets=[KEYWORD_INDEX], retries=0, task_id="announce")
+    @stage_task(outlets=[KEYWORD_INDEX], retries=0, task_id="announce")
     def announced(planned: dict) -> dict:
         return announce(KEYWORD_INDEX, planned)
 

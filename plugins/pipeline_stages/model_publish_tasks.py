@@ -10,13 +10,15 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
+from pipeline_stages.common import stage_task
+
 EMBEDDING_MODEL = Asset("embedding_model")
 
 
 def model_publish_tasks() -> tuple[Any, Any]:
     """Create export -> parity_gate -> publish -> load_on_server; return (export, load_on_server)."""
 
-    @task
+    @stage_task
     def export() -> str:
         from embedding_pipeline.model.publish import ExportRequest, export_model
         from embedding_pipeline.model.repository import validate_model_name
@@ -35,13 +37,13 @@ def model_publish_tasks() -> tuple[Any, Any]:
         staging = work_dir() / "staging" / "model_publish" / context["dag"].dag_id / run_key
         return str(export_model(request, staging))
 
-    @task(retries=0)
+    @stage_task(retries=0)
     def parity_gate(staging: str) -> dict:
         from embedding_pipeline.model.publish import gate_model
 
         return gate_model(Path(staging))
 
-    @task(retries=1, retry_delay=timedelta(seconds=10))
+    @stage_task(retries=1, retry_delay=timedelta(seconds=10))
     def publish(staging: str, parity: dict) -> dict:
         from embedding_pipeline.model.publish import publish_model
         from embedding_pipeline.settings import model_repository_path
@@ -63,7 +65,7 @@ def model_publish_tasks() -> tuple[Any, Any]:
             "precision": published.metadata["precision"],
         }
 
-    @task(retries=3, retry_delay=timedelta(seconds=15), outlets=[EMBEDDING_MODEL])
+    @stage_task(retries=3, retry_delay=timedelta(seconds=15), outlets=[EMBEDDING_MODEL])
     def load_on_server(published: dict) -> dict:
         context = get_current_context()
         if context["params"]["load_on_server"]:
@@ -128,7 +130,7 @@ def model_gate_tasks() -> None:
             )
         return None  # skip the publish tasks; model_ready runs on its trigger rule
 
-    @task(trigger_rule="none_failed", retries=3, retry_delay=timedelta(seconds=15))
+    @stage_task(trigger_rule="none_failed", retries=3, retry_delay=timedelta(seconds=15))
     def model_ready() -> dict:
         from embedding_pipeline.runs.plan import model_info
 

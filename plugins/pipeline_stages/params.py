@@ -22,6 +22,7 @@ from embedding_pipeline.stages.link_options import (
 )
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 
+DRAFT_7 = {"$schema": "http://json-schema.org/draft-07/schema#"}
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 # Form sections, in the order the chain's form shows them.
@@ -37,7 +38,7 @@ PARTITIONS, MODEL, STORES, LINKING, REBUILD, LIMITS = (
 
 def _param(default: object, section: str, title: str, description: str, **schema: object) -> Param:
     """A form field: every one has a section, a title and a description (the form shows them)."""
-    return Param(default, section=section, title=title, description=description, **schema)
+    return Param(default, section=section, title=title, description=description, **DRAFT_7, **schema)
 
 
 ES_ALIAS = r"^[a-z0-9][a-z0-9_.-]{0,63}$"

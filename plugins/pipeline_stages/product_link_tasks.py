@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Asset, get_current_context, task
+from airflow.sdk import Asset, get_current_context
 
 from pipeline_stages.approval import SwapApproval
 from pipeline_stages.common import (
@@ -22,6 +22,7 @@ from pipeline_stages.common import (
     qdrant_task_concurrency,
     run_meta,
     server_settings,
+    stage_task,
     store_settings,
 )
 
@@ -55,22 +56,22 @@ def link_options(params: dict) -> Any:
 def product_link_tasks() -> StageEnds:
     """Create the stage's tasks in the current DAG or TaskGroup."""
 
-    @task(retries=0)
+    @stage_task(retries=0)
     def plan() -> dict:
         from embedding_pipeline.runs.partitions import PRODUCTS
 
         check_params(get_current_context()["params"])  # bad Params fail here, before any work
         return plan_stage(PRODUCTS, STAGE)
 
-    @task
+    @stage_task
     def chunks(planned: dict, prepared: dict) -> list[dict]:
         return planned["chunks"] + prepared["delete_chunks"]
 
-    @task
+    @stage_task
     def relink_chunks(prepared: dict) -> list[dict]:
         return prepared["relink_chunks"]
 
-    @task
+    @stage_task
     def prepare(planned: dict) -> dict:
         from embedding_pipeline.runs.plan import model_info
         from embedding_pipeline.stages import product_link
@@ -90,7 +91,7 @@ def product_link_tasks() -> StageEnds:
                 full=params["mode"] == "full",
             )
 
-    @task
+    @stage_task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import product_link
 
@@ -98,7 +99,7 @@ def product_link_tasks() -> StageEnds:
         with no_retry_on_setup_errors():
             return product_link.embed(chunk, planned["run_dir"], prepared, options.role, server_settings())
 
-    @task(max_active_tis_per_dag=qdrant_task_concurrency())
+    @stage_task(max_active_tis_per_dag=qdrant_task_concurrency())
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:
         from embedding_pipeline.stages import product_link
 
@@ -107,7 +108,7 @@ def product_link_tasks() -> StageEnds:
         with no_retry_on_setup_errors():
             return product_link.link_chunk(embedded, planned["run_dir"], options, prepared, qdrant, es)
 
-    @task(max_active_tis_per_dag=qdrant_task_concurrency())
+    @stage_task(max_active_tis_per_dag=qdrant_task_concurrency())
     def relink(chunk: dict, planned: dict, prepared: dict) -> dict:
         """Stored products whose lists tonight's keyword changes affect (after link: it reads the
         vectors tonight's products stored)."""
@@ -118,14 +119,14 @@ def product_link_tasks() -> StageEnds:
         with no_retry_on_setup_errors():
             return product_link.link_chunk(chunk, planned["run_dir"], options, prepared, qdrant, es)
 
-    @task(trigger_rule="all_done")
+    @stage_task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
         from embedding_pipeline.stages import product_link
 
         options = link_options(get_current_context()["params"])
         product_link.finish(options, prepared, *store_settings())
 
-    @task(trigger_rule="none_failed", retries=0)
+    @stage_task(trigger_rule="none_failed", retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, linked: list, relinked: list) -> dict:
         from embedding_pipeline.runs.report import summary
         from embedding_pipeline.stages import product_link
@@ -145,11 +146,11 @@ def product_link_tasks() -> StageEnds:
             )
         return summary(report, planned["run_dir"])
 
-    @task(trigger_rule="none_failed", retries=0, task_id="go_live")
+    @stage_task(trigger_rule="none_failed", retries=0, task_id="go_live")
     def live(planned: dict, prepared: dict) -> dict:
         return go_live(planned, prepared)
 
-    @task(outlets=[PRODUCT_LINKS], retries=0, task_id="announce")
+    @stage_task(outlets=[PRODUCT_LINKS], retries=0, task_id="announce")
     def announced(planned: dict) -> dict:
         return announce(PRODUCT_LINKS, planned)
 

@@ -3,15 +3,15 @@ served, in one step, after the model/size checks (stages.generations.rollback)."
 
 from __future__ import annotations
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import get_current_context
 
-from pipeline_stages.common import no_retry_on_setup_errors, store_settings
+from pipeline_stages.common import no_retry_on_setup_errors, stage_task, store_settings
 
 
 def rollback_tasks() -> None:
     """Create the rollback task in the current DAG."""
 
-    @task(retries=0)
+    @stage_task(retries=0)
     def rollback() -> list[dict]:
         from embedding_pipeline.stages.generation_stores import open_stores
         from embedding_pipeline.stages.generations import rollback_stage, stage_aliases
