@@ -84,9 +84,14 @@ def write_results(
     report: dict[str, Any],
     markdown: Callable[[dict[str, Any]], str],
 ) -> None:
-    """``<output_dir>/<name>-<date>[-quick].json`` and ``.md``, the markdown also printed."""
+    """``<output_dir>/<name>-<date>[-quick][-<n>].json`` and ``.md``, the markdown also printed. A
+    second run on the same day gets ``-2`` (and so on): a dated result is a record, never replaced."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{report['date']}" + ("-quick" if quick else "")
+    base = f"{name}-{report['date']}" + ("-quick" if quick else "")
+    stem, n = base, 1
+    while (output_dir / f"{stem}.json").exists() and not quick:
+        n += 1
+        stem = f"{base}-{n}"
     text = markdown(report)
     (output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (output_dir / f"{stem}.md").write_text(text)
