@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -36,6 +36,13 @@ def qdrant_task_concurrency() -> int:
     except Exception as exc:
         log.warning("Qdrant settings unresolved at parse time (%s); Qdrant tasks run one at a time", exc)
         return 1
+
+
+def mapped_results(results: Sequence[Any] | None) -> list[Any]:
+    """The results of a mapped task, as finalize takes them: one request for all (a slice of
+    Airflow's lazy sequence). Iterating the sequence would fetch them one request each and end on
+    a 404 that Airflow logs as an error ("XCom not found"). None (upstream skipped) is empty."""
+    return list(results[:]) if results else []
 
 
 def store_settings() -> tuple[Any, Any]:

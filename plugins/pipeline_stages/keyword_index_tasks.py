@@ -16,6 +16,7 @@ from pipeline_stages.common import (
     check_params,
     go_live,
     input_spec,
+    mapped_results,
     no_retry_on_setup_errors,
     plan_stage,
     publish_options,
@@ -105,14 +106,14 @@ def keyword_index_tasks() -> StageEnds:
         params = get_current_context()["params"]
         targets = _targets(params)
         sinks = {
-            name: list(results or [])
+            name: mapped_results(results)
             for name, results in (("qdrant", qdrant), ("es", es))
             if getattr(targets, name)
         }
         ratio, publish = params["max_dead_letter_ratio"], publish_options(params)
         with no_retry_on_setup_errors():
             report = ki.finalize(
-                planned, prepared, list(embedded or []), sinks, run_meta(STAGE), ratio, publish
+                planned, prepared, mapped_results(embedded), sinks, run_meta(STAGE), ratio, publish
             )
         return summary(report, planned["run_dir"])
 

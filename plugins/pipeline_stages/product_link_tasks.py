@@ -16,6 +16,7 @@ from pipeline_stages.common import (
     check_params,
     go_live,
     input_spec,
+    mapped_results,
     no_retry_on_setup_errors,
     plan_stage,
     publish_options,
@@ -133,12 +134,12 @@ def product_link_tasks() -> StageEnds:
 
         params = get_current_context()["params"]
         meta = {**run_meta(STAGE), "link": link_options(params).to_xcom()}
-        results = [*(linked or []), *(relinked or [])]
+        results = mapped_results(linked) + mapped_results(relinked)
         with no_retry_on_setup_errors():
             report = product_link.finalize(
                 planned,
                 prepared,
-                list(embedded or []),
+                mapped_results(embedded),
                 results,
                 meta,
                 params["max_dead_letter_ratio"],
