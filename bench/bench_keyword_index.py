@@ -562,7 +562,7 @@ def bench_dag(
     on the same partition); prepare/finish/finalize/chunks do milliseconds of work and count as
     overhead. The overhead therefore holds Airflow's scheduling loop, DAG parsing and DB sync,
     the task runner's API calls, XCom and context per task, and also our per-task setup outside
-    the measured work (embedding client and tokenizer, re-opening the Qdrant local store).
+    the measured work (embedding client and tokenizer, opening the embedded Qdrant store).
     ``between_tasks`` (wall minus task-instance time) is the part that is Airflow's alone.
 
     The measured run is the process's second: a warm-up run on a small partition goes first and is
