@@ -1,7 +1,7 @@
 """Incremental nightly runs vs the full first run, and what the state look-up costs.
 
 1. Nights (``embedding_pipeline.local.inline_runner``: the stage functions in DAG order, in this
-   process, against the real local server, Qdrant local mode on disk and the ES emulator):
+   process, against the real local server, the embedded Qdrant on disk and the ES emulator):
    night 1 indexes ``--keywords`` keywords and links ``--products`` products (snapshot
    partitions, MiniLM fp32); night 2 is the same snapshot again (0% changed); night 3 changes
    1% of the texts, deletes 0.5% and adds 1% new rows in both tables. Per night: wall time of
@@ -9,7 +9,7 @@
 2. A full rebuild (``mode=full``) of both stages from the night-3 snapshot into generation 2:
    wall time next to the nights, and the gate's numbers.
 3. State look-up (why a state file): matching one 50k-id chunk against the state of 1M ids in
-   Parquet, next to retrieving 50k points by id from a 100k-point Qdrant local collection.
+   Parquet, next to retrieving 50k points by id from a 100k-point collection of the embedded Qdrant.
 
 Run: ``.venv/bin/python bench/bench_incremental.py`` (``--quick``: 4k keywords, 800 products).
 Results: ``bench/results/incremental-<date>.md``.
@@ -160,10 +160,11 @@ def _full_rebuild(args: argparse.Namespace, scratch: Path, model_name: str) -> d
 
 def _lookup(scratch: Path, state_ids: int, chunk_ids: int, qdrant_points: int) -> dict[str, Any]:
     """Seconds to match one chunk's ids against a state file of ``state_ids`` ids, and to
-    retrieve the same number of ids from a Qdrant local collection of ``qdrant_points`` points."""
+    retrieve the same number of ids from an embedded Qdrant collection of ``qdrant_points`` points."""
     from embedding_pipeline.runs.staging import point_id
     from embedding_pipeline.runs.state import IndexState, delta_table
-    from qdrant_client import QdrantClient
+    from embedding_pipeline.stores.qdrant.client import make_client
+    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
     from qdrant_client.http import models
 
     rng = np.random.default_rng(0)
@@ -178,7 +179,8 @@ def _lookup(scratch: Path, state_ids: int, chunk_ids: int, qdrant_points: int) -
     lookup_s = time.perf_counter() - started
     assert len(found) == chunk_ids
 
-    client = QdrantClient(path=str(scratch / "qdrant-lookup"))
+    settings = QdrantSettings.from_env(path=scratch / "qdrant-lookup")
+    client = make_client(settings)
     client.create_collection(
         "c", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE)
     )
@@ -210,6 +212,7 @@ def _lookup(scratch: Path, state_ids: int, chunk_ids: int, qdrant_points: int) -
         "state_lookup_s": round(lookup_s, 2),
         "qdrant_points": qdrant_points,
         "qdrant_retrieve_s": round(retrieve_s, 2),
+        "qdrant_engine": settings.local_engine,
     }
 
 
@@ -241,7 +244,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Incremental nightly runs ({report['date']})",
         "",
         f"{report['keywords']} keywords, {report['products']} products, MiniLM fp32, "
-        f"top_k {report['top_k']}; snapshot partitions; Qdrant local mode on disk, ES emulator, "
+        f"top_k {report['top_k']}; snapshot partitions; embedded Qdrant ({report['qdrant_engine']}) "
+        "on disk, ES emulator, "
         "local inference server. "
         f"{machine['cpu_count']} x {machine['cpu_model']}.",
         "",
@@ -268,8 +272,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"State look-up: {lookup['chunk_ids']} ids against a state of {lookup['state_ids']} ids "
         f"({lookup['state_file_mb']} MB Parquet): {lookup['state_lookup_s']} s (commit of the whole "
-        f"state {lookup['state_commit_s']} s). The same number of ids retrieved from a Qdrant local "
-        f"collection of {lookup['qdrant_points']} points: {lookup['qdrant_retrieve_s']} s.",
+        f"state {lookup['state_commit_s']} s). The same number of ids retrieved from a collection of "
+        f"{lookup['qdrant_points']} points in the embedded Qdrant ({lookup['qdrant_engine']}): "
+        f"{lookup['qdrant_retrieve_s']} s.",
     ]
     rebuild = report.get("full_rebuild")
     if rebuild:
@@ -308,6 +313,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from embedding_pipeline.local.es_emulator import EsEmulator
     from embedding_pipeline.serving.process import LocalServer
+    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
     with scratch_dir(args.keep_work, "bench-incremental-") as scratch, ExitStack() as stack:
         os.environ["EMBEDDING_PIPELINE_HOME"] = str(scratch / "work")
@@ -336,6 +342,7 @@ def main() -> None:
         "products": args.products,
         "top_k": args.top_k,
         "machine": pipeline_machine_info(),
+        "qdrant_engine": QdrantSettings.from_env().local_engine,  # the nights' and the rebuild's
         "nights": nights,
         "full_rebuild": full_rebuild,
         "lookup": lookup,
