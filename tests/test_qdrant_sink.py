@@ -418,6 +418,25 @@ def test_non_finite_vectors_are_dead_lettered_and_the_rest_indexed(memory_client
     assert result.dead_letter_path and Path(result.dead_letter_path).is_file()
 
 
+def test_rows_staging_cannot_vouch_for_are_dead_lettered(memory_client, tmp_path, dead) -> None:
+    """Points are built without pydantic's per-point check: a row with no point id or with a
+    ``dt`` that is no date must still reach the dead letter with its reason, not the engine."""
+    staged, _ = stage_chunk(tmp_path / "c.parquet", 200)
+    table = pq.read_table(staged)
+    point_ids, payloads = table.column("point_id").to_pylist(), table.column("payload").to_pylist()
+    point_ids[7] = None
+    payloads[42] = json.dumps({"category": "a", "lang": "ja", "dt": "2024-13-45"})
+    table = table.set_column(table.schema.get_field_index("point_id"), "point_id", [point_ids])
+    table = table.set_column(table.schema.get_field_index("payload"), "payload", [payloads])
+    pq.write_table(table, staged)
+    ensure_minilm(memory_client)
+    result = upsert_chunk(memory_client, ALIAS, staged, dead, schema=KEYWORD_POINTS, batch_size=64)
+    assert (result.indexed, result.dead_lettered) == (198, 2) and result.balanced
+    letters = {letter.record_id: letter.error for letter in dead.letters}
+    assert "no point id" in letters["k00007"] and "2024-13-45" in letters["k00042"]
+    assert count_points(memory_client, ALIAS) == 198
+
+
 def test_points_the_engine_rejects_are_isolated_by_bisection(memory_client, tmp_path, dead) -> None:
     """Malformed point ids are rejected by the real engine for the whole batch; bisection finds them."""
     staged, _ = stage_chunk(tmp_path / "c.parquet", 512)
