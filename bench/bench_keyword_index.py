@@ -464,9 +464,16 @@ def _version(package: str) -> str:
 
 
 def bench_es(
-    meter: Meter, staged: Sequence[str], model: dict[str, Any], scratch: Path, chunk_docs: int
+    meter: Meter,
+    staged: Sequence[str],
+    model: dict[str, Any],
+    scratch: Path,
+    rows: int,
+    segment: int,
+    chunk_docs: int,
 ) -> dict[str, Any]:
-    """``index_keyword_chunk`` vs raw ``helpers.bulk`` into sibling indices, per staged chunk."""
+    """``index_keyword_chunk`` vs raw ``helpers.bulk`` into sibling indices, per staged segment
+    (several pairs, so the median survives the emulator's own pauses)."""
     from elasticsearch import helpers
     from embedding_pipeline.runs.dead_letter import DeadLetterWriter
     from embedding_pipeline.runs.staging import iter_staged
@@ -488,7 +495,8 @@ def bench_es(
             ).index
             previous[alias] = begin_bulk_load(es, alias)
         indexed_at = datetime.now(UTC).isoformat()
-        for i, path in enumerate(map(Path, staged)):
+        segments = slice_staged(staged, rows, segment, scratch / "es-segments")
+        for i, path in enumerate(segments):
             actions = [
                 {
                     "_index": indices["bench_raw"],
@@ -546,7 +554,7 @@ def bench_es(
     if set(counts.values()) != {expected}:
         raise RuntimeError(f"ES indices hold {counts}, expected {expected} documents each")
     summary = pair_summary("es index_keyword_chunk / raw helpers.bulk (noida-db emulator)", pairs)
-    summary["chunk_docs"] = chunk_docs
+    summary.update({"chunk_docs": chunk_docs, "segments": len(segments)})
     return summary
 
 
@@ -935,6 +943,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--qdrant-segment", type=int, default=2_500, help="points per timed Qdrant pair")
     parser.add_argument("--qdrant-batch", type=int, default=256, help="upsert batch (upsert_chunk's default)")
+    parser.add_argument("--es-segment", type=int, default=5_000, help="documents per timed ES pair")
     parser.add_argument("--es-chunk-docs", type=int, default=1000, help="bulk size (EsSettings default)")
     parser.add_argument("--threads", type=int, default=2, help="ORT threads, bare and server alike")
     parser.add_argument(
@@ -958,6 +967,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.keywords, args.chunk_rows, args.model = 2000, 500, "tiny"
         args.rss_rows, args.qdrant_rows, args.qdrant_segment = [1000, 4000], 500, 250
+        args.es_segment = 500
         args.noise_budget = 10.0
     if args.output_dir is None:
         quick_dir = Path(tempfile.gettempdir()) / "bench-results"
@@ -1049,7 +1059,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         phases["qdrant_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         noise.wait("es pairs")
-        es = bench_es(meter, staged, model, scratch, args.es_chunk_docs)
+        es = bench_es(meter, staged, model, scratch, args.keywords, args.es_segment, args.es_chunk_docs)
         phases["es_s"] = time.perf_counter() - mark
 
         log.info("4: keyword_index end to end through dag.test()")
@@ -1097,6 +1107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "qdrant_rows": args.qdrant_rows,
             "qdrant_segment": args.qdrant_segment,
             "qdrant_batch": args.qdrant_batch,
+            "es_segment": args.es_segment,
             "es_chunk_docs": args.es_chunk_docs,
             "threads": args.threads,
             "protocol": "grpc",
