@@ -476,6 +476,7 @@ def bench_es(
     (several pairs, so the median survives the emulator's own pauses)."""
     from elasticsearch import helpers
     from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+    from embedding_pipeline.runs.partitions import partition_version
     from embedding_pipeline.runs.staging import iter_staged
     from embedding_pipeline.stages.keyword_documents import ensure_keyword_index, keyword_document
     from embedding_pipeline.stages.keyword_index import index_keyword_chunk
@@ -486,10 +487,11 @@ def bench_es(
     from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 
     es = make_client(EsSettings.from_env())
-    pairs: list[tuple[Measurement, Measurement]] = []
+    runs: dict[str, list[Measurement]] = {"sink": [], "raw": [], "raw_versioned": []}
+    aliases = {"sink": "bench_sink", "raw": "bench_raw", "raw_versioned": "bench_raw_versioned"}
     try:
         indices, previous = {}, {}
-        for alias in ("bench_sink", "bench_raw"):  # same mapping and bulk-load settings on both sides
+        for alias in aliases.values():  # same mapping and bulk-load settings on every side
             indices[alias] = ensure_keyword_index(
                 es, alias, model_name=model["name"], model_version=int(model["version"]), dim=model["dim"]
             ).index
@@ -497,11 +499,10 @@ def bench_es(
         indexed_at = datetime.now(UTC).isoformat()
         segments = slice_staged(staged, rows, segment, scratch / "es-segments")
         for i, path in enumerate(segments):
-            actions = [
-                {
-                    "_index": indices["bench_raw"],
-                    "_id": doc_id,
-                    "_source": keyword_document(
+            documents = [
+                (
+                    doc_id,
+                    keyword_document(
                         doc_id,
                         text,
                         chash,
@@ -510,51 +511,68 @@ def bench_es(
                         model_version=int(model["version"]),
                         indexed_at=indexed_at,
                     ),
-                }
+                    partition_version(payload["dt"]),
+                )
                 for batch in iter_staged(path, chunk_docs)
                 for doc_id, text, chash, payload in zip(
                     batch.ids, batch.texts, batch.content_hashes, batch.payloads, strict=True
                 )
             ]
-            got: dict[str, Measurement] = {}
-
-            def sink(
-                path: Path = path, n: int = len(actions), got: dict[str, Measurement] = got
-            ) -> Measurement:
-                dead = DeadLetterWriter(scratch / "sink-run", "es", path.stem)
-                with meter.measure(f"es index_keyword_chunk {path.stem}", n) as m:
-                    result = index_keyword_chunk(
-                        es, "bench_sink", path, dead, BulkOptions(chunk_docs=chunk_docs)
-                    )
-                if result.indexed != n:
-                    raise RuntimeError(f"index_keyword_chunk indexed {result.to_xcom()} of {n}")
-                got["sink"] = m
-                return m
-
-            def raw(
-                actions: list[dict[str, Any]] = actions,
-                got: dict[str, Measurement] = got,
-                label: str = f"es raw helpers.bulk {path.stem}",
-            ) -> Measurement:
-                with meter.measure(label, len(actions)) as m:
-                    ok, errors = helpers.bulk(es, actions, chunk_size=chunk_docs, max_chunk_bytes=10 * 2**20)
-                if ok != len(actions) or errors:
-                    raise RuntimeError(f"helpers.bulk indexed {ok} of {len(actions)}: {errors!r:.500}")
-                got["raw"] = m
-                return m
-
-            alternate(i, sink, raw)
-            pairs.append((got["sink"], got["raw"]))
+            # raw: to the concrete index, no versions. raw_versioned: what the sink sends besides
+            # the documents - the alias with require_alias, and each row's dt as external_gte version.
+            actions = {
+                "raw": [
+                    {"_index": indices["bench_raw"], "_id": doc_id, "_source": source}
+                    for doc_id, source, _ in documents
+                ],
+                "raw_versioned": [
+                    {
+                        "_index": "bench_raw_versioned",
+                        "_id": doc_id,
+                        "_source": source,
+                        "version": version,
+                        "version_type": "external_gte",
+                    }
+                    for doc_id, source, version in documents
+                ],
+            }
+            sides = ["sink", "raw", "raw_versioned"]
+            for side in sides[i % 3 :] + sides[: i % 3]:  # who goes first rotates
+                n = len(documents)
+                with meter.measure(f"es {side} {path.stem}", n) as m:
+                    if side == "sink":
+                        dead = DeadLetterWriter(scratch / "sink-run", "es", path.stem)
+                        result = index_keyword_chunk(
+                            es, "bench_sink", path, dead, BulkOptions(chunk_docs=chunk_docs)
+                        )
+                        indexed, detail = result.indexed, result.to_xcom()
+                    else:
+                        ok, errors = helpers.bulk(
+                            es,
+                            actions[side],
+                            chunk_size=chunk_docs,
+                            max_chunk_bytes=10 * 2**20,
+                            require_alias=side == "raw_versioned",
+                        )
+                        indexed, detail = (ok if not errors else -1), errors
+                if indexed != n:
+                    raise RuntimeError(f"es {side} indexed {indexed} of {n}: {detail!r:.500}")
+                runs[side].append(m)
         for alias in indices:
             end_bulk_load(es, alias, previous[alias])
         counts = {alias: count_docs(es, alias) for alias in indices}
     finally:
         es.close()
-    expected = sum(a.rows for a, _ in pairs)
+    expected = sum(m.rows for m in runs["sink"])
     if set(counts.values()) != {expected}:
         raise RuntimeError(f"ES indices hold {counts}, expected {expected} documents each")
+    pairs = list(zip(runs["sink"], runs["raw"], strict=True))
+    versioned = pair_summary(
+        "es raw helpers.bulk with the sink's versions and alias / raw helpers.bulk",
+        list(zip(runs["raw_versioned"], runs["raw"], strict=True)),
+    )
     summary = pair_summary("es index_keyword_chunk / raw helpers.bulk (noida-db emulator)", pairs)
-    summary.update({"chunk_docs": chunk_docs, "segments": len(segments)})
+    summary.update({"chunk_docs": chunk_docs, "segments": len(segments), "versioned_vs_raw": versioned})
     return summary
 
 
@@ -813,6 +831,10 @@ def markdown(report: dict[str, Any]) -> str:
         row(f"3 Qdrant `upsert_chunk` / raw `upsert` ({qd['rows_per_side']} pts, disk)", qd, ">= 0.9"),
         row(f"3 ES `index_keyword_chunk` / raw `helpers.bulk` ({es['rows_per_side']} docs)", es, ">= 0.9"),
     ]
+    if "versioned_vs_raw" in es:  # since 2026-12-07-4
+        label = "… raw `helpers.bulk` with the sink's versions and alias / raw"
+        cells = pair_cells(label, es["versioned_vs_raw"])
+        rows.append([*cells[:4], "(what they cost ES)", *cells[4:]])
     lines += md_table([*headers, "quiet pairs", "load", "other"], rows, "lrrrlrlr")
     run, split, warm = dag["run"], emb["stage_seconds_split"], dag["warm_up"]
     overhead_ok = "✅" if dag["overhead_pct"] < 100 * TARGET_OVERHEAD else "❌"

@@ -7,23 +7,26 @@ the DAG tasks call (no Airflow around them; ``bench_keyword_index.py`` measures 
 
 1. Set-up, timed but not the subject: the keyword collection (``--keywords``, 20k by default) via
    ``partition_runs.plan`` -> ``keyword_index.prepare_sinks`` -> ``embed`` / ``write_qdrant`` /
-   ``write_es`` per chunk -> ``finish_sinks`` -> ``finalize``. Qdrant is local mode on disk.
+   ``write_es`` per chunk -> ``finish_sinks`` -> ``finalize``. Qdrant is the default embedded
+   store on disk (``QdrantSettings().local_engine``: Qdrant's own engine, qdrant-edge), named in
+   the results.
 2. Product linking (``--products``, 20k by default): ``partition_runs.plan`` (PRODUCTS) ->
    ``product_link.prepare`` -> ``product_link.embed`` per chunk -> ``product_link.link_chunk`` per
    chunk -> ``finish`` -> ``finalize``, top-K 30. ``link_chunk`` reports its own split
    (``search_seconds``, ``write_seconds``); the rest of its time is reading the staged chunk,
-   building documents and opening the local Qdrant store.
+   building documents and opening the Qdrant store.
 3. References in the same run, back to back with each chunk's ``link_chunk``:
    raw ``QdrantClient.query_batch_points`` (batch 64, limit K, payload on, requests pre-built) over
-   the chunk's staged product vectors (the first ``--raw-search-rows`` of each chunk: local-mode
-   search is slow), against the same collection; and raw ``elasticsearch.helpers.bulk`` of the
+   the chunk's staged product vectors (all of them, or the first ``--raw-search-rows`` of each
+   chunk), against the same collection; and raw ``elasticsearch.helpers.bulk`` of the
    chunk's product documents (read back from the product index with ``mget``, same external
    versions, same bulk size) into a sibling index with the same mapping and bulk-load settings.
    The raw search results must equal the stored keyword lists (same computation), or it fails.
 4. Link quality: ``link_quality.check_link_quality`` (recall@K against exact brute force) over
-   ``--sample`` stored products; local mode searches exactly, so 1.0 is expected.
-5. What on-disk local mode costs against ``:memory:`` local mode for the same raw search: the
-   keyword points copied into an in-memory store, pairs of query segments alternating between the two.
+   ``--sample`` stored products; the embedded store searches exactly, so 1.0 is expected.
+
+The embedded engines are compared with each other in ``bench_qdrant_engines.py``; until 2026-12-07
+this script ran on qdrant-client's local mode and had a fifth step (local mode on disk vs in memory).
 
 Noise: the box is a small shared VM. Every timed run records the load average before/after and how
 many cores *other* processes took meanwhile (as in ``bench_keyword_index.py``, whose meter this
@@ -156,7 +159,7 @@ def index_keywords(
     seconds["plan"] = m.seconds
     rows = sum(chunk_rows(c) for c in planned["chunks"])
     with meter.measure("keywords prepare_sinks", 0) as m:
-        prepared = ki.prepare_sinks(targets, model, planned, InputSpec(), qdrant, es)
+        prepared = {**model, **ki.prepare_sinks(targets, model, planned, InputSpec(), qdrant, es)}
     seconds["prepare_sinks"] = m.seconds
     embedded, upserted, indexed = [], [], []
     with meter.measure("keywords embed (all chunks)", rows) as m:
@@ -245,11 +248,8 @@ def link_products(
     qdrant: Any,
     es_settings: Any,
     args: argparse.Namespace,
-) -> tuple[dict[str, Any], list[str], str]:
-    """The product_link task functions in DAG order; each link_chunk paired with its raw references.
-
-    Returns the summary, the staged chunk files and the keyword collection's name.
-    """
+) -> dict[str, Any]:
+    """The product_link task functions in DAG order; each link_chunk paired with its raw references."""
     from embedding_pipeline.runs import plan as partition_runs
     from embedding_pipeline.runs.partitions import PRODUCTS
     from embedding_pipeline.runs.report import finalize_run
@@ -349,7 +349,7 @@ def link_products(
         )
     summary = summarize_link(rows, steps, runs, checked, counts)
     summary["raw_search_lists_with_tied_scores_reordered"] = reordered
-    return summary, [o["staged"] for o in embedded], prepared["keyword_collection"]
+    return summary
 
 
 def link_one(
@@ -383,8 +383,8 @@ def raw_search(
     """Raw ``query_batch_points`` of pre-built requests; the store's open is timed apart (not charged)."""
     from embedding_pipeline.stores.qdrant.client import make_client
 
-    with meter.measure(f"open local store {name}", 0) as opened:
-        client = make_client(qdrant)  # local mode: one process at a time, so opened per use like a task
+    with meter.measure(f"open store {name}", 0) as opened:
+        client = make_client(qdrant)  # embedded: one process at a time, so opened per use like a task
     opens.append(opened)
     try:
         n = sum(len(b) for b in batches)
@@ -479,7 +479,7 @@ def summarize_link(
     build_s = sum(m.seconds for m in builds)
     fixed_s = sum(m.seconds for m in steps.values())
     raw_search = [b for _, b in search_pairs]
-    search = pair_summary("link_chunk search / raw query_batch_points (local mode, on disk)", search_pairs)
+    search = pair_summary("link_chunk search / raw query_batch_points (embedded store)", search_pairs)
     search["ms_per_query"] = {
         "pipeline": round(1000 * search_s / searched, 2),
         "reference": round(1000 * sum(m.seconds for m in raw_search) / sum(m.rows for m in raw_search), 2),
@@ -510,8 +510,8 @@ def summarize_link(
             "documents (the generator runs inside bulk_index); the same work timed apart per chunk",
             "write_net_of_read_build_rows_per_s": rate(written, write_s - build_s),
             "other_seconds": round(other_s, 2),
-            "other_note": "link_chunk time outside search and ES write: opening the local Qdrant store "
-            "(loads every keyword point), the ES client, staged metadata, dead letters",
+            "other_note": "link_chunk time outside search and ES write: opening the embedded Qdrant "
+            "store, the ES client, staged metadata, dead letters",
             "open_local_store_s_median": round(statistics.median(m.seconds for m in opens), 2),
             "keywords_linked": sum(m.extra["keywords_linked"] for m in links),
             "empty_links": sum(m.extra["empty_links"] for m in links),
@@ -550,7 +550,7 @@ def quality(meter: Meter, qdrant: Any, es_settings: Any, model_name: str, sample
     with ExitStack() as stack:
         es = stack.enter_context(open_es(es_settings))
         client = stack.enter_context(EmbeddingClient(settings))
-        with meter.measure("open local store for the quality check", 0) as opened:
+        with meter.measure("open store for the quality check", 0) as opened:
             store = make_client(qdrant)
         stack.callback(store.close)
         with meter.measure(f"check_link_quality sample {sample}", sample) as m:
@@ -577,115 +577,29 @@ def quality(meter: Meter, qdrant: Any, es_settings: Any, model_name: str, sample
     }
 
 
-# -- 5: on-disk vs in-memory local mode -------------------------------------------------------------
-def memory_vs_disk(
-    meter: Meter,
-    noise: NoiseBudget,
-    qdrant: Any,
-    collection: str,
-    staged: Sequence[str],
-    top_k: int,
-    queries: int,
-    segments: int,
-) -> dict[str, Any]:
-    """The same pre-built raw requests against the on-disk store and an in-memory copy of it."""
-    from embedding_pipeline.stores.qdrant.client import make_client
-    from qdrant_client import QdrantClient
-    from qdrant_client.http import models
-
-    vectors = np.concatenate([staged_ids_vectors(p)[1] for p in staged])[:queries]
-    per = max(SEARCH_BATCH, -(-len(vectors) // segments))
-    parts = [raw_requests(vectors[i : i + per], top_k) for i in range(0, len(vectors), per)]
-    with meter.measure("open local store (disk vs memory)", 0) as opened:
-        disk = make_client(qdrant)
-    memory = QdrantClient(location=":memory:")
-    try:
-        info = disk.get_collection(collection)
-        memory.create_collection(
-            collection,
-            vectors_config=models.VectorParams(
-                size=info.config.params.vectors.size, distance=models.Distance.COSINE
-            ),
-        )
-        copied, offset = 0, None
-        with meter.measure("copy keyword points into :memory:", 0) as copy:
-            while True:
-                points, offset = disk.scroll(
-                    collection, limit=1024, offset=offset, with_payload=True, with_vectors=True
-                )
-                memory.upsert(
-                    collection,
-                    points=[models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points],
-                    wait=True,
-                )
-                copied += len(points)
-                if offset is None:
-                    break
-        copy.rows = copied
-        pairs: list[tuple[Measurement, Measurement]] = []
-        order_differs = 0  # lists equal up to the order of tied scores
-        for i, batches in enumerate(parts):
-            n = sum(len(b) for b in batches)
-            noise.wait(f"disk vs memory segment {i}")
-            got: dict[str, tuple[Measurement, list[Any]]] = {}
-            order = [("disk", disk), ("memory", memory)]
-            for label, client in order[::-1] if i % 2 else order:
-                with meter.measure(f"raw query_batch_points {label} local mode, segment {i}", n) as m:
-                    hits = run_raw_search(client, collection, batches)
-                got[label] = (m, hits)
-            for a, b in zip(got["disk"][1], got["memory"][1], strict=True):
-                if not same_hits(a, b):
-                    raise RuntimeError(
-                        f"disk and memory local mode disagree: {a[:3]} vs {b[:3]}: not the same data"
-                    )
-                order_differs += [k for k, _ in a] != [k for k, _ in b]
-            pairs.append((got["disk"][0], got["memory"][0]))
-    finally:
-        memory.close()
-        disk.close()
-    summary = pair_summary("raw search, local mode on disk / :memory:", pairs)
-    summary["ms_per_query"] = {
-        "disk": round(1000 * sum(a.seconds for a, _ in pairs) / sum(a.rows for a, _ in pairs), 2),
-        "memory": round(1000 * sum(b.seconds for _, b in pairs) / sum(b.rows for _, b in pairs), 2),
-    }
-    summary["open_store_s"] = round(opened.seconds, 2)
-    summary["copied_points"] = copied
-    summary["copy_s"] = round(copy.seconds, 2)
-    summary["lists_with_tied_scores_reordered"] = order_differs
-    return summary
-
-
 # -- output ----------------------------------------------------------------------------------------
 def cpu_ms(run: dict[str, Any]) -> float:
     """CPU milliseconds of this process per row of one timed run (from its JSON record)."""
     return 1000 * run["own_cpu_s"] / run["rows"]
 
 
-def cpu_view(link: dict[str, Any], memory: dict[str, Any] | None) -> dict[str, Any]:
+def cpu_view(link: dict[str, Any]) -> dict[str, Any]:
     """Search comparisons on CPU time instead of wall time: far less sensitive to neighbours.
 
-    Local-mode search runs NumPy on both cores, so a neighbour on one core slows it ~2x in wall
-    time while its CPU per query moves much less. The pipeline side is the whole ``link_chunk``
-    (search plus reading, documents and the ES client: ~5% here), so its ratio is a lower bound
-    for the search alone. Computed from the results JSON, so older files can be re-rendered.
+    A neighbour on one core slows a search in wall time while its CPU per query moves much less.
+    The pipeline side is the whole ``link_chunk`` (search plus reading, documents and the ES
+    client), so its ratio is a lower bound for the search alone. Computed from the results JSON,
+    so older files can be re-rendered.
     """
     raw = [b for _, b in link["search_vs_raw"]["runs"]]
     tasks = link["link"]["runs"]
-    view: dict[str, Any] = {
+    return {
         "search_raw_cpu_ms_per_query": [round(cpu_ms(b), 1) for b in raw],
         "link_chunk_cpu_ms_per_product": [round(cpu_ms(t), 1) for t in tasks],
         "search_cpu_ratio_median": round(
             statistics.median(cpu_ms(b) / cpu_ms(t) for b, t in zip(raw, tasks, strict=True)), 3
         ),
     }
-    if memory:
-        pairs = memory["runs"]
-        view["disk_cpu_ms_per_query"] = [round(cpu_ms(a), 1) for a, _ in pairs]
-        view["memory_cpu_ms_per_query"] = [round(cpu_ms(b), 1) for _, b in pairs]
-        view["disk_vs_memory_cpu_ratio_median"] = round(
-            statistics.median(cpu_ms(b) / cpu_ms(a) for a, b in pairs), 3
-        )
-    return view
 
 
 def fmt(values: Sequence[float]) -> str:
@@ -695,15 +609,16 @@ def fmt(values: Sequence[float]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The compact tables reviewers read; the JSON holds every run with its load."""
     cfg, mach, res, noise = report["config"], report["machine"], report["results"], report["noise"]
-    kw, lk, q, mem = res["keywords"], res["link"], res["quality"], res.get("memory")
+    kw, lk, q = res["keywords"], res["link"], res["quality"]
     emb, li, e2e, srch, es = lk["embed"], lk["link"], lk["end_to_end"], lk["search_vs_raw"], lk["es_vs_raw"]
     sampled = report["load_sampled"]
-    cpu = cpu_view(lk, mem)
+    cpu = cpu_view(lk)
     lines = [
         f"# Product-link benchmark {report['date']}",
         "",
         f"{mach['cpu_count']} CPUs ({mach['cpu_model']}), {mach['memory_gb']} GB, Python {mach['python']}, "
         f"onnxruntime {mach['versions']['onnxruntime']}, qdrant-client {mach['versions']['qdrant-client']}, "
+        f"qdrant-edge {mach['versions'].get('qdrant-edge-py', '-')}, "
         f"elasticsearch-py {mach['versions']['elasticsearch']}, noida-db {mach['versions']['noida-db']}. "
         f"Runtime {report['duration_s']:.0f}s. Load average {mach['loadavg_start']} at start, "
         f"{mach['loadavg_end']} at end; 1-min load sampled every {sampled.get('interval_s')}s during "
@@ -716,7 +631,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Data: {kw['rows']} keywords and {lk['products']} products (generated, ja, clean, one partition "
         f"`dt={DT}`, row groups of {cfg['row_group_size']}), {lk['chunks']} product chunks of "
         f"{cfg['chunk_rows']}; model {cfg['model']} (fp32), local inference server with ORT threads "
-        f"{cfg['threads']} (gRPC); Qdrant local mode on disk; ES = noida-db emulator; top_k {cfg['top_k']}. "
+        f"{cfg['threads']} (gRPC); Qdrant {cfg['qdrant']}; ES = noida-db emulator; top_k {cfg['top_k']}. "
         "Everything runs through the library functions the DAG tasks call, one after another in this "
         "process (no Airflow).",
         "",
@@ -751,10 +666,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{li['write_net_of_read_build_rows_per_s']:.0f}/s",
         ],
         [
-            "… other (opening the local store, setup)",
+            "… other (opening the store, setup)",
             "",
             f"{li['other_seconds']:.1f}",
-            f"opening the local store alone: {li['open_local_store_s_median']:.1f}s (median) per link task",
+            f"opening the store alone: {li['open_local_store_s_median']:.1f}s (median) per link task",
         ],
         [
             "**end to end: embed + search + ES write**",
@@ -778,36 +693,19 @@ def markdown(report: dict[str, Any]) -> str:
         pair_cells(search_label, srch),
         pair_cells(f"ES write: `link_chunk` / raw `helpers.bulk` ({es['rows_per_side']} docs)", es),
     ]
-    if mem:
-        rows.append(
-            pair_cells(f"raw search, local mode on disk / `:memory:` ({mem['rows_per_side']} queries)", mem)
-        )
     headers = ["same run, back to back per chunk", "pipeline /s", "raw /s", "ratio median / total"]
     lines += md_table([*headers, "quiet pairs", "load", "other"], rows, "lrrrrlr")
     lines += [
         "",
         f"Search: {srch['ms_per_query']['pipeline']:.1f} ms/product in `link_chunk` vs "
         f"{srch['ms_per_query']['reference']:.1f} ms/query raw; the raw hits equal the stored keyword lists "
-        f"for all {lk['raw_search_results_checked']} products compared."
-        + (
-            f" On disk vs `:memory:`: {mem['ms_per_query']['disk']:.1f} vs "
-            f"{mem['ms_per_query']['memory']:.1f} ms/query (in that row the pipeline column is on disk, "
-            "the reference `:memory:`)."
-            if mem
-            else ""
-        ),
+        f"for all {lk['raw_search_results_checked']} products compared.",
         "",
-        "On CPU time of this process (less sensitive to neighbours than wall time; local-mode search "
-        f"runs NumPy on both cores): raw search {fmt(cpu['search_raw_cpu_ms_per_query'])} CPU-ms/query, "
+        "On CPU time of this process (less sensitive to neighbours than wall time): raw search "
+        f"{fmt(cpu['search_raw_cpu_ms_per_query'])} CPU-ms/query, "
         f"whole `link_chunk` {fmt(cpu['link_chunk_cpu_ms_per_product'])} CPU-ms/product per chunk: "
         f"**search ratio on CPU >= {cpu['search_cpu_ratio_median']:.2f}** (median; the task's CPU also "
-        "holds reading, documents and the ES client)."
-        + (
-            f" Disk {fmt(cpu['disk_cpu_ms_per_query'])} vs memory {fmt(cpu['memory_cpu_ms_per_query'])} "
-            f"CPU-ms/query: **disk / `:memory:` on CPU {cpu['disk_vs_memory_cpu_ratio_median']:.2f}**."
-            if mem
-            else ""
-        ),
+        "holds reading, documents and the ES client).",
         "",
         f"Link quality (`check_link_quality`, sample {q['sample']}, seed 0): "
         f"**recall@{'/'.join(map(str, q['ks']))} = {q['recall_mean']:.4f}** (min {q['recall_min']:.4f}, "
@@ -816,11 +714,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"({q['embed_seconds']:.1f}s embedding the sample, {q['scan_seconds']:.1f}s scanning "
         f"{q['keywords_scanned']} keyword vectors, "
         f"{q['seconds'] - q['embed_seconds'] - q['scan_seconds']:.1f}s sampling and fetching the "
-        f"documents from ES; opening the local store before it {q['open_store_s']:.1f}s).",
+        f"documents from ES; opening the store before it {q['open_store_s']:.1f}s).",
         "",
         f"Keyword set-up (not the subject): {kw['rows']} keywords in {kw['total_s']:.0f}s: embed "
         f"{kw['rows_per_s']['embed']:.0f}/s, `write_qdrant` {kw['rows_per_s']['write_qdrant']:.0f}/s "
-        f"(local mode on disk), `write_es` {kw['rows_per_s']['write_es']:.0f}/s.",
+        f"(Qdrant {cfg['qdrant']}), `write_es` {kw['rows_per_s']['write_es']:.0f}/s.",
         "",
         f"Ratios are medians of per-chunk ratios over quiet pairs (other processes <= {QUIET_CORES} cores) "
         f"when >= {MIN_QUIET}, else over all pairs; `total` = ratio of total throughputs. The pipeline "
@@ -843,13 +741,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--raw-search-rows",
         type=int,
-        default=1_000,
-        help="products per chunk for the raw search reference (0: all; local-mode search is slow)",
+        default=0,
+        help="products per chunk for the raw search reference (0: all)",
     )
-    parser.add_argument(
-        "--memory-rows", type=int, default=2_000, help="queries per side for disk vs :memory: (0: skip)"
-    )
-    parser.add_argument("--memory-segments", type=int, default=4, help="disk/memory pairs")
     parser.add_argument("--model", choices=sorted(MODELS), default="minilm")
     parser.add_argument("--threads", type=int, default=2, help="ORT threads of the inference server")
     parser.add_argument(
@@ -869,7 +763,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.products, args.keywords, args.chunk_rows, args.row_group_size = 2000, 2000, 500, 250
-        args.sample, args.raw_search_rows, args.memory_rows = 200, 250, 500
+        args.sample, args.raw_search_rows = 200, 250
         args.noise_budget = 10.0
     if args.output_dir is None:
         quick_dir = Path(tempfile.gettempdir()) / "bench-results"
@@ -923,7 +817,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ES_URL=emulator.url,
         )
         phases["start_services_s"] = time.perf_counter() - mark
-        qdrant = QdrantSettings(path=scratch / "qdrant")  # local mode on disk
+        qdrant = QdrantSettings(path=scratch / "qdrant")  # the default embedded engine, on disk
         es_settings = EsSettings.from_env()
         model = model_info(None, published["name"])
         meter = Meter({"server": server.process.pid, "es_emulator": emulator.process.pid})
@@ -937,9 +831,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             log.info("2+3: linking %d products, top %d, with raw references", args.products, args.top_k)
             mark = time.perf_counter()
-            link, staged, collection = link_products(
-                meter, noise, data_root, model, qdrant, es_settings, args
-            )
+            link = link_products(meter, noise, data_root, model, qdrant, es_settings, args)
             phases["link_s"] = time.perf_counter() - mark
 
             log.info("4: link quality over %d products", args.sample)
@@ -947,23 +839,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             checked = quality(meter, qdrant, es_settings, model["model_name"], args.sample)
             phases["quality_s"] = time.perf_counter() - mark
 
-            memory = None
-            if args.memory_rows > 0:
-                log.info("5: raw search, local mode on disk vs :memory: (%d queries each)", args.memory_rows)
-                mark = time.perf_counter()
-                memory = memory_vs_disk(
-                    meter,
-                    noise,
-                    qdrant,
-                    collection,
-                    staged,
-                    args.top_k,
-                    args.memory_rows,
-                    args.memory_segments,
-                )
-                phases["memory_s"] = time.perf_counter() - mark
-
-    results = {"keywords": keywords, "link": link, "quality": checked, "memory": memory}
+    results = {"keywords": keywords, "link": link, "quality": checked}
     return {
         "benchmark": "product-link",
         "date": started_at.date().isoformat(),
@@ -982,12 +858,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "chunk_rows": args.chunk_rows,
             "row_group_size": args.row_group_size,
             "raw_search_rows_per_chunk": args.raw_search_rows,
-            "memory_rows": args.memory_rows,
             "model": published["name"],
             "threads": args.threads,
             "search_batch": SEARCH_BATCH,
             "es_chunk_docs": ES_CHUNK_DOCS,
-            "qdrant": "local mode on disk",
+            "qdrant": f"embedded on disk, engine {qdrant.local_engine}",
             "quick": args.quick,
         },
         "data": data,

@@ -108,6 +108,7 @@ def pipeline_machine_info() -> dict[str, Any]:
         "grpcio",
         "kserve",
         "qdrant-client",
+        "qdrant-edge-py",
         "elasticsearch",
         "noida-db",
         "apache-airflow",
