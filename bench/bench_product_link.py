@@ -13,8 +13,8 @@ the DAG tasks call (no Airflow around them; ``bench_keyword_index.py`` measures 
 2. Product linking (``--products``, 20k by default): ``partition_runs.plan`` (PRODUCTS) ->
    ``product_link.prepare`` -> ``product_link.embed`` per chunk -> ``product_link.link_chunk`` per
    chunk -> ``finish`` -> ``finalize``, top-K 30. ``link_chunk`` reports its own split
-   (``search_seconds``, ``write_seconds``); the rest of its time is reading the staged chunk,
-   building documents and opening the Qdrant store.
+   (``search_seconds``; ``points_seconds``, the product vectors into Qdrant; ``write_seconds``, the
+   ES bulk with reading the staged chunk and building documents); the rest is opening the stores.
 3. References in the same run, back to back with each chunk's ``link_chunk``:
    raw ``QdrantClient.query_batch_points`` (batch 64, limit K, payload on, requests pre-built) over
    the chunk's staged product vectors (all of them, or the first ``--raw-search-rows`` of each
@@ -473,9 +473,10 @@ def summarize_link(
     link_s = sum(m.seconds for m in links)
     search_s = sum(m.extra["search_seconds"] for m in links)
     write_s = sum(m.extra["write_seconds"] for m in links)
+    points_s = sum(m.extra["points_seconds"] for m in links)
     searched = sum(m.extra["searched"] for m in links)
     written = sum(m.extra["written"] for m in links)
-    other_s = link_s - search_s - write_s
+    other_s = link_s - search_s - write_s - points_s
     build_s = sum(m.seconds for m in builds)
     fixed_s = sum(m.seconds for m in steps.values())
     raw_search = [b for _, b in search_pairs]
@@ -505,12 +506,14 @@ def summarize_link(
             "search_rows_per_s": rate(searched, search_s),
             "write_seconds": round(write_s, 2),
             "write_rows_per_s": rate(written, write_s),
+            "points_seconds": round(points_s, 2),
+            "points_rows_per_s": rate(written, points_s),
             "read_build_seconds_timed_apart": round(build_s, 2),
             "read_build_note": "write_seconds includes reading the staged chunk and building the product "
             "documents (the generator runs inside bulk_index); the same work timed apart per chunk",
             "write_net_of_read_build_rows_per_s": rate(written, write_s - build_s),
             "other_seconds": round(other_s, 2),
-            "other_note": "link_chunk time outside search and ES write: opening the embedded Qdrant "
+            "other_note": "link_chunk time outside search, ES write and product points: opening Qdrant "
             "store, the ES client, staged metadata, dead letters",
             "open_local_store_s_median": round(statistics.median(m.seconds for m in opens), 2),
             "keywords_linked": sum(m.extra["keywords_linked"] for m in links),
@@ -518,14 +521,15 @@ def summarize_link(
             "runs": [m.to_dict() for m in links],
         },
         "end_to_end": {
-            "embed_search_write_s": round(embed_s + search_s + write_s, 2),
-            "embed_search_write_rows_per_s": rate(rows, embed_s + search_s + write_s),
+            "embed_search_write_s": round(embed_s + search_s + write_s + points_s, 2),
+            "embed_search_write_rows_per_s": rate(rows, embed_s + search_s + write_s + points_s),
             "all_task_functions_s": round(fixed_s + embed_s + link_s, 2),
             "all_task_functions_rows_per_s": rate(rows, fixed_s + embed_s + link_s),
             "share_of_task_time": {
                 "embed": round(embed_s / (fixed_s + embed_s + link_s), 3),
                 "search": round(search_s / (fixed_s + embed_s + link_s), 3),
                 "es_write": round(write_s / (fixed_s + embed_s + link_s), 3),
+                "product_points": round(points_s / (fixed_s + embed_s + link_s), 3),
                 "link_other": round(other_s / (fixed_s + embed_s + link_s), 3),
                 "plan_prepare_finish_finalize": round(fixed_s / (fixed_s + embed_s + link_s), 3),
             },
@@ -665,6 +669,18 @@ def markdown(report: dict[str, Any]) -> str:
             f"({li['read_build_seconds_timed_apart']:.1f}s timed apart); without them "
             f"{li['write_net_of_read_build_rows_per_s']:.0f}/s",
         ],
+        *(
+            [
+                [
+                    "… product points into Qdrant (`points_seconds`)",
+                    f"{li['points_rows_per_s']:.0f}",
+                    f"{li['points_seconds']:.1f}",
+                    "each product's vector, fields and list ids (the relinks' input)",
+                ]
+            ]
+            if "points_seconds" in li  # since 2026-12-07
+            else []
+        ),
         [
             "… other (opening the store, setup)",
             "",
@@ -672,7 +688,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"opening the store alone: {li['open_local_store_s_median']:.1f}s (median) per link task",
         ],
         [
-            "**end to end: embed + search + ES write**",
+            "**end to end: embed + search + writes**",
             f"**{e2e['embed_search_write_rows_per_s']:.0f}**",
             f"{e2e['embed_search_write_s']:.1f}",
             "",

@@ -245,6 +245,7 @@ class _LinkStats:
     empty: int = 0
     keywords: int = 0
     search_seconds: float = 0.0
+    points_seconds: float = 0.0  # the product vectors written into Qdrant
     deleted: int = 0
     unchanged_lists: int = 0
     dropped_deleted_keywords: int = 0
@@ -373,7 +374,9 @@ class _Linker:
             stored.append(
                 models.PointStruct(id=batch.point_ids[i], vector=vectors[i].tolist(), payload=point_payload)
             )
+        started = time.monotonic()
         points.write(self.qdrant, self.collections[1], stored, self.retry)
+        self.stats.points_seconds += time.monotonic() - started
         return docs
 
     def _lexical(self, texts: list[str], filters: list[dict[str, Any] | None] | None) -> list[list[Hit]]:
@@ -516,8 +519,8 @@ def link_chunk(
         batches = (linker.documents(batch) for batch in progress.track(source, lambda b: len(b.ids)))
         es_started = time.monotonic()
         counts = bulk_index(es, prepared["es_index"], batches, dead, bulk)
-        # The generator runs inside bulk_index: take the search time out of the write time.
-        write_seconds = time.monotonic() - es_started - stats.search_seconds
+        # The generator runs inside bulk_index: take its searches and Qdrant writes out of the ES time.
+        write_seconds = time.monotonic() - es_started - stats.search_seconds - stats.points_seconds
     invalid = len(dead) - counts.dead_lettered  # dead-lettered before ES saw them
     counted = StageResult(
         stage,
@@ -536,6 +539,7 @@ def link_chunk(
             "dropped_deleted_keywords": stats.dropped_deleted_keywords,
             "relink_missing": stats.missing,
             "search_seconds": round(stats.search_seconds, 3),
+            "points_seconds": round(stats.points_seconds, 3),
             "write_seconds": round(write_seconds, 3),
             "retried_items": counts.retried_items,
         },
