@@ -518,8 +518,9 @@ def bench_es(
                     batch.ids, batch.texts, batch.content_hashes, batch.payloads, strict=True
                 )
             ]
-            # raw: to the concrete index, no versions. raw_versioned: what the sink sends besides
-            # the documents - the alias with require_alias, and each row's dt as external_gte version.
+            # Every side writes to its concrete index, as the DAG's es_index tasks do (prepare_sinks
+            # resolves the alias once). raw_versioned adds what the sink sends besides the
+            # documents: each row's dt as an external_gte version (latest dt wins).
             actions = {
                 "raw": [
                     {"_index": indices["bench_raw"], "_id": doc_id, "_source": source}
@@ -527,7 +528,7 @@ def bench_es(
                 ],
                 "raw_versioned": [
                     {
-                        "_index": "bench_raw_versioned",
+                        "_index": indices["bench_raw_versioned"],
                         "_id": doc_id,
                         "_source": source,
                         "version": version,
@@ -543,16 +544,12 @@ def bench_es(
                     if side == "sink":
                         dead = DeadLetterWriter(scratch / "sink-run", "es", path.stem)
                         result = index_keyword_chunk(
-                            es, "bench_sink", path, dead, BulkOptions(chunk_docs=chunk_docs)
+                            es, indices["bench_sink"], path, dead, BulkOptions(chunk_docs=chunk_docs)
                         )
                         indexed, detail = result.indexed, result.to_xcom()
                     else:
                         ok, errors = helpers.bulk(
-                            es,
-                            actions[side],
-                            chunk_size=chunk_docs,
-                            max_chunk_bytes=10 * 2**20,
-                            require_alias=side == "raw_versioned",
+                            es, actions[side], chunk_size=chunk_docs, max_chunk_bytes=10 * 2**20
                         )
                         indexed, detail = (ok if not errors else -1), errors
                 if indexed != n:
@@ -568,7 +565,7 @@ def bench_es(
         raise RuntimeError(f"ES indices hold {counts}, expected {expected} documents each")
     pairs = list(zip(runs["sink"], runs["raw"], strict=True))
     versioned = pair_summary(
-        "es raw helpers.bulk with the sink's versions and alias / raw helpers.bulk",
+        "es raw helpers.bulk with the sink's external versions / raw helpers.bulk",
         list(zip(runs["raw_versioned"], runs["raw"], strict=True)),
     )
     summary = pair_summary("es index_keyword_chunk / raw helpers.bulk (noida-db emulator)", pairs)
@@ -832,7 +829,7 @@ def markdown(report: dict[str, Any]) -> str:
         row(f"3 ES `index_keyword_chunk` / raw `helpers.bulk` ({es['rows_per_side']} docs)", es, ">= 0.9"),
     ]
     if "versioned_vs_raw" in es:  # since 2026-12-07-4
-        label = "… raw `helpers.bulk` with the sink's versions and alias / raw"
+        label = "… raw `helpers.bulk` with the sink's external versions / raw"
         cells = pair_cells(label, es["versioned_vs_raw"])
         rows.append([*cells[:4], "(what they cost ES)", *cells[4:]])
     lines += md_table([*headers, "quiet pairs", "load", "other"], rows, "lrrrlrlr")
