@@ -584,6 +584,17 @@ def test_search_returns_exact_nearest_neighbours(memory_client, indexed: np.ndar
     assert [payload["keyword_id"] for payload, _ in hits[0][:1]] == ["k00000"]
 
 
+def test_search_fetches_only_the_payload_fields_asked_for(memory_client, indexed: np.ndarray) -> None:
+    """The linker reads two fields of each hit: only those come back, the hits unchanged."""
+    every = search(memory_client, ALIAS, indexed[:4], SearchOptions(top_k=6))
+    fields = ("keyword_id", "keyword")
+    some = search(memory_client, ALIAS, indexed[:4], SearchOptions(top_k=6, with_payload=fields))
+    assert all(len(hit.payload) > 2 for hits in every for hit in hits)
+    for full, narrow in zip(every, some, strict=True):
+        assert [h.payload for h in narrow] == [{k: h.payload[k] for k in fields} for h in full]
+        assert [h.score for h in narrow] == pytest.approx([h.score for h in full])
+
+
 def test_search_honours_score_threshold_and_payload_filter(memory_client, indexed: np.ndarray) -> None:
     queries = indexed[[0, 1, 2]] + 0.05
     scores = brute_force(indexed, queries)

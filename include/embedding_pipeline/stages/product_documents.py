@@ -108,6 +108,10 @@ def product_mappings(
     }
 
 
+# The keyword payload fields a linked keyword is made of: all a link's search needs to fetch.
+LINKED_FIELDS = ("keyword_id", "keyword")
+
+
 def linked_keywords(hits: Sequence[tuple[Mapping[str, Any], float]]) -> list[dict[str, Any]]:
     """Nested keyword objects from search hits ``(payload, score)``, best first, ranked from 1."""
     return [

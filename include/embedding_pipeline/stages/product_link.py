@@ -64,6 +64,7 @@ from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
 from embedding_pipeline.stages.link_maintenance import entry_score
 from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions, keyword_conditions
 from embedding_pipeline.stages.product_documents import (
+    LINKED_FIELDS,
     PRODUCT_FIELD_TYPES,
     LinkStamp,
     linked_keywords,
@@ -439,6 +440,7 @@ def _search_options(options: LinkOptions, meta: Mapping[str, str], batch_size: i
         batch_size=batch_size,
         model_name=meta["model_name"],
         model_version=meta["model_version"],
+        with_payload=LINKED_FIELDS,
     )
 
 

@@ -39,7 +39,9 @@ class SearchOptions:
     (candidates explored per query; the server's default is the collection's ``ef_construct``) and
     ``exact`` (skip the index) only matter on a server, whose HNSW index is approximate; local
     mode always searches exhaustively and ignores them. ``model_name``/``model_version``, when
-    given, must be the collection's model (same dim does not mean same model).
+    given, must be the collection's model (same dim does not mean same model). ``with_payload``
+    names the payload fields each hit carries (True: all): a caller that reads two fields of a
+    ten-field payload saves their transfer from a server and their conversion here.
     """
 
     top_k: int
@@ -50,6 +52,7 @@ class SearchOptions:
     batch_size: int = 64
     model_name: str | None = None
     model_version: int | str | None = None
+    with_payload: bool | tuple[str, ...] = True
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -140,7 +143,9 @@ def search(
                 score_threshold=options.score_threshold,
                 filter=f,
                 params=params,
-                with_payload=True,
+                with_payload=options.with_payload
+                if isinstance(options.with_payload, bool)
+                else list(options.with_payload),
             )
             for q, f in zip(queries[start:stop], filters[start:stop], strict=True)
         ]
