@@ -132,6 +132,8 @@ def search(
     per_query = query_filters if query_filters is not None else [None] * len(queries)
     filters = [_and(shared, _as_filter(f)) for f in per_query]
     params = options.params()
+    fields = options.with_payload
+    with_payload = fields if isinstance(fields, bool) else list(fields)
     retrier = retry.retrier(is_transient)
     results: list[list[Hit]] = []
     for start in range(0, len(queries), options.batch_size):
@@ -143,9 +145,7 @@ def search(
                 score_threshold=options.score_threshold,
                 filter=f,
                 params=params,
-                with_payload=options.with_payload
-                if isinstance(options.with_payload, bool)
-                else list(options.with_payload),
+                with_payload=with_payload,
             )
             for q, f in zip(queries[start:stop], filters[start:stop], strict=True)
         ]
