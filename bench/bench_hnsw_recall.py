@@ -561,8 +561,8 @@ def run_section(
     meter: Meter, scratch: Path, model: InProcess, n_keywords: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
-    from embedding_pipeline.stages.link_fusion import TIE_MARGIN
-    from embedding_pipeline.stages.link_quality import SCORE_TOLERANCE
+    from embedding_pipeline.stages.products.fusion import TIE_MARGIN
+    from embedding_pipeline.stages.products.quality import SCORE_TOLERANCE
 
     section = f"{n_keywords}kw"
     k = args.top_k
@@ -879,8 +879,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from embedding_pipeline.stages.link_fusion import TIE_MARGIN
-    from embedding_pipeline.stages.link_quality import SCORE_TOLERANCE
+    from embedding_pipeline.stages.products.fusion import TIE_MARGIN
+    from embedding_pipeline.stages.products.quality import SCORE_TOLERANCE
 
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()

@@ -76,7 +76,7 @@ def _nights(args: argparse.Namespace, scratch: Path, model_name: str) -> list[di
     from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
     from embedding_pipeline.sample.changes import current_rows
     from embedding_pipeline.sample.generate import generate
-    from embedding_pipeline.stages.link_options import LinkOptions
+    from embedding_pipeline.stages.products.options import LinkOptions
 
     root = scratch / "data"
     generate(root, keywords=args.keywords, products=args.products, dates=[DATES[0]], seed=3, bad_rate=0.0)
@@ -125,10 +125,10 @@ def _nights(args: argparse.Namespace, scratch: Path, model_name: str) -> list[di
 def _full_rebuild(args: argparse.Namespace, scratch: Path, model_name: str) -> dict[str, Any]:
     """After the nights: a full rebuild of both stages from the latest snapshot into generation 2,
     gated (counts, shrink, model, canaries, link quality on 100 products) and swapped."""
+    from embedding_pipeline.generations.rules import Publish
     from embedding_pipeline.local.inline_runner import run_keywords, run_products
     from embedding_pipeline.runs.input_kinds import InputSpec
-    from embedding_pipeline.stages.generation_rules import Publish
-    from embedding_pipeline.stages.link_options import LinkOptions
+    from embedding_pipeline.stages.products.options import LinkOptions
 
     root, spec, dt = scratch / "data", InputSpec(kind="snapshot"), DATES[-1]
     started = time.perf_counter()

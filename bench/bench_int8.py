@@ -125,7 +125,7 @@ def run_case(
     from embedding_pipeline.sample.generate import generate
     from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
-    from embedding_pipeline.stages.link_relevance import score_lists
+    from embedding_pipeline.stages.products.relevance import score_lists
 
     root = scratch / f"data-{lang}"
     generate(

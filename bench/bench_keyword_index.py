@@ -14,7 +14,7 @@ partition (100k keywords by default), so the numbers share one machine state:
    chunks. Target ``stage / bare >= 0.9``.
 3. Sinks against their raw engine: ``stores.qdrant.upsert.upsert_chunk`` through the embedded
    engine vs a bare qdrant-edge shard fed the same points in the same batch size, and
-   ``stages.keyword_index.index_keyword_chunk`` vs ``elasticsearch.helpers.bulk`` of the same
+   ``stages.keywords.stage.index_keyword_chunk`` vs ``elasticsearch.helpers.bulk`` of the same
    documents into a sibling index (the noida-db emulator), beside raw bulk with the sink's
    external versions (what latest-dt-wins costs the server). Target ratio >= 0.9 each. The raw
    side gets its points/documents pre-built, so the ratio charges the sink with everything it
@@ -226,8 +226,8 @@ def bench_embed(
     from embedding_pipeline.model.repository import latest_version
     from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
-    from embedding_pipeline.stages import keyword_index as ki
     from embedding_pipeline.stages.embed import EmbedLimits
+    from embedding_pipeline.stages.keywords import stage as ki
 
     published = latest_version(repository, model["name"])
     bare = Bare(
@@ -377,7 +377,7 @@ def bench_qdrant(
     qdrant-edge shard with the same vector config and payload indexes, fed the same values."""
     import qdrant_edge as edge
     from embedding_pipeline.runs.dead_letter import DeadLetterWriter
-    from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS
+    from embedding_pipeline.stages.keywords.documents import KEYWORD_POINTS
     from embedding_pipeline.stores.qdrant.client import open_client
     from embedding_pipeline.stores.qdrant.collections import count_points, ensure_collection
     from embedding_pipeline.stores.qdrant.edge import SCHEMA_TYPES
@@ -479,8 +479,8 @@ def bench_es(
     from embedding_pipeline.runs.dead_letter import DeadLetterWriter
     from embedding_pipeline.runs.partitions import partition_version
     from embedding_pipeline.runs.staging import iter_staged
-    from embedding_pipeline.stages.keyword_documents import ensure_keyword_index, keyword_document
-    from embedding_pipeline.stages.keyword_index import index_keyword_chunk
+    from embedding_pipeline.stages.keywords.documents import ensure_keyword_index, keyword_document
+    from embedding_pipeline.stages.keywords.stage import index_keyword_chunk
     from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions
     from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load, end_bulk_load
     from embedding_pipeline.stores.elasticsearch.client import make_client
@@ -668,7 +668,7 @@ def child_embed(spec_path: Path) -> int:
     and nothing else, so the high-water mark is the task's own.
     """
     import psutil
-    from embedding_pipeline.stages import keyword_index as ki
+    from embedding_pipeline.stages.keywords import stage as ki
 
     spec = json.loads(spec_path.read_text())
     before = psutil.Process().memory_info().rss

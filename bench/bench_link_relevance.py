@@ -63,7 +63,7 @@ def _read(root: Path, table: str) -> tuple[list[str], list[str], list[str | None
 
 def _index_keywords(es: Any, index: str, ids: list[str], texts: list[str]) -> float:
     from elasticsearch.helpers import bulk
-    from embedding_pipeline.stages.keyword_documents import keyword_mappings
+    from embedding_pipeline.stages.keywords.documents import keyword_mappings
 
     started = time.perf_counter()
     es.indices.create(index=index, mappings=keyword_mappings(model_name="bench", model_version=1, dim=1))
@@ -85,14 +85,14 @@ def _embed(client: Any, texts: list[str], role: str) -> tuple[np.ndarray, float]
 
 def _ranked(ids: list[str], scores: np.ndarray, depth: int) -> list[tuple[dict[str, Any], float]]:
     """The first ``depth`` keywords by score in the link stage's order (``link_fusion.best``)."""
-    from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best
+    from embedding_pipeline.stages.products.fusion import TIE_MARGIN, best
 
     top = np.argpartition(-scores, min(depth, len(scores) - 1))[: depth + TIE_MARGIN]
     return best([({"keyword_id": ids[j]}, float(scores[j])) for j in top], depth)
 
 
 def _metrics(lists: dict[str, list[str]], root: Path) -> dict[str, float]:
-    from embedding_pipeline.stages.link_relevance import score_lists
+    from embedding_pipeline.stages.products.relevance import score_lists
 
     report = score_lists(lists, root, k=TOP_K)
     return {
@@ -109,7 +109,7 @@ def run_lang(
     from embedding_pipeline.sample.generate import generate
     from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
-    from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
+    from embedding_pipeline.stages.products.fusion import TIE_MARGIN, best, rrf
     from embedding_pipeline.stores.elasticsearch.read import match_many
 
     root = scratch / f"data-{lang}"

@@ -149,9 +149,10 @@ def index_keywords(
     from embedding_pipeline.runs import plan as partition_runs
     from embedding_pipeline.runs.partitions import KEYWORDS
     from embedding_pipeline.runs.report import finalize_run
-    from embedding_pipeline.stages import keyword_index as ki
+    from embedding_pipeline.stages.keywords import stage as ki
 
     targets = ki.Targets(qdrant_alias=KEYWORD_ALIAS, es_alias=KEYWORD_ALIAS)
+    settings = {"qdrant": qdrant, "es": es}
     run_dir = partition_runs.run_dir_for("bench_keyword_index", "setup")
     seconds: dict[str, float] = {}
     with meter.measure("keywords plan", 0) as m:
@@ -159,7 +160,7 @@ def index_keywords(
     seconds["plan"] = m.seconds
     rows = sum(chunk_rows(c) for c in planned["chunks"])
     with meter.measure("keywords prepare_sinks", 0) as m:
-        prepared = {**model, **ki.prepare_sinks(targets, model, planned, InputSpec(), qdrant, es)}
+        prepared = {**model, **ki.prepare_sinks(targets, model, planned, InputSpec(), settings)}
     seconds["prepare_sinks"] = m.seconds
     embedded, upserted, indexed = [], [], []
     with meter.measure("keywords embed (all chunks)", rows) as m:
@@ -168,14 +169,14 @@ def index_keywords(
     seconds["embed"] = m.seconds
     with meter.measure("keywords write_qdrant (all chunks)", rows) as m:
         for e in embedded:
-            upserted.append(ki.write_qdrant(e, str(run_dir), targets, prepared, qdrant))
+            upserted.append(ki.write_qdrant(e, str(run_dir), targets, prepared, settings))
     seconds["write_qdrant"] = m.seconds
     with meter.measure("keywords write_es (all chunks)", rows) as m:
         for e in embedded:
-            indexed.append(ki.write_es(e, str(run_dir), targets, prepared, es))
+            indexed.append(ki.write_es(e, str(run_dir), targets, prepared, settings))
     seconds["write_es"] = m.seconds
     with meter.measure("keywords finish_sinks + finalize", rows) as m:
-        ki.finish_sinks(targets, prepared, qdrant, es)
+        ki.finish_sinks(targets, prepared, settings)
         sinks = {"qdrant": upserted, "es": indexed}
         report = finalize_run(planned, prepared, embedded, sinks, {"stage": "keyword_index"}, 0.0)
     seconds["finish_finalize"] = m.seconds
@@ -253,9 +254,9 @@ def link_products(
     from embedding_pipeline.runs import plan as partition_runs
     from embedding_pipeline.runs.partitions import PRODUCTS
     from embedding_pipeline.runs.report import finalize_run
-    from embedding_pipeline.stages import product_link
-    from embedding_pipeline.stages.link_options import LinkOptions
-    from embedding_pipeline.stages.product_documents import product_mappings
+    from embedding_pipeline.stages.products import stage as product_link
+    from embedding_pipeline.stages.products.documents import product_mappings
+    from embedding_pipeline.stages.products.options import LinkOptions
     from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load, end_bulk_load
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.indices import count_docs, ensure_index
@@ -268,7 +269,9 @@ def link_products(
     chunks = planned["chunks"]
     rows = sum(chunk_rows(c) for c in chunks)
     with meter.measure("product_link.prepare", 0) as steps["prepare"]:
-        prepared = product_link.prepare(options, model, planned, InputSpec(), qdrant, es_settings)
+        prepared = product_link.prepare(
+            options, model, planned, InputSpec(), {"qdrant": qdrant, "es": es_settings}
+        )
 
     # embed (mapped): every chunk first, as in the DAG's task graph
     embedded = []
@@ -337,7 +340,7 @@ def link_products(
                 (side(f"link ES write {name}", extra["written"], extra["write_seconds"], link), bulk)
             )
         with meter.measure("product_link.finish", 0) as steps["finish"]:
-            product_link.finish(options, prepared, None, es_settings)
+            product_link.finish(options, prepared, {"es": es_settings})
         end_bulk_load(es, RAW_PRODUCT_ALIAS, raw_previous)
         meta = {"stage": "product_link", "link": options.to_xcom()}
         with meter.measure("product_link.finalize", 0) as steps["finalize"]:
@@ -365,7 +368,9 @@ def link_one(
     name = output["chunk"]
     n = output["result"]["indexed"]
     with meter.measure(f"product_link.link_chunk {name}", n) as m:
-        result = product_link.link_chunk(output, run_dir, options, prepared, qdrant, es_settings)
+        result = product_link.link_chunk(
+            output, run_dir, options, prepared, {"qdrant": qdrant, "es": es_settings}
+        )
     if result["indexed"] != n or result["dead_lettered"]:
         raise RuntimeError(f"link_chunk {name}: {result} of {n} products")
     m.extra = {**result["extra"], "task_seconds": result["seconds"], "xcom": result}
@@ -405,7 +410,7 @@ def build_documents(
     from the stored lists) without ES.
     """
     from embedding_pipeline.runs.staging import iter_staged
-    from embedding_pipeline.stages.product_documents import LinkStamp, linked_keywords, product_document
+    from embedding_pipeline.stages.products.documents import LinkStamp, linked_keywords, product_document
 
     by_id = {d["product_id"]: d for d in docs}
     with meter.measure(f"read staged + build documents {name}", len(docs)) as m:
@@ -546,7 +551,7 @@ def summarize_link(
 def quality(meter: Meter, qdrant: Any, es_settings: Any, model_name: str, sample: int) -> dict[str, Any]:
     from embedding_pipeline.serving.client import EmbeddingClient
     from embedding_pipeline.settings import ServerSettings
-    from embedding_pipeline.stages.link_quality import check_link_quality, render_report
+    from embedding_pipeline.stages.products.quality import check_link_quality, render_report
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.qdrant.client import make_client
 

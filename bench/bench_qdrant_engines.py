@@ -90,7 +90,7 @@ class Engine:
         import shutil
 
         from embedding_pipeline.runs.dead_letter import DeadLetterWriter
-        from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS
+        from embedding_pipeline.stages.keywords.documents import KEYWORD_POINTS
         from embedding_pipeline.stores.qdrant.client import open_client
         from embedding_pipeline.stores.qdrant.collections import ensure_collection, staged_model
         from embedding_pipeline.stores.qdrant.upsert import upsert_chunk
@@ -163,7 +163,7 @@ class Engine:
         return m
 
     def swap(self, generation: int) -> Measurement:
-        from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS
+        from embedding_pipeline.stages.keywords.documents import KEYWORD_POINTS
         from embedding_pipeline.stores.qdrant.client import open_client
         from embedding_pipeline.stores.qdrant.collections import create_generation, resolve_alias
         from embedding_pipeline.stores.qdrant.generations import swap_alias

@@ -56,9 +56,9 @@ from embedding_pipeline.errors import RepositoryError
 from embedding_pipeline.model.onnx_export import OUTPUT_NAME, ort_session
 from embedding_pipeline.model.publish import ExportRequest, export_model, gate_model, publish_model
 from embedding_pipeline.model.registry import Precision
+from embedding_pipeline.model.tokenization import TextEncoder
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.serving.process import LocalServer
-from embedding_pipeline.serving.tokenization import TextEncoder
 from embedding_pipeline.settings import ServerSettings
 from harness import (
     BENCH_DIR,

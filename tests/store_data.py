@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from embedding_pipeline.stages.link_options import LinkOptions
+from embedding_pipeline.stages.products.options import LinkOptions
 
 
 def write_keywords(root: Path, dt: str, rows: list[dict[str, Any]]) -> None:

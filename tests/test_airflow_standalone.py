@@ -26,15 +26,15 @@ from pathlib import Path
 
 import pytest
 from airflow_api import Api
+from embedding_pipeline.generations.agreement import verify_pair
 from embedding_pipeline.runs.plan import run_dir_for
 from embedding_pipeline.runs.report import read_report
 from embedding_pipeline.sample.generate import generate
 from embedding_pipeline.serving.process import free_port
-from embedding_pipeline.stages.generation_stores import open_stores
-from embedding_pipeline.stages.store_agreement import verify_pair
 from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions
 from embedding_pipeline.stores.qdrant.client import open_client
 from embedding_pipeline.stores.qdrant.collections import count_points
+from embedding_pipeline.stores.registry import open_stores
 from es_emulator import BulkFaultProxy, Hold
 from store_data import assert_keyword_run_balanced
 from test_local_services import ENV_KEYS, live_pids_in_group
@@ -309,9 +309,9 @@ def test_task_processes_killed_mid_write_are_retried_without_loss_or_duplicates(
     assert report["sinks"]["es"]["extra"]["created"] == KILL_ROWS - 2 * bulk, report["sinks"]["es"]
     monkeypatch.setenv("ES_URL", standalone.es_url)
     with open_stores() as stores:
-        whole = verify_pair(stores.qdrant, stores.es, KILL_ALIAS, KILL_ALIAS, "keyword_id")
-        points = stores.qdrant.count(KILL_ALIAS, exact=True).count
-        documents = stores.es.count(index=KILL_ALIAS)["count"]
+        whole = verify_pair((stores["qdrant"], stores["es"]), (KILL_ALIAS, KILL_ALIAS), "keyword_id")
+        points = stores.client("qdrant").count(KILL_ALIAS, exact=True).count
+        documents = stores.client("es").count(index=KILL_ALIAS)["count"]
     assert whole.ok and whole.compared == KILL_ROWS, whole.describe()
     assert points == documents == KILL_ROWS  # each id once
 

@@ -73,7 +73,7 @@ def test_the_chain_runs_every_stage_in_order_and_owns_the_schedule(dagbag):
 
 
 def test_tasks_push_one_xcom_and_params_validate_against_draft_7(dagbag):
-    """Two per-run costs that grow with the DAG, kept off (see pipeline_stages.common / params):
+    """Two per-run costs that grow with the DAG, kept off (see pipeline_stages.runtime / params):
     a ``-> dict`` task would push every key as an XCom of its own, and a Param without ``$schema``
     is checked against the 2020-12 meta-schema each time Airflow resolves it (thousands of times
     per DAG serialization: 1.64 -> 0.64 s for the chain, measured)."""

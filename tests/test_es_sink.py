@@ -26,9 +26,9 @@ from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter, read_dead_letters
 from embedding_pipeline.runs.staging import StagedChunkWriter
-from embedding_pipeline.stages.keyword_documents import ensure_keyword_index, keyword_document
-from embedding_pipeline.stages.keyword_index import ES_STAGE as STAGE
-from embedding_pipeline.stages.keyword_index import index_keyword_chunk
+from embedding_pipeline.stages.keywords.documents import ensure_keyword_index, keyword_document
+from embedding_pipeline.stages.keywords.stage import ES_STAGE as STAGE
+from embedding_pipeline.stages.keywords.stage import index_keyword_chunk
 from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions, item_failure_reason
 from embedding_pipeline.stores.elasticsearch.bulk_load import (
     begin_bulk_load,

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from embedding_pipeline.generations.agreement import verify_pair
 from embedding_pipeline.local.airflow_runner import run_dag, task_states
 from embedding_pipeline.runs.plan import run_dir_for
 from embedding_pipeline.runs.report import read_report
 from embedding_pipeline.sample.generate import generate
 from embedding_pipeline.serving.process import LocalServer
-from embedding_pipeline.stages.generation_stores import open_stores
-from embedding_pipeline.stages.store_agreement import verify_pair
+from embedding_pipeline.stores.registry import open_stores
 from es_emulator import BulkFaultProxy, first_n, reject_items_where
 from grpc_fault_proxy import GrpcFaultProxy
 from store_data import assert_keyword_run_balanced
@@ -71,14 +71,16 @@ def consistent(fm: dict[str, Any], run: Any) -> dict[str, Any]:
     report = report_of(run)
     assert_keyword_run_balanced(report)
     with open_stores() as stores:
-        whole = verify_pair(stores.qdrant, stores.es, fm["alias"], fm["alias"], "keyword_id")
+        whole = verify_pair((stores["qdrant"], stores["es"]), (fm["alias"], fm["alias"]), "keyword_id")
     assert whole.ok, whole.describe()
     return report
 
 
 def stored_ids(fm: dict[str, Any]) -> int:
     with open_stores() as stores:
-        return verify_pair(stores.qdrant, stores.es, fm["alias"], fm["alias"], "keyword_id").compared
+        return verify_pair(
+            (stores["qdrant"], stores["es"]), (fm["alias"], fm["alias"]), "keyword_id"
+        ).compared
 
 
 def rerun_changes_nothing(fm: dict[str, Any], first: dict[str, Any], **overrides: Any) -> None:

@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 from embedding_pipeline.errors import SetupError
+from embedding_pipeline.generations.lifecycle import GateError, RollbackError, SwapError, describe, rollback
+from embedding_pipeline.generations.rules import GateRules, Publish
 from embedding_pipeline.local.inline_runner import run_keywords, run_products
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.state import state_root
-from embedding_pipeline.stages.generation_rules import GateRules, Publish
-from embedding_pipeline.stages.generation_stores import StoreAlias, open_stores
-from embedding_pipeline.stages.generations import GateError, RollbackError, SwapError, describe, rollback
-from embedding_pipeline.stages.link_options import LinkOptions
+from embedding_pipeline.stages.products.options import LinkOptions
+from embedding_pipeline.stores.protocol import StoreAlias
+from embedding_pipeline.stores.registry import open_stores
 from es_emulator import BulkFaultProxy, always
 from store_data import exact_lists, row, stored_keywords, stored_lists, write_keywords, write_products
 

@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from embedding_pipeline.errors import PipelineError
+from embedding_pipeline.generations.agreement import verify_pair
 from embedding_pipeline.local.inline_runner import run_keywords
 from embedding_pipeline.runs.dead_letter import read_dead_letters
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import SchemaError
 from embedding_pipeline.runs.report import AccountingError, read_report
-from embedding_pipeline.stages.generation_stores import open_stores
-from embedding_pipeline.stages.store_agreement import verify_pair
+from embedding_pipeline.stores.registry import open_stores
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,7 +122,7 @@ def test_every_hostile_row_is_indexed_in_both_stores_or_dead_lettered_with_a_rea
         s = report["sinks"][sink]
         assert s["indexed"] + report["embed"]["dead_lettered"] == table.num_rows, (sink, s)
     with open_stores() as stores:
-        agreement = verify_pair(stores.qdrant, stores.es, alias, alias, "keyword_id")
+        agreement = verify_pair((stores["qdrant"], stores["es"]), (alias, alias), "keyword_id")
     assert agreement.ok, agreement.describe()
     assert agreement.compared == report["sinks"]["qdrant"]["indexed"]
 
@@ -148,5 +148,5 @@ def test_values_only_elasticsearch_refuses_are_dead_lettered_before_any_store_is
     assert letters["big"]["error"] == "category is 40000 bytes; a keyword field takes at most 32766"
     assert letters["sep"]["row"]["category"] == "line\u2028separator"
     with open_stores() as stores:
-        agreement = verify_pair(stores.qdrant, stores.es, "hv", "hv", "keyword_id")
+        agreement = verify_pair((stores["qdrant"], stores["es"]), ("hv", "hv"), "keyword_id")
     assert agreement.ok and agreement.compared == 1

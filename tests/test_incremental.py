@@ -14,7 +14,7 @@ from embedding_pipeline.local.inline_runner import run_keywords, run_products
 from embedding_pipeline.runs.changes import DeleteGuardError
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.state import IndexState, ModelChangedError, delta_table
-from embedding_pipeline.stages.link_options import LinkOptions
+from embedding_pipeline.stages.products.options import LinkOptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from store_data import exact_lists, row, stored_keywords, stored_lists, write_keywords, write_products
@@ -325,7 +325,7 @@ def test_any_sequence_of_nights_matches_a_from_scratch_build(links, nights, entr
 
     Both ways of finding the products a changed keyword enters run here: the block scan local mode
     uses, and the entry-score band searches a Qdrant server uses (on local mode's engine)."""
-    from embedding_pipeline.stages import link_maintenance
+    from embedding_pipeline.stages.products import maintenance as link_maintenance
 
     if entrants == "bands":
         monkeypatch.setattr(link_maintenance, "entrants_by_scan", link_maintenance.entrants)

@@ -12,8 +12,8 @@ from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
 from embedding_pipeline.sample.changes import write_night
 from embedding_pipeline.sample.generate import generate
 from embedding_pipeline.sample.labels import Truth, grade, read_labels, relevant_counts, truths
-from embedding_pipeline.stages.link_fusion import rrf
-from embedding_pipeline.stages.link_relevance import has_labels, render, score_lists
+from embedding_pipeline.stages.products.fusion import rrf
+from embedding_pipeline.stages.products.relevance import has_labels, render, score_lists
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -149,7 +149,8 @@ def test_chain_runs_every_stage_and_a_second_run_changes_nothing(env):
 
 def _live(alias: str) -> set[str | None]:
     """What ``alias`` points at in Qdrant and in ES (one name when both agree)."""
-    from embedding_pipeline.stages.generation_stores import StoreAlias, open_stores
+    from embedding_pipeline.stores.protocol import StoreAlias
+    from embedding_pipeline.stores.registry import open_stores
 
     with open_stores() as stores:
         return {stores.live(StoreAlias(system, alias)) for system in ("qdrant", "es")}
@@ -229,7 +230,7 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
     from embedding_pipeline.runs.input_kinds import InputSpec
     from embedding_pipeline.runs.plan import model_info
     from embedding_pipeline.serving.process import free_port
-    from embedding_pipeline.stages.product_link import LinkOptions, LinkSetupError, prepare
+    from embedding_pipeline.stages.products.stage import LinkOptions, LinkSetupError, prepare
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.errors import EsIndexError
     from embedding_pipeline.stores.qdrant.client import open_client
@@ -319,7 +320,7 @@ def test_match_filters_take_the_products_value_and_skip_nulls():
     """Unit: the per-product filter (no services). A product value overrides a static filter on the
     same field; a null product value adds no condition, leaving the static one."""
     from embedding_pipeline.errors import ConfigError
-    from embedding_pipeline.stages.product_link import LinkOptions, _filters
+    from embedding_pipeline.stages.products.stage import LinkOptions, _filters
 
     options = LinkOptions(match_fields=("category", "lang"), keyword_filter={"lang": ["ja", "en"]})
     payloads = [{"category": "食品", "lang": "ja"}, {"category": None}, {}]
@@ -345,9 +346,9 @@ def test_hybrid_and_lexical_lists_are_the_fused_rankings_and_say_how_they_were_m
     """link_mode hybrid: each stored list is the RRF of Qdrant's dense ranking and Elasticsearch's
     BM25 ranking of the product name (recomputed here from both stores), weights as given;
     lexical: BM25 alone. The ``link`` object records mode, weights, k and depth."""
-    from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
-    from embedding_pipeline.stages.link_options import LinkOptions
-    from embedding_pipeline.stages.product_link import _filters
+    from embedding_pipeline.stages.products.fusion import TIE_MARGIN, best, rrf
+    from embedding_pipeline.stages.products.options import LinkOptions
+    from embedding_pipeline.stages.products.stage import _filters
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.read import match_many
     from embedding_pipeline.stores.qdrant.client import open_client
@@ -409,7 +410,7 @@ def test_hybrid_and_lexical_lists_are_the_fused_rankings_and_say_how_they_were_m
 
     # The quality check recomputes fused lists the same way (exact dense ranking + ES), so it can
     # tell a stored list that is not the fusion.
-    from embedding_pipeline.stages.link_quality import check_link_quality
+    from embedding_pipeline.stages.products.quality import check_link_quality
     from embedding_pipeline.stores.qdrant.collections import resolve_alias
 
     with open_client() as qdrant, open_es() as es:

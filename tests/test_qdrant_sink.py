@@ -27,7 +27,7 @@ from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter, read_dead_letters
 from embedding_pipeline.runs.staging import StagedChunkWriter, point_id
 from embedding_pipeline.settings import work_dir
-from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS
+from embedding_pipeline.stages.keywords.documents import KEYWORD_POINTS
 from embedding_pipeline.stores.qdrant import upsert as qdrant_upsert
 from embedding_pipeline.stores.qdrant.client import make_client, open_client
 from embedding_pipeline.stores.qdrant.collections import (

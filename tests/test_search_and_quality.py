@@ -32,15 +32,15 @@ from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.staging import StagedChunkWriter, content_hash
 from embedding_pipeline.sample.generate import generate
 from embedding_pipeline.serving.client import EmbeddingClient
-from embedding_pipeline.stages.keyword_documents import KEYWORD_POINTS, ensure_keyword_index, search_keywords
-from embedding_pipeline.stages.keyword_index import index_keyword_chunk
-from embedding_pipeline.stages.link_quality import LinkQualityError, check_link_quality, render_report
-from embedding_pipeline.stages.product_documents import (
+from embedding_pipeline.stages.keywords.documents import KEYWORD_POINTS, ensure_keyword_index, search_keywords
+from embedding_pipeline.stages.keywords.stage import index_keyword_chunk
+from embedding_pipeline.stages.products.documents import (
     LinkStamp,
     linked_keywords,
     product_document,
     product_mappings,
 )
+from embedding_pipeline.stages.products.quality import LinkQualityError, check_link_quality, render_report
 from embedding_pipeline.stores.elasticsearch.bulk import bulk_index
 from embedding_pipeline.stores.elasticsearch.client import make_client
 from embedding_pipeline.stores.elasticsearch.errors import EsIndexError
@@ -663,7 +663,7 @@ def test_cli_quality_scores_against_labels_with_the_collections_model(
 ) -> None:
     """No --model: the model that embedded the keyword collection. --labels: the generator's labels
     score the same sampled lists, with the numbers link_relevance computes for them."""
-    from embedding_pipeline.stages.link_relevance import render, score_lists, stored_lists
+    from embedding_pipeline.stages.products.relevance import render, score_lists, stored_lists
     from embedding_pipeline.stores.elasticsearch.read import sample_documents
 
     data = corpus.qdrant_path.parent / "data"

@@ -10,11 +10,11 @@ import json
 from typing import Any
 
 import pytest
+from embedding_pipeline.generations.agreement import StoresDisagreeError, choose
 from embedding_pipeline.local.inline_runner import run_keywords
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.report import read_report
 from embedding_pipeline.runs.staging import point_id
-from embedding_pipeline.stages.store_agreement import StoresDisagreeError, choose
 from hypothesis import given
 from hypothesis import strategies as st
 from store_data import row, stored_keywords, write_keywords

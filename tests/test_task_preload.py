@@ -19,7 +19,7 @@ HEAVY = (
     "pyarrow.parquet",
     "elasticsearch",
     "grpc",
-    "embedding_pipeline.stages.keyword_index",
+    "embedding_pipeline.stages.keywords.stage",
 )
 
 

@@ -9,7 +9,7 @@ from embedding_pipeline.errors import ConfigError, InvalidInputError, ModelSourc
 from embedding_pipeline.model.publish import ExportRequest, encoder_for, export_model, read_metadata
 from embedding_pipeline.model.registry import FAMILIES, get_family, infer_family
 from embedding_pipeline.model.source import resolve_location
-from embedding_pipeline.serving.tokenization import validate_texts
+from embedding_pipeline.model.tokenization import validate_texts
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,15 @@ log = logging.getLogger(__name__)
 # The modules a stage's tasks import (their heavy libraries come with them). Not the model export's
 # (torch): the publish task runs rarely, and torch alone would double the launcher's memory.
 TASK_MODULES = (
-    "embedding_pipeline.stages.keyword_index",
-    "embedding_pipeline.stages.product_link",
+    "embedding_pipeline.stages.keywords.stage",
+    "embedding_pipeline.stages.products.stage",
     "embedding_pipeline.stages.embed",
-    "embedding_pipeline.stages.generation_stores",
-    "embedding_pipeline.stages.generations",
-    "embedding_pipeline.stages.store_agreement",
+    "embedding_pipeline.stores.registry",
+    "embedding_pipeline.stores.qdrant.adapter",
+    "embedding_pipeline.stores.elasticsearch.adapter",
+    "embedding_pipeline.generations.lifecycle",
+    "embedding_pipeline.generations.cutover",
+    "embedding_pipeline.generations.agreement",
     "embedding_pipeline.runs.report",
     "embedding_pipeline.serving.client",
     "embedding_pipeline.stores.qdrant.upsert",

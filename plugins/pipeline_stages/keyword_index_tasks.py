@@ -10,29 +10,24 @@ from typing import Any
 from airflow.sdk import Asset, get_current_context
 
 from pipeline_stages.approval import SwapApproval
-from pipeline_stages.common import (
-    StageEnds,
-    announce,
-    check_params,
-    go_live,
-    input_spec,
+from pipeline_stages.options import check_params, input_spec, publish_options
+from pipeline_stages.runtime import (
     mapped_results,
     no_retry_on_setup_errors,
-    plan_stage,
-    publish_options,
     qdrant_task_concurrency,
     run_meta,
     server_settings,
     stage_task,
     store_settings,
 )
+from pipeline_stages.steps import StageEnds, announce, go_live, plan_stage
 
 KEYWORD_INDEX = Asset("keyword_index")
 STAGE = "keyword_index"
 
 
 def _targets(params: dict) -> Any:
-    from embedding_pipeline.stages.keyword_index import Targets
+    from embedding_pipeline.stages.keywords.stage import Targets
 
     return Targets(params["write_qdrant"], params["write_es"], params["qdrant_alias"], params["es_alias"])
 
@@ -54,54 +49,51 @@ def keyword_index_tasks() -> StageEnds:
     @stage_task
     def prepare_sinks(planned: dict) -> dict:
         from embedding_pipeline.runs.plan import model_info
-        from embedding_pipeline.stages import keyword_index as ki
+        from embedding_pipeline.stages.keywords import stage as ki
 
         params = get_current_context()["params"]
-        qdrant, es = store_settings()
         with no_retry_on_setup_errors():
             model = model_info(server_settings(), params["model_name"])
             spec = input_spec(params)
             full = params["mode"] == "full"
             return {
                 **model,
-                **ki.prepare_sinks(_targets(params), model, planned, spec, qdrant, es, full=full),
+                **ki.prepare_sinks(_targets(params), model, planned, spec, store_settings(), full=full),
             }
 
     @stage_task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
-        from embedding_pipeline.stages import keyword_index as ki
+        from embedding_pipeline.stages.keywords import stage as ki
 
         with no_retry_on_setup_errors():
             return ki.embed(chunk, planned["run_dir"], prepared, server_settings())
 
     @stage_task(max_active_tis_per_dag=qdrant_task_concurrency())
     def qdrant_upsert(embedded: dict, planned: dict, prepared: dict) -> dict:
-        from embedding_pipeline.stages import keyword_index as ki
+        from embedding_pipeline.stages.keywords import stage as ki
 
         params = get_current_context()["params"]
         with no_retry_on_setup_errors():
-            return ki.write_qdrant(
-                embedded, planned["run_dir"], _targets(params), prepared, store_settings()[0]
-            )
+            return ki.write_qdrant(embedded, planned["run_dir"], _targets(params), prepared, store_settings())
 
     @stage_task
     def es_index(embedded: dict, planned: dict, prepared: dict) -> dict:
-        from embedding_pipeline.stages import keyword_index as ki
+        from embedding_pipeline.stages.keywords import stage as ki
 
         params = get_current_context()["params"]
         with no_retry_on_setup_errors():
-            return ki.write_es(embedded, planned["run_dir"], _targets(params), prepared, store_settings()[1])
+            return ki.write_es(embedded, planned["run_dir"], _targets(params), prepared, store_settings())
 
     @stage_task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
-        from embedding_pipeline.stages import keyword_index as ki
+        from embedding_pipeline.stages.keywords import stage as ki
 
-        ki.finish_sinks(_targets(get_current_context()["params"]), prepared, *store_settings())
+        ki.finish_sinks(_targets(get_current_context()["params"]), prepared, store_settings())
 
     @stage_task(trigger_rule="none_failed", retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
         from embedding_pipeline.runs.report import summary
-        from embedding_pipeline.stages import keyword_index as ki
+        from embedding_pipeline.stages.keywords import stage as ki
 
         params = get_current_context()["params"]
         targets = _targets(params)

@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
-from pipeline_stages.common import stage_task
+from pipeline_stages.runtime import stage_task
 
 EMBEDDING_MODEL = Asset("embedding_model")
 
@@ -109,7 +109,7 @@ def model_gate_tasks() -> None:
         from embedding_pipeline.model.repository import latest_version
         from embedding_pipeline.settings import model_repository_path
 
-        from pipeline_stages.common import check_params
+        from pipeline_stages.options import check_params
 
         context = get_current_context()
         params = context["params"]

@@ -5,12 +5,13 @@ by ``dag.test(run_conf=...)`` before any task runs."""
 from __future__ import annotations
 
 from airflow.sdk import Param
+from embedding_pipeline.generations.rules import DEFAULT_KEEP_GENERATIONS, MODES, GateRules
 from embedding_pipeline.model.registry import FAMILIES, PRECISIONS
 from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
 from embedding_pipeline.runs.input_kinds import DEFAULT_MAX_DELETE_RATIO, INPUT_KINDS
 from embedding_pipeline.settings import data_root
-from embedding_pipeline.stages.generation_rules import DEFAULT_KEEP_GENERATIONS, MODES, GateRules
-from embedding_pipeline.stages.link_options import (
+from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS, STAGES
+from embedding_pipeline.stages.products.options import (
     DEFAULT_HNSW_EF,
     DEFAULT_LINK_MODE,
     DEFAULT_RRF_K,
@@ -20,7 +21,6 @@ from embedding_pipeline.stages.link_options import (
     MAX_HNSW_EF,
     MAX_TOP_K,
 )
-from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 
 # Every Param names its JSON Schema draft. Airflow validates each Param every time it resolves one -
 # thousands of times per DAG serialization (each run of dag.test(), each parse of the dag-processor)
@@ -250,7 +250,7 @@ def limit_params() -> dict[str, Param]:
 
 
 def rebuild_params() -> dict[str, Param]:
-    """A full rebuild into a new generation, its gate and retention (stages.generations)."""
+    """A full rebuild into a new generation, its gate and retention (generations.lifecycle)."""
     gate = GateRules()
     return {
         "mode": _param(
@@ -328,7 +328,7 @@ def rollback_params() -> dict[str, Param]:
             STORES,
             "Stage",
             "Whose aliases to roll back; one stage alone must keep the other stage's model.",
-            enum=["all", "keyword_index", "product_link"],
+            enum=["all", *STAGES],
         ),
         **{k: v for k, v in keyword_params().items() if k.endswith("_alias")},
         "product_alias": product_params()["product_alias"],

@@ -5,53 +5,23 @@ full rebuild's swap; emits the ``product_links`` Asset)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from airflow.sdk import Asset, get_current_context
 
 from pipeline_stages.approval import SwapApproval
-from pipeline_stages.common import (
-    StageEnds,
-    announce,
-    check_params,
-    go_live,
-    input_spec,
+from pipeline_stages.options import check_params, input_spec, link_options, publish_options
+from pipeline_stages.runtime import (
     mapped_results,
     no_retry_on_setup_errors,
-    plan_stage,
-    publish_options,
     qdrant_task_concurrency,
     run_meta,
     server_settings,
     stage_task,
     store_settings,
 )
+from pipeline_stages.steps import StageEnds, announce, go_live, plan_stage
 
 PRODUCT_LINKS = Asset("product_links")
 STAGE = "product_link"
-
-
-def link_options(params: dict) -> Any:
-    from embedding_pipeline.stages.link_options import LinkOptions
-
-    with no_retry_on_setup_errors():
-        return LinkOptions(
-            keyword_alias=params["qdrant_alias"],
-            product_alias=params["product_alias"],
-            top_k=params["top_k"],
-            score_threshold=params["score_threshold"],
-            match_fields=tuple(params["match_fields"] or ()),
-            keyword_filter=params["keyword_filter"] or {},
-            role=None if params["product_role"] == "none" else params["product_role"],
-            hnsw_ef=params["search_hnsw_ef"],
-            exact=params["search_exact"],
-            link_mode=params["link_mode"],
-            keyword_index=params["es_alias"],
-            dense_weight=params["dense_weight"],
-            lexical_weight=params["lexical_weight"],
-            rrf_k=params["rrf_k"],
-            fusion_depth=params["fusion_depth"],
-        )
 
 
 def product_link_tasks() -> StageEnds:
@@ -75,10 +45,9 @@ def product_link_tasks() -> StageEnds:
     @stage_task
     def prepare(planned: dict) -> dict:
         from embedding_pipeline.runs.plan import model_info
-        from embedding_pipeline.stages import product_link
+        from embedding_pipeline.stages.products import stage as product_link
 
         params = get_current_context()["params"]
-        qdrant, es = store_settings()
         with no_retry_on_setup_errors():
             model = model_info(server_settings(), params["model_name"])
             return product_link.prepare(
@@ -86,15 +55,14 @@ def product_link_tasks() -> StageEnds:
                 model,
                 planned,
                 input_spec(params),
-                qdrant,
-                es,
+                store_settings(),
                 relink_all=params["relink"] == "all",
                 full=params["mode"] == "full",
             )
 
     @stage_task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
-        from embedding_pipeline.stages import product_link
+        from embedding_pipeline.stages.products import stage as product_link
 
         options = link_options(get_current_context()["params"])
         with no_retry_on_setup_errors():
@@ -102,35 +70,33 @@ def product_link_tasks() -> StageEnds:
 
     @stage_task(max_active_tis_per_dag=qdrant_task_concurrency())
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:
-        from embedding_pipeline.stages import product_link
+        from embedding_pipeline.stages.products import stage as product_link
 
         options = link_options(get_current_context()["params"])
-        qdrant, es = store_settings()
         with no_retry_on_setup_errors():
-            return product_link.link_chunk(embedded, planned["run_dir"], options, prepared, qdrant, es)
+            return product_link.link_chunk(embedded, planned["run_dir"], options, prepared, store_settings())
 
     @stage_task(max_active_tis_per_dag=qdrant_task_concurrency())
     def relink(chunk: dict, planned: dict, prepared: dict) -> dict:
         """Stored products whose lists tonight's keyword changes affect (after link: it reads the
         vectors tonight's products stored)."""
-        from embedding_pipeline.stages import product_link
+        from embedding_pipeline.stages.products import stage as product_link
 
         options = link_options(get_current_context()["params"])
-        qdrant, es = store_settings()
         with no_retry_on_setup_errors():
-            return product_link.link_chunk(chunk, planned["run_dir"], options, prepared, qdrant, es)
+            return product_link.link_chunk(chunk, planned["run_dir"], options, prepared, store_settings())
 
     @stage_task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
-        from embedding_pipeline.stages import product_link
+        from embedding_pipeline.stages.products import stage as product_link
 
         options = link_options(get_current_context()["params"])
-        product_link.finish(options, prepared, *store_settings())
+        product_link.finish(options, prepared, store_settings())
 
     @stage_task(trigger_rule="none_failed", retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, linked: list, relinked: list) -> dict:
         from embedding_pipeline.runs.report import summary
-        from embedding_pipeline.stages import product_link
+        from embedding_pipeline.stages.products import stage as product_link
 
         params = get_current_context()["params"]
         meta = {**run_meta(STAGE), "link": link_options(params).to_xcom()}

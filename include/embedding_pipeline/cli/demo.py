@@ -19,6 +19,7 @@ from pathlib import Path
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local.airflow_runner import RunOutcome
 from embedding_pipeline.settings import data_root
+from embedding_pipeline.stages.names import STAGES
 
 # --lang -> (source, name, precision) when --source is not given. Japanese: multilingual-e5-small
 # (an English model reads most Japanese as [UNK]). fp32, not int8: int8 passes its parity gate and
@@ -30,7 +31,6 @@ DEMO_MODELS = {"ja": ("me5-small", "me5_small", "fp32"), "en": ("minilm", "minil
 SHOWN_PRODUCTS = 3
 SCORED_PRODUCTS = 200  # products whose lists are scored against the sample's labels
 SHOWN_KEYWORDS = 5
-STAGES = ("keyword_index", "product_link")
 
 
 def _check(outcome: RunOutcome) -> None:
@@ -221,8 +221,8 @@ def _incremental_night(args: argparse.Namespace, root: Path) -> None:
 
 def _show_products(top_k: int) -> None:
     from embedding_pipeline.cli.search import show_product
-    from embedding_pipeline.stages.link_relevance import score_lists, stored_lists
     from embedding_pipeline.stages.names import PRODUCT_ALIAS
+    from embedding_pipeline.stages.products.relevance import score_lists, stored_lists
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.indices import refresh
     from embedding_pipeline.stores.elasticsearch.read import sample_documents

@@ -19,20 +19,20 @@ from typing import Any
 from embedding_pipeline.cli.search import format_table, local_services
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.settings import data_root
-from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
+from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS, STAGES
 
-REBUILD_DAGS = ("embedding_chain", "keyword_index", "product_link")
+REBUILD_DAGS = ("embedding_chain", *STAGES)
 
 
 def _by_stage(args: argparse.Namespace) -> dict[str, Any]:
-    from embedding_pipeline.stages.generations import stage_aliases
+    from embedding_pipeline.stages.names import stage_aliases
 
     return stage_aliases(args.keyword_alias, args.keyword_alias, args.product_alias)
 
 
 def _generations(args: argparse.Namespace) -> int:
-    from embedding_pipeline.stages.generation_stores import open_stores
-    from embedding_pipeline.stages.generations import describe
+    from embedding_pipeline.generations.lifecycle import describe
+    from embedding_pipeline.stores.registry import open_stores
 
     with local_services(need_es=True), open_stores() as stores:
         rows = [row for aliases in _by_stage(args).values() for row in describe(stores, aliases)]
@@ -57,8 +57,8 @@ def _generations(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from embedding_pipeline.stages.generation_stores import open_stores
-    from embedding_pipeline.stages.generations import rollback_stage
+    from embedding_pipeline.generations.lifecycle import rollback_stage
+    from embedding_pipeline.stores.registry import open_stores
 
     with local_services(need_es=True), open_stores() as stores:
         moves = rollback_stage(stores, args.stage, _by_stage(args))
@@ -94,7 +94,7 @@ def _rebuild(args: argparse.Namespace) -> int:
         conf["publish_model"] = "if_missing"
     with local_services(need_es=True, need_server=True):
         run = run_dag_in_child(args.dag, conf)
-    stages = ("keyword_index", "product_link") if args.dag == "embedding_chain" else (args.dag,)
+    stages = STAGES if args.dag == "embedding_chain" else (args.dag,)
     for stage in stages:
         report_path = Path(str(run_dir_for(run.dag_id, run.run_id, stage))) / "report.json"
         if report_path.exists():
@@ -118,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("rollback", help="point every alias back at the previous generation")
     alias_args(p)
-    p.add_argument("--stage", choices=["all", "keyword_index", "product_link"], default="all")
+    p.add_argument("--stage", choices=["all", *STAGES], default="all")
     p.set_defaults(func=_rollback)
 
     p = subparsers.add_parser("rebuild", help="full rebuild into a new generation, gated, then swapped")

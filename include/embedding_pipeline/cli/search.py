@@ -10,7 +10,7 @@
 Handlers only open clients, through a :class:`Services` object, and pass them to functions that
 take clients and return the text to print (:func:`search_text`, :func:`search_meaning`,
 :func:`show_product`, :func:`show_keyword_products`; ``quality`` renders
-:func:`~embedding_pipeline.stages.link_quality.check_link_quality`). Where the services come from
+:func:`~embedding_pipeline.stages.products.quality.check_link_quality`). Where the services come from
 (settings from the environment by default) thus stays out of the work, and a caller can wrap or
 replace it. Errors are :class:`~embedding_pipeline.errors.PipelineError` subclasses, which
 ``cli.main`` prints as ``error: ...`` with a non-zero exit code. A recall below 1 is a
@@ -35,11 +35,11 @@ from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings, data_root
-from embedding_pipeline.stages.keyword_documents import search_keywords
-from embedding_pipeline.stages.link_quality import check_link_quality, render_report
-from embedding_pipeline.stages.link_relevance import has_labels, render, score_lists, stored_lists
+from embedding_pipeline.stages.keywords.documents import search_keywords
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
-from embedding_pipeline.stages.product_documents import products_linked_to, search_setting
+from embedding_pipeline.stages.products.documents import products_linked_to, search_setting
+from embedding_pipeline.stages.products.quality import check_link_quality, render_report
+from embedding_pipeline.stages.products.relevance import has_labels, render, score_lists, stored_lists
 from embedding_pipeline.stores.elasticsearch.client import open_es
 from embedding_pipeline.stores.elasticsearch.read import MAX_RESULT_WINDOW, get_document, sample_documents
 from embedding_pipeline.stores.qdrant.client import open_client

@@ -3,7 +3,7 @@
 embedding-pipeline verify            both pairs behind the default aliases; exit code 1 on a difference
 embedding-pipeline verify --json     the same as JSON (counts, up to 20 example ids per store)
 
-Each pair is compared whole (stages.store_agreement.verify_pair): every id of the live Qdrant
+Each pair is compared whole (generations.agreement.verify_pair): every id of the live Qdrant
 collection against every id of the live ES index. With nothing configured the services are found
 or started as for the search commands.
 """
@@ -20,8 +20,9 @@ PAIRS = (("keywords", "keyword_id"), ("products", "product_id"))
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from embedding_pipeline.stages.generation_stores import StoreAlias, open_stores
-    from embedding_pipeline.stages.store_agreement import verify_pair
+    from embedding_pipeline.generations.agreement import verify_pair
+    from embedding_pipeline.stores.protocol import StoreAlias
+    from embedding_pipeline.stores.registry import open_stores
 
     results = {}
     with local_services(need_es=True), open_stores() as stores:
@@ -31,7 +32,8 @@ def _verify(args: argparse.Namespace) -> int:
             if collection is None or index is None:
                 results[what] = {"alias": alias, "missing": "qdrant" if collection is None else "es"}
                 continue
-            results[what] = verify_pair(stores.qdrant, stores.es, collection, index, id_field).to_report()
+            pair = (stores["qdrant"], stores["es"])
+            results[what] = verify_pair(pair, (collection, index), id_field).to_report()
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     for what, result in [] if args.json else results.items():

@@ -14,14 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from embedding_pipeline.generations.cutover import swap_generation
+from embedding_pipeline.generations.rules import Publish
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS, TableSpec
 from embedding_pipeline.runs.plan import PlanRules, model_info, plan, replayed_partitions
-from embedding_pipeline.stages import keyword_index as ki
-from embedding_pipeline.stages import product_link as pl
-from embedding_pipeline.stages.generation_rules import Publish
-from embedding_pipeline.stages.generations import swap_generation
-from embedding_pipeline.stages.link_options import LinkOptions
+from embedding_pipeline.stages.keywords import stage as ki
+from embedding_pipeline.stages.products import stage as pl
+from embedding_pipeline.stages.products.options import LinkOptions
 
 CHUNK_ROWS = 50_000
 

@@ -15,7 +15,7 @@ import numpy as np
 from embedding_pipeline.errors import ParityGateError
 from embedding_pipeline.model.onnx_export import OUTPUT_NAME, ort_session, pooled_encoder
 from embedding_pipeline.model.registry import Pooling, Precision
-from embedding_pipeline.serving.tokenization import TextEncoder
+from embedding_pipeline.model.tokenization import TextEncoder
 
 # Fixed, varied set: search queries and product titles in Japanese (the original tool's target),
 # English, Korean, Chinese and European languages; short and long; digits, symbols and emoji.

@@ -26,7 +26,7 @@ from embedding_pipeline.model.onnx_export import (
 from embedding_pipeline.model.parity import check_parity, enforce
 from embedding_pipeline.model.repository import METADATA_FILENAME, TOKENIZER_DIRNAME, PublishedModel, publish
 from embedding_pipeline.model.source import load_model
-from embedding_pipeline.serving.tokenization import TOKENIZER_FILENAME, TextEncoder
+from embedding_pipeline.model.tokenization import TOKENIZER_FILENAME, TextEncoder
 
 DEFAULT_MAX_BATCH_SIZE = 128
 

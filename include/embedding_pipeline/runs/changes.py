@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding_pipeline.errors import SetupError
-from embedding_pipeline.runs.input_kinds import TOMBSTONE_STRINGS, InputSpec
+from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import partition_version
 from embedding_pipeline.runs.state import IndexState, Prior, merged_delta, state_path, state_root
 from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, remove, write_parquet
@@ -36,14 +36,6 @@ from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, 
 
 class DeleteGuardError(SetupError):
     """A run would delete more of an index than ``max_delete_ratio`` allows."""
-
-
-def tombstone_mask(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """:func:`is_tombstone` over a whole column (bool or string), nulls meaning "not deleted"."""
-    if pa.types.is_boolean(column.type):
-        return pc.fill_null(column, False)
-    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(column.cast(pa.string())))
-    return pc.fill_null(pc.is_in(lowered, value_set=pa.array(sorted(TOMBSTONE_STRINGS))), False)
 
 
 def decide(prior: Prior | None, version: int, text_hash: int, fields_hash: int, tombstone: bool) -> str:

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding_pipeline.errors import ConfigError, PipelineError
+from embedding_pipeline.runs.input_kinds import TOMBSTONE_STRINGS
 
 
 class SchemaError(PipelineError):
@@ -206,11 +207,17 @@ def plan_chunks(
     return chunks
 
 
+def tombstone_mask(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """:func:`is_tombstone` over a whole column (bool or string), nulls meaning "not deleted"."""
+    if pa.types.is_boolean(column.type):
+        return pc.fill_null(column, False)
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(column.cast(pa.string())))
+    return pc.fill_null(pc.is_in(lowered, value_set=pa.array(sorted(TOMBSTONE_STRINGS))), False)
+
+
 def read_keys(files: list[Path], table: TableSpec) -> pa.Table:
     """Every row's id (as text), file index, row number and tombstone flag, for a partition's
     ``files``: 8-20 bytes a row, read once by the plan task for duplicates, deletes and the guard."""
-    from embedding_pipeline.runs.changes import tombstone_mask
-
     parts = []
     for index, path in enumerate(files):
         names = pq.read_schema(path).names

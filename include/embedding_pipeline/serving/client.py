@@ -31,9 +31,9 @@ from embedding_pipeline.model.onnx_export import INPUT_NAMES, OUTPUT_NAME
 from embedding_pipeline.model.publish import encoder_for
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.model.repository import PublishedModel, latest_version
+from embedding_pipeline.model.tokenization import TextEncoder, validate_texts
 from embedding_pipeline.model.triton_config import ServingContract, read_contract
 from embedding_pipeline.retry import RetriesExhausted
-from embedding_pipeline.serving.tokenization import TextEncoder, validate_texts
 from embedding_pipeline.settings import ServerSettings
 
 log = logging.getLogger(__name__)

@@ -1,2 +1,3 @@
-"""What each pipeline stage does: embed a chunk, index keywords, link products to keywords, and
-measure link quality. Stages are specific; the stores they write through are generic."""
+"""What each pipeline stage does: ``embed`` (shared by every entity), ``keywords/`` (the keyword
+index) and ``products/`` (product -> keyword links and their quality). Stages are specific; the
+stores they write through and the generations lifecycle are generic."""

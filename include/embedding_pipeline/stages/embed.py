@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from embedding_pipeline.errors import RunFilesChangedError
 from embedding_pipeline.model.registry import Role
+from embedding_pipeline.model.tokenization import text_problem
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
 from embedding_pipeline.runs.changes import decide
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
@@ -51,7 +52,6 @@ from embedding_pipeline.runs.staging import DELETE, UPDATE, ResumeSlices, Staged
 from embedding_pipeline.runs.state import IndexState, delta_table, fields_hash, text_hash
 from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file, read_parquet, write_parquet
 from embedding_pipeline.serving.client import EmbeddingClient
-from embedding_pipeline.serving.tokenization import text_problem
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stores.elasticsearch.documents import MAX_ID_BYTES, field_problem
 

@@ -54,7 +54,7 @@ class LinkOptions:
     write_batch: int = 512
     relink_chunk_ids: int = 50_000  # stored products per relink task (link_maintenance)
     # dense: Qdrant's nearest keywords. lexical: Elasticsearch BM25 of the product name over the
-    # keyword text. hybrid: both, fused by weighted reciprocal rank fusion (stages.link_fusion).
+    # keyword text. hybrid: both, fused by weighted reciprocal rank fusion (stages.products.fusion).
     link_mode: LinkMode = DEFAULT_LINK_MODE
     keyword_index: str = KEYWORD_ALIAS  # the keyword alias in Elasticsearch (lexical and hybrid)
     dense_weight: float = 1.0

@@ -14,7 +14,7 @@ document per ``product_id``::
 re-link writes the whole document again, so the nested list is replaced, never appended to; a
 product with no keyword above the threshold is stored with ``keywords: []`` (it was linked, and
 found nothing), not dropped. The ``link`` object records how the list was made, so the quality
-check (:mod:`embedding_pipeline.stages.link_quality`) can recompute it exactly.
+check (:mod:`embedding_pipeline.stages.products.quality`) can recompute it exactly.
 
 Across partitions the **latest ``dt`` wins**: documents are written with an external version
 derived from ``dt`` (:func:`partitions.partition_version`), so re-linking an older partition after a newer
@@ -32,7 +32,7 @@ from embedding_pipeline.stores.qdrant.schema import PointSchema
 PRODUCT_PAYLOAD_FIELDS = ("description", "category", "brand", "updated_at", "dt")
 # The product vector collection (Qdrant, same alias as the ES index): each product's vector and
 # fields, plus what link maintenance needs - the ids in its list and the score a keyword needs to
-# enter it (stages.link_maintenance).
+# enter it (stages.products.maintenance).
 PRODUCT_POINTS = PointSchema(
     id_field="product_id",
     text_field="product_name",
@@ -95,7 +95,7 @@ def product_mappings(
                     "keyword_collection": {"type": "keyword"},
                     "hnsw_ef": {"type": "integer"},
                     "exact": {"type": "boolean"},
-                    # link modes other than dense (stages.link_fusion)
+                    # link modes other than dense (stages.products.fusion)
                     "mode": {"type": "keyword"},
                     "dense_weight": {"type": "float"},
                     "lexical_weight": {"type": "float"},

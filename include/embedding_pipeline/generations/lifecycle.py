@@ -6,13 +6,14 @@ link: ES ``products`` + the Qdrant product-vector collection ``products``). A fu
 (``mode=full``) fills ``<alias>-g<N>`` in every store beside the live generation, with one ``N``
 for all of them; readers keep using the aliases. Then:
 
-* the **gate** (:func:`gate_generation`, in the finalize task; checks: ``generation_gate``)
-  measures the new generation: counts, shrink against the live one, model, canaries and (products)
-  link quality. A failed check moves no alias and keeps the generation for inspection;
-* the **swap** (:func:`swap_generation`, in the go_live task, after an optional approval) moves the
-  aliases one store at a time, each in one atomic request
-  (Qdrant ``update_collection_aliases``, ES ``_aliases``); if one fails, the ones already moved
-  are moved back and the error names every alias's state;
+* the **gate** (:func:`~embedding_pipeline.generations.cutover.gate_generation`, in the finalize
+  task; checks: ``generations.gate``) measures the new generation: counts, shrink against the live
+  one, model, canaries and what the stage adds (products: link quality). A failed check moves no
+  alias and keeps the generation for inspection;
+* the **swap** (:func:`swap`; in a run, ``cutover.swap_generation`` in the go_live task, after an
+  optional approval) moves the aliases one store at a time, each in one atomic request (Qdrant
+  ``update_collection_aliases``, ES ``_aliases``); if one fails, the ones already moved are moved
+  back and the error names every alias's state;
 * **retention** (:func:`retain`) keeps the live generation and the ``keep - 1`` generations that
   served before it; generations that never served (failed gates) and older ones are dropped, and
   nothing an alias points at is ever dropped;
@@ -21,24 +22,21 @@ for all of them; readers keep using the aliases. Then:
 
 Which generations served is recorded in each store (``promoted_at`` in the Qdrant collection's
 metadata and the index ``_meta``), so rollback and retention need nothing outside the stores.
+Every store is reached through :class:`~embedding_pipeline.stores.protocol.Stores`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from embedding_pipeline.errors import ConfigError, PipelineError, SetupError
 from embedding_pipeline.runs.changes import forget_generations
 from embedding_pipeline.runs.storage import StoragePath, as_path, write_text
-from embedding_pipeline.stages.generation_gate import gate
-from embedding_pipeline.stages.generation_rules import Publish
-from embedding_pipeline.stages.generation_stores import StoreAlias, Stores, open_stores
+from embedding_pipeline.stores.protocol import StoreAlias, Stores
 
 log = logging.getLogger(__name__)
 
@@ -92,39 +90,30 @@ def begin_generation(
     schemas: Mapping[str, Any],
     identity: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Create the next generation of every alias (not aliased; Qdrant indexing deferred, ES bulk
-    settings are the stage's begin_bulk_load): what the prepare task of a full rebuild hands on.
-    ``schemas``: the Qdrant point schema and the ES mappings of the stage."""
-    from embedding_pipeline.stores.elasticsearch import generations as es_generations
-    from embedding_pipeline.stores.qdrant import generations as qdrant_generations
-    from embedding_pipeline.stores.qdrant.collections import create_generation
-
+    """Create the next generation of every alias (not aliased) and switch each to its store's
+    bulk-load settings (no reader uses it yet): what the prepare task of a full rebuild hands on.
+    ``schemas``: per store system, what its generation is created with (point schema, mappings)."""
     if not planned["chunks"]:
         raise SetupError(
             f"a full rebuild found no input rows in {planned['partitions'] or 'any partition'}: nothing "
             "was built and the live generation stays. Check input_root and dt"
         )
     number = next_generation(stores, aliases, as_path(planned["run_dir"]))
-    new, indexing = {}, {}
+    new, bulk_load = {}, {}
     for store in aliases:
-        if store.system == "qdrant":
-            target = create_generation(
-                stores.qdrant, store.alias, number, **identity, schema=schemas["qdrant"]
-            )
-            indexing[target.name] = qdrant_generations.begin_bulk_load(stores.qdrant, target.name)
-            new[store.key] = target.name
-        else:
-            new[store.key] = es_generations.create_generation(stores.es, store.alias, number, schemas["es"])
+        adapter = stores[store.system]
+        name = adapter.create_generation(store.alias, number, schemas[store.system], identity)
+        bulk_load[store.key] = adapter.begin_bulk_load(name)
+        new[store.key] = name
     log.info("full rebuild: generation %d -> %s", number, new)
-    return {"number": number, "live": live_names(stores, aliases), "new": new, "qdrant_indexing": indexing}
+    return {"number": number, "live": live_names(stores, aliases), "new": new, "bulk_load": bulk_load}
 
 
 def end_generation_load(stores: Stores, generation: Mapping[str, Any]) -> None:
-    """Restore Qdrant indexing on the new generation's collections (teardown, before the gate)."""
-    from embedding_pipeline.stores.qdrant import generations as qdrant_generations
-
-    for name, previous in generation.get("qdrant_indexing", {}).items():
-        qdrant_generations.end_bulk_load(stores.qdrant, name, previous)
+    """Restore each new generation's settings after its bulk load (teardown, before the gate)."""
+    for key, previous in generation.get("bulk_load", {}).items():
+        store = StoreAlias.from_key(key)
+        stores[store.system].end_bulk_load(generation["new"][key], previous)
 
 
 # ------------------------------------------------------------------------------- swap, retain
@@ -224,24 +213,13 @@ def rollback(
     return swap(stores, moves)
 
 
-ROLLBACK_STAGES = ("all", "keyword_index", "product_link")
-
-
-def stage_aliases(keyword_qdrant: str, keyword_es: str, product: str) -> dict[str, list[StoreAlias]]:
-    """The aliases of each stage: keyword index (Qdrant + ES), product link (Qdrant + ES)."""
-    return {
-        "keyword_index": [StoreAlias("qdrant", keyword_qdrant), StoreAlias("es", keyword_es)],
-        "product_link": [StoreAlias("qdrant", product), StoreAlias("es", product)],
-    }
-
-
 def rollback_stage(
     stores: Stores, stage: str, by_stage: Mapping[str, list[StoreAlias]]
 ) -> list[dict[str, Any]]:
-    """:func:`rollback` of one stage's aliases (the other stage's live model must match), or of
-    every alias of both stages at once (``all``)."""
-    if stage not in ROLLBACK_STAGES:
-        raise ConfigError(f"stage must be one of {ROLLBACK_STAGES}, got {stage!r}")
+    """:func:`rollback` of one stage's aliases (``by_stage``: each stage's aliases; the other
+    stages' live model must match), or of every alias of every stage at once (``all``)."""
+    if stage != "all" and stage not in by_stage:
+        raise ConfigError(f"stage must be one of {('all', *by_stage)}, got {stage!r}")
     if stage == "all":
         return rollback(stores, [store for aliases in by_stage.values() for store in aliases])
     others = [store for name, aliases in by_stage.items() if name != stage for store in aliases]
@@ -271,96 +249,3 @@ def describe(stores: Stores, aliases: Sequence[StoreAlias]) -> list[dict[str, An
                 }
             )
     return rows
-
-
-def _aliases_of(prepared: Mapping[str, Any]) -> list[StoreAlias]:
-    return [StoreAlias(*key.split(":", 1)) for key in prepared["generation"]["new"]]
-
-
-def _open(publish: Publish, aliases: Sequence[StoreAlias]) -> Any:
-    systems = {store.system for store in aliases}
-    return open_stores(
-        publish.qdrant_settings, publish.es_settings, qdrant="qdrant" in systems, es="es" in systems
-    )
-
-
-def _failed(report: dict[str, Any], run_dir: str, exc: GenerationError) -> None:
-    """Put the failed rebuild into the report (the error is raised by the caller)."""
-    from embedding_pipeline.runs.report import write_report
-
-    section = {**(report.get("generation") or {}), **(exc.section or {}), "error": str(exc)}
-    write_report(run_dir, {**report, "status": "failed", "generation": section})
-
-
-def gate_generation(
-    report: dict[str, Any], run_dir: str, prepared: dict[str, Any], kind: str, publish: Publish
-) -> dict[str, Any]:
-    """The gate of a full rebuild, after the run's report and state commit (the finalize task).
-    The report gains a ``generation`` section with every check's numbers, status ``gated``; a
-    failed check rewrites it with ``gate_failed`` and raises :class:`GateError` (no alias moved,
-    the new generation kept for inspection)."""
-    from embedding_pipeline.runs.report import write_report
-
-    plan = prepared["generation"]
-    aliases = _aliases_of(prepared)
-    section: dict[str, Any] = {
-        "generation": plan["number"],
-        "live_before": plan["live"],
-        "new": plan["new"],
-        "checks": [],
-        "swapped": [],
-        "dropped": [],
-    }
-    started = time.monotonic()
-    try:
-        with _open(publish, aliases) as stores:
-            try:
-                checks = gate(stores, prepared, aliases, kind, publish.rules)
-            except PipelineError as exc:  # a check that cannot run (a generation gone, a store down)
-                raise GateError(f"the gate could not run: {exc}; no alias moved", section) from exc
-        section["checks"] = [asdict(c) for c in checks]
-        section["gate_seconds"] = round(time.monotonic() - started, 2)
-        failed = [c for c in checks if not c.ok]
-        if failed:
-            section["status"] = "gate_failed"
-            raise GateError(
-                "the new generation failed the gate; no alias moved and it is kept for inspection ("
-                + ", ".join(plan["new"].values())
-                + "): "
-                + "; ".join(f"{c.name}: {c.detail}" for c in failed),
-                section,
-            )
-    except GateError as exc:
-        _failed(report, run_dir, exc)
-        raise
-    report = {**report, "generation": {**section, "status": "gated"}}
-    write_report(run_dir, report)
-    return report
-
-
-def swap_generation(run_dir: str, prepared: dict[str, Any], publish: Publish) -> dict[str, Any]:
-    """The swap of a gated full rebuild (the publish task, after an optional approval): move every
-    alias, drop what retention lets go, and record both in the run's report, which it returns. A
-    failed swap is recorded (``swap_failed``, what every alias points at) and raised."""
-    from embedding_pipeline.runs.report import read_report, write_report
-
-    report = read_report(run_dir)
-    section = dict(report.get("generation") or {})
-    if section.get("status") != "gated":
-        raise GenerationError(
-            f"the run's generation is {section.get('status')!r}, not gated: nothing to swap"
-        )
-    plan, aliases = prepared["generation"], _aliases_of(prepared)
-    started = time.monotonic()
-    try:
-        with _open(publish, aliases) as stores:
-            section["swapped"] = swap(stores, [(store, plan["new"][store.key]) for store in aliases])
-            section["swap_seconds"] = round(time.monotonic() - started, 2)
-            section["dropped"] = retain(stores, aliases, publish.keep)
-    except SwapError as exc:
-        exc.section = {**section, "status": "swap_failed"}
-        _failed(report, run_dir, exc)
-        raise
-    report = {**report, "generation": {**section, "status": "swapped"}}
-    write_report(run_dir, report)
-    return report

@@ -1,9 +1,10 @@
 """What a full rebuild must show before its generation goes live, and how many generations to
 keep: light (no store clients), so the trigger forms can take their defaults at parse time. The
-checks themselves: :mod:`embedding_pipeline.stages.generation_gate`."""
+checks themselves: :mod:`embedding_pipeline.generations.gate`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +39,9 @@ class Publish:
 
     rules: GateRules = field(default_factory=GateRules)
     keep: int = DEFAULT_KEEP_GENERATIONS
-    qdrant_settings: Any = None
-    es_settings: Any = None
+    store_settings: Mapping[str, Any] | None = (
+        None  # per store system (stores.registry); None: the environment
+    )
 
     def __post_init__(self) -> None:
         if self.keep < 1:

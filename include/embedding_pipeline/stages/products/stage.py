@@ -8,11 +8,11 @@ validation and dead letters), with the role the model family gives queries (ruri
 ``検索クエリ: ``, e5 ``query: ``) while keywords were embedded as passages. Each ``link`` task
 streams its staged chunk, asks Qdrant for the top-K keywords of a batch of products at a time
 (optional score threshold, optional "same category" style filters; with ``link_mode`` lexical or
-hybrid also Elasticsearch's BM25 ranking of the names, fused by ``stages.link_fusion``), and
-writes one product document per product to Elasticsearch (``stages.product_documents``) and the
+hybrid also Elasticsearch's BM25 ranking of the names, fused by ``stages.products.fusion``), and
+writes one product document per product to Elasticsearch (``stages.products.documents``) and the
 product's vector, fields, list ids and entry score to the product collection in Qdrant. Products
 with no keyword above the threshold are stored with an empty list. ``relink`` tasks relink stored
-products that keyword changes affect (``stages.link_maintenance``); incremental rules: ``runs.changes``.
+products that keyword changes affect (``stages.products.maintenance``); incremental rules: ``runs.changes``.
 
 Duplicates: within a partition the first occurrence of a ``product_id`` is kept and later ones are
 dead-lettered (``duplicate_id``), as for keywords. Across partitions the latest ``dt`` wins,
@@ -36,6 +36,9 @@ import numpy as np
 from qdrant_client.http import models
 
 from embedding_pipeline.errors import SetupError
+from embedding_pipeline.generations.agreement import check_run
+from embedding_pipeline.generations.cutover import gate_generation
+from embedding_pipeline.generations.rules import Publish
 from embedding_pipeline.model.registry import Role
 from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
@@ -57,21 +60,22 @@ from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.storage import as_path, read_parquet
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_task
-from embedding_pipeline.stages.generation_rules import Publish
-from embedding_pipeline.stages.generation_stores import StoreAlias
-from embedding_pipeline.stages.generations import gate_generation
-from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
-from embedding_pipeline.stages.link_maintenance import entry_score
-from embedding_pipeline.stages.link_options import LINK_STAGE, LinkOptions, keyword_conditions
-from embedding_pipeline.stages.product_documents import (
+from embedding_pipeline.stages.products.checks import product_checks
+from embedding_pipeline.stages.products.documents import (
     LINKED_FIELDS,
     PRODUCT_FIELD_TYPES,
     LinkStamp,
     linked_keywords,
     product_document,
 )
-from embedding_pipeline.stages.store_agreement import check_run
+from embedding_pipeline.stages.products.fusion import TIE_MARGIN, best, rrf
+from embedding_pipeline.stages.products.maintenance import entry_score
+from embedding_pipeline.stages.products.options import LINK_STAGE, LinkOptions, keyword_conditions
+from embedding_pipeline.stores.elasticsearch.settings import EsSettings
+from embedding_pipeline.stores.protocol import StoreAlias
 from embedding_pipeline.stores.qdrant.search import Hit, SearchOptions, search
+from embedding_pipeline.stores.qdrant.settings import QdrantSettings
+from embedding_pipeline.stores.registry import StoreSettings, settings_of
 
 log = logging.getLogger(__name__)
 KIND = "product"
@@ -128,34 +132,33 @@ def prepare(
     model: dict[str, Any],
     planned: dict[str, Any],
     spec: InputSpec,
-    qdrant_settings: Any = None,
-    es_settings: Any = None,
+    settings: StoreSettings | None = None,
     *,
     relink_all: bool = False,
     full: bool = False,
 ) -> dict[str, Any]:
     """Check the keyword collection, create the product index and vector collection behind their
-    alias (or, for a full rebuild, their next generation beside the live one), plan deletes (after
-    the guard) and the stored products keyword changes affect, and start the bulk load.
+    alias (or, for a full rebuild, their next generation beside the live one, in bulk-load
+    settings), plan deletes (after the guard) and the stored products keyword changes affect, and
+    start the bulk load of a live index.
 
     With no products to link and none linked before (a nightly run before the first data, or a
     missing partition under ``missing_partition=skip``) nothing is checked or created: the run
     ends ``no_data``. With products linked before, keyword changes are still applied.
     """
+    from embedding_pipeline.generations.lifecycle import begin_generation
     from embedding_pipeline.runs.changes import prepare_changes
-    from embedding_pipeline.stages.generation_stores import open_stores
-    from embedding_pipeline.stages.generations import begin_generation
-    from embedding_pipeline.stages.link_maintenance import plan_relinks
-    from embedding_pipeline.stages.product_documents import PRODUCT_POINTS, product_mappings
+    from embedding_pipeline.stages.products.documents import PRODUCT_POINTS, product_mappings
+    from embedding_pipeline.stages.products.maintenance import plan_relinks
     from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
     from embedding_pipeline.stores.elasticsearch.indices import ensure_index
     from embedding_pipeline.stores.qdrant.collections import ensure_collection, resolve_alias
-    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
+    from embedding_pipeline.stores.registry import open_stores
 
-    qdrant_settings = qdrant_settings or QdrantSettings.from_env()
+    qdrant_settings: QdrantSettings = settings_of(settings, "qdrant")
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
-    with open_stores(qdrant_settings, es_settings) as stores:
-        qdrant = stores.qdrant
+    with open_stores(settings) as stores:
+        qdrant, es = stores.client("qdrant"), stores.client("es")
         if not full and not planned["chunks"] and resolve_alias(qdrant, options.product_alias) is None:
             return {
                 **model,
@@ -165,7 +168,7 @@ def prepare(
                 "relink_chunks": [],
             }
         target = check_keyword_collection(qdrant, options.keyword_alias, model)
-        generation = None
+        generation, previous = None, None
         if full:
             schemas = {"qdrant": PRODUCT_POINTS, "es": product_mappings(**identity)}
             generation = begin_generation(stores, aliases(options), planned, schemas, identity)
@@ -175,7 +178,7 @@ def prepare(
             product_collection = ensure_collection(
                 qdrant, options.product_alias, **identity, schema=PRODUCT_POINTS
             ).name
-            product_index = ensure_index(stores.es, options.product_alias, product_mappings(**identity)).index
+            product_index = ensure_index(es, options.product_alias, product_mappings(**identity)).index
         names = {"qdrant": product_collection, "es": product_index}
         role = {**model, "role": options.role or ""}
         changes = prepare_changes(PRODUCTS.name, names, role, planned, spec, "the product generation")
@@ -189,13 +192,14 @@ def prepare(
             scan=qdrant_settings.is_local,
             retry=qdrant_settings.retry,
         )
-        previous = begin_bulk_load(stores.es, product_index)
+        if not full:
+            previous = begin_bulk_load(es, product_index)
     return {
         **model,
         "keyword_collection": target.name,
         "product_collection": product_collection,
         "es_index": product_index,
-        "es_previous_settings": previous,
+        **({"es_previous_settings": previous} if previous else {}),
         **({"generation": generation} if generation else {}),
         **changes,
         **relinks,
@@ -203,24 +207,22 @@ def prepare(
 
 
 def finish(
-    options: LinkOptions,
-    prepared: dict[str, Any] | None,
-    qdrant_settings: Any = None,
-    es_settings: Any = None,
+    options: LinkOptions, prepared: dict[str, Any] | None, settings: StoreSettings | None = None
 ) -> None:
-    """Teardown: restore refresh/replicas of the product index (also when link tasks failed), and
-    a new generation's Qdrant indexing."""
-    from embedding_pipeline.stages.generation_stores import open_stores
-    from embedding_pipeline.stages.generations import end_generation_load
+    """Teardown: restore the bulk-load settings of a new generation, or refresh/replicas of the
+    live product index (also when link tasks failed)."""
+    from embedding_pipeline.generations.lifecycle import end_generation_load
     from embedding_pipeline.stores.elasticsearch.bulk_load import end_bulk_load
+    from embedding_pipeline.stores.registry import open_stores
 
     if not (prepared or {}).get("es_index"):
         return  # prepare failed before the bulk load began, or there was nothing to link
     generation = prepared.get("generation")
-    with open_stores(qdrant_settings, es_settings, qdrant=bool(generation)) as stores:
+    with open_stores(settings, ["qdrant", "es"] if generation else ["es"]) as stores:
         if generation:
             end_generation_load(stores, generation)
-        end_bulk_load(stores.es, prepared["es_index"], prepared["es_previous_settings"])
+        else:
+            end_bulk_load(stores.client("es"), prepared["es_index"], prepared["es_previous_settings"])
 
 
 def embed(
@@ -449,8 +451,7 @@ def link_chunk(
     run_dir: str,
     options: LinkOptions,
     prepared: Mapping[str, Any],
-    qdrant_settings: Any = None,
-    es_settings: Any = None,
+    settings: StoreSettings | None = None,
 ) -> dict[str, Any]:
     """Link one staged product chunk, or relink one chunk of stored products (``relink``): top-K
     keywords from Qdrant -> product documents in ES and product points in Qdrant.
@@ -461,9 +462,7 @@ def link_chunk(
     """
     from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions, bulk_index
     from embedding_pipeline.stores.elasticsearch.client import open_es
-    from embedding_pipeline.stores.elasticsearch.settings import EsSettings
     from embedding_pipeline.stores.qdrant.client import open_client
-    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
     relink = embedded.get("relink")
     stage = RELINK_STAGE if relink else STAGE
@@ -473,8 +472,8 @@ def link_chunk(
     meta = {"model_name": prepared["model_name"], "model_version": str(prepared["model_version"])}
     if not relink:
         _check_staged_model(as_path(embedded["staged"]), prepared)
-    qdrant_settings = qdrant_settings or QdrantSettings.from_env()
-    es_settings = es_settings or EsSettings.from_env()
+    qdrant_settings: QdrantSettings = settings_of(settings, "qdrant")
+    es_settings: EsSettings = settings_of(settings, "es")
     dead = DeadLetterWriter(as_path(run_dir), stage, embedded["chunk"])
     bulk = BulkOptions(
         chunk_docs=es_settings.bulk_chunk_docs,
@@ -586,10 +585,10 @@ def finalize(
 ) -> dict[str, Any]:
     """The run report (tonight's products in the accounting identity; relinked stored products
     reported beside it), the check that the ES index and the product vectors hold the same
-    products (stages.store_agreement), then the product state commit. A relink with dead letters keeps the
+    products (generations.agreement), then the product state commit. A relink with dead letters keeps the
     state's change-log position, so the next run relinks the products those changes affect again.
     A full rebuild then gates its generation (link quality included); the swap follows
-    (:func:`~embedding_pipeline.stages.generations.swap_generation`)."""
+    (:func:`~embedding_pipeline.generations.cutover.swap_generation`)."""
     from embedding_pipeline.runs.changes import commit_changes
     from embedding_pipeline.runs.report import finalize_run, stage_summary
 
@@ -600,17 +599,12 @@ def finalize(
         planned, prepared, embedded, {STAGE: tonight}, {**meta, "relink": relink}, max_dead_letter_ratio
     )
     publish = publish or Publish()
-    report = check_run(
-        report,
-        planned["run_dir"],
-        embedded,
-        (prepared.get("product_collection"), prepared.get("es_index")),
-        KIND,
-        (publish.qdrant_settings, publish.es_settings),
-    )
+    names = {"qdrant": prepared.get("product_collection"), "es": prepared.get("es_index")}
+    report = check_run(report, planned["run_dir"], embedded, names, KIND, publish.store_settings)
     if relink and relink["dead_lettered"]:
         prepared = {**prepared, "state_metadata": None}
     commit_changes(prepared, embedded, planned["run_dir"])
     if prepared.get("generation"):
-        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish)
+        checks = product_checks(prepared, publish.rules)
+        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish, checks)
     return report

@@ -35,10 +35,10 @@ from qdrant_client.http import models
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.serving.client import EmbeddingClient
-from embedding_pipeline.stages.link_fusion import TIE_MARGIN, best, rrf
-from embedding_pipeline.stages.link_options import keyword_conditions
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
-from embedding_pipeline.stages.product_documents import search_setting
+from embedding_pipeline.stages.products.documents import search_setting
+from embedding_pipeline.stages.products.fusion import TIE_MARGIN, best, rrf
+from embedding_pipeline.stages.products.options import keyword_conditions
 from embedding_pipeline.stores.elasticsearch.read import sample_documents
 from embedding_pipeline.stores.qdrant.collections import (
     CollectionTarget,
@@ -71,7 +71,7 @@ class LinkSpec:
     keyword_filter: Mapping[str, frozenset[Any]]
     role: Role | None
     keyword_collection: str | None
-    # How the list was ranked (stages.link_fusion); documents linked before link modes are dense.
+    # How the list was ranked (stages.products.fusion); documents linked before link modes are dense.
     mode: str = "dense"
     dense_weight: float = 1.0
     lexical_weight: float = 1.0

@@ -20,6 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedding_pipeline.generations.agreement import check_run
+from embedding_pipeline.generations.cutover import gate_generation
+from embedding_pipeline.generations.rules import Publish
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
 from embedding_pipeline.runs.changes import change_log, commit_changes, prepare_changes
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
@@ -31,20 +34,21 @@ from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_met
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_task
-from embedding_pipeline.stages.generation_rules import Publish
-from embedding_pipeline.stages.generation_stores import StoreAlias
-from embedding_pipeline.stages.generations import gate_generation
-from embedding_pipeline.stages.keyword_documents import (
+from embedding_pipeline.stages.keywords.checks import KEYWORD_CHECKS
+from embedding_pipeline.stages.keywords.documents import (
     KEYWORD_FIELD_TYPES,
     KEYWORD_POINTS,
     ensure_keyword_index,
     keyword_document,
 )
 from embedding_pipeline.stages.names import KEYWORD_ALIAS
-from embedding_pipeline.stages.store_agreement import check_run
+from embedding_pipeline.stores.protocol import StoreAlias
+from embedding_pipeline.stores.registry import StoreSettings, settings_of
 
 if TYPE_CHECKING:
     from embedding_pipeline.stores.elasticsearch.bulk import BulkDoc, BulkOptions
+    from embedding_pipeline.stores.elasticsearch.settings import EsSettings
+    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
 log = logging.getLogger(__name__)
 KIND = "keyword"
@@ -61,6 +65,10 @@ class Targets:
     qdrant_alias: str = KEYWORD_ALIAS
     es_alias: str = KEYWORD_ALIAS
 
+    def systems(self) -> list[str]:
+        """The store systems a run writes."""
+        return [system for system, on in (("qdrant", self.qdrant), ("es", self.es)) if on]
+
 
 def aliases(targets: Targets) -> list[StoreAlias]:
     """The aliases this stage writes: what a full rebuild builds a generation of and swaps."""
@@ -73,24 +81,23 @@ def prepare_sinks(
     model: dict[str, Any],
     planned: dict[str, Any],
     spec: InputSpec,
-    qdrant_settings: Any = None,
-    es_settings: Any = None,
+    settings: StoreSettings | None = None,
     *,
     full: bool = False,
 ) -> dict[str, Any]:
     """Create collection/index behind their aliases (if missing) - or, for a full rebuild, the next
-    generation of both beside the live one - plan this run's deletes against the generation's state
-    (the guard fails the run here, before anything is written), and switch to bulk-load settings.
-    Writers address the physical names returned here, so an alias moving mid-run cannot split a
-    run across generations."""
-    from embedding_pipeline.stages.generation_stores import open_stores
-    from embedding_pipeline.stages.generations import begin_generation
-    from embedding_pipeline.stages.keyword_documents import keyword_mappings
+    generation of both beside the live one, in bulk-load settings - plan this run's deletes against
+    the generation's state (the guard fails the run here, before anything is written), and switch
+    a live index to bulk-load settings. Writers address the physical names returned here, so an
+    alias moving mid-run cannot split a run across generations."""
+    from embedding_pipeline.generations.lifecycle import begin_generation
+    from embedding_pipeline.stages.keywords.documents import keyword_mappings
     from embedding_pipeline.stores.elasticsearch.bulk_load import begin_bulk_load
+    from embedding_pipeline.stores.registry import open_stores
 
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
     prepared: dict[str, Any] = {}
-    with open_stores(qdrant_settings, es_settings, qdrant=targets.qdrant, es=targets.es) as stores:
+    with open_stores(settings, targets.systems()) as stores:
         if full:
             prepared["generation"] = begin_generation(
                 stores,
@@ -109,11 +116,12 @@ def prepare_sinks(
                 from embedding_pipeline.stores.qdrant.collections import ensure_collection
 
                 target = ensure_collection(
-                    stores.qdrant, targets.qdrant_alias, **identity, schema=KEYWORD_POINTS
+                    stores.client("qdrant"), targets.qdrant_alias, **identity, schema=KEYWORD_POINTS
                 )
                 prepared["qdrant_collection"] = target.name
             if targets.es:
-                prepared["es_index"] = ensure_keyword_index(stores.es, targets.es_alias, **identity).index
+                index = ensure_keyword_index(stores.client("es"), targets.es_alias, **identity).index
+                prepared["es_index"] = index
         names = {"qdrant": prepared.get("qdrant_collection"), "es": prepared.get("es_index")}
         prepared.update(
             prepare_changes(
@@ -122,31 +130,34 @@ def prepare_sinks(
         )
         if targets.qdrant:  # the product links follow the keyword collection's changes
             prepared["change_log"] = str(change_log(prepared["qdrant_collection"]).root)
-        if targets.es:
-            prepared["es_previous_settings"] = begin_bulk_load(stores.es, prepared["es_index"])
+        if targets.es and not full:
+            prepared["es_previous_settings"] = begin_bulk_load(stores.client("es"), prepared["es_index"])
     return prepared
 
 
 def finish_sinks(
-    targets: Targets, prepared: dict[str, Any] | None, qdrant_settings: Any = None, es_settings: Any = None
+    targets: Targets, prepared: dict[str, Any] | None, settings: StoreSettings | None = None
 ) -> None:
-    """Teardown: restore ES refresh/replica settings (also when loads failed), and a new
-    generation's Qdrant indexing."""
-    from embedding_pipeline.stages.generation_stores import open_stores
-    from embedding_pipeline.stages.generations import end_generation_load
+    """Teardown: restore the bulk-load settings of a new generation, or of the live ES index (also
+    when loads failed)."""
+    from embedding_pipeline.generations.lifecycle import end_generation_load
     from embedding_pipeline.stores.elasticsearch.bulk_load import end_bulk_load
     from embedding_pipeline.stores.elasticsearch.indices import write_index
+    from embedding_pipeline.stores.registry import open_stores
 
     generation = (prepared or {}).get("generation")
-    # Local-mode Qdrant is costly to open: only a new generation's indexing needs restoring there.
-    with open_stores(qdrant_settings, es_settings, qdrant=bool(generation), es=targets.es) as stores:
-        if generation:
+    if generation:
+        with open_stores(settings, targets.systems()) as stores:
             end_generation_load(stores, generation)
-        if targets.es:
-            if prepared is None and write_index(stores.es, targets.es_alias) is None:
-                return  # setup failed before the index existed: nothing to restore
-            previous = (prepared or {}).get("es_previous_settings")
-            end_bulk_load(stores.es, (previous or {}).get("index") or targets.es_alias, previous)
+        return
+    if not targets.es:
+        return  # local-mode Qdrant is costly to open, and an incremental run changed nothing there
+    with open_stores(settings, ["es"]) as stores:
+        es = stores.client("es")
+        if prepared is None and write_index(es, targets.es_alias) is None:
+            return  # setup failed before the index existed: nothing to restore
+        previous = (prepared or {}).get("es_previous_settings")
+        end_bulk_load(es, (previous or {}).get("index") or targets.es_alias, previous)
 
 
 def finalize(
@@ -159,24 +170,18 @@ def finalize(
     publish: Publish | None = None,
 ) -> dict[str, Any]:
     """The run report (accounting identity per store, dead-letter threshold), the check that both
-    stores hold the ids the run wrote (stages.store_agreement), then the state commit: only a run
+    stores hold the ids the run wrote (generations.agreement), then the state commit: only a run
     whose report holds commits what it wrote. A full rebuild then gates its
-    generation (``publish.rules``; stages.generations), and the report shows the checks; the
-    swap is :func:`~embedding_pipeline.stages.generations.swap_generation`, after an optional
+    generation (``publish.rules``; generations.lifecycle), and the report shows the checks; the
+    swap is :func:`~embedding_pipeline.generations.cutover.swap_generation`, after an optional
     approval."""
     publish = publish or Publish()
     report = finalize_run(planned, prepared, embedded, sinks, meta, max_dead_letter_ratio)
-    report = check_run(
-        report,
-        planned["run_dir"],
-        embedded,
-        (prepared.get("qdrant_collection"), prepared.get("es_index")),
-        KIND,
-        (publish.qdrant_settings, publish.es_settings),
-    )
+    names = {"qdrant": prepared.get("qdrant_collection"), "es": prepared.get("es_index")}
+    report = check_run(report, planned["run_dir"], embedded, names, KIND, publish.store_settings)
     commit_changes(prepared, embedded, planned["run_dir"])
     if prepared.get("generation"):
-        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish)
+        report = gate_generation(report, planned["run_dir"], prepared, KIND, publish, KEYWORD_CHECKS)
     return report
 
 
@@ -192,45 +197,51 @@ def _empty(stage: str, embedded: dict) -> dict:
 
 
 def write_qdrant(
-    embedded: dict, run_dir: str, targets: Targets, prepared: dict[str, Any], qdrant_settings: Any = None
+    embedded: dict,
+    run_dir: str,
+    targets: Targets,
+    prepared: dict[str, Any],
+    settings: StoreSettings | None = None,
 ) -> dict:
     """Upsert one staged chunk into the collection prepare chose (the live one, or the new
     generation of a full rebuild)."""
     if not targets.qdrant or not embedded["staged"]:
         return _empty("qdrant_upsert", embedded)
     from embedding_pipeline.stores.qdrant.client import open_client
-    from embedding_pipeline.stores.qdrant.settings import QdrantSettings
     from embedding_pipeline.stores.qdrant.upsert import upsert_chunk
 
-    settings = qdrant_settings or QdrantSettings.from_env()
+    qdrant: QdrantSettings = settings_of(settings, "qdrant")
     dead = DeadLetterWriter(as_path(run_dir), "qdrant", embedded["chunk"])
-    with open_client(settings) as client:
+    with open_client(qdrant) as client:
         result = upsert_chunk(
             client,
             prepared["qdrant_collection"],
             embedded["staged"],
             dead,
             schema=KEYWORD_POINTS,
-            batch_size=settings.upsert_batch,
-            retry=settings.retry,
+            batch_size=qdrant.upsert_batch,
+            retry=qdrant.retry,
         )
     return result.to_xcom()
 
 
 def write_es(
-    embedded: dict, run_dir: str, targets: Targets, prepared: dict[str, Any], es_settings: Any = None
+    embedded: dict,
+    run_dir: str,
+    targets: Targets,
+    prepared: dict[str, Any],
+    settings: StoreSettings | None = None,
 ) -> dict:
     """Index one staged chunk into the index prepare chose."""
     if not targets.es or not embedded["staged"]:
         return _empty(ES_STAGE, embedded)
     from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions
     from embedding_pipeline.stores.elasticsearch.client import open_es
-    from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 
-    settings = es_settings or EsSettings.from_env()
+    es_settings: EsSettings = settings_of(settings, "es")
     dead = DeadLetterWriter(as_path(run_dir), "es", embedded["chunk"])
-    options = BulkOptions(chunk_docs=settings.bulk_chunk_docs, max_bytes=settings.bulk_max_bytes)
-    with open_es(settings) as es:
+    options = BulkOptions(chunk_docs=es_settings.bulk_chunk_docs, max_bytes=es_settings.bulk_max_bytes)
+    with open_es(es_settings) as es:
         result = index_keyword_chunk(es, prepared["es_index"], embedded["staged"], dead, options)
     return result.to_xcom()
 

@@ -24,7 +24,7 @@ Products of tonight's own partitions are relinked by their chunks anyway; relink
 them and reads the vectors they stored, so the order cannot leave a stale list. ``relink: all``
 relinks every live product instead; so does a run whose keyword generation or link options (top_k,
 threshold, filters, role, search settings) differ from the ones the stored lists were made with.
-Lists linked in ``hybrid`` or ``lexical`` mode (``stages.link_fusion``) have no such bound: any
+Lists linked in ``hybrid`` or ``lexical`` mode (``stages.products.fusion``) have no such bound: any
 keyword change relinks every product.
 """
 
@@ -47,7 +47,7 @@ from embedding_pipeline.runs.changes import change_log
 from embedding_pipeline.runs.staging import point_id
 from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.storage import StoragePath, write_parquet
-from embedding_pipeline.stages.link_options import LinkOptions
+from embedding_pipeline.stages.products.options import LinkOptions
 from embedding_pipeline.stores.qdrant import points
 
 log = logging.getLogger(__name__)
