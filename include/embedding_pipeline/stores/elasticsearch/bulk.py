@@ -31,6 +31,7 @@ from embedding_pipeline.stores.elasticsearch.errors import (
     EsIndexError,
     EsUnavailableError,
     error_type_reason,
+    es_errors,
     raise_clear,
 )
 
@@ -152,10 +153,8 @@ def bulk_index(
 def _require_alias(es: Elasticsearch, name: str) -> bool:
     """True for an alias (or a missing name: ES then refuses the write); False for an existing
     concrete index, which ``require_alias`` would refuse."""
-    try:
+    with es_errors(f"resolving {name!r} before a bulk load"):
         return es.indices.exists_alias(name=name) or not es.indices.exists(index=name)
-    except Exception as exc:
-        raise_clear(exc, f"resolving {name!r} before a bulk load")
 
 
 def _dead(

@@ -13,8 +13,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from embedding_pipeline.errors import PipelineError
-from embedding_pipeline.stores.elasticsearch.errors import EsIndexError, raise_clear
+from embedding_pipeline.stores.elasticsearch.errors import EsIndexError, es_errors
 from embedding_pipeline.stores.elasticsearch.indices import index_mapping, write_target
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def begin_bulk_load(es: Elasticsearch, alias: str) -> dict[str, Any]:
     index = write_target(es, alias)
     if index is None:
         raise EsIndexError(f"alias {alias!r} does not exist; create its index first")
-    try:
+    with es_errors(f"switching {index!r} to bulk-load settings"):
         meta = dict(index_mapping(es, index).get("_meta", {}))
         marker = meta.get("bulk_load") or {}
         if marker.get("active"):
@@ -59,10 +58,6 @@ def begin_bulk_load(es: Elasticsearch, alias: str) -> dict[str, Any]:
         es.indices.put_settings(
             index=index, settings={"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
         )
-    except PipelineError:
-        raise
-    except Exception as exc:
-        raise_clear(exc, f"switching {index!r} to bulk-load settings")
     return {"index": index, **previous}
 
 
@@ -75,7 +70,7 @@ def end_bulk_load(es: Elasticsearch, alias: str, previous: Mapping[str, Any] | N
     index = (previous or {}).get("index") or write_target(es, alias)
     if index is None:
         raise EsIndexError(f"alias {alias!r} does not exist; nothing to restore")
-    try:
+    with es_errors(f"restoring settings of {index!r} after the bulk load"):
         meta = dict(index_mapping(es, index).get("_meta", {}))
         marker = meta.get("bulk_load") or {}
         if previous is None:
@@ -89,8 +84,6 @@ def end_bulk_load(es: Elasticsearch, alias: str, previous: Mapping[str, Any] | N
         meta["bulk_load"] = {"active": False, **restore, "since": None}
         _put_meta(es, index, meta)
         es.indices.refresh(index=index)
-    except Exception as exc:
-        raise_clear(exc, f"restoring settings of {index!r} after the bulk load")
     log.info("restored %s on %s", restore, index)
 
 

@@ -4,11 +4,14 @@ and what to do about it.
 Client compatibility: elasticsearch-py 9 sends ``compatible-with=9`` media types, which a real ES 8
 refuses (400 ``media_type_header_exception``); the target cluster is ES 9 (see the compose file).
 The noida-db emulator reports 8.15.3 but accepts these headers. :func:`raise_clear` turns the ES 8
-refusal into an error saying what to do instead of a bare 400.
+refusal into an error saying what to do instead of a bare 400; client calls are wrapped with
+:func:`es_errors`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from elastic_transport import TlsError
@@ -78,3 +81,18 @@ def raise_read_error(exc: Exception, alias: str, doing: str) -> NoReturn:
             "that builds it first"
         ) from None
     raise_clear(exc, doing)
+
+
+@contextmanager
+def es_errors(doing: str, *, alias: str | None = None) -> Iterator[None]:
+    """The one way this package wraps a client call: a client exception inside becomes a
+    PipelineError saying what was being done (:func:`raise_clear`; with ``alias``, a missing alias
+    is named as such, :func:`raise_read_error`). Errors that are already ours pass unchanged."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:
+        if alias is None:
+            raise_clear(exc, doing)
+        raise_read_error(exc, alias, doing)

@@ -12,7 +12,12 @@ from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch
 
-from embedding_pipeline.stores.elasticsearch.errors import EsIndexError, error_type_reason, raise_clear
+from embedding_pipeline.stores.elasticsearch.errors import (
+    EsIndexError,
+    error_type_reason,
+    es_errors,
+    raise_clear,
+)
 from embedding_pipeline.stores.elasticsearch.indices import (
     check_index_compatible,
     index_mapping,
@@ -26,10 +31,8 @@ log = logging.getLogger(__name__)
 def list_generations(es: Elasticsearch, alias: str) -> dict[int, str]:
     """Generation number -> physical index, for every ``<alias>-g<N>`` that exists."""
     pattern = re.compile(rf"^{re.escape(alias)}-g(\d+)$")
-    try:
+    with es_errors(f"listing the generations of {alias!r}"):
         names = es.indices.get(index=f"{alias}-g*", allow_no_indices=True, ignore_unavailable=True).body
-    except Exception as exc:
-        raise_clear(exc, f"listing the generations of {alias!r}")
     found = {int(m.group(1)): name for name in names if (m := pattern.match(name))}
     return dict(sorted(found.items()))
 
@@ -60,11 +63,9 @@ def create_generation(
 def swap_alias(es: Elasticsearch, alias: str, index: str) -> str | None:
     """Point ``alias`` (as write index) at ``index`` alone, in one request; the index it pointed at
     before (None when the alias did not exist). A request ES refused changed nothing."""
-    try:
+    with es_errors(f"resolving alias {alias!r}"):
         holders = sorted(es.indices.get_alias(name=alias).body) if es.indices.exists_alias(name=alias) else []
         concrete = not holders and es.indices.exists(index=alias)
-    except Exception as exc:
-        raise_clear(exc, f"resolving alias {alias!r}")
     if concrete:
         raise EsIndexError(f"{alias!r} is a concrete index, not an alias: it cannot be swapped")
     previous = write_index(es, alias) if holders else None
@@ -72,34 +73,26 @@ def swap_alias(es: Elasticsearch, alias: str, index: str) -> str | None:
         return previous
     actions: list[dict[str, Any]] = [{"remove": {"index": name, "alias": alias}} for name in holders]
     actions.append({"add": {"index": index, "alias": alias, "is_write_index": True}})
-    try:
+    with es_errors(f"moving alias {alias!r} from {previous} to {index!r}"):
         es.indices.update_aliases(actions=actions)
-    except Exception as exc:
-        raise_clear(exc, f"moving alias {alias!r} from {previous} to {index!r}")
     log.info("Elasticsearch alias %s: %s -> %s", alias, previous, index)
     return previous
 
 
 def remove_alias(es: Elasticsearch, alias: str, index: str) -> None:
     """Take ``alias`` off ``index`` (undoing a swap that created the alias)."""
-    try:
+    with es_errors(f"removing alias {alias!r} from {index!r}"):
         es.indices.delete_alias(index=index, name=alias)
-    except Exception as exc:
-        raise_clear(exc, f"removing alias {alias!r} from {index!r}")
 
 
 def drop_index(es: Elasticsearch, alias: str, index: str) -> None:
     """Delete an old generation; refused while ``alias`` points at it."""
-    try:
+    with es_errors(f"checking alias {alias!r} on {index!r}"):
         aliased = es.indices.exists_alias(name=alias, index=index)
-    except Exception as exc:
-        raise_clear(exc, f"checking alias {alias!r} on {index!r}")
     if aliased:
         raise EsIndexError(f"refusing to drop {index!r}: alias {alias!r} points at it")
-    try:
+    with es_errors(f"dropping index {index!r}"):
         es.indices.delete(index=index)
-    except Exception as exc:
-        raise_clear(exc, f"dropping index {index!r}")
     log.info("dropped index %s", index)
 
 
@@ -113,7 +106,5 @@ def mark_promoted(es: Elasticsearch, index: str, when: str) -> None:
     ``_meta`` on update, so the full record is written."""
     meta = generation_record(es, index)
     if not meta.get("promoted_at"):
-        try:
+        with es_errors(f"recording the promotion of {index!r}"):
             es.indices.put_mapping(index=index, meta={**meta, "promoted_at": when})
-        except Exception as exc:
-            raise_clear(exc, f"recording the promotion of {index!r}")

@@ -12,7 +12,12 @@ from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch
 
-from embedding_pipeline.stores.elasticsearch.errors import EsIndexError, error_type_reason, raise_clear
+from embedding_pipeline.stores.elasticsearch.errors import (
+    EsIndexError,
+    error_type_reason,
+    es_errors,
+    raise_clear,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +39,10 @@ class IndexTarget:
 
 def write_index(es: Elasticsearch, alias: str) -> str | None:
     """The physical index the alias writes to, or None when the alias does not exist."""
-    try:
+    with es_errors(f"resolving alias {alias!r}"):
         if not es.indices.exists_alias(name=alias):
             return None
         indices = es.indices.get_alias(name=alias).body
-    except Exception as exc:
-        raise_clear(exc, f"resolving alias {alias!r}")
     writers = [name for name, spec in indices.items() if spec["aliases"][alias].get("is_write_index")]
     if len(writers) == 1:
         return writers[0]
@@ -57,17 +60,13 @@ def write_target(es: Elasticsearch, name: str) -> str | None:
     index = write_index(es, name)
     if index is not None:
         return index
-    try:
+    with es_errors(f"checking for index {name!r}"):
         return name if es.indices.exists(index=name) else None
-    except Exception as exc:
-        raise_clear(exc, f"checking for index {name!r}")
 
 
 def index_mapping(es: Elasticsearch, index: str) -> dict[str, Any]:
-    try:
+    with es_errors(f"reading the mapping of {index!r}"):
         return es.indices.get_mapping(index=index).body[index]["mappings"]
-    except Exception as exc:
-        raise_clear(exc, f"reading the mapping of {index!r}")
 
 
 def _mapping_problems(expected: Mapping[str, Any], actual: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -142,10 +141,8 @@ def check_index_compatible(es: Elasticsearch, alias: str, index: str, mappings: 
     meta = _meta_problems(mappings.get("_meta", {}), actual.get("_meta", {}))
     missing = _missing_properties(mappings, actual)
     if not meta and missing and not _mapping_problems(mappings, _with_properties(actual, missing)):
-        try:
+        with es_errors(f"adding fields {sorted(missing)} to the mapping of {index!r}"):
             es.indices.put_mapping(index=index, properties=missing)
-        except Exception as exc:
-            raise_clear(exc, f"adding fields {sorted(missing)} to the mapping of {index!r}")
         log.info("alias %s -> index %s: added fields %s to its mapping", alias, index, sorted(missing))
         actual = index_mapping(es, index)
     problems = meta + _mapping_problems(mappings, actual)
@@ -175,11 +172,9 @@ def ensure_index(
         if current is not None:
             check_index_compatible(es, alias, current, mappings)
             return IndexTarget(alias, current, created=False)
-        try:
+        with es_errors(f"checking for an index named {alias!r}"):
             # HEAD /<alias> is true for an alias too: one created since the check above is not concrete.
             concrete = es.indices.exists(index=alias) and not es.indices.exists_alias(name=alias)
-        except Exception as exc:
-            raise_clear(exc, f"checking for an index named {alias!r}")
         if concrete:
             raise EsIndexError(
                 f"{alias!r} is a concrete index, not an alias: readers must address an alias. Reindex it "
@@ -219,19 +214,15 @@ def ensure_index(
 
 def refresh(es: Elasticsearch, alias: str) -> None:
     """Make every write so far visible to searches through ``alias`` (bulk loads turn refresh off)."""
-    try:
+    with es_errors(f"refreshing {alias!r}"):
         es.indices.refresh(index=alias)
-    except Exception as exc:
-        raise_clear(exc, f"refreshing {alias!r}")
 
 
 def count_docs(es: Elasticsearch, alias: str) -> int:
     """Documents visible through ``alias`` after a refresh."""
     refresh(es, alias)
-    try:
+    with es_errors(f"counting documents in {alias!r}"):
         return int(es.count(index=alias)["count"])
-    except Exception as exc:
-        raise_clear(exc, f"counting documents in {alias!r}")
 
 
 def check_meta(es: Elasticsearch, alias: str, metadata: Mapping[str, Any], what: str) -> str:

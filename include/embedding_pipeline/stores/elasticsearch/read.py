@@ -15,6 +15,7 @@ from embedding_pipeline.stores.elasticsearch.errors import (
     EsError,
     EsIndexError,
     error_type_reason,
+    es_errors,
     raise_read_error,
 )
 
@@ -38,10 +39,8 @@ def search_text(
     the hit envelope.
     """
     _check_size("size", size)
-    try:
+    with es_errors(f"searching {alias!r} for {text!r}", alias=alias):
         response = es.search(index=alias, query={"match": {field_name: text}}, size=size)
-    except Exception as exc:
-        raise_read_error(exc, alias, f"searching {alias!r} for {text!r}")
     return [{**hit["_source"], "_score": hit["_score"]} for hit in response["hits"]["hits"]]
 
 
@@ -76,10 +75,8 @@ def match_many(
         if source is not None:
             body["_source"] = list(source)
         searches += [{"index": index}, body]
-    try:
+    with es_errors(f"searching {index!r} for {len(texts)} texts", alias=index):
         responses = es.msearch(searches=searches)["responses"]
-    except Exception as exc:
-        raise_read_error(exc, index, f"searching {index!r} for {len(texts)} texts")
     results = []
     for response in responses:
         if "error" in response:
@@ -127,12 +124,10 @@ def referencing(
             },
         }
     }
-    try:
+    with es_errors(f"searching {alias!r} for documents referencing {value!r}", alias=alias):
         response = es.search(
             index=alias, query=query, size=size, source_excludes=[ref.path], track_total_hits=True
         )
-    except Exception as exc:
-        raise_read_error(exc, alias, f"searching {alias!r} for documents referencing {value!r}")
     found = []
     for hit in response["hits"]["hits"]:
         inner = hit["inner_hits"][ref.path]["hits"]["hits"][0]["_source"]
@@ -167,10 +162,8 @@ def present_ids(es: Elasticsearch, alias: str, ids: Sequence[str], batch: int = 
     found: set[str] = set()
     for start in range(0, len(ids), batch):
         part = list(ids[start : start + batch])
-        try:
+        with es_errors(f"looking up {len(part)} ids in {alias!r}", alias=alias):
             response = es.mget(index=alias, ids=part, source=False)
-        except Exception as exc:
-            raise_read_error(exc, alias, f"looking up {len(part)} ids in {alias!r}")
         found.update(doc["_id"] for doc in response["docs"] if doc.get("found"))
     return found
 
@@ -188,7 +181,7 @@ def iter_field_values(es: Elasticsearch, alias: str, field_name: str, page_size:
     after: list[Any] | None = None
     previous = None
     while True:
-        try:
+        with es_errors(f"listing {field_name!r} values of {alias!r}", alias=alias):
             response = es.search(
                 index=alias,
                 query={"exists": {"field": field_name}},
@@ -197,8 +190,6 @@ def iter_field_values(es: Elasticsearch, alias: str, field_name: str, page_size:
                 source=False,
                 **({"search_after": after} if after is not None else {}),
             )
-        except Exception as exc:
-            raise_read_error(exc, alias, f"listing {field_name!r} values of {alias!r}")
         hits = response["hits"]["hits"]
         for hit in hits:
             value = hit["sort"][0]
@@ -237,9 +228,7 @@ def sample_documents(
     )
     if not chosen:
         return []
-    try:
+    with es_errors(f"fetching {len(chosen)} sampled documents from {alias!r}", alias=alias):
         response = es.search(index=alias, query={"terms": {id_field: chosen}}, size=len(chosen))
-    except Exception as exc:
-        raise_read_error(exc, alias, f"fetching {len(chosen)} sampled documents from {alias!r}")
     by_id = {hit["_source"].get(id_field): hit["_source"] for hit in response["hits"]["hits"]}
     return [by_id[value] for value in chosen if value in by_id]
