@@ -380,7 +380,7 @@ def bench_qdrant(
     from embedding_pipeline.stages.keywords.documents import KEYWORD_POINTS
     from embedding_pipeline.stores.qdrant.client import open_client
     from embedding_pipeline.stores.qdrant.collections import count_points, ensure_collection
-    from embedding_pipeline.stores.qdrant.edge import SCHEMA_TYPES
+    from embedding_pipeline.stores.qdrant.edge.translate import SCHEMA_TYPES
     from embedding_pipeline.stores.qdrant.settings import QdrantSettings
     from embedding_pipeline.stores.qdrant.upsert import upsert_chunk
     from qdrant_client.http import models

@@ -245,7 +245,7 @@ def test_a_qdrant_error_mid_upsert_is_retried(fm, monkeypatch):
     the embedded engine cannot fail on the wire, so the real exception qdrant-client raises for a
     503 (``UnexpectedResponse``) is raised by a wrapper around the embedded client's ``upsert``."""
     import httpx
-    from embedding_pipeline.stores.qdrant.edge import EdgeClient
+    from embedding_pipeline.stores.qdrant.edge.client import EdgeClient
     from qdrant_client.http.exceptions import UnexpectedResponse
 
     calls = {"n": 0}

@@ -39,7 +39,7 @@ TASK_MODULES = (
     "embedding_pipeline.serving.client",
     "embedding_pipeline.stores.qdrant.upsert",
     "embedding_pipeline.stores.qdrant.search",
-    "embedding_pipeline.stores.qdrant.edge",
+    "embedding_pipeline.stores.qdrant.edge.client",
     "embedding_pipeline.stores.elasticsearch.bulk",
     "embedding_pipeline.stores.elasticsearch.bulk_load",
     "embedding_pipeline.stores.elasticsearch.read",

@@ -23,6 +23,7 @@ code path. The model a collection was built with (name, version, dim) lives in
 that metadata; a chunk embedded with another model is refused before anything is written.
 
 Modules: ``settings`` (light), ``errors`` (error types and how to classify client exceptions),
-``client``, ``edge`` (the embedded engine), ``collections``, ``generations``, ``points``,
-``upsert``, ``search`` (k-NN queries and full scans).
+``client``, ``edge/`` (the embedded engine: client, catalog, model translation), ``collections``,
+``generations``, ``points``, ``upsert``, ``search`` (k-NN queries and full scans), ``adapter``
+(the generations lifecycle's view of Qdrant, ``stores.protocol``).
 """

@@ -1,7 +1,7 @@
 """Opening Qdrant for :class:`QdrantSettings` (a server, or the embedded engine), and closing it.
 
 What comes back is a ``QdrantBase``: qdrant-client's ``QdrantClient`` for a server and for local
-mode, :class:`~embedding_pipeline.stores.qdrant.edge.EdgeClient` for the embedded engine. The
+mode, :class:`~embedding_pipeline.stores.qdrant.edge.client.EdgeClient` for the embedded engine. The
 store's functions use the same calls on all three."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def make_client(settings: QdrantSettings | None = None) -> QdrantBase:
     while True:
         try:
             if s.local_engine == "edge":
-                from embedding_pipeline.stores.qdrant.edge import EdgeClient  # loads the engine
+                from embedding_pipeline.stores.qdrant.edge.client import EdgeClient  # loads the engine
 
                 return EdgeClient(s.local_path)
             return QdrantClient(path=s.local_path)

@@ -26,7 +26,7 @@ class QdrantSettings(RetrySettings):
     ``path`` is the local storage folder (``":memory:"`` for a throwaway in-process store); left
     empty it is ``<work_dir()>/qdrant``, resolved when the client is made so that
     ``EMBEDDING_PIPELINE_HOME`` set later still counts. ``local_engine`` picks the embedded
-    engine: ``edge`` (Qdrant's own, in-process; see ``stores/qdrant/edge.py``) or ``python``
+    engine: ``edge`` (Qdrant's own, in-process; see ``stores/qdrant/edge/``) or ``python``
     (qdrant-client's local mode, which reads stores written before the switch). The two store
     different files: one cannot open the other's folder.
     """

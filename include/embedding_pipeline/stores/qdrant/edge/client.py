@@ -8,7 +8,7 @@ run 10.7x faster on the engine, opening the store takes 0.45 s instead of 5.0 s,
 filtered top-30 answers in 5.9 ms instead of 699 ms.
 
 qdrant-edge is one shard per folder, with no collections, aliases or collection metadata; this
-module adds them with a catalog file, so generations and alias swaps work as on a server:
+package adds them with a catalog file (``catalog``), so generations and alias swaps work as on a server:
 
 * ``<path>/catalog.json``: every collection's vector size, distance, metadata and optimizer
   threshold, and every alias. Rewritten whole and renamed into place, so an alias swap (several
@@ -23,14 +23,10 @@ embedded store; a server builds its graphs as the collection grows.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
-import os
 import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,36 +35,14 @@ import qdrant_edge as edge
 from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
-from embedding_pipeline.stores.qdrant.errors import StorageFormatError
+from embedding_pipeline.stores.qdrant.edge import translate
+from embedding_pipeline.stores.qdrant.edge.catalog import Catalog
 
-CATALOG = "catalog.json"
-LOCK = ".lock"
 DEFAULT_INDEXING_THRESHOLD = 20_000  # Qdrant's default (KB); recorded, reported, not acted on
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
-_DISTANCES = {
-    models.Distance.COSINE: edge.Distance.Cosine,
-    models.Distance.DOT: edge.Distance.Dot,
-    models.Distance.EUCLID: edge.Distance.Euclid,
-    models.Distance.MANHATTAN: edge.Distance.Manhattan,
-}
-# qdrant-client payload index types -> the engine's (its enums are not iterable).
-SCHEMA_TYPES = {
-    models.PayloadSchemaType.KEYWORD: edge.PayloadSchemaType.Keyword,
-    models.PayloadSchemaType.INTEGER: edge.PayloadSchemaType.Integer,
-    models.PayloadSchemaType.FLOAT: edge.PayloadSchemaType.Float,
-    models.PayloadSchemaType.BOOL: edge.PayloadSchemaType.Bool,
-    models.PayloadSchemaType.TEXT: edge.PayloadSchemaType.Text,
-    models.PayloadSchemaType.DATETIME: edge.PayloadSchemaType.Datetime,
-    models.PayloadSchemaType.UUID: edge.PayloadSchemaType.Uuid,
-    models.PayloadSchemaType.GEO: edge.PayloadSchemaType.Geo,
-}
 # Engine messages that mean the request's content is wrong (a bad point), not the engine.
 _BAD_INPUT = ("wrong input", "bad input", "dimension error", "failed to parse")
 _DONE = models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
-
-
-class EdgeStorageLocked(RuntimeError):
-    """The storage folder is open in another process (same message as qdrant-client's local mode)."""
 
 
 class EdgeClient(QdrantBase):
@@ -80,47 +54,11 @@ class EdgeClient(QdrantBase):
         self._scratch = tempfile.TemporaryDirectory(prefix="qdrant-edge-") if path == ":memory:" else None
         self.root = Path(self._scratch.name if self._scratch else path)
         self.root.mkdir(parents=True, exist_ok=True)
-        if (self.root / "meta.json").exists() and not (self.root / CATALOG).exists():
-            raise StorageFormatError(
-                f"{self.root} holds qdrant-client local-mode data, which the embedded engine cannot "
-                "read: set QDRANT_LOCAL_ENGINE=python to keep using it, or point QDRANT_PATH at a new "
-                "folder and run a full rebuild (mode=full) to fill it"
-            )
-        self._lock = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
-            raise EdgeStorageLocked(
-                f"Storage folder {self.root} is already accessed by another instance of the embedded Qdrant"
-            ) from None
+        self.catalog = Catalog(self.root)
         self._shards: dict[str, edge.EdgeShard] = {}
-        catalog = self.root / CATALOG
-        self._catalog: dict[str, Any] = (
-            json.loads(catalog.read_text()) if catalog.exists() else {"collections": {}, "aliases": {}}
-        )
-
-    # -- catalog -----------------------------------------------------------------------------------
-    def _save(self) -> None:
-        temporary = self.root / f"{CATALOG}.tmp"
-        with open(temporary, "w") as out:
-            json.dump(self._catalog, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self.root / CATALOG)
-
-    def _resolve(self, name: str) -> str:
-        """The collection ``name`` is, or that the alias ``name`` points at (as a server does)."""
-        name = self._catalog["aliases"].get(name, name)
-        if name not in self._catalog["collections"]:
-            raise ValueError(f"Collection {name} not found")
-        return name
-
-    def _entry(self, name: str) -> dict[str, Any]:
-        return self._catalog["collections"][self._resolve(name)]
 
     def _shard(self, name: str) -> edge.EdgeShard:
-        name = self._resolve(name)
+        name = self.catalog.resolve(name)
         if name not in self._shards:
             self._shards[name] = edge.EdgeShard.load(str(self._folder(name)))
         return self._shards[name]
@@ -130,14 +68,14 @@ class EdgeClient(QdrantBase):
 
     # -- collections and aliases -------------------------------------------------------------------
     def collection_exists(self, collection_name: str, **kwargs: Any) -> bool:
-        return collection_name in self._catalog["collections"]
+        return collection_name in self.catalog.collections
 
     def get_collections(self, **kwargs: Any) -> models.CollectionsResponse:
-        names = sorted(self._catalog["collections"])
+        names = sorted(self.catalog.collections)
         return models.CollectionsResponse(collections=[models.CollectionDescription(name=n) for n in names])
 
     def get_aliases(self, **kwargs: Any) -> models.CollectionsAliasesResponse:
-        aliases = sorted(self._catalog["aliases"].items())
+        aliases = sorted(self.catalog.aliases.items())
         return models.CollectionsAliasesResponse(
             aliases=[models.AliasDescription(alias_name=a, collection_name=c) for a, c in aliases]
         )
@@ -151,7 +89,7 @@ class EdgeClient(QdrantBase):
     ) -> bool:
         if not isinstance(vectors_config, models.VectorParams):
             raise ValueError("the embedded Qdrant stores one unnamed dense vector per point")
-        if not _NAME.match(collection_name) or collection_name in self._catalog["aliases"]:
+        if not _NAME.match(collection_name) or collection_name in self.catalog.aliases:
             raise ValueError(f"Wrong input: bad or taken collection name {collection_name!r}")
         if self.collection_exists(collection_name):
             raise ValueError(f"Wrong input: Collection `{collection_name}` already exists!")
@@ -159,17 +97,17 @@ class EdgeClient(QdrantBase):
         shutil.rmtree(folder, ignore_errors=True)  # left by a crash before the catalog named it
         config = edge.EdgeConfig(
             vectors=edge.EdgeVectorParams(
-                size=vectors_config.size, distance=_DISTANCES[vectors_config.distance]
+                size=vectors_config.size, distance=translate.DISTANCES[vectors_config.distance]
             )
         )
         self._shards[collection_name] = edge.EdgeShard.create(str(folder), config)
-        self._catalog["collections"][collection_name] = {
+        self.catalog.collections[collection_name] = {
             "size": vectors_config.size,
             "distance": vectors_config.distance.value,
             "metadata": metadata or {},
             "indexing_threshold": DEFAULT_INDEXING_THRESHOLD,
         }
-        self._save()
+        self.catalog.save()
         return True
 
     def update_collection(
@@ -179,12 +117,12 @@ class EdgeClient(QdrantBase):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> bool:
-        entry = self._entry(collection_name)
+        entry = self.catalog.entry(collection_name)
         if metadata is not None:
             entry["metadata"] = {**entry["metadata"], **metadata}
         if optimizers_config is not None and optimizers_config.indexing_threshold is not None:
             entry["indexing_threshold"] = optimizers_config.indexing_threshold
-        self._save()
+        self.catalog.save()
         return True
 
     def delete_collection(self, collection_name: str, **kwargs: Any) -> bool:
@@ -193,14 +131,14 @@ class EdgeClient(QdrantBase):
         shard = self._shards.pop(collection_name, None)
         if shard is not None:
             shard.close()
-        del self._catalog["collections"][collection_name]
-        self._catalog["aliases"] = {a: c for a, c in self._catalog["aliases"].items() if c != collection_name}
-        self._save()
+        del self.catalog.collections[collection_name]
+        self.catalog.aliases = {a: c for a, c in self.catalog.aliases.items() if c != collection_name}
+        self.catalog.save()
         shutil.rmtree(self._folder(collection_name), ignore_errors=True)
         return True
 
     def get_collection(self, collection_name: str, **kwargs: Any) -> models.CollectionInfo:
-        entry = self._entry(collection_name)
+        entry = self.catalog.entry(collection_name)
         info = self._shard(collection_name).info()
         return models.CollectionInfo(
             status=models.CollectionStatus.GREEN,
@@ -209,7 +147,9 @@ class EdgeClient(QdrantBase):
             points_count=info.points_count,
             segments_count=info.segments_count,
             payload_schema={
-                key: models.PayloadIndexInfo(data_type=_schema_out(index.data_type), points=index.points)
+                key: models.PayloadIndexInfo(
+                    data_type=translate.schema_out(index.data_type), points=index.points
+                )
                 for key, index in info.payload_schema.items()
             },
             config=models.CollectionConfig(
@@ -238,7 +178,9 @@ class EdgeClient(QdrantBase):
         field_schema: models.PayloadSchemaType | None = None,
         **kwargs: Any,
     ) -> models.UpdateResult:
-        kind = SCHEMA_TYPES[models.PayloadSchemaType(field_schema or models.PayloadSchemaType.KEYWORD)]
+        kind = translate.SCHEMA_TYPES[
+            models.PayloadSchemaType(field_schema or models.PayloadSchemaType.KEYWORD)
+        ]
         self._update(collection_name, edge.UpdateOperation.create_field_index(field_name, kind))
         return _DONE
 
@@ -246,12 +188,12 @@ class EdgeClient(QdrantBase):
         self, change_aliases_operations: Sequence[models.AliasOperations], **kwargs: Any
     ) -> bool:
         """All operations or none, in one catalog write: readers see the old alias or the new."""
-        aliases = dict(self._catalog["aliases"])
+        aliases = dict(self.catalog.aliases)
         for operation in change_aliases_operations:
             if isinstance(operation, models.CreateAliasOperation):
                 target = operation.create_alias.collection_name
-                self._entry(target)
-                if operation.create_alias.alias_name in self._catalog["collections"]:
+                self.catalog.entry(target)
+                if operation.create_alias.alias_name in self.catalog.collections:
                     raise ValueError(f"Wrong input: {operation.create_alias.alias_name!r} is a collection")
                 aliases[operation.create_alias.alias_name] = target
             elif isinstance(operation, models.DeleteAliasOperation):
@@ -259,8 +201,8 @@ class EdgeClient(QdrantBase):
                     raise ValueError(f"Alias {operation.delete_alias.alias_name} not found")
             else:
                 raise NotImplementedError(f"the embedded Qdrant does not take {type(operation).__name__}")
-        self._catalog["aliases"] = aliases
-        self._save()
+        self.catalog.aliases = aliases
+        self.catalog.save()
         return True
 
     # -- points --------------------------------------------------------------------------------------
@@ -290,8 +232,8 @@ class EdgeClient(QdrantBase):
             # engine would store NaN and poison every score, so refuse as a server does.
             if not isinstance(point.vector, list) or not math.isfinite(sum(point.vector)):
                 raise ValueError(f"Wrong input: point {point.id} needs one dense vector of finite values")
-        converted = [edge.Point(_point_id(p.id), p.vector, p.payload or {}) for p in points]
-        condition = None if update_filter is None else _filter(update_filter)
+        converted = [edge.Point(translate.point_id(p.id), p.vector, p.payload or {}) for p in points]
+        condition = None if update_filter is None else translate.filter_in(update_filter)
         self._update(collection_name, edge.UpdateOperation.upsert_points(converted, condition=condition))
         return _DONE
 
@@ -303,7 +245,7 @@ class EdgeClient(QdrantBase):
         wait: bool = True,
         **kwargs: Any,
     ) -> models.UpdateResult:
-        ids = [_point_id(i) for i in points]
+        ids = [translate.point_id(i) for i in points]
         self._update(collection_name, edge.UpdateOperation.set_payload(ids, payload))
         return _DONE
 
@@ -315,7 +257,7 @@ class EdgeClient(QdrantBase):
         wait: bool = True,
         **kwargs: Any,
     ) -> models.UpdateResult:
-        ids = [_point_id(i) for i in points]
+        ids = [translate.point_id(i) for i in points]
         self._update(collection_name, edge.UpdateOperation.delete_payload(ids, list(keys)))
         return _DONE
 
@@ -326,7 +268,7 @@ class EdgeClient(QdrantBase):
             if not isinstance(operation, models.OverwritePayloadOperation):
                 raise NotImplementedError(f"the embedded Qdrant does not take {type(operation).__name__}")
             change = operation.overwrite_payload
-            ids = [_point_id(i) for i in change.points or []]
+            ids = [translate.point_id(i) for i in change.points or []]
             self._update(collection_name, edge.UpdateOperation.overwrite_payload(ids, change.payload))
         return [_DONE for _ in update_operations]
 
@@ -335,7 +277,7 @@ class EdgeClient(QdrantBase):
     ) -> models.UpdateResult:
         if not isinstance(points_selector, models.PointIdsList):
             raise NotImplementedError("the embedded Qdrant deletes by a PointIdsList")
-        ids = [_point_id(i) for i in points_selector.points]
+        ids = [translate.point_id(i) for i in points_selector.points]
         self._update(collection_name, edge.UpdateOperation.delete_points(ids))
         return _DONE
 
@@ -348,13 +290,13 @@ class EdgeClient(QdrantBase):
         **kwargs: Any,
     ) -> list[models.Record]:
         """Points by id; an id that is no integer or UUID cannot be stored, so it is not found."""
-        shard, payload = self._shard(collection_name), _payload_selector(with_payload)
-        wanted = [_point_id(i) for i in ids]
+        shard, payload = self._shard(collection_name), translate.payload_selector(with_payload)
+        wanted = [translate.point_id(i) for i in ids]
         try:
             records = shard.retrieve(wanted, payload, with_vectors)
         except ValueError:  # the engine refuses the whole call for one malformed id
-            records = shard.retrieve([i for i in wanted if _is_point_id(i)], payload, with_vectors)
-        return [_record(r) for r in records]
+            records = shard.retrieve([i for i in wanted if translate.is_point_id(i)], payload, with_vectors)
+        return [translate.record(r) for r in records]
 
     def scroll(
         self,
@@ -367,14 +309,16 @@ class EdgeClient(QdrantBase):
         **kwargs: Any,
     ) -> tuple[list[models.Record], models.ExtendedPointId | None]:
         request = edge.ScrollRequest(
-            offset=None if offset is None else _point_id(offset),
+            offset=None if offset is None else translate.point_id(offset),
             limit=limit,
-            filter=None if scroll_filter is None else _filter(scroll_filter),
-            with_payload=_payload_selector(with_payload),
+            filter=None if scroll_filter is None else translate.filter_in(scroll_filter),
+            with_payload=translate.payload_selector(with_payload),
             with_vector=with_vectors,
         )
         records, next_offset = self._shard(collection_name).scroll(request)
-        return [_record(r) for r in records], None if next_offset is None else _id_out(next_offset)
+        return [translate.record(r) for r in records], None if next_offset is None else translate.id_out(
+            next_offset
+        )
 
     def count(
         self,
@@ -384,7 +328,7 @@ class EdgeClient(QdrantBase):
         **kwargs: Any,
     ) -> models.CountResult:
         """Always exact: the engine counts a shard's points exactly at no extra cost here."""
-        conditions = None if count_filter is None else _filter(count_filter)
+        conditions = None if count_filter is None else translate.filter_in(count_filter)
         request = edge.CountRequest(exact=True, filter=conditions)
         return models.CountResult(count=self._shard(collection_name).count(request))
 
@@ -416,13 +360,13 @@ class EdgeClient(QdrantBase):
     def query_batch_points(
         self, collection_name: str, requests: Sequence[models.QueryRequest], **kwargs: Any
     ) -> list[models.QueryResponse]:
-        batch = edge.QueryBatchRequest([_query(r) for r in requests])
+        batch = edge.QueryBatchRequest([translate.query(r) for r in requests])
         answers = self._shard(collection_name).query_batch(batch)
         return [
             models.QueryResponse(
                 points=[
                     models.ScoredPoint.model_construct(
-                        id=_id_out(p.id),
+                        id=translate.id_out(p.id),
                         version=p.version,
                         score=p.score,
                         payload=p.payload,
@@ -438,113 +382,12 @@ class EdgeClient(QdrantBase):
 
     def close(self, **kwargs: Any) -> None:
         """Flush and close every shard, then release the folder (and remove a ``:memory:`` one)."""
-        if self._lock < 0:
+        if self.catalog.closed:
             return
         for shard in self._shards.values():
             shard.flush()
             shard.close()
         self._shards.clear()
-        os.close(self._lock)
-        self._lock = -1
+        self.catalog.close()
         if self._scratch is not None:
             self._scratch.cleanup()
-
-
-# -- model translation ----------------------------------------------------------------------------
-def _schema_out(kind: Any) -> models.PayloadSchemaType:
-    return next(ours for ours, theirs in SCHEMA_TYPES.items() if theirs == kind)
-
-
-def _point_id(point_id: models.ExtendedPointId) -> int | str:
-    """As the engine takes it: an unsigned integer or a UUID string, which the engine parses (and
-    refuses with ``ValueError`` when malformed)."""
-    return point_id if isinstance(point_id, int | str) else str(point_id)
-
-
-def _is_point_id(point_id: int | str) -> bool:
-    if isinstance(point_id, int):
-        return point_id >= 0
-    try:
-        uuid.UUID(point_id)
-    except ValueError:
-        return False
-    return True
-
-
-def _id_out(point_id: Any) -> models.ExtendedPointId:
-    return str(point_id) if isinstance(point_id, uuid.UUID) else point_id
-
-
-def _record(record: Any) -> models.Record:
-    # model_construct: the engine's records are well formed; validating each costs more than reading it
-    return models.Record.model_construct(
-        id=_id_out(record.id), payload=record.payload, vector=record.vector, shard_key=None, order_value=None
-    )
-
-
-def _payload_selector(with_payload: Any) -> bool | list[str]:
-    if isinstance(with_payload, bool):
-        return with_payload
-    if isinstance(with_payload, Sequence) and not isinstance(with_payload, str):
-        return list(with_payload)
-    raise NotImplementedError(f"the embedded Qdrant selects payload by a bool or names, not {with_payload!r}")
-
-
-def _query(request: models.QueryRequest) -> edge.QueryRequest:
-    query = request.query
-    if isinstance(query, models.NearestQuery):
-        query = query.nearest
-    if not isinstance(query, list) or not all(isinstance(v, float | int) for v in query):
-        raise NotImplementedError("the embedded Qdrant answers nearest-vector queries only")
-    params = request.params
-    search = None if params is None else edge.SearchParams(hnsw_ef=params.hnsw_ef, exact=bool(params.exact))
-    return edge.QueryRequest(
-        query=edge.Query.Nearest([float(v) for v in query]),
-        limit=request.limit or 10,
-        offset=request.offset,
-        filter=None if request.filter is None else _filter(request.filter),
-        score_threshold=request.score_threshold,
-        params=search,
-        with_payload=_payload_selector(True if request.with_payload is None else request.with_payload),
-        with_vector=bool(request.with_vector),
-    )
-
-
-def _conditions(conditions: Any) -> list[Any] | None:
-    if conditions is None:
-        return None
-    listed = conditions if isinstance(conditions, list) else [conditions]
-    return [_condition(c) for c in listed]
-
-
-def _filter(query_filter: models.Filter) -> edge.Filter:
-    if query_filter.min_should is not None:
-        raise NotImplementedError("the embedded Qdrant does not take min_should filters")
-    return edge.Filter(
-        must=_conditions(query_filter.must),
-        should=_conditions(query_filter.should),
-        must_not=_conditions(query_filter.must_not),
-    )
-
-
-def _condition(condition: Any) -> Any:
-    if isinstance(condition, models.Filter):
-        return _filter(condition)
-    if isinstance(condition, models.IsEmptyCondition):
-        return edge.IsEmptyCondition(key=condition.is_empty.key)
-    if isinstance(condition, models.IsNullCondition):
-        return edge.IsNullCondition(key=condition.is_null.key)
-    if isinstance(condition, models.HasIdCondition):
-        return edge.HasIdCondition({_point_id(i) for i in condition.has_id})
-    if isinstance(condition, models.FieldCondition):
-        match, bounds = condition.match, condition.range
-        if isinstance(match, models.MatchValue):
-            return edge.FieldCondition(key=condition.key, match=edge.MatchValue(match.value))
-        if isinstance(match, models.MatchAny):
-            return edge.FieldCondition(key=condition.key, match=edge.MatchAny(list(match.any)))
-        if isinstance(match, models.MatchExcept):
-            return edge.FieldCondition(key=condition.key, match=edge.MatchExcept(list(match.except_)))
-        if match is None and isinstance(bounds, models.Range):
-            limits = {"gt": bounds.gt, "gte": bounds.gte, "lt": bounds.lt, "lte": bounds.lte}
-            return edge.FieldCondition(key=condition.key, range=edge.RangeFloat(**limits))
-    raise NotImplementedError(f"the embedded Qdrant does not take the filter condition {condition!r}")
