@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal, TypeVar
 
-from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.errors import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -24,7 +24,7 @@ T = TypeVar("T")
 Jitter = Literal["equal", "full"]
 
 
-class RetriesExhausted(Exception):
+class RetriesExhausted(PipelineError):
     """A call kept failing transiently; carries the last error and the number of attempts.
 
     Callers turn it into their own "service unavailable" error, naming what they were doing.

@@ -29,7 +29,7 @@ def work_dir() -> Path:
     return Path(os.environ.get("EMBEDDING_PIPELINE_HOME", PROJECT_ROOT / "var"))
 
 
-Protocol = Literal["grpc", "http"]
+ServerProtocol = Literal["grpc", "http"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class ServerSettings(RetrySettings):
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8000
-    protocol: Protocol = "grpc"
+    protocol: ServerProtocol = "grpc"
     model_name: str = "minilm"
     model_repository: Path = field(default_factory=model_repository_path)
     ssl: bool = False

@@ -32,7 +32,6 @@ from types import FrameType
 
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local.airflow_runner import configure_airflow
-from embedding_pipeline.local.es_emulator import EmulatorError
 from embedding_pipeline.local.services import LocalServices, PortsMode, say
 from embedding_pipeline.settings import model_repository_path, work_dir
 
@@ -248,7 +247,7 @@ def _command(args: argparse.Namespace) -> int:
             model_repository=args.model_repository,
             ports="free" if args.free_ports else "fixed",
         )
-    except (PipelineError, EmulatorError) as exc:
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # during the start of the services; whatever had started is stopped

@@ -18,6 +18,7 @@ import urllib.request
 from importlib.resources import files
 from pathlib import Path
 
+from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.serving.process import free_port
 
 
@@ -40,7 +41,7 @@ def noida_command() -> list[str]:
     return [found]
 
 
-class EmulatorError(RuntimeError):
+class EmulatorError(PipelineError):
     """The emulator is missing or did not start."""
 
 

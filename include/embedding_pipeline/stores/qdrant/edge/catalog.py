@@ -11,13 +11,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.stores.qdrant.errors import StorageFormatError
 
 CATALOG = "catalog.json"
 LOCK = ".lock"
 
 
-class EdgeStorageLocked(RuntimeError):
+class EdgeStorageLocked(PipelineError, RuntimeError):
     """The storage folder is open in another process (same message as qdrant-client's local mode)."""
 
 
