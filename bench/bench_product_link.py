@@ -160,7 +160,7 @@ def index_keywords(
     seconds["plan"] = m.seconds
     rows = sum(chunk_rows(c) for c in planned["chunks"])
     with meter.measure("keywords prepare_sinks", 0) as m:
-        prepared = {**model, **ki.prepare_sinks(targets, model, planned, InputSpec(), settings)}
+        prepared = ki.prepare_sinks(targets, model, planned, InputSpec(), settings)
     seconds["prepare_sinks"] = m.seconds
     embedded, upserted, indexed = [], [], []
     with meter.measure("keywords embed (all chunks)", rows) as m:

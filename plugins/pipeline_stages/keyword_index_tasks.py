@@ -56,10 +56,7 @@ def keyword_index_tasks() -> StageEnds:
             model = model_info(server_settings(), params["model_name"])
             spec = input_spec(params)
             full = params["mode"] == "full"
-            return {
-                **model,
-                **ki.prepare_sinks(_targets(params), model, planned, spec, store_settings(), full=full),
-            }
+            return ki.prepare_sinks(_targets(params), model, planned, spec, store_settings(), full=full)
 
     @stage_task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:

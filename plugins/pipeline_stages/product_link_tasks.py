@@ -84,7 +84,7 @@ def product_link_tasks() -> StageEnds:
 
         options = link_options(get_current_context()["params"])
         with no_retry_on_setup_errors():
-            return product_link.link_chunk(chunk, planned["run_dir"], options, prepared, store_settings())
+            return product_link.relink_chunk(chunk, planned["run_dir"], options, prepared, store_settings())
 
     @stage_task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:

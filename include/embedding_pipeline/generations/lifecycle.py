@@ -31,10 +31,11 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from embedding_pipeline.errors import ConfigError, PipelineError, SetupError
 from embedding_pipeline.runs.changes import forget_generations
+from embedding_pipeline.runs.plan import Planned
 from embedding_pipeline.runs.storage import StoragePath, as_path, write_text
 from embedding_pipeline.stores.protocol import StoreAlias, Stores
 
@@ -62,6 +63,17 @@ class RollbackError(SetupError):
     """There is no generation to roll back to, or the stores disagree on it."""
 
 
+class GenerationPlan(TypedDict):
+    """A full rebuild's generation, as its prepare task hands it on: the number, what every alias
+    (``system:alias``) points at now, the new physical names, and each new generation's
+    bulk-load settings to restore."""
+
+    number: int
+    live: dict[str, str | None]
+    new: dict[str, str]
+    bulk_load: dict[str, Any]
+
+
 def generation_number(name: str) -> int:
     """``keywords-g3`` -> 3."""
     return int(name.rsplit("-g", 1)[1])
@@ -86,10 +98,10 @@ def live_names(stores: Stores, aliases: Sequence[StoreAlias]) -> dict[str, str |
 def begin_generation(
     stores: Stores,
     aliases: Sequence[StoreAlias],
-    planned: Mapping[str, Any],
+    planned: Planned,
     schemas: Mapping[str, Any],
     identity: Mapping[str, Any],
-) -> dict[str, Any]:
+) -> GenerationPlan:
     """Create the next generation of every alias (not aliased) and switch each to its store's
     bulk-load settings (no reader uses it yet): what the prepare task of a full rebuild hands on.
     ``schemas``: per store system, what its generation is created with (point schema, mappings)."""
@@ -109,7 +121,7 @@ def begin_generation(
     return {"number": number, "live": live_names(stores, aliases), "new": new, "bulk_load": bulk_load}
 
 
-def end_generation_load(stores: Stores, generation: Mapping[str, Any]) -> None:
+def end_generation_load(stores: Stores, generation: GenerationPlan) -> None:
     """Restore each new generation's settings after its bulk load (teardown, before the gate)."""
     for key, previous in generation.get("bulk_load", {}).items():
         store = StoreAlias.from_key(key)

@@ -54,7 +54,7 @@ def run_keywords(
     model = model_info(None, model_name)
     prepared = None
     try:
-        prepared = {**model, **ki.prepare_sinks(targets, model, planned, spec, full=full)}
+        prepared = ki.prepare_sinks(targets, model, planned, spec, full=full)
         embedded = [
             ki.embed(c, str(run_dir), prepared) for c in planned["chunks"] + prepared["delete_chunks"]
         ]
@@ -90,7 +90,7 @@ def run_products(
         embedded = [pl.embed(c, str(run_dir), prepared, options.role) for c in chunks]
         linked = [pl.link_chunk(e, str(run_dir), options, prepared) for e in embedded]
         # relink after link: it reads the vectors tonight's products just stored
-        linked += [pl.link_chunk(r, str(run_dir), options, prepared) for r in prepared["relink_chunks"]]
+        linked += [pl.relink_chunk(r, str(run_dir), options, prepared) for r in prepared["relink_chunks"]]
     finally:
         pl.finish(options, prepared)
     report = pl.finalize(planned, prepared, embedded, linked, {"stage": "link"}, 0.5, publish)

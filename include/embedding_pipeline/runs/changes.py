@@ -22,7 +22,7 @@ id's row and the upserts go to the dead letter as ``duplicate_id`` (see ``first_
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from embedding_pipeline.errors import SetupError
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import partition_version
+from embedding_pipeline.runs.plan import Planned
 from embedding_pipeline.runs.state import IndexState, Prior, merged_delta, state_path, state_root
 from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, remove, write_parquet
 
@@ -50,8 +51,21 @@ def decide(prior: Prior | None, version: int, text_hash: int, fields_hash: int, 
     return "update" if prior.fields_hash != fields_hash else "unchanged"  # type: ignore[union-attr]
 
 
+class Changes(TypedDict, total=False):
+    """What :func:`prepare_changes` adds to a stage's prepared payload: the generation's state, the
+    input kind, and this run's planned deletes (after the guard)."""
+
+    state_path: str
+    role: str | None
+    input_kind: str
+    tombstone_column: str | None
+    delete_chunks: list[dict[str, Any]]
+    planned_deletes: int
+    live_before: int
+
+
 def plan_deletes(
-    planned: dict[str, Any], state: IndexState, spec: InputSpec, run_dir: StoragePath
+    planned: Planned, state: IndexState, spec: InputSpec, run_dir: StoragePath
 ) -> dict[str, Any]:
     """The ids this run deletes, as delete chunks for the embed tasks, after the guard.
 
@@ -90,10 +104,10 @@ def prepare_changes(
     table: str,
     stores: dict[str, str | None],
     identity: dict[str, Any],
-    planned: dict[str, Any],
+    planned: Planned,
     spec: InputSpec,
     what: str,
-) -> dict[str, Any]:
+) -> Changes:
     """What a stage's prepare task adds for incremental runs: the state of the generation it
     writes (``stores``: physical names), refused if made with another model, and the planned
     deletes (after the guard). The result goes to XCom and into the report."""

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -143,6 +143,28 @@ def _usable_files(
     return usable
 
 
+class Planned(TypedDict):
+    """What a stage's plan task hands on (XCom): where the run keeps its files, the partitions it
+    reads, what was missing or rejected, and the chunks the embed tasks are mapped over."""
+
+    run_dir: str
+    partitions: list[str]
+    missing_partitions: list[str]
+    superseded_partitions: list[str]
+    rejected_files: int
+    rejected_files_path: str | None
+    partition_ids: dict[str, str]
+    chunks: list[dict[str, Any]]
+
+
+class ModelIdentity(TypedDict):
+    """The published model a run embeds with; every stage's prepared payload starts with it."""
+
+    model_name: str
+    model_version: int
+    dim: int
+
+
 def plan(
     table: TableSpec,
     input_root: Path,
@@ -151,7 +173,7 @@ def plan(
     chunk_rows: int,
     max_chunks: int,
     rules: PlanRules = PlanRules(),
-) -> dict[str, Any]:
+) -> Planned:
     """Plan chunks of ``table`` over all partitions (``max_chunks`` in all); record bad/missing inputs.
 
     Per partition it also writes the ids it holds (``partition_ids/<dt>.parquet``: id, tombstone),
@@ -214,7 +236,7 @@ def plan(
     }
 
 
-def model_info(settings: ServerSettings | None, model_name: str) -> dict[str, Any]:
+def model_info(settings: ServerSettings | None, model_name: str) -> ModelIdentity:
     """Name, version and dim of the published model the run embeds with (read from the repository)."""
     from embedding_pipeline.model.repository import latest_version
 

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from embedding_pipeline.generations.agreement import check_run
 from embedding_pipeline.generations.cutover import gate_generation
+from embedding_pipeline.generations.lifecycle import GenerationPlan
 from embedding_pipeline.generations.rules import Publish
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
-from embedding_pipeline.runs.changes import change_log, commit_changes, prepare_changes
+from embedding_pipeline.runs.changes import Changes, change_log, commit_changes, prepare_changes
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import KEYWORDS, partition_version
+from embedding_pipeline.runs.plan import ModelIdentity, Planned
 from embedding_pipeline.runs.progress import Progress
 from embedding_pipeline.runs.report import finalize_run
 from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_metadata, staged_row_count
@@ -70,6 +72,18 @@ class Targets:
         return [system for system, on in (("qdrant", self.qdrant), ("es", self.es)) if on]
 
 
+class KeywordPrepared(ModelIdentity, Changes, total=False):
+    """What prepare_sinks hands every later task (XCom): the model, the physical names the writers
+    address, the generation's state and planned deletes, the keyword change log, and what the
+    teardown restores (a live index's bulk-load settings, or a full rebuild's generation)."""
+
+    qdrant_collection: str
+    es_index: str
+    change_log: str
+    es_previous_settings: dict[str, Any]
+    generation: GenerationPlan
+
+
 def aliases(targets: Targets) -> list[StoreAlias]:
     """The aliases this stage writes: what a full rebuild builds a generation of and swaps."""
     stores = [StoreAlias("qdrant", targets.qdrant_alias)] if targets.qdrant else []
@@ -78,13 +92,13 @@ def aliases(targets: Targets) -> list[StoreAlias]:
 
 def prepare_sinks(
     targets: Targets,
-    model: dict[str, Any],
-    planned: dict[str, Any],
+    model: ModelIdentity,
+    planned: Planned,
     spec: InputSpec,
     settings: StoreSettings | None = None,
     *,
     full: bool = False,
-) -> dict[str, Any]:
+) -> KeywordPrepared:
     """Create collection/index behind their aliases (if missing) - or, for a full rebuild, the next
     generation of both beside the live one, in bulk-load settings - plan this run's deletes against
     the generation's state (the guard fails the run here, before anything is written), and switch
@@ -96,7 +110,7 @@ def prepare_sinks(
     from embedding_pipeline.stores.registry import open_stores
 
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
-    prepared: dict[str, Any] = {}
+    prepared: KeywordPrepared = {**model}  # type: ignore[typeddict-item]
     with open_stores(settings, targets.systems()) as stores:
         if full:
             prepared["generation"] = begin_generation(
@@ -136,7 +150,7 @@ def prepare_sinks(
 
 
 def finish_sinks(
-    targets: Targets, prepared: dict[str, Any] | None, settings: StoreSettings | None = None
+    targets: Targets, prepared: KeywordPrepared | None, settings: StoreSettings | None = None
 ) -> None:
     """Teardown: restore the bulk-load settings of a new generation, or of the live ES index (also
     when loads failed)."""
@@ -161,8 +175,8 @@ def finish_sinks(
 
 
 def finalize(
-    planned: dict[str, Any],
-    prepared: dict[str, Any],
+    planned: Planned,
+    prepared: KeywordPrepared,
     embedded: list[dict[str, Any]],
     sinks: dict[str, list[dict[str, Any]]],
     meta: dict[str, Any],
@@ -186,7 +200,7 @@ def finalize(
 
 
 def embed(
-    chunk: dict, run_dir: str, prepared: dict[str, Any], settings: ServerSettings | None = None
+    chunk: dict, run_dir: str, prepared: KeywordPrepared, settings: ServerSettings | None = None
 ) -> dict[str, Any]:
     """Embed one keyword chunk (or stage one delete chunk) against the generation's state."""
     return embed_task(chunk, run_dir, prepared, KEYWORDS, KIND, ROLE, settings, KEYWORD_FIELD_TYPES)
@@ -200,7 +214,7 @@ def write_qdrant(
     embedded: dict,
     run_dir: str,
     targets: Targets,
-    prepared: dict[str, Any],
+    prepared: KeywordPrepared,
     settings: StoreSettings | None = None,
 ) -> dict:
     """Upsert one staged chunk into the collection prepare chose (the live one, or the new
@@ -229,7 +243,7 @@ def write_es(
     embedded: dict,
     run_dir: str,
     targets: Targets,
-    prepared: dict[str, Any],
+    prepared: KeywordPrepared,
     settings: StoreSettings | None = None,
 ) -> dict:
     """Index one staged chunk into the index prepare chose."""

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from embedding_pipeline.stores.elasticsearch.documents import DEFAULT_ANALYZER, field_types, payload_fields
 from embedding_pipeline.stores.qdrant.schema import PointSchema
 
+KIND = "product"  # point ids, state and dead letters of products are keyed by it
 PRODUCT_PAYLOAD_FIELDS = ("description", "category", "brand", "updated_at", "dt")
 # The product vector collection (Qdrant, same alias as the ES index): each product's vector and
 # fields, plus what link maintenance needs - the ids in its list and the score a keyword needs to

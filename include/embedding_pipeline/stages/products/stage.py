@@ -27,32 +27,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
-
-import numpy as np
-from qdrant_client.http import models
 
 from embedding_pipeline.errors import SetupError
 from embedding_pipeline.generations.agreement import check_run
 from embedding_pipeline.generations.cutover import gate_generation
+from embedding_pipeline.generations.lifecycle import GenerationPlan
 from embedding_pipeline.generations.rules import Publish
 from embedding_pipeline.model.registry import Role
-from embedding_pipeline.retry import RetryPolicy
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
+from embedding_pipeline.runs.changes import Changes
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import InputSpec
-from embedding_pipeline.runs.partitions import PRODUCTS, partition_version
+from embedding_pipeline.runs.partitions import PRODUCTS
+from embedding_pipeline.runs.plan import ModelIdentity, Planned
 from embedding_pipeline.runs.progress import Progress
 from embedding_pipeline.runs.staging import (
-    DELETE,
-    UPDATE,
-    UPSERT,
     StagedBatch,
     iter_staged,
-    point_id,
     staged_metadata,
     staged_row_count,
 )
@@ -62,25 +56,20 @@ from embedding_pipeline.settings import ServerSettings
 from embedding_pipeline.stages.embed import embed_task
 from embedding_pipeline.stages.products.checks import product_checks
 from embedding_pipeline.stages.products.documents import (
-    LINKED_FIELDS,
+    KIND,
     PRODUCT_FIELD_TYPES,
     LinkStamp,
-    linked_keywords,
-    product_document,
 )
-from embedding_pipeline.stages.products.fusion import TIE_MARGIN, best, rrf
-from embedding_pipeline.stages.products.maintenance import entry_score
-from embedding_pipeline.stages.products.options import LINK_STAGE, LinkOptions, keyword_conditions
+from embedding_pipeline.stages.products.linker import Linker, search_options, stored_batches
+from embedding_pipeline.stages.products.options import LINK_STAGE, LinkOptions
 from embedding_pipeline.stores.elasticsearch.settings import EsSettings
 from embedding_pipeline.stores.protocol import StoreAlias
-from embedding_pipeline.stores.qdrant.search import Hit, SearchOptions, search
 from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 from embedding_pipeline.stores.registry import StoreSettings, settings_of
 
 log = logging.getLogger(__name__)
-KIND = "product"
 STAGE = LINK_STAGE
-RELINK_STAGE = "relink"  # stored products relinked because keywords changed (link_maintenance)
+RELINK_STAGE = "relink"  # stored products relinked because keywords changed (maintenance)
 
 
 class LinkSetupError(SetupError):
@@ -122,6 +111,25 @@ def check_keyword_collection(qdrant: Any, alias: str, model: Mapping[str, Any]) 
     return target
 
 
+class ProductPrepared(ModelIdentity, Changes, total=False):
+    """What prepare hands every later task (XCom): the model, the keyword collection links are
+    searched in, the physical names the writers address, the generation's state and planned
+    deletes, the relinks keyword changes call for (``maintenance.plan_relinks``), and what the
+    teardown restores. A night with nothing to link carries the model and empty chunk lists."""
+
+    keyword_collection: str | None
+    product_collection: str
+    es_index: str | None
+    es_previous_settings: dict[str, Any]
+    generation: GenerationPlan
+    relink_chunks: list[dict[str, Any]]
+    relink_planned: int
+    relink_reason: str | None
+    keyword_changes: int
+    deleted_keywords_path: str
+    state_metadata: dict[str, Any] | None
+
+
 def aliases(options: LinkOptions) -> list[StoreAlias]:
     """The aliases this stage writes: the product vectors (Qdrant) and documents (ES)."""
     return [StoreAlias("qdrant", options.product_alias), StoreAlias("es", options.product_alias)]
@@ -129,14 +137,14 @@ def aliases(options: LinkOptions) -> list[StoreAlias]:
 
 def prepare(
     options: LinkOptions,
-    model: dict[str, Any],
-    planned: dict[str, Any],
+    model: ModelIdentity,
+    planned: Planned,
     spec: InputSpec,
     settings: StoreSettings | None = None,
     *,
     relink_all: bool = False,
     full: bool = False,
-) -> dict[str, Any]:
+) -> ProductPrepared:
     """Check the keyword collection, create the product index and vector collection behind their
     alias (or, for a full rebuild, their next generation beside the live one, in bulk-load
     settings), plan deletes (after the guard) and the stored products keyword changes affect, and
@@ -207,7 +215,7 @@ def prepare(
 
 
 def finish(
-    options: LinkOptions, prepared: dict[str, Any] | None, settings: StoreSettings | None = None
+    options: LinkOptions, prepared: ProductPrepared | None, settings: StoreSettings | None = None
 ) -> None:
     """Teardown: restore the bulk-load settings of a new generation, or refresh/replicas of the
     live product index (also when link tasks failed)."""
@@ -228,7 +236,7 @@ def finish(
 def embed(
     chunk: dict,
     run_dir: str,
-    prepared: dict[str, Any],
+    prepared: ProductPrepared,
     role: Role | None,
     settings: ServerSettings | None = None,
 ) -> dict[str, Any]:
@@ -237,244 +245,68 @@ def embed(
     return embed_task(chunk, run_dir, prepared, PRODUCTS, KIND, role, settings, PRODUCT_FIELD_TYPES)
 
 
-def _filters(options: LinkOptions, payloads: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-    """Per product: the static keyword filter plus "same <field> as this product" (null: no condition)."""
-    return [keyword_conditions(options.keyword_filter, options.match_fields, p) for p in payloads]
-
-
-@dataclass
-class _LinkStats:
-    searched: int = 0
-    empty: int = 0
-    keywords: int = 0
-    search_seconds: float = 0.0
-    points_seconds: float = 0.0  # the product vectors written into Qdrant
-    deleted: int = 0
-    unchanged_lists: int = 0
-    dropped_deleted_keywords: int = 0
-    missing: int = 0  # relink: products deleted since the relink was planned
-
-
-@dataclass
-class _Linker:
-    """Turns staged product batches into product documents (top-K keywords searched in Qdrant)
-    and keeps the product vector collection in step: each linked product's vector, fields, list
-    ids and entry score; deleted products removed from both stores."""
-
-    qdrant: Any
-    es: Any  # lexical and hybrid modes search the keyword text here
-    options: LinkOptions
-    collections: tuple[str, str]  # (keyword, product)
-    search: SearchOptions
-    retry: RetryPolicy
-    stamp: LinkStamp
-    dead: DeadLetterWriter
-    deleted_keywords: frozenset[str] = frozenset()
-    previous: dict[str, list[str]] = field(default_factory=dict)  # relink: the lists being replaced
-    stats: _LinkStats = field(default_factory=_LinkStats)
-
-    def documents(self, batch: StagedBatch) -> list[tuple[str, dict[str, Any] | None, int]]:
-        """The batch's ES actions: product documents with their lists, and deletions."""
-        from embedding_pipeline.stores.qdrant import points
-
-        docs: list[tuple[str, dict[str, Any] | None, int]] = []
-        removed = [i for i, op in enumerate(batch.ops) if op == DELETE]
-        if removed:
-            points.delete(self.qdrant, self.collections[1], [batch.point_ids[i] for i in removed], self.retry)
-            docs += [(batch.ids[i], None, partition_version(batch.payloads[i]["dt"])) for i in removed]
-            self.stats.deleted += len(removed)
-        vectors = self._vectors(batch)
-        finite = np.isfinite(vectors).all(axis=1)
-        for i in np.flatnonzero(~finite):
-            if batch.ops[i] == DELETE:
-                continue
-            self.dead.add(
-                batch.ids[i],
-                "invalid_vector",
-                "product vector has non-finite values (NaN or inf), or none is stored for a "
-                "fields-only change",
-                {"product_id": batch.ids[i], "product_name": batch.texts[i], **batch.payloads[i]},
-            )
-        rows = [i for i in np.flatnonzero(finite) if batch.ops[i] != DELETE]
-        if rows:
-            docs += self._link(batch, vectors, rows)
-        return docs
-
-    def _vectors(self, batch: StagedBatch) -> np.ndarray:
-        """The batch's vectors; a fields-only change was staged without one: its stored vector
-        (NaN when none is stored, which dead-letters the row)."""
-        from embedding_pipeline.stores.qdrant import points
-
-        vectors = batch.vectors.copy()
-        updates = [i for i, op in enumerate(batch.ops) if op == UPDATE]
-        if updates:
-            stored = points.retrieve(
-                self.qdrant, self.collections[1], [batch.point_ids[i] for i in updates], retry=self.retry
-            )
-            for i in updates:
-                record = stored.get(batch.point_ids[i])
-                vectors[i] = record[1] if record is not None else np.nan
-        return vectors
-
-    def _link(
-        self, batch: StagedBatch, vectors: np.ndarray, rows: list[int]
-    ) -> list[tuple[str, dict[str, Any], int]]:
-        from embedding_pipeline.stores.qdrant import points
-
-        payloads = [batch.payloads[i] for i in rows]
-        options = self.options
-        filtered = options.match_fields or options.keyword_filter
-        filters = _filters(options, payloads) if filtered else None
-        started = time.monotonic()
-        if options.link_mode == "lexical":
-            dense: list[list[Hit]] = [[] for _ in rows]
-        else:
-            dense = search(
-                self.qdrant,
-                self.collections[0],
-                vectors[rows],
-                self.search,
-                query_filters=filters,
-                retry=self.retry,
-            )
-        if options.link_mode == "dense":
-            ranked = [best(hits, options.top_k) for hits in dense]
-        else:
-            lexical = self._lexical([batch.texts[i] for i in rows], filters)
-            depth = options.ranking_depth
-            ranked = [
-                rrf(
-                    [(best(d, depth), options.dense_weight), (x, options.lexical_weight)],
-                    options.rrf_k,
-                    options.top_k,
-                )
-                for d, x in zip(dense, lexical, strict=True)
-            ]
-        self.stats.search_seconds += time.monotonic() - started
-        self.stats.searched += len(rows)
-        docs, stored = [], []
-        for i, payload, product_ranked in zip(rows, payloads, ranked, strict=True):
-            keywords = linked_keywords(product_ranked)
-            ids = [k["keyword_id"] for k in keywords]
-            self._count(batch.ids[i], ids)
-            doc = product_document(
-                batch.ids[i], batch.texts[i], batch.content_hashes[i], payload, keywords, self.stamp
-            )
-            version = partition_version(payload["dt"])
-            docs.append((batch.ids[i], doc, version))
-            entry = entry_score([k["score"] for k in keywords], options.top_k, options.score_threshold)
-            point_payload = {
-                **payload,
-                "product_id": batch.ids[i],
-                "product_name": batch.texts[i],
-                "content_hash": batch.content_hashes[i],
-                "model_name": self.stamp.model_name,
-                "model_version": self.stamp.model_version,
-                "dt_version": version,
-                "keyword_ids": ids,
-                "entry_score": entry,
-            }
-            stored.append(
-                models.PointStruct(id=batch.point_ids[i], vector=vectors[i].tolist(), payload=point_payload)
-            )
-        started = time.monotonic()
-        points.write(self.qdrant, self.collections[1], stored, self.retry)
-        self.stats.points_seconds += time.monotonic() - started
-        return docs
-
-    def _lexical(self, texts: list[str], filters: list[dict[str, Any] | None] | None) -> list[list[Hit]]:
-        """BM25 of each product name over the keyword text in Elasticsearch, best first (ties by
-        keyword id, as ``_best`` orders dense hits), ``ranking_depth`` deep."""
-        from embedding_pipeline.stores.elasticsearch.read import match_many
-
-        fetch = self.options.ranking_depth + TIE_MARGIN
-        found = match_many(
-            self.es, self.options.keyword_index, "keyword", texts, fetch, filters, ["keyword_id", "keyword"]
-        )
-        return [
-            best([Hit(d, float(d["_score"])) for d in docs], self.options.ranking_depth) for docs in found
-        ]
-
-    def _count(self, product_id: str, keyword_ids: list[str]) -> None:
-        self.stats.empty += not keyword_ids
-        self.stats.keywords += len(keyword_ids)
-        before = self.previous.get(product_id)
-        if before is not None:
-            self.stats.unchanged_lists += before == keyword_ids
-            self.stats.dropped_deleted_keywords += len(set(before) & self.deleted_keywords)
-
-
-def _relink_batches(
-    qdrant: Any, product_collection: str, ids: list[str], batch_size: int, linker: _Linker
-) -> Iterator[StagedBatch]:
-    """Stored products as staged batches (vector, text, fields from the product collection), for
-    relinking without re-embedding; products deleted meanwhile are counted and skipped."""
-    from embedding_pipeline.stores.qdrant import points
-
-    for start in range(0, len(ids), batch_size):
-        wanted = [point_id(KIND, i) for i in ids[start : start + batch_size]]
-        stored = points.retrieve(qdrant, product_collection, wanted, retry=linker.retry)
-        linker.stats.missing += len(wanted) - len(stored)
-        records = [stored[p] for p in wanted if p in stored]
-        if not records:
-            continue
-        fields = (*PRODUCTS.stored_columns, "dt")
-        for _, _, payload in records:
-            linker.previous[str(payload["product_id"])] = list(payload.get("keyword_ids") or [])
-        yield StagedBatch(
-            ids=[str(p["product_id"]) for _, _, p in records],
-            texts=[p["product_name"] for _, _, p in records],
-            content_hashes=[p.get("content_hash", "") for _, _, p in records],
-            payloads=[{k: p[k] for k in fields if p.get(k) is not None} for _, _, p in records],
-            ops=[UPSERT] * len(records),
-            point_ids=[pid for pid, _, _ in records],
-            vectors=np.stack([vector for _, vector, _ in records]),
-        )
-
-
-def _search_options(options: LinkOptions, meta: Mapping[str, str], batch_size: int) -> SearchOptions:
-    fetch = options.ranking_depth + TIE_MARGIN
-    return SearchOptions(
-        top_k=fetch,
-        score_threshold=options.score_threshold,
-        hnsw_ef=None if options.hnsw_ef is None else max(options.hnsw_ef, fetch),
-        exact=options.exact,
-        batch_size=batch_size,
-        model_name=meta["model_name"],
-        model_version=meta["model_version"],
-        with_payload=LINKED_FIELDS,
-    )
-
-
 def link_chunk(
     embedded: dict,
     run_dir: str,
     options: LinkOptions,
-    prepared: Mapping[str, Any],
+    prepared: ProductPrepared,
     settings: StoreSettings | None = None,
 ) -> dict[str, Any]:
-    """Link one staged product chunk, or relink one chunk of stored products (``relink``): top-K
-    keywords from Qdrant -> product documents in ES and product points in Qdrant.
+    """Link one staged product chunk: top-K keywords from Qdrant -> product documents in ES and
+    product points in Qdrant (:func:`_link`)."""
+    if not embedded["staged"]:
+        return StageResult(STAGE, embedded["chunk"]).to_xcom()
+    path = as_path(embedded["staged"])
+    _check_staged_model(path, prepared)
 
-    Streams ``write_batch`` products at a time (search, then bulk), so memory does not grow with
-    the chunk. Qdrant failing past its retries fails the task (Airflow retries it; the re-run
-    overwrites the same documents); ES item failures are dead-lettered with ES's reason.
-    """
+    def source(linker: Linker) -> tuple[Iterator[StagedBatch], int]:
+        return iter_staged(path, options.write_batch), staged_row_count(path)
+
+    return _link(STAGE, embedded["chunk"], run_dir, options, prepared, settings, source)
+
+
+def relink_chunk(
+    chunk: dict,
+    run_dir: str,
+    options: LinkOptions,
+    prepared: ProductPrepared,
+    settings: StoreSettings | None = None,
+) -> dict[str, Any]:
+    """Relink one chunk of stored products that keyword changes affect (``maintenance``): their
+    vectors, names and fields come from the product collection, nothing is re-embedded."""
+    ids = read_parquet(chunk["relink"])["id"].to_pylist()
+
+    def source(linker: Linker) -> tuple[Iterator[StagedBatch], int]:
+        stored = stored_batches(
+            linker.qdrant, prepared["product_collection"], ids, options.write_batch, linker
+        )
+        return stored, len(ids)
+
+    return _link(RELINK_STAGE, chunk["chunk"], run_dir, options, prepared, settings, source)
+
+
+def _link(
+    stage: str,
+    chunk_id: str,
+    run_dir: str,
+    options: LinkOptions,
+    prepared: ProductPrepared,
+    settings: StoreSettings | None,
+    source: Callable[[Linker], tuple[Iterator[StagedBatch], int]],
+) -> dict[str, Any]:
+    """Stream ``source``'s batches (``write_batch`` products at a time: search, then bulk) through
+    a linker into ES, so memory does not grow with the chunk. Qdrant failing past its retries
+    fails the task (Airflow retries it; the re-run overwrites the same documents); ES item
+    failures are dead-lettered with ES's reason."""
     from embedding_pipeline.stores.elasticsearch.bulk import BulkOptions, bulk_index
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.qdrant.client import open_client
 
-    relink = embedded.get("relink")
-    stage = RELINK_STAGE if relink else STAGE
-    if not relink and not embedded["staged"]:
-        return StageResult(stage, embedded["chunk"]).to_xcom()
     started = time.monotonic()
     meta = {"model_name": prepared["model_name"], "model_version": str(prepared["model_version"])}
-    if not relink:
-        _check_staged_model(as_path(embedded["staged"]), prepared)
     qdrant_settings: QdrantSettings = settings_of(settings, "qdrant")
     es_settings: EsSettings = settings_of(settings, "es")
-    dead = DeadLetterWriter(as_path(run_dir), stage, embedded["chunk"])
+    dead = DeadLetterWriter(as_path(run_dir), stage, chunk_id)
     bulk = BulkOptions(
         chunk_docs=es_settings.bulk_chunk_docs,
         max_bytes=es_settings.bulk_max_bytes,
@@ -486,12 +318,12 @@ def link_chunk(
         else frozenset()
     )
     with open_client(qdrant_settings) as qdrant, open_es(es_settings) as es:
-        linker = _Linker(
+        linker = Linker(
             qdrant,
             es,
             options,
             (prepared["keyword_collection"], prepared["product_collection"]),
-            _search_options(options, meta, qdrant_settings.search_batch),
+            search_options(options, meta, qdrant_settings.search_batch),
             qdrant_settings.retry,
             LinkStamp(
                 meta["model_name"],
@@ -503,21 +335,9 @@ def link_chunk(
             deleted_keywords,
         )
         stats = linker.stats
-        relink_ids = read_parquet(relink)["id"].to_pylist() if relink else []
-        source = (
-            _relink_batches(
-                qdrant,
-                prepared["product_collection"],
-                relink_ids,
-                options.write_batch,
-                linker,
-            )
-            if relink
-            else iter_staged(as_path(embedded["staged"]), options.write_batch)
-        )
-        total = len(relink_ids) if relink else staged_row_count(as_path(embedded["staged"]))
-        progress = Progress(f"{stage} {embedded['chunk']}", total)
-        batches = (linker.documents(batch) for batch in progress.track(source, lambda b: len(b.ids)))
+        batches_in, total = source(linker)
+        progress = Progress(f"{stage} {chunk_id}", total)
+        batches = (linker.documents(batch) for batch in progress.track(batches_in, lambda b: len(b.ids)))
         es_started = time.monotonic()
         counts = bulk_index(es, prepared["es_index"], batches, dead, bulk)
         # The generator runs inside bulk_index: take its searches and Qdrant writes out of the ES time.
@@ -525,7 +345,7 @@ def link_chunk(
     invalid = len(dead) - counts.dead_lettered  # dead-lettered before ES saw them
     counted = StageResult(
         stage,
-        embedded["chunk"],
+        chunk_id,
         counts.rows_in + invalid,
         indexed=counts.indexed + counts.superseded,
         deleted=counts.deleted,
@@ -550,7 +370,7 @@ def link_chunk(
         "%s %s: %d products, %d written, %d deleted, %d superseded, %d without keywords, "
         "%d dead-lettered in %.1fs",
         stage,
-        embedded["chunk"],
+        chunk_id,
         result.rows_in,
         counts.indexed,
         counts.deleted,
@@ -575,8 +395,8 @@ def _check_staged_model(path: Any, prepared: Mapping[str, Any]) -> None:
 
 
 def finalize(
-    planned: dict[str, Any],
-    prepared: dict[str, Any],
+    planned: Planned,
+    prepared: ProductPrepared,
     embedded: list[dict[str, Any]],
     linked: list[dict[str, Any]],
     meta: dict[str, Any],
