@@ -93,7 +93,7 @@ def test_bad_settings_are_refused(bad: dict) -> None:
 def test_each_caller_gets_its_retry_budget_and_the_environment_wins(monkeypatch) -> None:
     """Tasks wait up to two minutes for a restarting server; the interactive commands 15 s; an
     ``EMBEDDING_SERVER_RETRY_DEADLINE_S`` (or a Connection extra) overrides either."""
-    from embedding_pipeline.cli.search import INTERACTIVE_RETRY_DEADLINE_S, interactive_server_settings
+    from embedding_pipeline.cli.services import INTERACTIVE_RETRY_DEADLINE_S, interactive_server_settings
     from embedding_pipeline.settings import ServerSettings
 
     monkeypatch.delenv("EMBEDDING_SERVER_RETRY_DEADLINE_S", raising=False)

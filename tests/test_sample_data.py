@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from embedding_pipeline.cli import sample as sample_cli
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.sample import generate as sd
 from embedding_pipeline.sample.compose import KEYWORDS_SCHEMA, PRODUCTS_SCHEMA, TABLE_SPECS
@@ -473,7 +474,7 @@ def test_cli_rejects_bad_arguments_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     with pytest.raises(SystemExit) as exc:
-        sd.main(["--out", str(tmp_path / "out"), *argv])
+        sample_cli.main(["--out", str(tmp_path / "out"), *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -486,7 +487,7 @@ def test_cli_module_entry_point_prints_one_line_per_table(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "embedding_pipeline.sample.generate",
+            "embedding_pipeline.cli.sample",
             "--out",
             str(tmp_path),
             "--keywords",

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import settings_for
 from elasticsearch import Elasticsearch
-from embedding_pipeline.cli.search import ProductNotFoundError, display_width, register
+from embedding_pipeline.cli.format import display_width
+from embedding_pipeline.cli.search import ProductNotFoundError, register
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.staging import StagedChunkWriter, content_hash

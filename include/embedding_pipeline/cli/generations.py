@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from embedding_pipeline.cli.search import format_table, local_services
+from embedding_pipeline.cli.format import format_table
+from embedding_pipeline.cli.services import local_services
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.settings import data_root
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS, STAGES

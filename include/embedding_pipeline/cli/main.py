@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 
 from embedding_pipeline.cli import generations as generations_cli
+from embedding_pipeline.cli import sample as sample_data
 from embedding_pipeline.cli import search as search_cli
 from embedding_pipeline.cli import verify as verify_cli
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local import airflow_standalone
 from embedding_pipeline.model.registry import FAMILIES, PRECISIONS
 from embedding_pipeline.model.source import DEFAULT_MODEL_SOURCE
-from embedding_pipeline.sample import generate as sample_data
 from embedding_pipeline.settings import model_repository_path, work_dir
 
 

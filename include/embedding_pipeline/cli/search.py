@@ -7,9 +7,9 @@
     quality [--sample N] [--seed S] [--top-k K] [--product-alias] [--keyword-alias] [--model]
                                                            recall@K of the stored links vs exact search
 
-Handlers only open clients, through a :class:`Services` object, and pass them to functions that
-take clients and return the text to print (:func:`search_text`, :func:`search_meaning`,
-:func:`show_product`, :func:`show_keyword_products`; ``quality`` renders
+Handlers only open clients, through a :class:`~embedding_pipeline.cli.services.Services` object,
+and pass them to functions that take clients and return the text to print (:func:`search_text`,
+:func:`search_meaning`, :func:`show_product`, :func:`show_keyword_products`; ``quality`` renders
 :func:`~embedding_pipeline.stages.products.quality.check_link_quality`). Where the services come from
 (settings from the environment by default) thus stays out of the work, and a caller can wrap or
 replace it. Errors are :class:`~embedding_pipeline.errors.PipelineError` subclasses, which
@@ -20,10 +20,7 @@ measurement, not an error.
 from __future__ import annotations
 
 import argparse
-import sys
-import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,112 +28,24 @@ from typing import Any
 from elasticsearch import Elasticsearch
 from qdrant_client.client_base import QdrantBase
 
+from embedding_pipeline.cli.format import clip, format_table
+from embedding_pipeline.cli.services import Services
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.model.registry import ROLES, Role
 from embedding_pipeline.serving.client import EmbeddingClient
-from embedding_pipeline.settings import ServerSettings, data_root
+from embedding_pipeline.settings import data_root
 from embedding_pipeline.stages.keywords.documents import search_keywords
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 from embedding_pipeline.stages.products.documents import products_linked_to, search_setting
 from embedding_pipeline.stages.products.quality import check_link_quality, render_report
 from embedding_pipeline.stages.products.relevance import has_labels, render, score_lists, stored_lists
-from embedding_pipeline.stores.elasticsearch.client import open_es
 from embedding_pipeline.stores.elasticsearch.read import MAX_RESULT_WINDOW, get_document, sample_documents
-from embedding_pipeline.stores.qdrant.client import open_client
 from embedding_pipeline.stores.qdrant.collections import collection_target_retrying
 from embedding_pipeline.stores.qdrant.search import SearchOptions, search
-from embedding_pipeline.stores.qdrant.settings import QdrantSettings
-
-CELL_WIDTH = 48  # display columns; longer keywords are cut with "…" so the table stays readable
-
-
-# A person waits on these commands: a down server should say so in seconds, not after the tasks'
-# two-minute retry budget (EMBEDDING_SERVER_RETRY_DEADLINE_S still wins when set).
-INTERACTIVE_RETRY_DEADLINE_S = 15.0
-
-
-def interactive_server_settings(model: str | None = None, **overrides: Any) -> ServerSettings:
-    """Server settings from the environment, with the interactive retry budget as the default."""
-    settings = ServerSettings.from_env(retry_deadline_s=INTERACTIVE_RETRY_DEADLINE_S)
-    return settings.with_overrides(model_name=model, **overrides)
 
 
 class ProductNotFoundError(PipelineError):
     """No product document with the requested id behind the alias."""
-
-
-class Services:
-    """Where handlers get their clients: settings from the environment, as the DAGs fall back to.
-
-    With nothing configured and nothing running (e.g. after ``make demo``), Elasticsearch (the
-    emulator, on its persistent data) and the inference server are started for the duration of
-    the command and stopped after it (:class:`LocalServices`); what they say goes to stderr so the
-    output stays clean. Subclass (or wrap) to provide clients another way.
-    """
-
-    @contextmanager
-    def elasticsearch(self) -> Iterator[Elasticsearch]:
-        with local_services(need_es=True), open_es() as client:
-            yield client
-
-    @contextmanager
-    def qdrant(self) -> Iterator[QdrantBase]:
-        with open_client(QdrantSettings.from_env()) as client:
-            yield client
-
-    @contextmanager
-    def embedding(self, model: str | None) -> Iterator[EmbeddingClient]:
-        with local_services(need_server=True), EmbeddingClient(interactive_server_settings(model)) as client:
-            yield client
-
-
-def local_services(need_es: bool = False, need_server: bool = False) -> Any:
-    from embedding_pipeline.local.services import LocalServices
-
-    def note(line: str) -> None:
-        print(f"({line})", file=sys.stderr, flush=True)
-
-    return LocalServices(need_es=need_es, need_server=need_server, ports="free", report=note)
-
-
-# --------------------------------------------------------------------------------------------------
-# Aligned text for terminals (Japanese included)
-# --------------------------------------------------------------------------------------------------
-
-
-def display_width(text: str) -> int:
-    """Terminal columns of ``text``: East Asian wide and fullwidth characters take two, marks none."""
-    return sum(
-        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-        for ch in text
-    )
-
-
-def clip(value: Any, width: int = CELL_WIDTH) -> str:
-    """One line of at most ``width`` columns: whitespace runs collapsed, the rest cut with "…"."""
-    text = " ".join(str(value).split())
-    if display_width(text) <= width:
-        return text
-    out, used = [], 0
-    for ch in text:
-        used += display_width(ch)
-        if used > width - 1:
-            break
-        out.append(ch)
-    return "".join(out) + "…"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int]) -> list[str]:
-    """Rows padded to their column's display width; columns in ``right`` are right-aligned."""
-    widths = [max(display_width(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = []
-    for row in [headers, *rows]:
-        cells = []
-        for i, cell in enumerate(row):
-            pad = " " * (widths[i] - display_width(cell))
-            cells.append(pad + cell if i in right else cell + pad)
-        lines.append("  ".join(cells).rstrip())
-    return lines
 
 
 def _keyword_table(hits: Sequence[tuple[Mapping[str, Any], float]]) -> list[str]:

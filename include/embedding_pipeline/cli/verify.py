@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from embedding_pipeline.cli.search import local_services
+from embedding_pipeline.cli.services import local_services
 from embedding_pipeline.stages.names import KEYWORD_ALIAS, PRODUCT_ALIAS
 
 PAIRS = (("keywords", "keyword_id"), ("products", "product_id"))
