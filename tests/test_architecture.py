@@ -5,6 +5,7 @@ entity and no particular store - a third store is an adapter, never an edit ther
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,45 @@ def test_plugins_and_dag_files_import_the_library_downwards_only():
     """Airflow glue sits on top: no library module imports plugins."""
     library = [m for m in GRAPH if m.startswith("embedding_pipeline.")]
     assert not {t for m in library for t in GRAPH[m] if not t.startswith("embedding_pipeline")}
+
+
+def _layout_block() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## What is here")
+    block = readme[readme.index("```\n", start) + 4 :]
+    return block[: block.index("```")].splitlines()
+
+
+def _folder_entries(lines: list[str]) -> dict[str, str]:
+    """README layout block -> {folder path: its description}, nesting taken from the indentation."""
+    entries: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    current = None
+    for line in lines:
+        token = line.split()[0] if line.strip() else ""
+        indent = len(line) - len(line.lstrip())
+        if token.endswith("/") and indent < 30:
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            current = "".join(name for _, name in stack) + token
+            stack.append((indent, token))
+            entries[current] = line[len(token) + indent :]
+        elif current is not None:
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_the_readme_layout_names_every_module():
+    """The layout block in the README is the map a newcomer reads: every module is on it, under its
+    folder (a module added without a line there fails here)."""
+    entries = {
+        folder: set(re.findall(r"\w+", text)) for folder, text in _folder_entries(_layout_block()).items()
+    }
+    assert {"include/embedding_pipeline/stores/qdrant/edge/", "plugins/pipeline_stages/"} <= set(entries)
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in MODULES.values()
+        if path.name != "__init__.py"
+        and path.stem not in entries.get(path.relative_to(ROOT).parent.as_posix() + "/", set())
+    ]
+    assert missing == []
