@@ -151,7 +151,7 @@ def index_keywords(
     from embedding_pipeline.runs.report import finalize_run
     from embedding_pipeline.stages.keywords import stage as ki
 
-    targets = ki.Targets(qdrant_alias=KEYWORD_ALIAS, es_alias=KEYWORD_ALIAS)
+    targets = ki.KeywordStores(qdrant_alias=KEYWORD_ALIAS, es_alias=KEYWORD_ALIAS)
     settings = {"qdrant": qdrant, "es": es}
     run_dir = partition_runs.run_dir_for("bench_keyword_index", "setup")
     seconds: dict[str, float] = {}

@@ -26,10 +26,12 @@ KEYWORD_INDEX = Asset("keyword_index")
 STAGE = "keyword_index"
 
 
-def _targets(params: dict) -> Any:
-    from embedding_pipeline.stages.keywords.stage import Targets
+def _stores(params: dict) -> Any:
+    from embedding_pipeline.stages.keywords.stage import KeywordStores
 
-    return Targets(params["write_qdrant"], params["write_es"], params["qdrant_alias"], params["es_alias"])
+    return KeywordStores(
+        params["write_qdrant"], params["write_es"], params["qdrant_alias"], params["es_alias"]
+    )
 
 
 def keyword_index_tasks() -> StageEnds:
@@ -56,7 +58,7 @@ def keyword_index_tasks() -> StageEnds:
             model = model_info(server_settings(), params["model_name"])
             spec = input_spec(params)
             full = params["mode"] == "full"
-            return ki.prepare_sinks(_targets(params), model, planned, spec, store_settings(), full=full)
+            return ki.prepare_sinks(_stores(params), model, planned, spec, store_settings(), full=full)
 
     @stage_task
     def embed(chunk: dict, planned: dict, prepared: dict) -> dict:
@@ -71,7 +73,7 @@ def keyword_index_tasks() -> StageEnds:
 
         params = get_current_context()["params"]
         with no_retry_on_setup_errors():
-            return ki.write_qdrant(embedded, planned["run_dir"], _targets(params), prepared, store_settings())
+            return ki.write_qdrant(embedded, planned["run_dir"], _stores(params), prepared, store_settings())
 
     @stage_task
     def es_index(embedded: dict, planned: dict, prepared: dict) -> dict:
@@ -79,13 +81,13 @@ def keyword_index_tasks() -> StageEnds:
 
         params = get_current_context()["params"]
         with no_retry_on_setup_errors():
-            return ki.write_es(embedded, planned["run_dir"], _targets(params), prepared, store_settings())
+            return ki.write_es(embedded, planned["run_dir"], _stores(params), prepared, store_settings())
 
     @stage_task(trigger_rule="all_done")
     def finish_sinks(prepared: dict | None) -> None:
         from embedding_pipeline.stages.keywords import stage as ki
 
-        ki.finish_sinks(_targets(get_current_context()["params"]), prepared, store_settings())
+        ki.finish_sinks(_stores(get_current_context()["params"]), prepared, store_settings())
 
     @stage_task(trigger_rule="none_failed", retries=0)
     def finalize(planned: dict, prepared: dict, embedded: list, qdrant: list, es: list) -> dict:
@@ -93,7 +95,7 @@ def keyword_index_tasks() -> StageEnds:
         from embedding_pipeline.stages.keywords import stage as ki
 
         params = get_current_context()["params"]
-        targets = _targets(params)
+        targets = _stores(params)
         sinks = {
             name: mapped_results(results)
             for name, results in (("qdrant", qdrant), ("es", es))

@@ -48,7 +48,7 @@ def run_keywords(
     """plan -> prepare_sinks -> embed[] -> qdrant[] + es[] -> finish_sinks -> finalize (+ commit;
     with ``publish``, a full rebuild into a new generation, gated) -> swap. ``before_finalize``
     gets what prepare set up, between the writes and finalize: where a test injects a fault."""
-    targets = ki.Targets(qdrant_alias=alias, es_alias=alias)
+    targets = ki.KeywordStores(qdrant_alias=alias, es_alias=alias)
     full = publish is not None
     planned = _plan(KEYWORDS, root, dts, run_dir, spec, full)
     model = model_info(None, model_name)

@@ -59,7 +59,7 @@ ES_STAGE = "es_index"
 
 
 @dataclass(frozen=True)
-class Targets:
+class KeywordStores:
     """Which stores a run writes, and the alias of each."""
 
     qdrant: bool = True
@@ -84,14 +84,14 @@ class KeywordPrepared(ModelIdentity, Changes, total=False):
     generation: GenerationPlan
 
 
-def aliases(targets: Targets) -> list[StoreAlias]:
+def aliases(targets: KeywordStores) -> list[StoreAlias]:
     """The aliases this stage writes: what a full rebuild builds a generation of and swaps."""
     stores = [StoreAlias("qdrant", targets.qdrant_alias)] if targets.qdrant else []
     return stores + ([StoreAlias("es", targets.es_alias)] if targets.es else [])
 
 
 def prepare_sinks(
-    targets: Targets,
+    targets: KeywordStores,
     model: ModelIdentity,
     planned: Planned,
     spec: InputSpec,
@@ -150,7 +150,7 @@ def prepare_sinks(
 
 
 def finish_sinks(
-    targets: Targets, prepared: KeywordPrepared | None, settings: StoreSettings | None = None
+    targets: KeywordStores, prepared: KeywordPrepared | None, settings: StoreSettings | None = None
 ) -> None:
     """Teardown: restore the bulk-load settings of a new generation, or of the live ES index (also
     when loads failed)."""
@@ -213,7 +213,7 @@ def _empty(stage: str, embedded: dict) -> dict:
 def write_qdrant(
     embedded: dict,
     run_dir: str,
-    targets: Targets,
+    targets: KeywordStores,
     prepared: KeywordPrepared,
     settings: StoreSettings | None = None,
 ) -> dict:
@@ -242,7 +242,7 @@ def write_qdrant(
 def write_es(
     embedded: dict,
     run_dir: str,
-    targets: Targets,
+    targets: KeywordStores,
     prepared: KeywordPrepared,
     settings: StoreSettings | None = None,
 ) -> dict:
