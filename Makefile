@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors bench-relevance bench-int8 bench-qdrant clean
+.PHONY: setup demo test test-fast lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors bench-relevance bench-int8 bench-qdrant clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -16,6 +16,10 @@ demo: setup
 ## Lint, then the whole test suite (real servers, real Airflow dag.test()).
 test: setup lint
 	$(PY) -m pytest
+
+## The fast lane: unit, property and DAG-integrity tests (no inference server, no Airflow database).
+test-fast: setup lint
+	$(PY) -m pytest -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check include dags plugins tests bench

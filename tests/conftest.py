@@ -114,3 +114,15 @@ def pipeline_services(airflow_db, server, repository, es_url, tmp_path, monkeypa
     monkeypatch.setenv("ES_URL", es_url)
     monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "qdrant"))
     return tmp_path
+
+
+# What makes a test slow here: it needs the inference server, a published model repository or
+# Airflow's metadata database (dag.test()). The rest - unit, property and DAG-integrity tests, the
+# ES emulator and embedded Qdrant included - is the fast lane, `make test-fast`.
+SLOW_FIXTURES = frozenset({"server", "repository", "airflow_db", "pipeline_services"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -268,7 +268,13 @@ def test_setup_errors_fail_early_with_both_sides_named(env, server, repository):
     # Qdrant unreachable: a clear error after the bounded retries, not a client traceback.
     closed = QdrantSettings(url=f"http://127.0.0.1:{free_port()}", max_retries=1, timeout=2)
     with pytest.raises(QdrantUnavailableError, match="cannot reach Qdrant"):
-        prepare(LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]), model, planned, spec, closed)
+        prepare(
+            LinkOptions(keyword_alias=env["kw"], product_alias=env["prod"]),
+            model,
+            planned,
+            spec,
+            {"qdrant": closed},
+        )
 
     # An existing product index whose mapping conflicts (keywords not nested).
     with open_es() as es:
@@ -320,7 +326,8 @@ def test_match_filters_take_the_products_value_and_skip_nulls():
     """Unit: the per-product filter (no services). A product value overrides a static filter on the
     same field; a null product value adds no condition, leaving the static one."""
     from embedding_pipeline.errors import ConfigError
-    from embedding_pipeline.stages.products.stage import LinkOptions, _filters
+    from embedding_pipeline.stages.products.linker import _filters
+    from embedding_pipeline.stages.products.options import LinkOptions
 
     options = LinkOptions(match_fields=("category", "lang"), keyword_filter={"lang": ["ja", "en"]})
     payloads = [{"category": "食品", "lang": "ja"}, {"category": None}, {}]
@@ -347,8 +354,8 @@ def test_hybrid_and_lexical_lists_are_the_fused_rankings_and_say_how_they_were_m
     BM25 ranking of the product name (recomputed here from both stores), weights as given;
     lexical: BM25 alone. The ``link`` object records mode, weights, k and depth."""
     from embedding_pipeline.stages.products.fusion import TIE_MARGIN, best, rrf
+    from embedding_pipeline.stages.products.linker import _filters
     from embedding_pipeline.stages.products.options import LinkOptions
-    from embedding_pipeline.stages.products.stage import _filters
     from embedding_pipeline.stores.elasticsearch.client import open_es
     from embedding_pipeline.stores.elasticsearch.read import match_many
     from embedding_pipeline.stores.qdrant.client import open_client

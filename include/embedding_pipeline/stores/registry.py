@@ -27,6 +27,11 @@ StoreSettings = Mapping[str, Any]  # system -> that store's settings (absent or 
 def settings_of(settings: StoreSettings | None, system: str) -> Any:
     """One store's settings: the ones given, else resolved from the environment by its adapter
     (``default_settings``) - the one place a missing setting falls back to the environment."""
+    if settings is not None and not isinstance(settings, Mapping):
+        raise ConfigError(
+            f"store settings are a mapping of store system to settings ({', '.join(SYSTEMS)}), "
+            f"got {type(settings).__name__}"
+        )
     given = (settings or {}).get(system)
     if given is not None:
         return given
