@@ -152,9 +152,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="one repeat: a smoke run")
     parser.add_argument("--label", default="current", help="names the results file, e.g. before/after")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
     load_before = os.getloadavg()
     files = measure(args.repeats)
     report = {
@@ -165,7 +168,7 @@ def main() -> None:
         "load": [round(x, 2) for x in (load_before[0], os.getloadavg()[0])],
         "files": files,
     }
-    write_results(args.output_dir, f"dag-parse-{args.label}", False, report, markdown)
+    write_results(args.output_dir, f"dag-parse-{args.label}", args.quick, report, markdown)
 
 
 if __name__ == "__main__":

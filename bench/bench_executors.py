@@ -60,7 +60,9 @@ def summarize(name: str, wall_s: float, instances: list[dict[str, Any]]) -> dict
     }
 
 
-def run_cluster(executor: str, root: Path, repository: Path, env: dict[str, str], conf: dict) -> dict:
+def run_cluster(
+    executor: str, root: Path, repository: Path, env: dict[str, str], conf: dict, dates: list[str]
+) -> dict:
     sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
     from airflow_api import Api
     from embedding_pipeline.local.celery_cluster import CeleryCluster
@@ -71,7 +73,7 @@ def run_cluster(executor: str, root: Path, repository: Path, env: dict[str, str]
         api = Api(c.api_url, c.admin_password)
         api.wait_for_dag("embedding_chain")
         started = time.monotonic()
-        runs = api.backfill("embedding_chain", DATES, conf, timeout_s=3600)
+        runs = api.backfill("embedding_chain", dates, conf, timeout_s=3600)
         wall = time.monotonic() - started
         assert all(r["state"] == "success" for r in runs), runs
         instances = [t for r in runs for t in api.task_instances("embedding_chain", r["dag_run_id"])]
@@ -79,11 +81,11 @@ def run_cluster(executor: str, root: Path, repository: Path, env: dict[str, str]
     return summarize(executor, wall, instances)
 
 
-def run_dag_test(conf: dict) -> dict:
+def run_dag_test(conf: dict, dates: list[str]) -> dict:
     from embedding_pipeline.local.airflow_runner import run_dag
 
     started, instances = time.monotonic(), []
-    for dt in DATES:
+    for dt in dates:
         run = run_dag("embedding_chain", {**conf, "dt": dt})
         assert str(run.state) == "success"
         for ti in run.get_task_instances():
@@ -98,7 +100,7 @@ def run_dag_test(conf: dict) -> dict:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
+    m, dates = report["machine"], report.get("dates", DATES)  # results before 2026-12-07 name no dates
     rows = [
         [
             r["executor"] + {True: ", task preload", False: ", no preload"}.get(r.get("task_preload"), ""),
@@ -113,10 +115,10 @@ def markdown(report: dict[str, Any]) -> str:
         for r in report["results"]
     ]
     lines = [
-        f"# Executors: a two-date backfill of embedding_chain ({report['date']})",
+        f"# Executors: a {len(dates)}-date backfill of embedding_chain ({report['date']})",
         "",
         f"{m['cpu_count']} x {m['cpu_model']}, {m['memory_gb']} GB; {report['keywords']} keywords and "
-        f"{report['products']} products over {len(DATES)} dates, MiniLM fp32, "
+        f"{report['products']} products over {len(dates)} dates, MiniLM fp32, "
         f"chunk_rows {report['chunk_rows']}. "
         "Celery: 2 workers x concurrency 1; LocalExecutor: parallelism 2; both on PostgreSQL + the "
         "compose file's settings. Airflow share = 1 - (time some task instance ran) / wall.",
@@ -170,7 +172,20 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=400)
     parser.add_argument("--chunk-rows", type=int, default=500)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="200 keywords, 50 products, one date, LocalExecutor with the preload only",
+    )
     args = parser.parse_args()
+    dates = DATES[:1] if args.quick else DATES
+    if args.quick:
+        args.keywords, args.products, args.chunk_rows = 200, 50, 100
+    variants = (
+        [("LocalExecutor", True)]
+        if args.quick
+        else [(e, p) for e in ("CeleryExecutor", "LocalExecutor") for p in (False, True)]
+    )
     from embedding_pipeline.local.airflow_runner import configure_airflow, migrate_db
     from embedding_pipeline.local.es_emulator import EsEmulator
     from embedding_pipeline.sample.generate import generate
@@ -181,7 +196,7 @@ def main() -> None:
         model = publish("minilm", repository, scratch)
         data = scratch / "data"
         generate(
-            data, keywords=args.keywords, products=args.products, dates=DATES, seed=4, row_group_size=500
+            data, keywords=args.keywords, products=args.products, dates=dates, seed=4, row_group_size=500
         )
         conf = {"chunk_rows": args.chunk_rows, "top_k": 10, "model_name": model["name"]}
         results = []
@@ -197,27 +212,26 @@ def main() -> None:
                 "ES_URL": es.url,
                 "HF_HUB_OFFLINE": "1",
             }
-            for executor in ("CeleryExecutor", "LocalExecutor"):
-                for preload in (False, True):
-                    name = f"{executor}-{'preload' if preload else 'plain'}"
-                    root = scratch / name
-                    env = {
-                        **services,
-                        "QDRANT_PATH": str(root / "qdrant"),
-                        "EMBEDDING_PIPELINE_HOME": str(root / "work"),
-                        "EMBEDDING_TASK_PRELOAD": "1" if preload else "0",
-                    }
-                    alias = name.lower().replace("-", "_")
-                    aliases = {"qdrant_alias": f"{alias}_kw", "es_alias": f"{alias}_kw"}
-                    aliases["product_alias"] = f"{alias}_pr"
-                    result = run_cluster(executor, root, repository, env, {**conf, **aliases})
-                    results.append({**result, "task_preload": preload})
-                    print(json.dumps(results[-1]), flush=True)
+            for executor, preload in variants:
+                name = f"{executor}-{'preload' if preload else 'plain'}"
+                root = scratch / name
+                env = {
+                    **services,
+                    "QDRANT_PATH": str(root / "qdrant"),
+                    "EMBEDDING_PIPELINE_HOME": str(root / "work"),
+                    "EMBEDDING_TASK_PRELOAD": "1" if preload else "0",
+                }
+                alias = name.lower().replace("-", "_")
+                aliases = {"qdrant_alias": f"{alias}_kw", "es_alias": f"{alias}_kw"}
+                aliases["product_alias"] = f"{alias}_pr"
+                result = run_cluster(executor, root, repository, env, {**conf, **aliases}, dates)
+                results.append({**result, "task_preload": preload})
+                print(json.dumps(results[-1]), flush=True)
             os.environ.update(services, QDRANT_PATH=str(scratch / "dagtest" / "qdrant"))
             os.environ["EMBEDDING_PIPELINE_HOME"] = str(scratch / "dagtest" / "work")
             migrate_db(configure_airflow(scratch / "dagtest" / "airflow"))
             aliases = {"qdrant_alias": "dagtest_kw", "es_alias": "dagtest_kw", "product_alias": "dagtest_pr"}
-            results.append(run_dag_test({**conf, **aliases, "input_root": str(data)}))
+            results.append(run_dag_test({**conf, **aliases, "input_root": str(data)}, dates))
             print(json.dumps(results[-1]), flush=True)
     report = {
         "date": date.today().isoformat(),
@@ -225,9 +239,10 @@ def main() -> None:
         "keywords": args.keywords,
         "products": args.products,
         "chunk_rows": args.chunk_rows,
+        "dates": dates,
         "results": results,
     }
-    write_results(BENCH_DIR / "results", "executors", False, report, markdown)
+    write_results(BENCH_DIR / "results", "executors", args.quick, report, markdown)
 
 
 if __name__ == "__main__":

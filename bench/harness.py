@@ -85,7 +85,10 @@ def write_results(
     markdown: Callable[[dict[str, Any]], str],
 ) -> None:
     """``<output_dir>/<name>-<date>[-quick][-<n>].json`` and ``.md``, the markdown also printed. A
-    second run on the same day gets ``-2`` (and so on): a dated result is a record, never replaced."""
+    second run on the same day gets ``-2`` (and so on): a dated result is a record, never replaced.
+    ``EMBEDDING_BENCH_RESULTS`` overrides ``output_dir`` (the test suite's smoke runs of every
+    benchmark write there, never into ``bench/results``)."""
+    output_dir = Path(os.environ.get("EMBEDDING_BENCH_RESULTS") or output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     base = f"{name}-{report['date']}" + ("-quick" if quick else "")
     stem, n = base, 1

@@ -68,10 +68,7 @@ def gate_generation(
                     {store: plan["live"][store.key] for store in aliases},
                 )
                 state = IndexState(prepared["state_path"])
-                rules = publish.rules
-                checks = gate(
-                    stores, candidate, state, prepared, kind, rules.max_shrink, rules.canaries, stage
-                )
+                checks = gate(stores, candidate, state, prepared, kind, publish.rules, stage)
             except PipelineError as exc:  # a check that cannot run (a generation gone, a store down)
                 raise GateError(f"the gate could not run: {exc}; no alias moved", section) from exc
         section["checks"] = [asdict(c) for c in checks]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from embedding_pipeline.generations.rules import GateRules
 from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.stores.protocol import IDENTITY, StoreAlias, Stores
 
@@ -138,16 +139,15 @@ def gate(
     state: IndexState,
     model: Mapping[str, Any],
     kind: str,
-    max_shrink: float,
-    canaries: int,
+    rules: GateRules,
     stage: StageChecks = NO_STAGE_CHECKS,
 ) -> list[Check]:
     """The checks a new generation must pass before the aliases move (module docstring)."""
     expected = state.live_count()
     checks = [
         _count_check(stores, candidate.new, expected),
-        _shrink_check(stores, candidate.live, expected, max_shrink),
+        _shrink_check(stores, candidate.live, expected, rules.max_shrink),
         _model_check(stores, candidate.new, model),
-        _canary_check(stores, candidate, canary_ids(state, canaries), kind, stage.canaries),
+        _canary_check(stores, candidate, canary_ids(state, rules.canaries), kind, stage.canaries),
     ]
     return checks + [check(stores, candidate) for check in stage.checks]

@@ -52,7 +52,7 @@ class LinkOptions:
     hnsw_ef: int | None = DEFAULT_HNSW_EF  # Qdrant server: HNSW candidates per query (None: its default)
     exact: bool = False  # Qdrant server: search without the index (local mode is always exact)
     write_batch: int = 512
-    relink_chunk_ids: int = 50_000  # stored products per relink task (link_maintenance)
+    relink_chunk_ids: int = 50_000  # stored products per relink task (maintenance)
     # dense: Qdrant's nearest keywords. lexical: Elasticsearch BM25 of the product name over the
     # keyword text. hybrid: both, fused by weighted reciprocal rank fusion (stages.products.fusion).
     link_mode: LinkMode = DEFAULT_LINK_MODE

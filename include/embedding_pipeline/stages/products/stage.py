@@ -230,7 +230,7 @@ def finish(
         if generation:
             end_generation_load(stores, generation)
         else:
-            end_bulk_load(stores.client("es"), prepared["es_index"], prepared["es_previous_settings"])
+            end_bulk_load(stores.client("es"), prepared["es_index"], prepared.get("es_previous_settings"))
 
 
 def embed(

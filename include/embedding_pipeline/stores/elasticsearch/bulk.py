@@ -52,7 +52,7 @@ class BulkOptions:
     retry: RetryPolicy = RetryPolicy(max_retries=5, backoff_initial_s=0.5, backoff_max_s=30.0)
     request_timeout: float | None = None
     # "external_gte" with a per-document version: a write older than the stored document is
-    # refused by ES (409) and counted as superseded, not dead-lettered (see product_documents).
+    # refused by ES (409) and counted as superseded, not dead-lettered (see stages/products/documents.py).
     version_type: str | None = None
 
 
