@@ -9,8 +9,7 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context
 
-from pipeline_stages.approval import SwapApproval
-from pipeline_stages.options import check_params, input_spec, publish_options
+from pipeline_stages.options import input_spec, publish_options
 from pipeline_stages.runtime import (
     mapped_results,
     no_retry_on_setup_errors,
@@ -20,7 +19,7 @@ from pipeline_stages.runtime import (
     stage_task,
     store_settings,
 )
-from pipeline_stages.steps import StageEnds, announce, go_live, plan_stage
+from pipeline_stages.steps import StageEnds, chunks_task, plan_task, publish_tail
 
 KEYWORD_INDEX = Asset("keyword_index")
 STAGE = "keyword_index"
@@ -36,17 +35,6 @@ def _stores(params: dict) -> Any:
 
 def keyword_index_tasks() -> StageEnds:
     """Create the stage's tasks in the current DAG or TaskGroup."""
-
-    @stage_task(retries=0)
-    def plan() -> dict:
-        from embedding_pipeline.runs.partitions import KEYWORDS
-
-        check_params(get_current_context()["params"])  # bad Params fail here, before any work
-        return plan_stage(KEYWORDS, STAGE)
-
-    @stage_task
-    def chunks(planned: dict, prepared: dict) -> list[dict]:
-        return planned["chunks"] + prepared["delete_chunks"]
 
     @stage_task
     def prepare_sinks(planned: dict) -> dict:
@@ -108,22 +96,12 @@ def keyword_index_tasks() -> StageEnds:
             )
         return summary(report, planned["run_dir"])
 
-    @stage_task(trigger_rule="none_failed", retries=0, task_id="go_live")
-    def live(planned: dict, prepared: dict) -> dict:
-        return go_live(planned, prepared)
-
-    @stage_task(outlets=[KEYWORD_INDEX], retries=0, task_id="announce")
-    def announced(planned: dict) -> dict:
-        return announce(KEYWORD_INDEX, planned)
-
-    planned = plan()
+    planned = plan_task("keywords", STAGE)
     prepared = prepare_sinks(planned)
-    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned, prepared))
+    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks_task(planned, prepared))
     qdrant = qdrant_upsert.partial(planned=planned, prepared=prepared).expand(embedded=embedded)
     es = es_index.partial(planned=planned, prepared=prepared).expand(embedded=embedded)
     done = finish_sinks(prepared)
     [qdrant, es] >> done
     report = finalize(planned, prepared, embedded, qdrant, es)
-    served = live(planned, prepared)
-    done >> report >> SwapApproval(task_id="approve_swap") >> served >> announced(planned)
-    return StageEnds(planned, served)
+    return publish_tail(KEYWORD_INDEX, planned, prepared, done, report)

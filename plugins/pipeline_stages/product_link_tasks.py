@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, get_current_context
 
-from pipeline_stages.approval import SwapApproval
-from pipeline_stages.options import check_params, input_spec, link_options, publish_options
+from pipeline_stages.options import input_spec, link_options, publish_options
 from pipeline_stages.runtime import (
     mapped_results,
     no_retry_on_setup_errors,
@@ -18,7 +17,7 @@ from pipeline_stages.runtime import (
     stage_task,
     store_settings,
 )
-from pipeline_stages.steps import StageEnds, announce, go_live, plan_stage
+from pipeline_stages.steps import StageEnds, chunks_task, plan_task, publish_tail
 
 PRODUCT_LINKS = Asset("product_links")
 STAGE = "product_link"
@@ -26,17 +25,6 @@ STAGE = "product_link"
 
 def product_link_tasks() -> StageEnds:
     """Create the stage's tasks in the current DAG or TaskGroup."""
-
-    @stage_task(retries=0)
-    def plan() -> dict:
-        from embedding_pipeline.runs.partitions import PRODUCTS
-
-        check_params(get_current_context()["params"])  # bad Params fail here, before any work
-        return plan_stage(PRODUCTS, STAGE)
-
-    @stage_task
-    def chunks(planned: dict, prepared: dict) -> list[dict]:
-        return planned["chunks"] + prepared["delete_chunks"]
 
     @stage_task
     def relink_chunks(prepared: dict) -> list[dict]:
@@ -113,23 +101,13 @@ def product_link_tasks() -> StageEnds:
             )
         return summary(report, planned["run_dir"])
 
-    @stage_task(trigger_rule="none_failed", retries=0, task_id="go_live")
-    def live(planned: dict, prepared: dict) -> dict:
-        return go_live(planned, prepared)
-
-    @stage_task(outlets=[PRODUCT_LINKS], retries=0, task_id="announce")
-    def announced(planned: dict) -> dict:
-        return announce(PRODUCT_LINKS, planned)
-
-    planned = plan()
+    planned = plan_task("products", STAGE)
     prepared = prepare(planned)
-    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks(planned, prepared))
+    embedded = embed.partial(planned=planned, prepared=prepared).expand(chunk=chunks_task(planned, prepared))
     linked = link.partial(planned=planned, prepared=prepared).expand(embedded=embedded)
     relinked = relink.partial(planned=planned, prepared=prepared).expand(chunk=relink_chunks(prepared))
     linked >> relinked
     done = finish_sinks(prepared)
     [linked, relinked] >> done
     report = finalize(planned, prepared, embedded, linked, relinked)
-    served = live(planned, prepared)
-    done >> report >> SwapApproval(task_id="approve_swap") >> served >> announced(planned)
-    return StageEnds(planned, served)
+    return publish_tail(PRODUCT_LINKS, planned, prepared, done, report)

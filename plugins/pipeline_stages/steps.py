@@ -1,12 +1,70 @@
-"""The steps every stage shares around its own tasks: plan (this run's partitions in bounded
-chunks), go_live (a full rebuild's swap) and announce (the stage's Asset event)."""
+"""The shape every stage shares around its own tasks:
+
+    plan -> prepare -> chunks -> (the stage's mapped tasks) -> finish (teardown) -> finalize
+    -> approve_swap (optional) -> go_live (a full rebuild's swap) -> announce (its Asset event)
+
+``plan_task``, ``chunks_task`` and ``publish_tail`` create the shared tasks in the DAG being
+defined; a stage's module adds its own prepare, mapped, finish and finalize tasks between them."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from pipeline_stages.options import input_spec, publish_options
-from pipeline_stages.runtime import no_retry_on_setup_errors
+from airflow.sdk import get_current_context
+
+from pipeline_stages.approval import SwapApproval
+from pipeline_stages.options import check_params, input_spec, publish_options
+from pipeline_stages.runtime import no_retry_on_setup_errors, stage_task
+
+
+class StageEnds(NamedTuple):
+    """Where a stage's tasks start and where its data is live: the chain wires the next stage after
+    ``live``, not after the Asset event, which an empty night skips."""
+
+    first: Any
+    live: Any
+
+
+def plan_task(table: str, stage: str) -> Any:
+    """The stage's first task, ``plan``: bad Params fail the run here, before any work; then this
+    run's partitions of ``table`` (``keywords`` or ``products``) in bounded chunks."""
+
+    @stage_task(retries=0, task_id="plan")
+    def plan() -> dict:
+        from embedding_pipeline.runs.partitions import KEYWORDS, PRODUCTS
+
+        check_params(get_current_context()["params"])
+        return plan_stage({"keywords": KEYWORDS, "products": PRODUCTS}[table], stage)
+
+    return plan()
+
+
+def chunks_task(planned: Any, prepared: Any) -> Any:
+    """``chunks``: what the embed tasks are mapped over (the planned chunks and the delete chunks
+    prepare planned against the state)."""
+
+    @stage_task(task_id="chunks")
+    def chunks(planned: dict, prepared: dict) -> list[dict]:
+        return planned["chunks"] + prepared["delete_chunks"]
+
+    return chunks(planned, prepared)
+
+
+def publish_tail(asset: Any, planned: Any, prepared: Any, finished: Any, report: Any) -> StageEnds:
+    """The end every stage shares, after its teardown (``finished``) and finalize (``report``):
+    approve_swap (optional) -> go_live -> announce."""
+
+    @stage_task(trigger_rule="none_failed", retries=0, task_id="go_live")
+    def live(planned: dict, prepared: dict) -> dict:
+        return go_live(planned, prepared)
+
+    @stage_task(outlets=[asset], retries=0, task_id="announce")
+    def announced(planned: dict) -> dict:
+        return announce(asset, planned)
+
+    served = live(planned, prepared)
+    finished >> report >> SwapApproval(task_id="approve_swap") >> served >> announced(planned)
+    return StageEnds(planned, served)
 
 
 def plan_stage(table: Any, stage: str) -> dict:
@@ -14,7 +72,6 @@ def plan_stage(table: Any, stage: str) -> dict:
     from dataclasses import replace
     from pathlib import Path
 
-    from airflow.sdk import get_current_context
     from embedding_pipeline.runs import plan as partition_runs
 
     context = get_current_context()
@@ -39,19 +96,10 @@ def plan_stage(table: Any, stage: str) -> dict:
         )
 
 
-class StageEnds(NamedTuple):
-    """Where a stage's tasks start and where its data is live: the chain wires the next stage after
-    ``live``, not after the Asset event, which an empty night skips."""
-
-    first: Any
-    live: Any
-
-
 def go_live(planned: dict, prepared: dict) -> dict:
     """The stage's last step of work, after finalize (report, state commit, a full rebuild's gate)
     and the optional approval: a full rebuild's swap. Returns the summary XCom gets (the full report
     is a file in the run dir)."""
-    from airflow.sdk import get_current_context
     from embedding_pipeline.runs.report import read_report, summary
 
     params, run_dir = get_current_context()["params"], planned["run_dir"]
@@ -69,7 +117,6 @@ def announce(asset: Any, planned: dict) -> dict:
     """The stage's Asset event (partitions and rows read), after ``go_live``: followers only ever
     see data the aliases serve. A run that read no rows sends none - the task is skipped, so a DAG
     scheduled on the Asset does not run on an empty night."""
-    from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowSkipException
     from embedding_pipeline.runs.report import read_report
 
