@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK_TIMEOUT_S = 1200
 
 
-def run_quick(script: str, results: Path) -> dict:
-    """``bench/<script> --quick``; the JSON result it wrote (exactly one)."""
+def run_quick(script: str, results: Path, models: Path) -> dict:
+    """``bench/<script> --quick``; the JSON result it wrote (exactly one). ``models``: published
+    models shared by the smoke runs of one test process (each model is exported once)."""
     env = {
         **os.environ,
         "EMBEDDING_BENCH_RESULTS": str(results),
+        "EMBEDDING_BENCH_MODELS": str(models),
         "PYTHONPATH": os.pathsep.join(
             [str(ROOT / "include"), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]
         ),

@@ -19,6 +19,6 @@ pytestmark = pytest.mark.slow
         "bench_dag_parse.py",
     ],
 )
-def test_the_benchmark_runs_quick_and_writes_its_result(script, tmp_path):
-    report = run_quick(script, tmp_path)
+def test_the_benchmark_runs_quick_and_writes_its_result(script, tmp_path, session_dir):
+    report = run_quick(script, tmp_path, session_dir / "bench-models")
     assert report.get("date")
