@@ -14,6 +14,7 @@ from embedding_pipeline.local.inline_runner import run_keywords, run_products
 from embedding_pipeline.runs.changes import DeleteGuardError
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.state import IndexState, ModelChangedError, delta_table
+from embedding_pipeline.runs.state_db import StateSettings
 from embedding_pipeline.stages.products.options import LinkOptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -121,7 +122,7 @@ def test_an_incremental_run_with_another_model_is_refused_naming_both(kw):
 
 def test_the_state_refuses_another_model_or_role_and_says_what_to_do(tmp_path):
     """The stores record the model but not the role a text was embedded with: the state does."""
-    state = IndexState(tmp_path / "state.parquet")
+    state = IndexState.of(StateSettings(f"sqlite:///{tmp_path / 'state.db'}"), "products", {"qdrant": "p-g1"})
     identity = {"model_name": "m", "model_version": 1, "role": "query"}
     state.check_identity(identity, "the product generation")  # no state yet: anything goes
     state.commit(delta_table([("a", 20240101, 1, 2, False, "upsert")]), identity)

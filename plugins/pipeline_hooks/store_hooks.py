@@ -34,7 +34,8 @@ from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 log = logging.getLogger(__name__)
 
 
-def _connection(conn_id: str):
+def optional_connection(conn_id: str):
+    """The Connection ``conn_id``, or None when it is not defined."""
     try:
         return BaseHook.get_connection(conn_id)
     except Exception as exc:
@@ -54,7 +55,7 @@ class QdrantStoreHook(BaseHook):
         self.qdrant_conn_id = qdrant_conn_id
 
     def get_settings(self) -> QdrantSettings:
-        conn = _connection(self.qdrant_conn_id)
+        conn = optional_connection(self.qdrant_conn_id)
         if conn is None:
             settings = QdrantSettings.from_env()
             log.info("connection %r not set; Qdrant from environment: %r", self.qdrant_conn_id, settings)
@@ -100,7 +101,7 @@ class ElasticsearchStoreHook(BaseHook):
 
     def get_settings(self) -> EsSettings:
         base = EsSettings.from_env()
-        conn = _connection(self.elasticsearch_conn_id)
+        conn = optional_connection(self.elasticsearch_conn_id)
         if conn is None:
             log.info(
                 "connection %r not set; Elasticsearch from environment: %r", self.elasticsearch_conn_id, base

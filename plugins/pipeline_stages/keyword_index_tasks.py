@@ -17,6 +17,7 @@ from pipeline_stages.runtime import (
     run_meta,
     server_settings,
     stage_task,
+    state_settings,
     store_settings,
 )
 from pipeline_stages.steps import StageEnds, chunks_task, plan_task, publish_tail
@@ -53,7 +54,7 @@ def keyword_index_tasks() -> StageEnds:
         from embedding_pipeline.stages.keywords import stage as ki
 
         with no_retry_on_setup_errors():
-            return ki.embed(chunk, planned["run_dir"], prepared, server_settings())
+            return ki.embed(chunk, planned["run_dir"], prepared, server_settings(), state_settings())
 
     @stage_task(max_active_tis_per_dag=qdrant_task_concurrency())
     def qdrant_upsert(embedded: dict, planned: dict, prepared: dict) -> dict:

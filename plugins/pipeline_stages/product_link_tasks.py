@@ -15,6 +15,7 @@ from pipeline_stages.runtime import (
     run_meta,
     server_settings,
     stage_task,
+    state_settings,
     store_settings,
 )
 from pipeline_stages.steps import StageEnds, chunks_task, plan_task, publish_tail
@@ -54,7 +55,9 @@ def product_link_tasks() -> StageEnds:
 
         options = link_options(get_current_context()["params"])
         with no_retry_on_setup_errors():
-            return product_link.embed(chunk, planned["run_dir"], prepared, options.role, server_settings())
+            return product_link.embed(
+                chunk, planned["run_dir"], prepared, options.role, server_settings(), state_settings()
+            )
 
     @stage_task(max_active_tis_per_dag=qdrant_task_concurrency())
     def link(embedded: dict, planned: dict, prepared: dict) -> dict:

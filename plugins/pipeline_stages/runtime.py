@@ -48,10 +48,22 @@ def mapped_results(results: Sequence[Any] | None) -> list[Any]:
 
 def store_settings() -> dict[str, Any]:
     """Each store's settings (``stores.registry``) from the ``qdrant_default`` /
-    ``elasticsearch_default`` Connections."""
+    ``elasticsearch_default`` Connections, and the state database's (``state``) from
+    ``embedding_state``."""
     from pipeline_hooks.store_hooks import ElasticsearchStoreHook, QdrantStoreHook
 
-    return {"qdrant": QdrantStoreHook().get_settings(), "es": ElasticsearchStoreHook().get_settings()}
+    return {
+        "qdrant": QdrantStoreHook().get_settings(),
+        "es": ElasticsearchStoreHook().get_settings(),
+        "state": state_settings(),
+    }
+
+
+def state_settings() -> Any:
+    """The state database from the ``embedding_state`` Connection (else the environment)."""
+    from pipeline_hooks.state_hook import StateStoreHook
+
+    return StateStoreHook().get_settings()
 
 
 def server_settings() -> Any:

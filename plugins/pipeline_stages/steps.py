@@ -93,6 +93,7 @@ def plan_stage(table: Any, stage: str) -> dict:
             params["chunk_rows"],
             params["max_chunks"],
             partition_runs.PlanRules(params["missing_partition"], params["bad_files"], spec.kind),
+            owner=f"{context['dag'].dag_id}/{context['run_id']}",
         )
 
 

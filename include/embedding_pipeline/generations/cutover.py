@@ -15,6 +15,7 @@ from embedding_pipeline.generations.gate import NO_STAGE_CHECKS, Candidate, Stag
 from embedding_pipeline.generations.lifecycle import GateError, GenerationError, SwapError, retain, swap
 from embedding_pipeline.generations.rules import Publish
 from embedding_pipeline.runs.state import IndexState
+from embedding_pipeline.runs.state_db import state_settings
 from embedding_pipeline.stores.protocol import StoreAlias
 from embedding_pipeline.stores.registry import open_stores
 
@@ -67,7 +68,7 @@ def gate_generation(
                     {store: plan["new"][store.key] for store in aliases},
                     {store: plan["live"][store.key] for store in aliases},
                 )
-                state = IndexState(prepared["state_path"])
+                state = IndexState(state_settings(publish.store_settings), prepared["state_key"])
                 checks = gate(stores, candidate, state, prepared, kind, publish.rules, stage)
             except PipelineError as exc:  # a check that cannot run (a generation gone, a store down)
                 raise GateError(f"the gate could not run: {exc}; no alias moved", section) from exc
@@ -109,7 +110,7 @@ def swap_generation(run_dir: str, prepared: dict[str, Any], publish: Publish) ->
         with _open(publish, aliases) as stores:
             section["swapped"] = swap(stores, [(store, plan["new"][store.key]) for store in aliases])
             section["swap_seconds"] = round(time.monotonic() - started, 2)
-            section["dropped"] = retain(stores, aliases, publish.keep)
+            section["dropped"] = retain(stores, aliases, publish.keep, state_settings(publish.store_settings))
     except SwapError as exc:
         exc.section = {**section, "status": "swap_failed"}
         _failed(report, run_dir, exc)

@@ -13,7 +13,6 @@ text search finds each canary) and whole checks (products: ``link_quality``). Ru
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,8 +66,7 @@ NO_STAGE_CHECKS = StageChecks()
 
 def canary_ids(state: IndexState, n: int) -> list[str]:
     """``n`` live ids, the same ones for the same state: the smallest by a hash of the id."""
-    ids = state.live()["id"].to_pylist()
-    return sorted(ids, key=lambda i: hashlib.blake2b(i.encode(), digest_size=8).digest())[:n]
+    return state.smallest_by_hash(n)
 
 
 def _count_check(stores: Stores, new: Mapping[StoreAlias, str], expected: int) -> Check:

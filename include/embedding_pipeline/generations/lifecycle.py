@@ -34,8 +34,9 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from embedding_pipeline.errors import ConfigError, PipelineError, SetupError
-from embedding_pipeline.runs.changes import forget_generations
 from embedding_pipeline.runs.plan import Planned
+from embedding_pipeline.runs.state import forget_generations
+from embedding_pipeline.runs.state_db import StateSettings
 from embedding_pipeline.runs.storage import StoragePath, as_path, write_text
 from embedding_pipeline.stores.protocol import StoreAlias, Stores
 
@@ -164,14 +165,17 @@ def swap(stores: Stores, moves: Sequence[tuple[StoreAlias, str]]) -> list[dict[s
     return [{"store": store.key, "from": previous, "to": name} for store, previous, name in done]
 
 
-def retain(stores: Stores, aliases: Sequence[StoreAlias], keep: int) -> list[str]:
+def retain(
+    stores: Stores, aliases: Sequence[StoreAlias], keep: int, state: StateSettings | None = None
+) -> list[str]:
     """Drop generations older than the live one, except the ``keep - 1`` newest that served;
     generations newer than the live one (another run's build, or one kept for inspection after a
-    failed gate) and the live one are never dropped."""
+    failed gate) and the live one are never dropped. What the ledger (``state``, default the
+    environment's) keeps about dropped generations goes with them."""
     if keep < 1:
         raise ConfigError(f"keep_generations must be >= 1, got {keep}")
     dropped: list[str] = []
-    gone: list[tuple[str, str]] = []  # (store, physical name): their state files and change logs go too
+    gone: list[tuple[str, str]] = []  # (store, physical name): their states and change logs go too
     for store in aliases:
         live = stores.live(store)
         if live is None:
@@ -185,7 +189,7 @@ def retain(stores: Stores, aliases: Sequence[StoreAlias], keep: int) -> list[str
                 stores.drop(store, name)
                 gone.append((store.system, name))
                 dropped.append(f"{store.key}/{name}")
-    forget_generations(gone)
+    forget_generations(state or StateSettings.from_env(), gone)
     return dropped
 
 

@@ -21,7 +21,6 @@ id's row and the upserts go to the dead letter as ``duplicate_id`` (see ``first_
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, TypedDict
 
 import pyarrow as pa
@@ -31,8 +30,9 @@ from embedding_pipeline.errors import SetupError
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import partition_version
 from embedding_pipeline.runs.plan import Planned
-from embedding_pipeline.runs.state import IndexState, Prior, merged_delta, state_path, state_root
-from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, remove, write_parquet
+from embedding_pipeline.runs.state import IndexState, Prior, merged_delta
+from embedding_pipeline.runs.state_db import StateSettings
+from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, write_parquet
 
 
 class DeleteGuardError(SetupError):
@@ -52,10 +52,12 @@ def decide(prior: Prior | None, version: int, text_hash: int, fields_hash: int, 
 
 
 class Changes(TypedDict, total=False):
-    """What :func:`prepare_changes` adds to a stage's prepared payload: the generation's state, the
-    input kind, and this run's planned deletes (after the guard)."""
+    """What :func:`prepare_changes` adds to a stage's prepared payload: the generation's state (its
+    key in the state database) and the run holding its lease, the input kind, and this run's
+    planned deletes (after the guard)."""
 
-    state_path: str
+    state_key: str
+    owner: str | None
     role: str | None
     input_kind: str
     tombstone_column: str | None
@@ -64,31 +66,43 @@ class Changes(TypedDict, total=False):
     live_before: int
 
 
+def _absent_from(state: IndexState, version: int, present: pa.Array) -> pa.Array:
+    """Ids live in the state, last seen at or before ``version``, that are not in ``present``:
+    streamed from the state a batch at a time."""
+    parts = [
+        part["id"].filter(pc.invert(pc.is_in(part["id"], value_set=present)))
+        for part in state.live_batches(version)
+    ]
+    return pa.chunked_array(parts, pa.string()).combine_chunks()
+
+
 def plan_deletes(
     planned: Planned, state: IndexState, spec: InputSpec, run_dir: StoragePath
 ) -> dict[str, Any]:
     """The ids this run deletes, as delete chunks for the embed tasks, after the guard.
 
     Snapshot: ids live in the state, last seen at or before the snapshot's date, and absent from
-    it. Delta: the tombstoned ids the state holds live (the rows themselves flow through the embed
-    tasks; counted here for the guard). Nothing is deleted from an empty state (a first run).
-    Raises :class:`DeleteGuardError`, before any store is touched, when the deletes exceed
+    it (a pass over the live ids: a snapshot is the whole table). Delta: the tombstoned ids the
+    state holds live (indexed look-ups of those ids only; the rows themselves flow through the
+    embed tasks; counted here for the guard). Nothing is deleted from an empty state (a first
+    run). Raises :class:`DeleteGuardError`, before any store is touched, when the deletes exceed
     ``max_delete_ratio`` of the live ids.
     """
-    live_before = state.live_count() if state.exists() else 0
+    live_before = state.live_count()
     chunks: list[dict[str, Any]] = []
     deletes = 0
     for dt, ids_path in sorted(planned.get("partition_ids", {}).items()) if live_before else []:
         partition = read_parquet(ids_path)
-        live = state.live(partition_version(dt))["id"]
+        version = partition_version(dt)
         if spec.kind == "snapshot":
-            absent = live.filter(pc.invert(pc.is_in(live, value_set=partition["id"].combine_chunks())))
+            absent = _absent_from(state, version, partition["id"].combine_chunks())
             if len(absent):
                 path = write_parquet(run_dir / "deletes" / f"{dt}.parquet", pa.table({"id": absent}))
                 chunks.append({"chunk_id": f"{dt}-deletes", "dt": dt, "segments": [], "deletes_path": path})
             deletes += len(absent)
-        tombstoned = partition.filter(partition["tombstone"])["id"]
-        deletes += int(pc.sum(pc.is_in(tombstoned, value_set=live.combine_chunks())).as_py() or 0)
+        tombstoned = partition.filter(partition["tombstone"])["id"].to_pylist()
+        priors = state.lookup(tombstoned).values()
+        deletes += sum(1 for prior in priors if not prior.deleted and prior.dt_version <= version)
     ratio = deletes / live_before if live_before else 0.0
     if deletes and ratio > spec.max_delete_ratio:
         raise DeleteGuardError(
@@ -107,16 +121,27 @@ def prepare_changes(
     planned: Planned,
     spec: InputSpec,
     what: str,
+    settings: StateSettings | None = None,
 ) -> Changes:
     """What a stage's prepare task adds for incremental runs: the state of the generation it
-    writes (``stores``: physical names), refused if made with another model, and the planned
-    deletes (after the guard). The result goes to XCom and into the report."""
+    writes (``stores``: physical names), refused if made with another model, held for this run
+    (``planned["owner"]``; refused while another run holds it), and the planned deletes (after
+    the guard; a refused run gives the lease back). The result goes to XCom and into the report."""
     names = {store: name for store, name in stores.items() if name}
-    state = IndexState(state_path(table, names))
+    state = IndexState.of(settings or StateSettings.from_env(), table, names)
     state.check_identity(identity, f"{what} ({', '.join(f'{k} {v}' for k, v in sorted(names.items()))})")
-    deletes = plan_deletes(planned, state, spec, as_path(planned["run_dir"]))
+    owner = planned.get("owner") or None
+    if owner:
+        state.acquire(owner)
+    try:
+        deletes = plan_deletes(planned, state, spec, as_path(planned["run_dir"]))
+    except DeleteGuardError:
+        if owner:
+            state.release(owner)
+        raise
     return {
-        "state_path": str(state.path),
+        "state_key": state.key,
+        "owner": owner,
         "role": identity.get("role"),
         "input_kind": spec.kind,
         "tombstone_column": spec.tombstone_column,
@@ -124,92 +149,18 @@ def prepare_changes(
     }
 
 
-class ChangeLog:
-    """What each committed run changed in a table, for stages that keep data derived from it
-    current (the product links follow the keyword collection's log).
-
-    ``<state root>/changes/<name>/<seq>.parquet`` with ``id`` and ``change`` (upsert: text new or
-    changed; update: fields only; delete), one file per run that changed something, numbered in
-    commit order. A reader remembers the last number it applied. Files are small (the changed ids
-    of a night) and kept: several derived stages may read one log.
-    """
-
-    def __init__(self, root: StoragePath) -> None:
-        self.root = root
-
-    def _numbers(self) -> list[int]:
-        if not self.root.exists():
-            return []
-        return sorted(int(p.name.split(".")[0]) for p in self.root.iterdir() if p.name.endswith(".parquet"))
-
-    def latest(self) -> int:
-        numbers = self._numbers()
-        return numbers[-1] if numbers else 0
-
-    def append(self, changes: pa.Table) -> int | None:
-        if changes.num_rows == 0:
-            return None
-        number = self.latest() + 1
-        write_parquet(self.root / f"{number:08d}.parquet", changes.select(["id", "change"]))
-        return number
-
-    def since(self, applied: int) -> tuple[pa.Table, int]:
-        """Every change after ``applied``, the last one per id (in log order), and the log's end."""
-        numbers = [n for n in self._numbers() if n > applied]
-        parts = [read_parquet(self.root / f"{n:08d}.parquet") for n in numbers]
-        if not parts:
-            return pa.table({"id": pa.array([], pa.string()), "change": pa.array([], pa.string())}), applied
-        log = pa.concat_tables(parts)
-        log = log.append_column("order", pa.array(range(log.num_rows), pa.int64()))
-        last = log.group_by("id").aggregate([("order", "max")])
-        log = log.filter(pc.is_in(log["order"], value_set=last["order_max"]))
-        return log.select(["id", "change"]), numbers[-1]
-
-
-CHANGED = ("upsert", "update", "delete")
-
-
-def change_log(name: str) -> ChangeLog:
-    """The change log of the collection or index ``name`` (a physical name: per generation)."""
-    return ChangeLog(state_root() / "changes" / name)
-
-
-def forget_generations(dropped: Iterable[tuple[str, str]]) -> int:
-    """Remove what the state root keeps about dropped generations (``(store, physical name)``
-    pairs): every state file one of whose stores is dropped, and the dropped collections' change
-    logs. Returns how many files went. Retention calls it after dropping the stores themselves."""
-    dropped = set(dropped)
-    tokens = {_key_token(store, name) for store, name in dropped}
-    removed = 0
-    root = state_root()
-    for table in root.iterdir() if root.exists() else ():
-        if table.name == "changes" or not table.is_dir():
-            continue
-        for path in table.iterdir():
-            if tokens & set(path.name.removesuffix(".parquet").split(",")):
-                remove(path)
-                removed += 1
-    for _, name in {pair for pair in dropped if pair[0] == "qdrant"}:  # logs follow collections
-        log_dir = change_log(name).root
-        if log_dir.exists():
-            for path in log_dir.iterdir():
-                remove(path)
-                removed += 1
-            log_dir.rmdir()
-    return removed
-
-
-def _key_token(store: str, name: str) -> str:
-    """How :func:`~embedding_pipeline.runs.state.state_path` spells one store in a file name."""
-    return state_path("", {store: name}).name.removesuffix(".parquet")
-
-
-def commit_changes(prepared: dict[str, Any], embedded: list[dict[str, Any]], run_dir: str) -> int | None:
-    """After the stores were written: merge the run's state deltas into the generation's state
-    (ids a store dead-lettered keep their previous state: the next run tries them again) with the
-    ``state_metadata`` the prepare task planned, and, if the stage keeps one, append what changed
-    to its change log. Returns the rows merged."""
-    if not prepared.get("state_path"):
+def commit_changes(
+    prepared: dict[str, Any],
+    embedded: list[dict[str, Any]],
+    run_dir: str,
+    settings: StateSettings | None = None,
+) -> int | None:
+    """After the stores were written, in one transaction: the run's state deltas merged into the
+    generation's state (ids a store dead-lettered keep their previous state: the next run tries
+    them again), the ``state_metadata`` the prepare task planned, and, if the stage keeps one
+    (``prepared["change_log"]``), the change log entry of what changed. Releases the run's lease.
+    Returns the rows merged."""
+    if not prepared.get("state_key"):
         return None
     from embedding_pipeline.runs.dead_letter import read_dead_letters
 
@@ -220,9 +171,11 @@ def commit_changes(prepared: dict[str, Any], embedded: list[dict[str, Any]], run
     }
     delta = merged_delta([e["state_delta"] for e in embedded if e.get("state_delta")], excluded)
     identity = {key: prepared.get(key) for key in ("model_name", "model_version", "role")}
-    IndexState(prepared["state_path"]).commit(delta, identity, prepared.get("state_metadata"))
-    if prepared.get("change_log"):
-        ChangeLog(as_path(prepared["change_log"])).append(
-            delta.filter(pc.is_in(delta["change"], value_set=pa.array(CHANGED)))
-        )
+    IndexState(settings or StateSettings.from_env(), prepared["state_key"]).commit(
+        delta,
+        identity,
+        prepared.get("state_metadata"),
+        owner=prepared.get("owner"),
+        change_log=prepared.get("change_log"),
+    )
     return delta.num_rows

@@ -145,9 +145,12 @@ def _usable_files(
 
 class Planned(TypedDict):
     """What a stage's plan task hands on (XCom): where the run keeps its files, the partitions it
-    reads, what was missing or rejected, and the chunks the embed tasks are mapped over."""
+    reads, what was missing or rejected, and the chunks the embed tasks are mapped over.
+    ``owner`` (``dag_id/run_id``) is the run that holds the generation's state lease; empty for
+    runs outside Airflow (the inline runner), which take no lease."""
 
     run_dir: str
+    owner: str
     partitions: list[str]
     missing_partitions: list[str]
     superseded_partitions: list[str]
@@ -173,6 +176,7 @@ def plan(
     chunk_rows: int,
     max_chunks: int,
     rules: PlanRules = PlanRules(),
+    owner: str = "",
 ) -> Planned:
     """Plan chunks of ``table`` over all partitions (``max_chunks`` in all); record bad/missing inputs.
 
@@ -226,6 +230,7 @@ def plan(
     chunks.sort(key=lambda chunk: chunk.chunk_id)
     return {
         "run_dir": str(run_dir),
+        "owner": owner,
         "partitions": dts,
         "missing_partitions": missing,
         "superseded_partitions": superseded_partitions,

@@ -50,6 +50,7 @@ from embedding_pipeline.runs.partitions import Chunk, Segment, TableSpec, partit
 from embedding_pipeline.runs.progress import Progress
 from embedding_pipeline.runs.staging import DELETE, UPDATE, ResumeSlices, StagedChunkWriter, content_hash
 from embedding_pipeline.runs.state import IndexState, delta_table, fields_hash, text_hash
+from embedding_pipeline.runs.state_db import StateSettings
 from embedding_pipeline.runs.storage import StoragePath, as_path, parquet_file, read_parquet, write_parquet
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.settings import ServerSettings
@@ -322,22 +323,33 @@ def embed_chunk(
     return EmbedOutput(result, str(path) if staged_any else None, delta)
 
 
+@dataclass(frozen=True)
+class EmbedSpec:
+    """What a stage embeds: its table, the staged kind, the model role and the index's field types
+    (payloads are checked against them)."""
+
+    table: TableSpec
+    kind: str
+    role: Role | None
+    field_types: Mapping[str, str] = field(default_factory=dict)
+
+
 def embed_task(
     chunk: dict[str, Any],
     run_dir: str,
     prepared: dict[str, Any],
-    table: TableSpec,
-    kind: str,
-    role: Role | None,
+    spec: EmbedSpec,
     settings: ServerSettings | None = None,
-    field_types: Mapping[str, str] | None = None,
+    state_db: StateSettings | None = None,
 ) -> dict[str, Any]:
-    """The mapped embed task of every stage: one chunk (or one delete chunk) of ``table`` embedded
-    with the run's model against the generation's state (both from the prepare task's XCom);
-    payloads are checked against the index's ``field_types``."""
+    """The mapped embed task of every stage: one chunk (or one delete chunk) of the spec's table
+    embedded with the run's model against the generation's state (both from the prepare task's
+    XCom; the state in ``state_db``, default the environment's)."""
+    table, kind, role, field_types = spec.table, spec.kind, spec.role, spec.field_types
     settings = (settings or ServerSettings.from_env()).with_overrides(model_name=prepared["model_name"])
     table = replace(table, tombstone_column=prepared.get("tombstone_column"))
-    state = IndexState(prepared["state_path"]) if prepared.get("state_path") else None
+    key = prepared.get("state_key")
+    state = IndexState(state_db or StateSettings.from_env(), key) if key else None
     with EmbeddingClient(settings) as client:
         output = embed_chunk(
             Chunk.from_xcom(chunk),

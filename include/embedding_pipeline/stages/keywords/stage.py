@@ -25,7 +25,7 @@ from embedding_pipeline.generations.cutover import gate_generation
 from embedding_pipeline.generations.lifecycle import GenerationPlan
 from embedding_pipeline.generations.rules import Publish
 from embedding_pipeline.runs.accounting import StageResult, chunk_result
-from embedding_pipeline.runs.changes import Changes, change_log, commit_changes, prepare_changes
+from embedding_pipeline.runs.changes import Changes, commit_changes, prepare_changes
 from embedding_pipeline.runs.dead_letter import DeadLetterWriter
 from embedding_pipeline.runs.input_kinds import InputSpec
 from embedding_pipeline.runs.partitions import KEYWORDS, partition_version
@@ -33,9 +33,10 @@ from embedding_pipeline.runs.plan import ModelIdentity, Planned
 from embedding_pipeline.runs.progress import Progress
 from embedding_pipeline.runs.report import finalize_run
 from embedding_pipeline.runs.staging import DELETE, iter_staged_rows, staged_metadata, staged_row_count
+from embedding_pipeline.runs.state_db import StateSettings, engine_for, state_settings
 from embedding_pipeline.runs.storage import as_path
 from embedding_pipeline.settings import ServerSettings
-from embedding_pipeline.stages.embed import embed_task
+from embedding_pipeline.stages.embed import EmbedSpec, embed_task
 from embedding_pipeline.stages.keywords.checks import KEYWORD_CHECKS
 from embedding_pipeline.stages.keywords.documents import (
     KEYWORD_FIELD_TYPES,
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 KIND = "keyword"
 ROLE = "passage"
 ES_STAGE = "es_index"
+EMBED_SPEC = EmbedSpec(KEYWORDS, KIND, ROLE, KEYWORD_FIELD_TYPES)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class KeywordPrepared(ModelIdentity, Changes, total=False):
 
     qdrant_collection: str
     es_index: str
-    change_log: str
+    change_log: str  # the log's name: the keyword collection
     es_previous_settings: dict[str, Any]
     generation: GenerationPlan
 
@@ -111,6 +113,8 @@ def prepare_sinks(
 
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
     prepared: KeywordPrepared = {**model}  # type: ignore[typeddict-item]
+    state = state_settings(settings)
+    engine_for(state)  # an unreachable state database fails the run here, before any store is touched
     with open_stores(settings, targets.systems()) as stores:
         if full:
             prepared["generation"] = begin_generation(
@@ -139,11 +143,11 @@ def prepare_sinks(
         names = {"qdrant": prepared.get("qdrant_collection"), "es": prepared.get("es_index")}
         prepared.update(
             prepare_changes(
-                KEYWORDS.name, names, {**model, "role": ROLE}, planned, spec, "the keyword generation"
+                KEYWORDS.name, names, {**model, "role": ROLE}, planned, spec, "the keyword generation", state
             )
         )
         if targets.qdrant:  # the product links follow the keyword collection's changes
-            prepared["change_log"] = str(change_log(prepared["qdrant_collection"]).root)
+            prepared["change_log"] = prepared["qdrant_collection"]
         if targets.es and not full:
             prepared["es_previous_settings"] = begin_bulk_load(stores.client("es"), prepared["es_index"])
     return prepared
@@ -193,17 +197,21 @@ def finalize(
     report = finalize_run(planned, prepared, embedded, sinks, meta, max_dead_letter_ratio)
     names = {"qdrant": prepared.get("qdrant_collection"), "es": prepared.get("es_index")}
     report = check_run(report, planned["run_dir"], embedded, names, KIND, publish.store_settings)
-    commit_changes(prepared, embedded, planned["run_dir"])
+    commit_changes(prepared, embedded, planned["run_dir"], state_settings(publish.store_settings))
     if prepared.get("generation"):
         report = gate_generation(report, planned["run_dir"], prepared, KIND, publish, KEYWORD_CHECKS)
     return report
 
 
 def embed(
-    chunk: dict, run_dir: str, prepared: KeywordPrepared, settings: ServerSettings | None = None
+    chunk: dict,
+    run_dir: str,
+    prepared: KeywordPrepared,
+    settings: ServerSettings | None = None,
+    state: StateSettings | None = None,
 ) -> dict[str, Any]:
     """Embed one keyword chunk (or stage one delete chunk) against the generation's state."""
-    return embed_task(chunk, run_dir, prepared, KEYWORDS, KIND, ROLE, settings, KEYWORD_FIELD_TYPES)
+    return embed_task(chunk, run_dir, prepared, EMBED_SPEC, settings, state)
 
 
 def _empty(stage: str, embedded: dict) -> dict:

@@ -3,7 +3,7 @@
 A product's stored list changes only if a keyword in it changed or was deleted, or if a new or
 changed keyword now scores at least the list's entry score (its K-th score; for a list shorter
 than K, the threshold - any eligible keyword enters). So the product stage reads the keyword
-collection's change log (:class:`runs.changes.ChangeLog`) since the position its state records
+collection's change log (:class:`runs.state.ChangeLog`) since the position its state records
 and relinks exactly these products:
 
 holders
@@ -43,9 +43,8 @@ from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.retry import RetryPolicy
-from embedding_pipeline.runs.changes import change_log
 from embedding_pipeline.runs.staging import point_id
-from embedding_pipeline.runs.state import IndexState
+from embedding_pipeline.runs.state import ChangeLog, IndexState
 from embedding_pipeline.runs.storage import StoragePath, write_parquet
 from embedding_pipeline.stages.products.options import LinkOptions
 from embedding_pipeline.stores.qdrant import points
@@ -216,7 +215,7 @@ def plan_relinks(
     product state records once the run commits. ``collections`` = (keyword, product); ``scan``:
     find entrants by :func:`entrants_by_scan` (local mode) rather than band searches (a server)."""
     keyword_collection, product_collection = collections
-    keyword_log = change_log(keyword_collection)
+    keyword_log = ChangeLog(state.settings, keyword_collection)
     recorded = state.metadata()
     applied_collection, _, applied_number = recorded.get("keyword_changes", "").partition("#")
     how = json.dumps(options.link_record(""), sort_keys=True)  # the options a list depends on

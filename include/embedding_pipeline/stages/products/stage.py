@@ -51,9 +51,10 @@ from embedding_pipeline.runs.staging import (
     staged_row_count,
 )
 from embedding_pipeline.runs.state import IndexState
+from embedding_pipeline.runs.state_db import StateSettings, engine_for, state_settings
 from embedding_pipeline.runs.storage import as_path, read_parquet
 from embedding_pipeline.settings import ServerSettings
-from embedding_pipeline.stages.embed import embed_task
+from embedding_pipeline.stages.embed import EmbedSpec, embed_task
 from embedding_pipeline.stages.products.checks import product_checks
 from embedding_pipeline.stages.products.documents import (
     KIND,
@@ -165,6 +166,8 @@ def prepare(
 
     qdrant_settings: QdrantSettings = settings_of(settings, "qdrant")
     identity = {key: model[key] for key in ("model_name", "model_version", "dim")}
+    state = state_settings(settings)
+    engine_for(state)  # an unreachable state database fails the run here, before any store is touched
     with open_stores(settings) as stores:
         qdrant, es = stores.client("qdrant"), stores.client("es")
         if not full and not planned["chunks"] and resolve_alias(qdrant, options.product_alias) is None:
@@ -189,12 +192,12 @@ def prepare(
             product_index = ensure_index(es, options.product_alias, product_mappings(**identity)).index
         names = {"qdrant": product_collection, "es": product_index}
         role = {**model, "role": options.role or ""}
-        changes = prepare_changes(PRODUCTS.name, names, role, planned, spec, "the product generation")
+        changes = prepare_changes(PRODUCTS.name, names, role, planned, spec, "the product generation", state)
         relinks = plan_relinks(
             qdrant,
             options,
             (target.name, product_collection),
-            IndexState(changes["state_path"]),
+            IndexState(state, changes["state_key"]),
             as_path(planned["run_dir"]),
             relink_all=relink_all,
             scan=qdrant_settings.is_local,
@@ -239,10 +242,12 @@ def embed(
     prepared: ProductPrepared,
     role: Role | None,
     settings: ServerSettings | None = None,
+    state: StateSettings | None = None,
 ) -> dict[str, Any]:
     """Embed one product chunk (the keyword embed task with the products table and the query
     role), or stage one delete chunk, against the product generation's state."""
-    return embed_task(chunk, run_dir, prepared, PRODUCTS, KIND, role, settings, PRODUCT_FIELD_TYPES)
+    spec = EmbedSpec(PRODUCTS, KIND, role, PRODUCT_FIELD_TYPES)
+    return embed_task(chunk, run_dir, prepared, spec, settings, state)
 
 
 def link_chunk(
@@ -423,7 +428,7 @@ def finalize(
     report = check_run(report, planned["run_dir"], embedded, names, KIND, publish.store_settings)
     if relink and relink["dead_lettered"]:
         prepared = {**prepared, "state_metadata": None}
-    commit_changes(prepared, embedded, planned["run_dir"])
+    commit_changes(prepared, embedded, planned["run_dir"], state_settings(publish.store_settings))
     if prepared.get("generation"):
         checks = product_checks(prepared, publish.rules)
         report = gate_generation(report, planned["run_dir"], prepared, KIND, publish, checks)
