@@ -25,7 +25,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +34,7 @@ from types import TracebackType
 
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local.airflow_standalone import stop_process_group
+from embedding_pipeline.local.postgres import PostgresError, PostgresServer
 from embedding_pipeline.serving.process import free_port
 from embedding_pipeline.settings import PROJECT_ROOT
 
@@ -132,7 +132,7 @@ class CeleryCluster:
     api_url: str = field(default="", init=False)
     admin_password: str = field(default_factory=lambda: secrets.token_hex(16), init=False)
     worker_names: list[str] = field(default_factory=list, init=False)
-    _pgdata: Path | None = field(default=None, init=False)
+    _postgres: PostgresServer | None = field(default=None, init=False)
 
     # -- life cycle ----------------------------------------------------------------------------
     def __enter__(self) -> CeleryCluster:
@@ -204,9 +204,9 @@ class CeleryCluster:
         for process in reversed(self.processes):
             stop_process_group(process.popen, grace_s=30.0)
         self.processes.clear()
-        if self._pgdata is not None:
-            shutil.rmtree(self._pgdata, ignore_errors=True)
-            self._pgdata = None
+        if self._postgres is not None:
+            self._postgres.stop()
+            self._postgres = None
 
     # -- pieces ---------------------------------------------------------------------------------
     def _airflow_env(self, compose_env: dict[str, str], pg: int, redis: int, api: int) -> dict[str, str]:
@@ -276,76 +276,12 @@ class CeleryCluster:
             )
 
     def _start_postgres(self, port: int, password: str) -> None:
-        """initdb + postgres on loopback, password auth as in the compose file, user/db ``airflow``.
-
-        The server refuses to run as root: as root it runs as the ``postgres`` user of Debian's
-        package, on a data folder outside pytest's root-only temporary tree."""
-        binaries = _postgres_bin()
-        as_root = os.geteuid() == 0
-        self._pgdata = Path(tempfile.mkdtemp(prefix="embedding-pipeline-pg-"))
-        pwfile = self._pgdata / "pw"
-        pwfile.write_text(password + "\n")
-        data = self._pgdata / "data"
-        user = "postgres" if as_root else None
-        if as_root:
-            shutil.chown(self._pgdata, "postgres")
-            shutil.chown(pwfile, "postgres")
-        initdb = [str(binaries / "initdb"), "-D", str(data), "-U", "airflow", f"--pwfile={pwfile}"]
-        result = subprocess.run(
-            [*initdb, "-A", "scram-sha-256", "--no-sync"],
-            user=user,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ClusterError(f"initdb failed:\n{result.stderr[-1500:]}")
-        pwfile.unlink()
-        log = self.root / "logs" / "postgres.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                [
-                    str(binaries / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-h",
-                    "127.0.0.1",
-                    "-k",
-                    str(self._pgdata),
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=300",
-                ],
-                user=user,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes.append(_Process("postgres", popen, log))
-        env = {**os.environ, "PGPASSWORD": password}
-        deadline = time.monotonic() + 60
-        createdb = [
-            str(binaries / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            "airflow",
-            "airflow",
-        ]
-        while (done := subprocess.run(createdb, env=env, capture_output=True, text=True)).returncode != 0:
-            if popen.poll() is not None or time.monotonic() > deadline:
-                raise ClusterError(f"PostgreSQL did not start: {done.stderr}\n{_tail(log)}")
-            time.sleep(0.3)
+        """The metadata database: user and database ``airflow``, as in the compose file."""
+        self._postgres = PostgresServer(self.root / "logs" / "postgres.log", password=password, port=port)
+        try:
+            self._postgres.start()
+        except PostgresError as exc:
+            raise ClusterError(str(exc)) from exc
 
     def _wait_for_redis(self, port: int) -> None:
         deadline = time.monotonic() + 30
@@ -412,15 +348,6 @@ def _fernet_key() -> str:
     import base64
 
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
-
-
-def _postgres_bin() -> Path:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
-    if not versions:
-        raise ClusterError(
-            "PostgreSQL is not installed (Debian: apt-get install postgresql; scripts/bootstrap.sh)"
-        )
-    return versions[-1].parent
 
 
 def _redis_server() -> str:

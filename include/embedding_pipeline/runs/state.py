@@ -49,6 +49,7 @@ from embedding_pipeline.runs.state_db import (
     generations,
     logs,
     rows,
+    writing,
 )
 from embedding_pipeline.runs.storage import read_parquet
 
@@ -269,7 +270,7 @@ class IndexState:
         lease whose holder has ended (asked through ``settings.run_active``) or expired
         (``LEASE_TTL_S``, when the holder cannot be asked) is taken over."""
         now = time.time()
-        with self._errors("lease"), self.engine.begin() as conn:
+        with self._errors("lease"), writing(self.engine) as conn:
             gen_id = self._ensure(conn)
             free = or_(
                 generations.c.lease_owner.is_(None),
@@ -303,7 +304,7 @@ class IndexState:
         )
         if owner is not None:
             query = query.where(generations.c.lease_owner == owner)
-        with self._errors("release the lease of"), self.engine.begin() as conn:
+        with self._errors("release the lease of"), writing(self.engine) as conn:
             return bool(conn.execute(query.values(lease_owner=None, lease_at=None)).rowcount)
 
     def commit(
@@ -322,7 +323,7 @@ class IndexState:
         (``owner`` is the committing run; None: a commit outside any run). Releases the lease.
         Returns the change log entry's number (None: nothing logged)."""
         delta = latest_per_id(delta)
-        with self._errors("commit"), self.engine.begin() as conn:
+        with self._errors("commit"), writing(self.engine) as conn:
             gen_id = self._ensure(conn)
             # The first statement writes: it takes the generation's row lock (the database lock on
             # SQLite) for the whole transaction, so concurrent commits of one generation serialise.
@@ -359,7 +360,7 @@ class IndexState:
         gen_id = self._gen_id()
         if gen_id is None:
             return
-        with self._errors("drop"), self.engine.begin() as conn:
+        with self._errors("drop"), writing(self.engine) as conn:
             conn.execute(delete(rows).where(rows.c.gen_id == gen_id))
             conn.execute(delete(generations).where(generations.c.gen_id == gen_id))
 
@@ -472,7 +473,7 @@ def forget_generations(settings: StateSettings, dropped: Iterable[tuple[str, str
     for key in gone:
         IndexState(settings, key).drop()
     names = sorted(name for store, name in dropped if store == "qdrant")  # logs follow collections
-    with db_errors(settings, "forget change logs"), engine.begin() as conn:
+    with db_errors(settings, "forget change logs"), writing(engine) as conn:
         logged = conn.execute(
             select(func.count()).select_from(logs).where(logs.c.log.in_(names))
         ).scalar_one()

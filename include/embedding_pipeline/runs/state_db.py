@@ -34,6 +34,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
     Integer,
@@ -184,6 +185,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writing") else "BEGIN")
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: on SQLite it holds the database's write lock from its first statement
+    (other writers wait, up to the busy timeout); on PostgreSQL a plain transaction."""
+    with engine.connect().execution_options(writing=True) as conn, conn.begin():
+        yield conn
+
+
 @functools.lru_cache(maxsize=16)
 def _engine(url: str) -> Engine:
     parsed = make_url(url)
@@ -192,9 +205,11 @@ def _engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 120})
         event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite begins transactions lazily (at the first write): BEGIN explicitly, so a
-        # transaction that reads before it writes holds a snapshot from its start.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        # pysqlite begins transactions lazily (at the first write): BEGIN explicitly. A write
+        # transaction (:func:`writing`) takes the write lock at its start (IMMEDIATE): one that
+        # read first and then wrote would fail at once with "database is locked" whenever another
+        # writer came between, instead of waiting its turn.
+        event.listen(engine, "begin", _sqlite_begin)
         event.listen(engine, "connect", lambda dbapi, _record: setattr(dbapi, "isolation_level", None))
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select
 
-from embedding_pipeline.runs.state_db import StateSettings, changes, db_errors, engine_for, logs
+from embedding_pipeline.runs.state_db import StateSettings, changes, db_errors, engine_for, logs, writing
 from embedding_pipeline.runs.storage import StoragePath, as_path, is_local, read_parquet, runs_root
 from embedding_pipeline.settings import work_dir
 
@@ -74,8 +74,9 @@ def migrate_parquet_state(settings: StateSettings, root: StoragePath | None = No
             _done(path)
     changes_dir = root / "changes"
     for log_dir in sorted(p for p in changes_dir.iterdir() if p.is_dir()) if changes_dir.exists() else []:
-        counts["log_entries"] += _migrate_log(settings, log_dir)
-        counts["logs"] += 1
+        entries = _migrate_log(settings, log_dir)
+        counts["log_entries"] += entries
+        counts["logs"] += bool(entries)
     if counts["states"] or counts["logs"]:
         log.info("imported the Parquet state under %s into the %s: %s", root, settings.describe(), counts)
     return counts
@@ -87,7 +88,7 @@ def _migrate_log(settings: StateSettings, log_dir: StoragePath) -> int:
     if not files:
         return 0
     name = log_dir.name
-    with db_errors(settings, f"import the change log {name}"), engine_for(settings).begin() as conn:
+    with db_errors(settings, f"import the change log {name}"), writing(engine_for(settings)) as conn:
         if conn.execute(select(logs.c.log).where(logs.c.log == name)).first() is not None:
             files = []  # imported before (the database is the log now)
         for path in files:
