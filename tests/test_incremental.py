@@ -120,6 +120,22 @@ def test_an_incremental_run_with_another_model_is_refused_naming_both(kw):
         run_keywords(kw["root"], ["2024-04-01"], run_dir, "tiny_xlm_roberta", InputSpec(), kw["alias"])
 
 
+def test_an_unreachable_state_database_fails_the_run_before_any_store_is_touched(kw, monkeypatch):
+    from embedding_pipeline.runs.state_db import StateUnavailableError
+    from embedding_pipeline.serving.process import free_port
+    from embedding_pipeline.stores.protocol import StoreAlias
+    from embedding_pipeline.stores.registry import open_stores
+
+    write_keywords(kw["root"], "2024-05-01", [row(i) for i in range(3)])
+    url = f"postgresql+psycopg://pipeline:secret@127.0.0.1:{free_port()}/state"
+    monkeypatch.setenv("EMBEDDING_STATE_DB", url)
+    with pytest.raises(StateUnavailableError, match=r"127\.0\.0\.1.*EMBEDDING_STATE_DB.*cannot connect"):
+        run(kw, ["2024-05-01"])
+    with open_stores() as stores:
+        assert stores.live(StoreAlias("qdrant", kw["alias"])) is None
+        assert stores.live(StoreAlias("es", kw["alias"])) is None
+
+
 def test_the_state_refuses_another_model_or_role_and_says_what_to_do(tmp_path):
     """The stores record the model but not the role a text was embedded with: the state does."""
     state = IndexState.of(StateSettings(f"sqlite:///{tmp_path / 'state.db'}"), "products", {"qdrant": "p-g1"})

@@ -24,6 +24,7 @@ from pathlib import Path
 from embedding_pipeline.cli import generations as generations_cli
 from embedding_pipeline.cli import sample as sample_data
 from embedding_pipeline.cli import search as search_cli
+from embedding_pipeline.cli import state as state_cli
 from embedding_pipeline.cli import verify as verify_cli
 from embedding_pipeline.errors import PipelineError
 from embedding_pipeline.local import airflow_standalone
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_cli.register(sub)
     generations_cli.register(sub)
     verify_cli.register(sub)
+    state_cli.register(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ process group, the folder removed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -117,10 +118,8 @@ class PostgresServer:
         if self.popen is not None:
             # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for every client to disconnect).
             self.popen.send_signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
             stop_process_group(self.popen, grace_s=10.0)
             self.popen = None
         if self._data is not None:

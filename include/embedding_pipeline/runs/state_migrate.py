@@ -92,9 +92,11 @@ def _migrate_log(settings: StateSettings, log_dir: StoragePath) -> int:
         if conn.execute(select(logs.c.log).where(logs.c.log == name)).first() is not None:
             files = []  # imported before (the database is the log now)
         for path in files:
-            entries = read_parquet(path).to_pylist()
+            # One run could log an id more than once (several dates): its last row counts.
+            entries = {row["id"]: row["change"] for row in read_parquet(path).to_pylist()}
             seq = int(path.name.split(".")[0])
-            conn.execute(insert(changes), [{"log": name, "seq": seq, **entry} for entry in entries])
+            rows = [{"log": name, "seq": seq, "id": i, "change": c} for i, c in entries.items()]
+            conn.execute(insert(changes), rows)
         if files:
             conn.execute(insert(logs).values(log=name, latest=int(files[-1].name.split(".")[0])))
     for path in _parquet_files(log_dir):
