@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-executors bench-relevance bench-int8 bench-qdrant clean
+.PHONY: setup demo test test-fast lint serve airflow bench bench-link bench-hnsw bench-parse bench-incremental bench-scale bench-executors bench-relevance bench-int8 bench-qdrant clean
 
 setup: $(VENV)/.bootstrapped
 
@@ -47,6 +47,9 @@ bench-parse: setup
 
 bench-incremental: setup
 	$(PY) bench/bench_incremental.py
+
+bench-scale: setup
+	$(PY) bench/bench_scale.py
 
 bench-executors: setup
 	$(PY) bench/bench_executors.py

@@ -8,8 +8,9 @@
    both stages, rows embedded (must equal changed + new), rows deleted, stored products relinked.
 2. A full rebuild (``mode=full``) of both stages from the night-3 snapshot into generation 2:
    wall time next to the nights, and the gate's numbers.
-3. State look-up (why a state file): matching one 50k-id chunk against the state of 1M ids in
-   Parquet, next to retrieving 50k points by id from a 100k-point collection of the embedded Qdrant.
+3. State look-up (why a ledger): matching one 50k-id chunk against the state of 1M ids (SQLite),
+   next to retrieving 50k points by id from a 100k-point collection of the embedded Qdrant.
+   ``bench_scale.py`` measures the ledger itself at 1M-10M ids.
 
 Run: ``.venv/bin/python bench/bench_incremental.py`` (``--quick``: 4k keywords, 800 products).
 Results: ``bench/results/incremental-<date>.md``.
@@ -159,16 +160,18 @@ def _full_rebuild(args: argparse.Namespace, scratch: Path, model_name: str) -> d
 
 
 def _lookup(scratch: Path, state_ids: int, chunk_ids: int, qdrant_points: int) -> dict[str, Any]:
-    """Seconds to match one chunk's ids against a state file of ``state_ids`` ids, and to
+    """Seconds to match one chunk's ids against a state of ``state_ids`` ids (SQLite), and to
     retrieve the same number of ids from an embedded Qdrant collection of ``qdrant_points`` points."""
     from embedding_pipeline.runs.staging import point_id
     from embedding_pipeline.runs.state import IndexState, delta_table
+    from embedding_pipeline.runs.state_db import StateSettings
     from embedding_pipeline.stores.qdrant.client import make_client
     from embedding_pipeline.stores.qdrant.settings import QdrantSettings
     from qdrant_client.http import models
 
     rng = np.random.default_rng(0)
-    state = IndexState(scratch / "state" / "lookup.parquet")
+    db = scratch / "state" / "lookup.db"
+    state = IndexState.of(StateSettings(f"sqlite:///{db}", "bench"), "keywords", {"qdrant": "lookup"})
     started = time.perf_counter()
     rows = [(f"id-{i}", 20240701, int(i), int(i), False, "upsert") for i in range(state_ids)]
     state.commit(delta_table(rows), {"model_name": "m", "model_version": 1, "role": "passage"})
@@ -207,7 +210,7 @@ def _lookup(scratch: Path, state_ids: int, chunk_ids: int, qdrant_points: int) -
     return {
         "state_ids": state_ids,
         "chunk_ids": chunk_ids,
-        "state_file_mb": round(state.path.stat().st_size / 2**20, 1),
+        "state_file_mb": round(db.stat().st_size / 2**20, 1),
         "state_commit_s": round(commit_s, 2),
         "state_lookup_s": round(lookup_s, 2),
         "qdrant_points": qdrant_points,
@@ -271,7 +274,7 @@ def markdown(report: dict[str, Any]) -> str:
         "changed, 0.5% deleted, 1% new in both tables.",
         "",
         f"State look-up: {lookup['chunk_ids']} ids against a state of {lookup['state_ids']} ids "
-        f"({lookup['state_file_mb']} MB Parquet): {lookup['state_lookup_s']} s (commit of the whole "
+        f"({lookup['state_file_mb']} MB SQLite): {lookup['state_lookup_s']} s (commit of the whole "
         f"state {lookup['state_commit_s']} s). The same number of ids retrieved from a collection of "
         f"{lookup['qdrant_points']} points in the embedded Qdrant ({lookup['qdrant_engine']}): "
         f"{lookup['qdrant_retrieve_s']} s.",

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
         "bench_keyword_index.py",
         "bench_product_link.py",
         "bench_incremental.py",
+        "bench_scale.py",
         "bench_executors.py",
     ],
 )
