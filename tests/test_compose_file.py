@@ -50,6 +50,7 @@ EXPECTED_CONNECTIONS = {
     "AIRFLOW_CONN_TRITON_DEFAULT",
     "AIRFLOW_CONN_QDRANT_DEFAULT",
     "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT",
+    "AIRFLOW_CONN_EMBEDDING_STATE",
 }
 # Environment keys whose values are secrets and so must come from the environment (.env).
 SECRET_KEY_RE = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|FERNET|API_KEY|BASIC_AUTH", re.IGNORECASE)
@@ -750,6 +751,12 @@ def test_airflow_connections_are_json_and_name_services(
     qdrant = parsed["AIRFLOW_CONN_QDRANT_DEFAULT"]
     assert qdrant["extra"].get("prefer_grpc") is True
     assert qdrant["extra"].get("grpc_port", 6334) in container_ports(services[qdrant["host"]])
+
+    state = parsed["AIRFLOW_CONN_EMBEDDING_STATE"]
+    assert state["conn_type"] == "postgres" and state["schema"] == "embedding_state"
+    assert "${POSTGRES_PASSWORD:?" in conns["AIRFLOW_CONN_EMBEDDING_STATE"]
+    init = command_text(services["airflow-init"])
+    assert "CREATE DATABASE embedding_state" in init, "airflow-init must create the state database"
 
     es = parsed["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"]
     assert es.get("schema") == "https" and es.get("login") == "elastic"

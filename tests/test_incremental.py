@@ -112,6 +112,20 @@ def test_latest_date_wins_within_a_run_and_a_tombstone_wins_within_a_partition(k
     assert stored_keywords(kw["alias"])[0] == {"1": ("second", "food")}
 
 
+def test_a_run_over_several_dates_embeds_only_each_ids_latest_row(kw):
+    """A replay costs the live ids, not the sum of rows; and a later row that restores the stored
+    text leaves the stores as they were (an earlier row of the run must not linger there)."""
+    write_keywords(kw["root"], "2024-06-01", [row(1, "a"), row(2, "b"), row(3, "c")])
+    run(kw, ["2024-06-01"])
+    write_keywords(kw["root"], "2024-06-02", [row(1, "a changed"), row(2, "b changed")])
+    write_keywords(kw["root"], "2024-06-03", [row(1, "a"), row(2, "b again")])
+    report = run(kw, ["2024-06-02", "2024-06-03"])
+    assert report["embed"]["extra"]["embedded"] == 1  # 2's latest text; 1 is back to what is stored
+    assert report["embed"]["extra"]["superseded"] == 2
+    expected = {"1": ("a", "food"), "2": ("b again", "food"), "3": ("c", "food")}
+    assert stored_keywords(kw["alias"]) == (expected, expected)
+
+
 def test_an_incremental_run_with_another_model_is_refused_naming_both(kw):
     write_keywords(kw["root"], "2024-04-01", [row(i) for i in range(3)])
     run(kw, ["2024-04-01"])

@@ -30,10 +30,18 @@ from embedding_pipeline.runs.partitions import (
     parse_dt,
     partition_dir,
     partition_files,
+    partition_version,
     read_keys,
 )
 from embedding_pipeline.runs.partitions import plan_chunks as plan_partition
-from embedding_pipeline.runs.storage import StoragePath, runs_root, write_parquet, write_text
+from embedding_pipeline.runs.storage import (
+    StoragePath,
+    as_path,
+    read_parquet,
+    runs_root,
+    write_parquet,
+    write_text,
+)
 from embedding_pipeline.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -182,10 +190,12 @@ def plan(
 
     Per partition it also writes the ids it holds (``partition_ids/<dt>.parquet``: id, tombstone),
     which the prepare task compares with the state to plan deletes, and the ids a later partition
-    of this run deletes (``superseded/<dt>.parquet``): a store applies writes of one id in any
-    order with the latest ``dt`` winning, but a delete cannot carry a date, so an earlier upsert
-    must not reach the stores at all. A snapshot run over several dates plans only the latest
-    present one: it alone says what the table is.
+    of this run speaks about (``superseded/<dt>.parquet``): only an id's latest row in the run is
+    embedded and written. So a replay over many dates costs the live ids, not the sum of rows; a
+    delete, which cannot carry a date, never races an earlier upsert; and a later row that
+    restores the stored text leaves the stores as they were. (An id whose latest row is bad goes
+    to the dead letter, and its earlier rows of the run are not written either.) A snapshot run
+    over several dates plans only the latest present one: it alone says what the table is.
     """
     dead = DeadLetterWriter(run_dir, "plan", "files")
     found: dict[str, list[Path]] = {}
@@ -202,30 +212,38 @@ def plan(
         found = {max(found): found[max(found)]}
     chunks: list[Chunk] = []
     partition_ids: dict[str, str] = {}
-    later_deletes = pa.array([], pa.string())
+    duplicates: dict[str, str] = {}
+    versions: list[pa.Table] = []  # (id, version) of every partition: which one holds an id's latest row
     per_partition = max(1, max_chunks // max(1, len(found)))
-    for dt in sorted(found, reverse=True):  # latest first: each partition learns what later ones delete
-        usable = found[dt]
-        keys = read_keys(usable, table)
+    for dt in sorted(found):
+        keys = read_keys(found[dt], table)
         # Always written (even empty): with it, embed tasks need no per-chunk set of seen ids, so
         # their memory does not grow with the chunk size.
-        duplicates_path = run_dir / "duplicates" / f"{dt}.json"
-        write_text(duplicates_path, json.dumps(first_occurrences(usable, keys)))
+        duplicates[dt] = str(run_dir / "duplicates" / f"{dt}.json")
+        write_text(as_path(duplicates[dt]), json.dumps(first_occurrences(found[dt], keys)))
         ids = pa.table({"id": keys["id"], "tombstone": keys["tombstone"]}).filter(pc.is_valid(keys["id"]))
         ids = ids.group_by("id").aggregate([("tombstone", "any")]).rename_columns(["id", "tombstone"])
         partition_ids[dt] = write_parquet(run_dir / "partition_ids" / f"{dt}.parquet", ids)
+        version = pa.array([partition_version(dt)] * ids.num_rows, pa.int32())
+        versions.append(pa.table({"id": ids["id"], "version": version}))
+    latest = (
+        pa.concat_tables(versions).group_by("id").aggregate([("version", "max")])
+        if len(versions) > 1
+        else None
+    )
+    for dt in sorted(found):
         superseded_path = None
-        if len(later_deletes):
-            superseded = ids["id"].filter(pc.is_in(ids["id"], value_set=later_deletes))
+        if latest is not None:  # ids a later partition of this run speaks about (upsert or delete)
+            later = latest.filter(pc.greater(latest["version_max"], partition_version(dt)))["id"]
+            ids = read_parquet(partition_ids[dt])["id"]
+            superseded = ids.filter(pc.is_in(ids, value_set=later.combine_chunks()))
             if len(superseded):
                 superseded_path = write_parquet(
                     run_dir / "superseded" / f"{dt}.parquet", pa.table({"id": superseded})
                 )
-        deleted_here = ids.filter(ids["tombstone"])["id"].combine_chunks()
-        later_deletes = pa.concat_arrays([later_deletes, deleted_here]).unique()
         chunks.extend(
-            replace(chunk, duplicates_path=str(duplicates_path), superseded_path=superseded_path)
-            for chunk in plan_partition(usable, table, dt, chunk_rows, per_partition)
+            replace(chunk, duplicates_path=duplicates[dt], superseded_path=superseded_path)
+            for chunk in plan_partition(found[dt], table, dt, chunk_rows, per_partition)
         )
     chunks.sort(key=lambda chunk: chunk.chunk_id)
     return {
