@@ -34,8 +34,9 @@ from pipeline_stages.product_link_tasks import product_link_tasks
     schedule=None,
     start_date=datetime(2024, 1, 1),
     catchup=False,
-    # One run at a time: a run's finalize commits the generation's state (read-merge-write), and
-    # the next run's plan of deletes and skips must see it.
+    # One run at a time: a run's finalize commits the generation's state, and the next run's plan
+    # of deletes and skips must see it (runs of other DAGs on the same generation are refused by
+    # the state's lease).
     max_active_runs=1,
     tags=["embedding", "link"],
     doc_md=__doc__,

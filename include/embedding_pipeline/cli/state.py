@@ -19,8 +19,10 @@ from embedding_pipeline.runs.state_db import StateSettings
 
 def _list(args: argparse.Namespace) -> int:
     from embedding_pipeline.runs.state import change_logs, known_states
+    from embedding_pipeline.runs.state_migrate import migrate_once
 
     settings = StateSettings.from_env()
+    migrate_once(settings)
     states, logs = known_states(settings), change_logs(settings)
     if args.json:
         print(json.dumps({"states": states, "change_logs": logs}, indent=2))

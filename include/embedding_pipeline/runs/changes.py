@@ -32,6 +32,7 @@ from embedding_pipeline.runs.partitions import partition_version
 from embedding_pipeline.runs.plan import Planned
 from embedding_pipeline.runs.state import IndexState, Prior, merged_delta
 from embedding_pipeline.runs.state_db import StateSettings
+from embedding_pipeline.runs.state_migrate import migrate_once
 from embedding_pipeline.runs.storage import StoragePath, as_path, read_parquet, write_parquet
 
 
@@ -128,7 +129,9 @@ def prepare_changes(
     (``planned["owner"]``; refused while another run holds it), and the planned deletes (after
     the guard; a refused run gives the lease back). The result goes to XCom and into the report."""
     names = {store: name for store, name in stores.items() if name}
-    state = IndexState.of(settings or StateSettings.from_env(), table, names)
+    settings = settings or StateSettings.from_env()
+    migrate_once(settings)  # the Parquet state of an earlier release, imported on first use
+    state = IndexState.of(settings, table, names)
     state.check_identity(identity, f"{what} ({', '.join(f'{k} {v}' for k, v in sorted(names.items()))})")
     owner = planned.get("owner") or None
     if owner:

@@ -56,13 +56,6 @@ from embedding_pipeline.runs.storage import read_parquet
 log = logging.getLogger(__name__)
 
 
-def migrate_once(settings: StateSettings) -> None:
-    """Import the Parquet state of earlier releases on first use (runs.state_migrate)."""
-    from embedding_pipeline.runs.state_migrate import migrate_once as migrate
-
-    migrate(settings)
-
-
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -154,7 +147,6 @@ class IndexState:
         self.settings = settings
         self.key = key
         self.engine = engine_for(settings)
-        migrate_once(settings)
 
     @classmethod
     def of(cls, settings: StateSettings, table: str, stores: Mapping[str, str]) -> IndexState:
@@ -419,7 +411,6 @@ class ChangeLog:
         self.settings = settings
         self.name = name
         self.engine = engine_for(settings)
-        migrate_once(settings)
 
     def latest(self) -> int:
         with db_errors(self.settings, f"read the change log {self.name}"), self.engine.connect() as conn:

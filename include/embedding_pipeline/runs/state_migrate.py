@@ -2,8 +2,8 @@
 
 Earlier releases kept one Parquet file per table and generation set under the state root
 (``<work_dir>/state/<table>/<key>.parquet``, or ``EMBEDDING_STATE_URL``) and one file per change
-log entry (``<root>/changes/<collection>/<seq>.parquet``). The first process that opens the state
-database imports them (:func:`migrate_once`), or ``embedding-pipeline state migrate`` does: every
+log entry (``<root>/changes/<collection>/<seq>.parquet``). The first prepare task of a process
+imports them (:func:`migrate_once`, from runs.changes.prepare_changes), or ``embedding-pipeline state migrate`` does: every
 state becomes a generation with the same key, rows and metadata (the model identity, the product
 stage's change-log position), every log keeps its entry numbers, so a recorded position stays
 valid. Imported files are renamed ``*.parquet.migrated``: nothing is deleted, and nothing is
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select
 
+from embedding_pipeline.runs.state import IndexState
 from embedding_pipeline.runs.state_db import StateSettings, changes, db_errors, engine_for, logs, writing
 from embedding_pipeline.runs.storage import StoragePath, as_path, is_local, read_parquet, runs_root
 from embedding_pipeline.settings import work_dir
@@ -54,8 +55,6 @@ def _done(path: StoragePath) -> None:
 def migrate_parquet_state(settings: StateSettings, root: StoragePath | None = None) -> dict[str, int]:
     """Import every Parquet state and change log under ``root`` (default :func:`legacy_root`) that
     the database does not hold yet. Returns what was imported: states, rows, logs, log entries."""
-    from embedding_pipeline.runs.state import IndexState
-
     root = root if root is not None else legacy_root()
     counts = {"states": 0, "rows": 0, "logs": 0, "log_entries": 0}
     if not root.exists():
