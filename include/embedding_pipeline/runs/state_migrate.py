@@ -3,11 +3,11 @@
 Earlier releases kept one Parquet file per table and generation set under the state root
 (``<work_dir>/state/<table>/<key>.parquet``, or ``EMBEDDING_STATE_URL``) and one file per change
 log entry (``<root>/changes/<collection>/<seq>.parquet``). The first prepare task of a process
-imports them (:func:`migrate_once`, from runs.changes.prepare_changes), or ``embedding-pipeline state migrate`` does: every
-state becomes a generation with the same key, rows and metadata (the model identity, the product
-stage's change-log position), every log keeps its entry numbers, so a recorded position stays
-valid. Imported files are renamed ``*.parquet.migrated``: nothing is deleted, and nothing is
-imported twice.
+imports them (:func:`migrate_once`, from runs.changes.prepare_changes), or ``embedding-pipeline
+state migrate`` does: every state becomes a generation with the same key, rows and metadata (the
+model identity, the product stage's change-log position), every log keeps its entry numbers, so
+a recorded position stays valid. Imported files are renamed ``*.parquet.migrated``: nothing is
+deleted, and nothing is imported twice.
 """
 
 from __future__ import annotations
