@@ -151,3 +151,35 @@ def test_a_local_qdrant_connection_picks_its_engine(monkeypatch, tmp_path):
     _set_conn(monkeypatch, "q_bad", conn_type="qdrant", extra={"path": "/q", "local_engine": "rocksdb"})
     with pytest.raises(ConfigError, match=r"'q_bad'.*local_engine"):
         QdrantStoreHook("q_bad").get_settings()
+
+
+def test_the_state_connection_becomes_a_database_url_that_hides_its_password(monkeypatch, tmp_path):
+    from pipeline_hooks.state_hook import StateStoreHook
+
+    _set_conn(
+        monkeypatch,
+        "embedding_state",
+        conn_type="postgres",
+        host="postgres",
+        port=5432,
+        schema="embedding_state",
+        login="airflow",
+        password="s3cret/+",
+    )
+    settings = StateStoreHook().get_settings()
+    assert settings.url == "postgresql+psycopg://airflow:s3cret%2F+@postgres:5432/embedding_state"
+    assert "s3cret" not in repr(settings) and "s3cret" not in settings.describe()
+    assert settings.source == "Connection 'embedding_state'" and settings.run_active is not None
+
+    _set_conn(
+        monkeypatch, "embedding_state", conn_type="generic", extra={"url": f"sqlite:///{tmp_path}/s.db"}
+    )
+    assert StateStoreHook().get_settings().url == f"sqlite:///{tmp_path}/s.db"
+
+    _set_conn(monkeypatch, "embedding_state", conn_type="mysql", host="db")
+    with pytest.raises(ConfigError, match=r"embedding_state.*type postgres.*extra.url"):
+        StateStoreHook().get_settings()
+
+    monkeypatch.delenv("AIRFLOW_CONN_EMBEDDING_STATE")
+    monkeypatch.setenv("EMBEDDING_STATE_DB", f"sqlite:///{tmp_path}/env.db")
+    assert StateStoreHook().get_settings().source == "EMBEDDING_STATE_DB"
