@@ -72,6 +72,7 @@ IDENTITY_KEYS = ("model_name", "model_version", "role")
 CHANGED = ("upsert", "update", "delete")  # what a change log records
 LOOKUP_BATCH = 900  # ids per indexed look-up (under SQLite's bound-parameter limit)
 WRITE_BATCH = 5000  # rows per executemany of a commit
+ANALYZE_ROWS = 10_000  # a commit this large refreshes PostgreSQL's statistics of the rows table
 LEASE_TTL_S = 24 * 3600.0  # a lease whose holder cannot be asked is honoured this long
 
 
@@ -342,10 +343,17 @@ class IndexState:
                     **{key: str(identity.get(key) or "") for key in IDENTITY_KEYS},
                 )
             )
-            if change_log is None or not found.committed:
-                return None  # a generation's first fill: derived stages relink it all anyway
-            changed = delta.filter(pc.is_in(delta["change"], value_set=pa.array(CHANGED)))
-            return ChangeLog.append(conn, change_log, changed) if changed.num_rows else None
+            number = None  # a generation's first fill logs nothing: derived stages relink it all
+            if change_log is not None and found.committed:
+                changed = delta.filter(pc.is_in(delta["change"], value_set=pa.array(CHANGED)))
+                number = ChangeLog.append(conn, change_log, changed) if changed.num_rows else None
+        if self.engine.dialect.name == "postgresql" and delta.num_rows >= ANALYZE_ROWS:
+            # Fresh statistics: with those of an emptier table, PostgreSQL's planner answers the
+            # next look-ups from the gen_id prefix of the key alone (measured: 30 ms per 900 ids).
+            with self._errors("analyze"), self.engine.connect() as conn:
+                conn.exec_driver_sql(f"ANALYZE {rows.name}")
+                conn.commit()
+        return number
 
     def drop(self) -> None:
         """Forget this generation's state (rows first, in batches of the primary key order)."""
