@@ -257,6 +257,76 @@ def test_keyword_changes_relink_exactly_the_affected_products(links):
     assert stored_lists(options.product_alias) == stored
 
 
+CRASHING_NIGHT = """
+import os, signal, sys
+from pathlib import Path
+from embedding_pipeline.local.inline_runner import run_keywords
+from embedding_pipeline.runs import state
+from embedding_pipeline.runs.input_kinds import InputSpec
+
+merge = state._merge_rows
+
+
+def merge_then_die(conn, gen_id, delta):
+    merge(conn, gen_id, delta)  # the night's rows are written; the log entry is next
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+state._merge_rows = merge_then_die
+spec = InputSpec(tombstone_column="deleted", max_delete_ratio=1.0)
+run_keywords(Path(sys.argv[1]), [sys.argv[2]], Path(sys.argv[3]), sys.argv[4], spec, sys.argv[5])
+"""
+
+
+def test_a_keyword_night_killed_inside_its_commit_is_redone_and_products_relink_exactly(links, tmp_path):
+    """SIGKILL between the state rows and the change-log entry of a keyword commit (a fault
+    injected into a child process running the night; both are one transaction now): afterwards
+    the state and the change log both say the night never committed, and running the night again
+    and then the product stage leaves every list equal to a from-scratch relink."""
+    import subprocess
+    import sys
+
+    from embedding_pipeline.runs.state import ChangeLog, IndexState, known_states
+    from embedding_pipeline.runs.state_db import StateSettings
+
+    words = ["red apple", "green apple", "apple pie", "banana bread", "cherry jam", "plum cake"]
+    write_keywords(links["root"], "2024-07-01", [row(i, w) for i, w in enumerate(words)])
+    run(links, ["2024-07-01"])
+    names = [("fresh apple", "food"), ("apple cake", "food"), ("banana", "food"), ("jam jar", "food")]
+    write_products(
+        links["root"],
+        "2024-07-01",
+        [{"product_id": p, "product_name": n, "category": c} for p, (n, c) in enumerate(names)],
+    )
+    run_links(links, ["2024-07-01"])
+    night = [row(0, deleted=True), row(1, "apple cake slice"), row(20, "apple"), row(21, "jam")]
+    write_keywords(links["root"], "2024-07-02", night)
+    settings = StateSettings.from_env()
+    (key,) = [
+        s["key"] for s in known_states(settings) if s["key"].startswith(f"keywords/es={links['alias']}-")
+    ]
+    state, log = IndexState(settings, key), ChangeLog(settings, f"{links['alias']}-g1")
+    before = (state.lookup(["0", "1", "20"]), log.latest(), state.live_count())
+
+    script = tmp_path / "crashing_night.py"
+    script.write_text(CRASHING_NIGHT)
+    args = [str(links["root"]), "2024-07-02", str(tmp_path / "crashed"), MODEL, links["alias"]]
+    crashed = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
+    )
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    assert (state.lookup(["0", "1", "20"]), log.latest(), state.live_count()) == before
+
+    again = run(links, ["2024-07-02"], tombstone_column="deleted", max_delete_ratio=1.0)
+    assert again["embed"]["deleted"] == 1 and again["embed"]["extra"]["embedded"] == 3
+    assert log.latest() == before[1] + 1 and state.live_count() == before[2] + 1
+    run_links(links, ["2024-07-02"])
+    options = links["options"]
+    stored = stored_lists(options.product_alias)
+    assert stored == exact_lists(options.keyword_alias, options.product_alias, options, like=stored)
+    assert all("0" not in ids for ids in stored.values())
+
+
 # --- property: any sequence of nights ends equal to a from-scratch build ------------------------
 
 WORDS = [
