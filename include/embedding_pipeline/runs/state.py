@@ -173,21 +173,23 @@ class IndexState:
         )
         return result.inserted_primary_key[0]
 
-    def _gen_id(self) -> int | None:
+    def _record(self) -> Any:
+        """The generation's row (None before its first lease or commit)."""
         with self._errors("read"), self.engine.connect() as conn:
-            found = self._row(conn)
+            return self._row(conn)
+
+    def _gen_id(self) -> int | None:
+        found = self._record()
         return None if found is None else found.gen_id
 
     def exists(self) -> bool:
         """Whether a run has committed this generation's state."""
-        with self._errors("read"), self.engine.connect() as conn:
-            found = self._row(conn)
+        found = self._record()
         return bool(found is not None and found.committed)
 
     def identity(self) -> dict[str, str] | None:
         """The model (name, version, role) the stored vectors were made with; None before any commit."""
-        with self._errors("read"), self.engine.connect() as conn:
-            found = self._row(conn)
+        found = self._record()
         if found is None or not found.committed:
             return None
         return {key: getattr(found, key) or "" for key in IDENTITY_KEYS}
@@ -206,8 +208,7 @@ class IndexState:
             )
 
     def metadata(self) -> dict[str, Any]:
-        with self._errors("read"), self.engine.connect() as conn:
-            found = self._row(conn)
+        found = self._record()
         return {} if found is None else json.loads(found.meta or "{}")
 
     def lookup(self, ids: Iterable[str]) -> dict[str, Prior]:
@@ -221,8 +222,7 @@ class IndexState:
             return _priors(conn, gen_id, wanted)
 
     def live_count(self) -> int:
-        with self._errors("read"), self.engine.connect() as conn:
-            found = self._row(conn)
+        found = self._record()
         return 0 if found is None else int(found.live)
 
     def live_batches(self, up_to_version: int | None = None, batch: int = 100_000) -> Iterator[pa.Table]:
