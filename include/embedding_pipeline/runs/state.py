@@ -365,16 +365,32 @@ class IndexState:
             conn.execute(delete(generations).where(generations.c.gen_id == gen_id))
 
 
+def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], types: tuple[str, ...],
+                 records: list[tuple], conflict: str = "") -> None:  # fmt: skip
+    """``INSERT`` many rows at the driver: on PostgreSQL one statement per batch over ``unnest`` of
+    one array per column (an ``executemany`` sends a statement per row: measured 4x slower), on
+    SQLite an ``executemany`` (in-process, no round trips)."""
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {conflict}"
+        conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*records, strict=True)))
+    else:
+        marks = ", ".join(_marker(conn) for _ in columns)
+        conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}", records)
+
+
+ROW_COLUMNS = ("gen_id", "id", "dt_version", "text_hash", "fields_hash", "deleted")
+ROW_TYPES = ("int", "text", "int", "bigint", "bigint", "bool")
+ROW_UPSERT = (
+    "ON CONFLICT (gen_id, id) DO UPDATE SET dt_version = excluded.dt_version, "
+    "text_hash = excluded.text_hash, fields_hash = excluded.fields_hash, deleted = excluded.deleted"
+)
+
+
 def _merge_rows(conn: Connection, gen_id: int, delta: pa.Table) -> int:
     """Write the rows of ``delta`` that win over the stored ones (an upsert per row, in batches);
     the change in live ids. Memory follows the batch, not the delta."""
-    p = _marker(conn)
-    upsert = (
-        f"INSERT INTO {rows.name} (gen_id, id, dt_version, text_hash, fields_hash, deleted) "
-        f"VALUES ({', '.join([p] * 6)}) ON CONFLICT (gen_id, id) DO UPDATE SET "
-        "dt_version = excluded.dt_version, text_hash = excluded.text_hash, "
-        "fields_hash = excluded.fields_hash, deleted = excluded.deleted"
-    )
     live_change = 0
     for part in delta.select(SCHEMA.names).to_batches(WRITE_BATCH):
         columns = part.to_pydict()
@@ -388,7 +404,7 @@ def _merge_rows(conn: Connection, gen_id: int, delta: pa.Table) -> int:
             winners.append((gen_id, row_id, version, thash, fhash, bool(deleted)))
             live_change += (not deleted) - (prior is not None and not prior.deleted)
         if winners:
-            conn.exec_driver_sql(upsert, winners)
+            _insert_many(conn, rows.name, ROW_COLUMNS, ROW_TYPES, winners, ROW_UPSERT)
     return live_change
 
 
@@ -450,11 +466,13 @@ class ChangeLog:
             conn.execute(insert(logs).values(log=name, latest=1))
         number = conn.execute(select(logs.c.latest).where(logs.c.log == name)).scalar_one()
         entries = [
-            {"log": name, "seq": number, "id": i, "change": c}
+            (name, number, i, c)
             for i, c in zip(changed["id"].to_pylist(), changed["change"].to_pylist(), strict=True)
         ]
         for batch in _batches(entries, WRITE_BATCH):
-            conn.execute(insert(changes), batch)
+            _insert_many(
+                conn, changes.name, ("log", "seq", "id", "change"), ("text", "int", "text", "text"), batch
+            )
         return number
 
 
