@@ -16,7 +16,11 @@ from embedding_pipeline.runs.accounting import StageResult
 from embedding_pipeline.runs.dead_letter import read_dead_letters
 from embedding_pipeline.runs.partitions import (
     KEYWORDS,
+    MAX_MAP_LENGTH,
+    Chunk,
     SchemaError,
+    Segment,
+    merge_chunks,
     partition_dir,
     partition_files,
     plan_chunks,
@@ -25,6 +29,8 @@ from embedding_pipeline.runs.report import AccountingError, finalize, summary
 from embedding_pipeline.runs.staging import iter_staged, staged_metadata
 from embedding_pipeline.serving.client import EmbeddingClient
 from embedding_pipeline.stages.embed import EmbedLimits, embed_chunk
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 DT = "2024-01-01"
 
@@ -54,6 +60,43 @@ def test_chunks_are_row_group_aligned_bounded_and_cover_every_row(tmp_path):
     bounded = plan_chunks(files, KEYWORDS, DT, target_rows=10, max_chunks=3)
     assert len(bounded) <= 3 and sum(c.rows for c in bounded) == 2000
     assert len({c.chunk_id for c in chunks}) == len(chunks)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(1, 400), min_size=1, max_size=60), limit=st.integers(1, 12))
+def test_merging_chunks_keeps_every_segment_in_order_within_any_limit(sizes, limit):
+    chunks = [
+        Chunk(f"2024-01-{i % 28 + 1:02d}-c{i:04d}", DT, [Segment(f"f{i}", [0], n, DT)])
+        for i, n in enumerate(sizes)
+    ]
+    merged = merge_chunks(chunks, limit)
+    assert len(merged) == min(len(chunks), limit)
+    assert [s.path for c in merged for s in c.segments] == [f"f{i}" for i in range(len(sizes))]
+    assert len({c.chunk_id for c in merged}) == len(merged)
+
+
+def test_a_replay_of_1100_daily_partitions_maps_to_max_chunks_and_keeps_each_rows_date(tmp_path):
+    """More partitions than ``max_chunks`` (and than Airflow's max_map_length): chunks span
+    partitions, each segment keeps its partition's date and maps, and only each id's latest row is
+    left to embed (the others are listed as superseded)."""
+    from datetime import date, timedelta
+
+    from embedding_pipeline.runs.plan import plan
+
+    dts = [(date(2021, 1, 1) + timedelta(days=i)).isoformat() for i in range(1100)]
+    for i, dt in enumerate(dts):
+        path = partition_dir(tmp_path, KEYWORDS, dt) / "part-0.parquet"
+        path.parent.mkdir(parents=True)
+        ids = [i % 300, 10_000 + i]  # ids 0..299 come back every 300 days: their latest row wins
+        pq.write_table(pa.table({"keyword_id": ids, "keyword": [f"k{x} on {dt}" for x in ids]}), path)
+    planned = plan(KEYWORDS, tmp_path, dts, tmp_path / "run", 50_000, 64)
+    chunks = [Chunk.from_xcom(c) for c in planned["chunks"]]
+    assert len(chunks) == 64 <= MAX_MAP_LENGTH
+    segments = [s for c in chunks for s in c.segments]
+    assert sorted(s.dt for s in segments) == dts and sum(s.rows for s in segments) == 2200
+    assert all(f"dt={s.dt}" in s.path and s.duplicates_path for s in segments)
+    superseded = sum(len(pq.read_table(s.superseded_path)) for s in segments if s.superseded_path)
+    assert superseded == 1100 - 300  # every repeat of ids 0..299 but its last
 
 
 def test_bad_files_fail_planning_naming_file_and_column(tmp_path):

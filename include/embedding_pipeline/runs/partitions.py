@@ -55,23 +55,31 @@ PRODUCTS = TableSpec(
 )
 
 
+MAX_MAP_LENGTH = 1024  # Airflow's default [core] max_map_length: no mapped task expands to more
+
+
 @dataclass(frozen=True)
 class Segment:
+    """Consecutive row groups of one file of partition ``dt``, with that partition's maps from the
+    plan: first occurrences of duplicated ids, and ids a later partition of the run speaks about."""
+
     path: str
     row_groups: list[int]
     rows: int
+    dt: str
+    duplicates_path: str | None = None  # JSON {id: [file, row]} (see first_occurrences)
+    superseded_path: str | None = None  # Parquet of ids a later partition of the same run also holds
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """A unit of mapped work: whole row groups of one or more files of one partition, or (with
-    ``deletes_path``) the ids a snapshot no longer holds."""
+    """A unit of mapped work: whole row groups of files of one or more partitions (``dt`` is the
+    first's; each segment says its own), or (with ``deletes_path``) the ids a snapshot no longer
+    holds."""
 
     chunk_id: str
     dt: str
     segments: list[Segment] = field(default_factory=list)
-    duplicates_path: str | None = None  # JSON {id: [file, row]} of first occurrences (see first_occurrences)
-    superseded_path: str | None = None  # Parquet of ids a later partition of the same run also holds
     deletes_path: str | None = None  # Parquet of ids to delete (runs.changes.plan_deletes)
 
     @property
@@ -84,14 +92,28 @@ class Chunk:
     @classmethod
     def from_xcom(cls, data: dict) -> Chunk:
         segments = [Segment(**s) for s in data["segments"]]
-        return cls(
-            data["chunk_id"],
-            data["dt"],
-            segments,
-            data.get("duplicates_path"),
-            data.get("superseded_path"),
-            data.get("deletes_path"),
-        )
+        return cls(data["chunk_id"], data["dt"], segments, data.get("deletes_path"))
+
+
+def merge_chunks(chunks: list[Chunk], max_chunks: int) -> list[Chunk]:
+    """At most ``max_chunks`` chunks: while there are more, the two neighbours with the fewest
+    rows together become one (across partitions: a replay of 1,100 daily partitions still maps
+    to ``max_chunks`` tasks). Order and segments are kept; the merged chunk keeps the first id."""
+    max_chunks = max(1, max_chunks)
+    if len(chunks) > 2 * max_chunks:  # first a linear pass: neighbours packed up to the mean size
+        target = math.ceil(sum(c.rows for c in chunks) / max_chunks)
+        packed: list[Chunk] = []
+        for chunk in chunks:
+            if packed and packed[-1].rows + chunk.rows <= target:
+                chunk = Chunk(packed[-1].chunk_id, packed[-1].dt, [*packed.pop().segments, *chunk.segments])
+            packed.append(chunk)
+        chunks = packed  # no two neighbours fit one target: at most 2 * max_chunks
+    chunks = list(chunks)
+    while len(chunks) > max_chunks:
+        i = min(range(len(chunks) - 1), key=lambda k: chunks[k].rows + chunks[k + 1].rows)
+        a, b = chunks[i], chunks.pop(i + 1)
+        chunks[i] = Chunk(a.chunk_id, a.dt, [*a.segments, *b.segments])
+    return chunks
 
 
 def parse_dt(value: str) -> str:
@@ -193,18 +215,15 @@ def plan_chunks(
     for path, index, rows in groups:
         if current and current[-1].path == path:
             last = current[-1]
-            current[-1] = Segment(path, [*last.row_groups, index], last.rows + rows)
+            current[-1] = Segment(path, [*last.row_groups, index], last.rows + rows, dt)
         else:
-            current.append(Segment(path, [index], rows))
+            current.append(Segment(path, [index], rows, dt))
         current_rows += rows
         if current_rows >= target:
             close()
     close()
-    # Row groups larger than the target can still leave a few more chunks than asked: merge the tail.
-    while len(chunks) > max_chunks:
-        a, b = chunks[-2], chunks.pop()
-        chunks[-1] = Chunk(a.chunk_id, dt, [*a.segments, *b.segments])
-    return chunks
+    # Row groups larger than the target can still leave a few more chunks than asked.
+    return merge_chunks(chunks, max_chunks)
 
 
 def tombstone_mask(column: pa.ChunkedArray | pa.Array) -> pa.Array:

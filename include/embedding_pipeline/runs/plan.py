@@ -27,6 +27,7 @@ from embedding_pipeline.runs.partitions import (
     SchemaError,
     TableSpec,
     first_occurrences,
+    merge_chunks,
     parse_dt,
     partition_dir,
     partition_files,
@@ -186,7 +187,8 @@ def plan(
     rules: PlanRules = PlanRules(),
     owner: str = "",
 ) -> Planned:
-    """Plan chunks of ``table`` over all partitions (``max_chunks`` in all); record bad/missing inputs.
+    """Plan chunks of ``table`` over all partitions (at most ``max_chunks`` in all, whatever the number
+    of partitions); record bad/missing inputs.
 
     Per partition it also writes the ids it holds (``partition_ids/<dt>.parquet``: id, tombstone),
     which the prepare task compares with the state to plan deletes, and the ids a later partition
@@ -241,11 +243,15 @@ def plan(
                 superseded_path = write_parquet(
                     run_dir / "superseded" / f"{dt}.parquet", pa.table({"id": superseded})
                 )
+        maps = {"duplicates_path": duplicates[dt], "superseded_path": superseded_path}
         chunks.extend(
-            replace(chunk, duplicates_path=duplicates[dt], superseded_path=superseded_path)
+            replace(chunk, segments=[replace(segment, **maps) for segment in chunk.segments])
             for chunk in plan_partition(found[dt], table, dt, chunk_rows, per_partition)
         )
     chunks.sort(key=lambda chunk: chunk.chunk_id)
+    # More partitions than chunks: neighbours merge across partitions. A snapshot keeps one map
+    # index for its delete chunk (prepare plans it), so embed never expands past max_chunks.
+    chunks = merge_chunks(chunks, max_chunks - (rules.input_kind == "snapshot"))
     return {
         "run_dir": str(run_dir),
         "owner": owner,

@@ -374,16 +374,21 @@ def _stream_rows(
     """Read the chunk's rows batch by batch, dead-letter bad ones, hand the rest to ``embedder``."""
     limits = embedder.limits
     model_name, model_version = embedder.writer.model_name, embedder.writer.model_version
-    # With the partition's duplicate map (from the plan task) no set of seen ids is kept: memory
-    # stays flat whatever the chunk size. Without one, duplicates are caught within the chunk only.
-    first_seen: dict[str, list] = (
-        json.loads(as_path(chunk.duplicates_path).read_text()) if chunk.duplicates_path else {}
-    )
-    seen: set[str] | None = None if chunk.duplicates_path else set()
-    later = set(read_parquet(chunk.superseded_path)["id"].to_pylist()) if chunk.superseded_path else set()
+    # With the partitions' duplicate maps (from the plan task) no set of seen ids is kept: memory
+    # stays flat whatever the chunk size. Without them, duplicates are caught within the chunk only.
+    maps: dict[str, tuple[dict[str, list], set[str]]] = {}  # per partition: first occurrences, later ids
+    seen: set[str] | None = None if all(s.duplicates_path for s in chunk.segments) else set()
     priors = state.lookup(_chunk_ids(chunk, table)) if state is not None else {}
-    version = partition_version(chunk.dt)
     for segment in chunk.segments:
+        if segment.dt not in maps:
+            maps[segment.dt] = (
+                json.loads(as_path(segment.duplicates_path).read_text()) if segment.duplicates_path else {},
+                set(read_parquet(segment.superseded_path)["id"].to_pylist())
+                if segment.superseded_path
+                else set(),
+            )
+        first_seen, later = maps[segment.dt]
+        version = partition_version(segment.dt)
         parquet = _segment_file(segment)
         columns = [c for c in table.columns if c in parquet.schema_arrow.names]
         # Row groups of a segment are consecutive: rows are numbered from the first one's offset.
@@ -399,7 +404,7 @@ def _stream_rows(
                 position = (segment.path, row)
                 row += 1
                 payload = {k: _plain(record[k]) for k in table.stored_columns if k in record}
-                payload["dt"] = chunk.dt
+                payload["dt"] = segment.dt
                 problem = row_problem(
                     row_id, text, seen, limits.max_text_chars, position, first_seen, tombstone=tombstone
                 )
@@ -408,7 +413,7 @@ def _stream_rows(
                     problem = ("invalid_field", invalid) if invalid else None
                 if problem:
                     dead.add(
-                        row_id, problem[0], problem[1], {**record, "dt": chunk.dt, "source": segment.path}
+                        row_id, problem[0], problem[1], {**record, "dt": segment.dt, "source": segment.path}
                     )
                     continue
                 key = str(row_id)

@@ -43,6 +43,7 @@ from qdrant_client.client_base import QdrantBase
 from qdrant_client.http import models
 
 from embedding_pipeline.retry import RetryPolicy
+from embedding_pipeline.runs.partitions import MAX_MAP_LENGTH
 from embedding_pipeline.runs.staging import point_id
 from embedding_pipeline.runs.state import ChangeLog, IndexState
 from embedding_pipeline.runs.storage import StoragePath, write_parquet
@@ -256,7 +257,10 @@ def plan_relinks(
     log.info("relinking %d stored products (%s)", len(ids), reason or "no keyword changes")
     return {
         **result,
-        "relink_chunks": _write_chunks(ids, run_dir, options.relink_chunk_ids),
+        # Never more relink tasks than a mapped task may expand to: the chunks grow instead.
+        "relink_chunks": _write_chunks(
+            ids, run_dir, max(options.relink_chunk_ids, -(-len(ids) // MAX_MAP_LENGTH))
+        ),
         "relink_planned": len(ids),
         "relink_reason": reason,
         # What the product state records at commit: the keyword changes its lists now reflect.
