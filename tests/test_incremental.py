@@ -267,8 +267,8 @@ from embedding_pipeline.runs.input_kinds import InputSpec
 merge = state._merge_rows
 
 
-def merge_then_die(conn, gen_id, delta):
-    merge(conn, gen_id, delta)  # the night's rows are written; the log entry is next
+def merge_then_die(*args, **kwargs):
+    merge(*args, **kwargs)  # the night's rows are written; the log entry is next
     os.kill(os.getpid(), signal.SIGKILL)
 
 

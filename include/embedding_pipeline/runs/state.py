@@ -318,8 +318,8 @@ class IndexState:
         delta = latest_per_id(delta)
         with self._errors("commit"), writing(self.engine) as conn:
             gen_id = self._ensure(conn)
-            # The first statement writes: it takes the generation's row lock (the database lock on
-            # SQLite) for the whole transaction, so concurrent commits of one generation serialise.
+            # The first write takes the generation's row lock (SQLite: the database's write lock,
+            # from BEGIN IMMEDIATE) for the whole transaction: commits of one generation serialise.
             held = or_(generations.c.lease_owner.is_(None), generations.c.lease_owner == owner)
             mine = update(generations).where(generations.c.gen_id == gen_id, held)
             if not conn.execute(mine.values(commits=generations.c.commits + 1)).rowcount:
@@ -328,8 +328,8 @@ class IndexState:
                     f"{self.key} is held by run {holder}, which took it over from this run "
                     f"({owner or 'no run'}); nothing of this run was committed: run it again"
                 )
-            live_change = _merge_rows(conn, gen_id, delta)
             found = self._row(conn)
+            live_change = _merge_rows(conn, gen_id, delta, fresh=not found.committed)
             kept = {**json.loads(found.meta or "{}"), **(metadata or {})}
             conn.execute(
                 update(generations)
@@ -388,14 +388,15 @@ ROW_UPSERT = (
 )
 
 
-def _merge_rows(conn: Connection, gen_id: int, delta: pa.Table) -> int:
+def _merge_rows(conn: Connection, gen_id: int, delta: pa.Table, fresh: bool = False) -> int:
     """Write the rows of ``delta`` that win over the stored ones (an upsert per row, in batches);
-    the change in live ids. Memory follows the batch, not the delta."""
+    the change in live ids. Memory follows the batch, not the delta. ``fresh``: the generation's
+    first commit (a full run's fill), which has no stored rows to look up."""
     live_change = 0
     for part in delta.select(SCHEMA.names).to_batches(WRITE_BATCH):
         columns = part.to_pydict()
         batch = list(zip(*(columns[name] for name in SCHEMA.names), strict=True))
-        priors = _priors(conn, gen_id, columns["id"])
+        priors = {} if fresh else _priors(conn, gen_id, columns["id"])
         winners = []
         for row_id, version, thash, fhash, deleted in batch:
             prior = priors.get(row_id)
