@@ -127,7 +127,7 @@ def prepare_changes(
     """What a stage's prepare task adds for incremental runs: the state of the generation it
     writes (``stores``: physical names), refused if made with another model, held for this run
     (``planned["owner"]``; refused while another run holds it), and the planned deletes (after
-    the guard; a refused run gives the lease back). The result goes to XCom and into the report."""
+    the guard; a run refused there gives the lease back). The result goes to XCom and into the report."""
     names = {store: name for store, name in stores.items() if name}
     settings = settings or StateSettings.from_env()
     migrate_once(settings)  # the Parquet state of an earlier release, imported on first use
@@ -138,7 +138,7 @@ def prepare_changes(
         state.acquire(owner)
     try:
         deletes = plan_deletes(planned, state, spec, as_path(planned["run_dir"]))
-    except DeleteGuardError:
+    except Exception:  # the guard, or the state unreadable: this run writes nothing
         if owner:
             state.release(owner)
         raise
