@@ -341,3 +341,25 @@ def test_finalize_checks_the_identity_per_sink_and_the_threshold(tmp_path, caplo
     # The Markdown report is in the log too (the task log, in a DAG run), with its path.
     assert f"run report ({tmp_path / 'report.md'})" in caplog.text
     assert "| es | 1 | 95 | 94 | 0 | 0 | 1 |" in caplog.text
+
+
+def test_dead_letters_stream_to_disk_not_memory(tmp_path):
+    """A task whose every row is bad: its dead letters are counted in memory and spooled to disk."""
+    import tracemalloc
+
+    from embedding_pipeline.runs.dead_letter import DeadLetterWriter
+
+    writer = DeadLetterWriter(tmp_path / "run", "embed", "c0000")
+    tracemalloc.start()
+    for i in range(30_000):
+        writer.add(i, "empty_text", "no text", {"keyword_id": i, "keyword": "", "note": "x" * 100})
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1_000_000  # the 30k letters are ~7 MB of JSON
+    assert len(writer) == 30_000 and writer.by_reason() == {"empty_text": 30_000}
+    path = writer.flush()
+    writer.add("late", "too_long", "x")
+    writer.flush()
+    letters = read_dead_letters(tmp_path / "run", "embed")
+    assert path and len(letters) == 30_001 and letters[-1]["record_id"] == "late"
+    assert letters[7]["row"]["keyword_id"] == 7

@@ -141,7 +141,7 @@ def write_products(es: Elasticsearch, alias: str, docs: dict[str, dict[str, Any]
     ensure_index(es, alias, product_mappings(model_name=MODEL, model_version=version, dim=384))
     dead = DeadLetterWriter(run_dir, "product_link", alias)
     counts = bulk_index(es, alias, [list(docs.items())], dead)
-    assert counts.indexed == len(docs) and counts.dead_lettered == 0, dead.letters
+    assert counts.indexed == len(docs) and counts.dead_lettered == 0, dead.by_reason()
     assert count_docs(es, alias) == len(docs)
 
 

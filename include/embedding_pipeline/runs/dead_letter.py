@@ -8,12 +8,14 @@ overwrites its own part instead of duplicating it. Each line carries enough of t
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
-from embedding_pipeline.runs.storage import StoragePath, as_path, remove, write_text
+from embedding_pipeline.runs.storage import StoragePath, as_path, copy_text, remove
 
 DEAD_LETTER_DIRNAME = "dead_letters"
 
@@ -42,42 +44,50 @@ def _jsonable(value: Any) -> Any:
 
 
 class DeadLetterWriter:
-    """Collects dead letters of one task and writes them to its own JSONL part file."""
+    """Collects dead letters of one task and writes them to its own JSONL part file.
+
+    Letters are streamed to a local temporary file as they come and only counted in memory: a
+    chunk whose every row is bad costs disk, not memory. :meth:`flush` copies them to the part
+    file (on local disk or object storage)."""
 
     def __init__(self, run_dir: str | StoragePath, stage: str, part: str) -> None:
         self.path = as_path(run_dir) / DEAD_LETTER_DIRNAME / f"{stage}-{part}.jsonl"
         self.stage = stage
-        self.letters: list[DeadLetter] = []
+        self._reasons: Counter[str] = Counter()
+        self._spool: IO[str] | None = None
 
     def add(
         self, record_id: object, reason: str, error: str, row: dict[str, Any] | None = None, attempt: int = 1
     ) -> None:
-        self.letters.append(
-            DeadLetter(
-                None if record_id is None else str(record_id),
-                self.stage,
-                reason,
-                error[:2000],
-                attempt,
-                _jsonable(row or {}),
-            )
+        letter = DeadLetter(
+            None if record_id is None else str(record_id),
+            self.stage,
+            reason,
+            error[:2000],
+            attempt,
+            _jsonable(row or {}),
         )
+        if self._spool is None:
+            # Lives as long as the writer (a task): removed by the OS when it is closed or collected.
+            self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+        self._spool.write(json.dumps(asdict(letter), ensure_ascii=False) + "\n")
+        self._reasons[reason] += 1
 
     def __len__(self) -> int:
-        return len(self.letters)
+        return sum(self._reasons.values())
 
     def by_reason(self) -> dict[str, int]:
-        return dict(Counter(letter.reason for letter in self.letters))
+        return dict(self._reasons)
 
     def flush(self) -> str | None:
         """Write (or replace) this task's part file; return its path, or None when there is nothing."""
-        if not self.letters:
+        if self._spool is None:
             remove(self.path)  # a retry that succeeded leaves no stale part behind
             return None
-        write_text(
-            self.path,
-            "".join(json.dumps(asdict(letter), ensure_ascii=False) + "\n" for letter in self.letters),
-        )
+        self._spool.flush()
+        self._spool.seek(0)
+        copy_text(self._spool, self.path)
+        self._spool.seek(0, os.SEEK_END)  # later letters append; a later flush writes them all
         return str(self.path)
 
 

@@ -10,9 +10,10 @@ and, for credentials, ``EMBEDDING_STAGING_CONN_ID`` (an Airflow Connection): eve
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,6 +55,19 @@ def write_text(path: StoragePath, text: str) -> None:
         tmp.replace(path)
     else:
         path.write_text(text)
+
+
+def copy_text(source: IO[str], path: StoragePath) -> None:
+    """Stream ``source`` into ``path`` atomically (as :func:`write_text`), never all in memory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_local(path):
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            shutil.copyfileobj(source, out)
+        tmp.replace(path)
+    else:
+        with path.open("w", encoding="utf-8") as out:
+            shutil.copyfileobj(source, out)
 
 
 def remove(path: StoragePath) -> None:

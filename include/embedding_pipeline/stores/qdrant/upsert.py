@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,7 @@ def upsert_chunk(
     target = collection_target(client, alias)
     check_model(target, **model, distance=None, what=f"staged chunk {path.name}")
     model_version = _model_version_value(model["model_version"])
-    first_letter = len(dead_letters)
+    first_letter, reasons_before = len(dead_letters), Counter(dead_letters.by_reason())
     upserter = _Upserter(
         client, target.name, retry.retrier(is_transient), dead_letters, max_consecutive_exhausted
     )
@@ -187,17 +188,14 @@ def upsert_chunk(
             superseded += newer
         for version, group in _by_dt_version(points, rows).items():
             upserter.write(*group, update_filter=not_newer_than(version))
-    new_letters = dead_letters.letters[first_letter:]
-    by_reason: dict[str, int] = {}
-    for letter in new_letters:
-        by_reason[letter.reason] = by_reason.get(letter.reason, 0) + 1
+    by_reason = dict(Counter(dead_letters.by_reason()) - reasons_before)
     seconds = time.monotonic() - started
     result = StageResult(
         stage=STAGE,
         chunk=path.stem,
         rows_in=rows_in,
         indexed=upserter.indexed + superseded,
-        dead_lettered=len(new_letters),
+        dead_lettered=len(dead_letters) - first_letter,
         deleted=deleted,
         dead_letters_by_reason=by_reason,
         dead_letter_path=dead_letters.flush(),
