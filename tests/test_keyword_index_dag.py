@@ -89,8 +89,16 @@ def test_bad_rows_are_accounted_for_and_a_rerun_changes_nothing(pipeline_env):
             reason = "empty_text" if reason == "whitespace_text" else reason  # one reason for both
             reasons[reason] = reasons.get(reason, 0) + n
     assert first["embed"]["dead_letters_by_reason"] == reasons
+    # An id that recurs on a later date of the run is written once, from its latest row: the earlier
+    # rows count as superseded (unchanged), never as a second write.
+    superseded = first["embed"]["extra"]["superseded"]
+    recurring = sum(
+        p["injected"].get("duplicate_id_cross_partition", {}).get("count", 0)
+        for p in manifest["partitions"].values()
+    )
+    assert 0 < superseded <= recurring and first["embed"]["unchanged"] == superseded
     for sink in ("qdrant", "es"):
-        assert first["sinks"][sink]["indexed"] + expected_dead == 900
+        assert first["sinks"][sink]["indexed"] + expected_dead + superseded == 900
     run_dir = Path(first_run_dir(first))
     letters = read_dead_letters(run_dir, "embed")
     assert len(letters) == expected_dead and all(letter["reason"] and letter["row"] for letter in letters)
@@ -101,13 +109,14 @@ def test_bad_rows_are_accounted_for_and_a_rerun_changes_nothing(pipeline_env):
     for path in (run_dir / "staged").glob("*.parquet"):
         staged_ids.update(pq.read_table(path, columns=["id"]).column(0).to_pylist())
     assert counts == (len(staged_ids),) * 2
-    assert first["sinks"]["es"]["indexed"] == 900 - expected_dead
+    assert first["sinks"]["es"]["indexed"] == 900 - expected_dead - superseded
     # finalize's XCom names the embed step's dead letters: per store, read = written + dead letters.
     summary = _xcom(first_run, "finalize")
     assert summary["embed"]["dead_letters_by_reason"] == reasons
     for store in ("qdrant", "es"):
         part = summary["sinks"][store]
-        assert part["indexed"] + summary["embed"]["dead_lettered"] + part["dead_lettered"] == 900
+        written = part["indexed"] + part["dead_lettered"] + summary["embed"]["unchanged"]
+        assert written + summary["embed"]["dead_lettered"] == 900
     assert summary["report"] == str(run_dir / "report.md")
     # The announce task sent the Asset event with what was read.
     assert _asset_events(first_run) == [{"partitions": DATES, "rows_read": 900}]
