@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from harness import (
     BENCH_DIR,
+    embedded_stores,
     md_table,
     pipeline_machine_info,
     publish,
@@ -314,7 +315,6 @@ def main() -> None:
     if args.quick:
         args.keywords, args.products, args.state_ids = 4000, 800, 100_000
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from embedding_pipeline.local.es_emulator import EsEmulator
     from embedding_pipeline.serving.process import LocalServer
     from embedding_pipeline.stores.qdrant.settings import QdrantSettings
 
@@ -326,14 +326,7 @@ def main() -> None:
         server = stack.enter_context(
             LocalServer(repository, threads=2, log_path=scratch / "server.log", models=[published["name"]])
         )
-        (scratch / "es").mkdir()
-        emulator = stack.enter_context(EsEmulator(scratch / "es"))
-        os.environ.update(
-            EMBEDDING_SERVER_GRPC_PORT=str(server.grpc_port),
-            EMBEDDING_SERVER_HTTP_PORT=str(server.http_port),
-            ES_URL=emulator.url,
-            QDRANT_PATH=str(scratch / "qdrant"),
-        )
+        embedded_stores(stack, scratch, server)
         nights = _nights(args, scratch, published["name"])
         full_rebuild = _full_rebuild(args, scratch, published["name"])
         lookup = _lookup(

@@ -33,13 +33,22 @@ import subprocess
 import sys
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from harness import BENCH_DIR, PROJECT_ROOT, md_table, pipeline_machine_info, scratch_dir, write_results
+from harness import (
+    BENCH_DIR,
+    PROJECT_ROOT,
+    embedded_stores,
+    md_table,
+    pipeline_machine_info,
+    scratch_dir,
+    write_results,
+)
 
 log = logging.getLogger("bench")
 LEGACY_COMMIT = "0269784"  # the last release with the Parquet state file
@@ -198,7 +207,7 @@ def child_task(args: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(args["run_dir"])
     out: dict[str, Any]
     if args["task"] == "plan":
-        table = KEYWORDS.__class__(**{**KEYWORDS.__dict__, "tombstone_column": "deleted"})
+        table = replace(KEYWORDS, tombstone_column="deleted")
         rules = PlanRules(input_kind="delta")
         out = dict(
             plan(table, Path(args["root"]), [DT_NIGHT], run_dir, 50_000, 64, rules, owner="bench/night")
@@ -220,7 +229,7 @@ def child_task(args: dict[str, Any]) -> dict[str, Any]:
                 {**prepared, "change_log": NAMES["qdrant"]}, embedded, str(run_dir), state
             )
         }
-    return {**out, **stats}
+    return {"output": out, **stats}  # the task's own result apart from what was measured
 
 
 def child_main(task: str, payload: Path) -> None:
@@ -311,22 +320,14 @@ def nights(
         rows = write_night(base / "data", n, night)
         common = {"url": url, "run_dir": str(base / "run"), "root": str(base / "data")}
         tasks = {"plan": in_process("task", scratch, task="plan", **common)}
+        planned = tasks["plan"]["output"]
         planned_path = base / "planned.json"
-        planned_path.write_text(
-            json.dumps(
-                {
-                    k: v
-                    for k, v in tasks["plan"].items()
-                    if not k.startswith(("state_", "wall", "bytes", "peak"))
-                }
-            )
-        )
+        planned_path.write_text(json.dumps(planned))
         tasks["prepare"] = in_process(
             "task", scratch, task="prepare", planned=str(planned_path), dim=dim, **common
         )
         prepared_path = base / "prepared.json"
-        prepared_path.write_text(json.dumps(tasks["prepare"]))
-        planned = json.loads(planned_path.read_text())
+        prepared_path.write_text(json.dumps(tasks["prepare"]["output"]))
         server_args = {
             "host": "127.0.0.1",
             "grpc_port": server.grpc_port,
@@ -334,7 +335,7 @@ def nights(
             "model_name": "ceiling",
         }
         embeds, embedded_paths = [], []
-        for chunk in planned["chunks"] + tasks["prepare"]["delete_chunks"]:
+        for chunk in planned["chunks"] + tasks["prepare"]["output"]["delete_chunks"]:
             result = in_process(
                 "task",
                 scratch,
@@ -347,7 +348,7 @@ def nights(
             )
             embeds.append(result)
             path = base / f"embedded-{len(embeds)}.json"
-            path.write_text(json.dumps(result))
+            path.write_text(json.dumps(result["output"]))
             embedded_paths.append(str(path))
         tasks["embed"] = {
             "wall_seconds": sum(e["wall_seconds"] for e in embeds),
@@ -356,8 +357,8 @@ def nights(
             "state_bytes_read": sum(e["state_bytes_read"] for e in embeds),
             "bytes_read": sum(e["bytes_read"] for e in embeds),
             "tasks": len(embeds),
-            "embedded": sum(e["result"]["extra"]["embedded"] for e in embeds),
-            "deleted": sum(e["result"]["deleted"] for e in embeds),
+            "embedded": sum(e["output"]["result"]["extra"]["embedded"] for e in embeds),
+            "deleted": sum(e["output"]["result"]["deleted"] for e in embeds),
         }
         tasks["finalize"] = in_process(
             "task", scratch, task="finalize", prepared=str(prepared_path), embedded=embedded_paths, **common
@@ -450,7 +451,6 @@ def main() -> None:
     from contextlib import ExitStack
 
     from bench_client_ceiling import publish_ceiling
-    from embedding_pipeline.local.es_emulator import EsEmulator
     from embedding_pipeline.local.postgres import PostgresServer
     from embedding_pipeline.serving.process import LocalServer
 
@@ -473,14 +473,7 @@ def main() -> None:
         warm_up(server, repository)  # the first night must not pay the server's first requests
         night = {k: v // 50 for k, v in NIGHT.items()} if args.quick else NIGHT
         night_results = nights(args.sizes, night, scratch, server, repository, model["dim"])
-        (scratch / "es").mkdir()
-        emulator = stack.enter_context(EsEmulator(scratch / "es"))
-        os.environ.update(
-            EMBEDDING_SERVER_GRPC_PORT=str(server.grpc_port),
-            EMBEDDING_SERVER_HTTP_PORT=str(server.http_port),
-            ES_URL=emulator.url,
-            QDRANT_PATH=str(scratch / "qdrant"),
-        )
+        embedded_stores(stack, scratch, server)
         stores = stores_on(args.stores_n, scratch)
     report = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),

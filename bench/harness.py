@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -429,6 +429,22 @@ def _share(model_dir: Path, shared: Path) -> None:
         partial.rename(shared)
     except OSError:  # another benchmark shared it first
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def embedded_stores(stack: ExitStack, scratch: Path, server: Any) -> None:
+    """The environment a stage run needs on one machine, for the rest of this process: the ES
+    emulator (stopped with ``stack``), a fresh embedded Qdrant under ``scratch`` and the
+    inference ``server``'s ports."""
+    from embedding_pipeline.local.es_emulator import EsEmulator
+
+    (scratch / "es").mkdir()
+    emulator = stack.enter_context(EsEmulator(scratch / "es"))
+    os.environ.update(
+        EMBEDDING_SERVER_GRPC_PORT=str(server.grpc_port),
+        EMBEDDING_SERVER_HTTP_PORT=str(server.http_port),
+        ES_URL=emulator.url,
+        QDRANT_PATH=str(scratch / "qdrant"),
+    )
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from embedding_pipeline.generations.lifecycle import GateError, RollbackError, S
 from embedding_pipeline.generations.rules import GateRules, Publish
 from embedding_pipeline.local.inline_runner import run_keywords, run_products
 from embedding_pipeline.runs.input_kinds import InputSpec
-from embedding_pipeline.runs.state import change_logs, known_states
+from embedding_pipeline.runs.state import known_states
 from embedding_pipeline.runs.state_db import StateSettings
 from embedding_pipeline.stages.products.options import LinkOptions
 from embedding_pipeline.stores.protocol import StoreAlias
@@ -159,8 +159,8 @@ def test_a_failed_gate_moves_no_alias_and_keeps_the_generation_for_inspection(en
     assert sorted(kept) == sorted(
         f"keywords/es={env['alias']}-g{n},qdrant={env['alias']}-g{n}" for n in (1, 4)
     ), kept
-    logs = {name for name in change_logs(state) if env["alias"] in name}
-    assert logs <= {f"{env['alias']}-g1", f"{env['alias']}-g4"}  # a first fill logs nothing
+    # (Their change logs go too: a full rebuild's first fill logs nothing, so tests/test_state_store.py
+    # checks that part on logs with entries.)
 
 
 def test_when_the_second_swap_fails_the_first_is_moved_back(env, es_url, monkeypatch):

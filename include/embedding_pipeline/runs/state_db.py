@@ -167,9 +167,9 @@ def db_errors(settings: StateSettings, doing: str) -> Iterator[None]:
         detail = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         kind = StateAccessError if any(w in detail.lower() for w in _AUTH_WORDS) else StateUnavailableError
         hint = (
-            "check the Connection's host, port and credentials"
-            if not settings.is_sqlite
-            else ("check that its folder is writable and on local disk")
+            "check that its folder is writable and on local disk"
+            if settings.is_sqlite
+            else "check the Connection's host, port and credentials"
         )
         raise kind(f"{settings.describe()}: cannot {doing}: {detail}; {hint}") from None
     except exc.ArgumentError as error:
@@ -177,6 +177,7 @@ def db_errors(settings: StateSettings, doing: str) -> Iterator[None]:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # transactions are begun by _sqlite_begin, not pysqlite
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer, nor it them
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
@@ -210,7 +211,6 @@ def _engine(url: str) -> Engine:
         # read first and then wrote would fail at once with "database is locked" whenever another
         # writer came between, instead of waiting its turn.
         event.listen(engine, "begin", _sqlite_begin)
-        event.listen(engine, "connect", lambda dbapi, _record: setattr(dbapi, "isolation_level", None))
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
     return engine
